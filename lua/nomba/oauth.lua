@@ -1,0 +1,409 @@
+--- OAuth 2.0 tokens for the Nomba API: get, keep, refresh, revoke; PKCE.
+--
+-- The public module. The C core (`nomba.oauth.core`) owns the client
+-- userdata, its secrets and the wire contract; this module holds the policy,
+-- written once for every transport: option checks, retries with backoff and
+-- jitter, Retry-After, `token()` with its refresh window and
+-- refresh-then-issue fallback, single-flight renewal and events.
+--
+-- Conventions (as LuaSocket and lua-cjson): an operational failure returns
+-- `nil, err` where `err` is an `oauth.Error` table; a programming mistake
+-- raises at once, naming the argument.
+-- @module nomba.oauth
+
+local core = require "nomba.oauth.core"
+
+local type, pairs, ipairs, pcall, error, tostring = type, pairs, ipairs, pcall, error, tostring
+local setmetatable, getmetatable = setmetatable, getmetatable
+local math_random, math_min = math.random, math.min
+local co_running, co_yield = coroutine.running, coroutine.yield
+local co_isyieldable = coroutine.isyieldable
+local fresh, info_of, state_of, perform = core.fresh, core.info, core.state, core.perform
+local now, new_error = core.now, core.error
+
+local M = {
+  _VERSION = core._VERSION,
+  PRODUCTION_URL = "https://api.nomba.com",
+  SANDBOX_URL = "https://sandbox.nomba.com",
+  Error = core.Error,
+  pkce = core.pkce,
+}
+
+local DEFAULT_PATHS = {
+  issue = "/v1/auth/token/issue",
+  refresh = "/v1/auth/token/refresh",
+  revoke = "/v1/auth/token/revoke",
+  authorize = "/v1/auth/token/authorize",
+}
+
+local BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.2, 5, 30
+local RENEW_INTERVAL = 1      -- at most one renewal attempt per second while a token is valid
+
+--- The method table of every client (metatable `nomba.oauth.Client`).
+local Client = core.methods
+M.Client = Client
+
+-- Options ------------------------------------------------------------------
+
+local OPTIONS = {
+  account_id = "string", client_id = "string", client_secret = "string",
+  base_url = "string", sandbox = "boolean", timeout = "number",
+  connect_timeout = "number", retries = "number", refresh_skew = "number",
+  cafile = "string", capath = "string", pinned_pubkey = "string", proxy = "string",
+  user_agent = "string", max_response_bytes = "number", paths = "table",
+  on_event = "function", store = "table", store_key = "string", transport = "function",
+}
+
+-- A misuse found while checking options; new() re-raises it at the caller.
+local Misuse = {}
+
+local function bad(name, msg)
+  error(setmetatable({ "nomba.oauth.new: option '" .. name .. "' " .. msg }, Misuse), 0)
+end
+
+local function printable(name, v)
+  if v:find("[%z\1-\31\127]") then bad(name, "must not contain control characters") end
+end
+
+local function is_loopback(host)
+  return host == "localhost" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil or host == "[::1]"
+end
+
+local function check_url(u)
+  local scheme = u:match("^(%a[%w%+%.%-]*)://")
+  if not scheme then bad("base_url", "must be an absolute https:// URL") end
+  local host = u:match("^%a[%w%+%.%-]*://(%[[^%]]+%])") or u:match("^%a[%w%+%.%-]*://([^:/?#]+)")
+  scheme = scheme:lower()
+  if not host or host == "" then bad("base_url", "has no host") end
+  if scheme == "http" then
+    if not is_loopback(host) then
+      bad("base_url", "must be https:// (plain http:// is allowed only for a loopback host)")
+    end
+    return true
+  elseif scheme ~= "https" then
+    bad("base_url", "must be an https:// URL")
+  end
+  return false
+end
+
+-- Checks and completes the options of oauth.new; raises on misuse.
+local function normalize(opts)
+  if type(opts) ~= "table" then
+    error(setmetatable({ "nomba.oauth.new: bad argument #1 (options table expected, got " ..
+                         type(opts) .. ")" }, Misuse), 0)
+  end
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then bad(tostring(k), "is unknown") end
+    if type(v) ~= want then bad(k, "must be a " .. want .. " (got " .. type(v) .. ")") end
+  end
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  for _, k in ipairs { "account_id", "client_id" } do
+    if o[k] == nil or o[k] == "" then bad(k, "is required") end
+    printable(k, o[k])
+  end
+  if o.client_secret == "" then bad("client_secret", "must not be empty") end
+  if o.store ~= nil or o.store_key ~= nil then
+    bad(o.store ~= nil and "store" or "store_key",
+        "is not available yet in this version (shared stores are planned)")
+  end
+  if o.base_url and o.sandbox then bad("sandbox", "conflicts with base_url: give one") end
+  o.base_url = o.base_url or (o.sandbox and M.SANDBOX_URL or M.PRODUCTION_URL)
+  o.base_url = o.base_url:gsub("/+$", "")
+  printable("base_url", o.base_url)
+  o.allow_http = check_url(o.base_url)
+  o.sandbox = nil
+  local function positive(k, def)
+    o[k] = o[k] or def
+    if not (o[k] > 0) or o[k] ~= o[k] then bad(k, "must be a positive number") end
+  end
+  positive("timeout", 10)
+  positive("connect_timeout", 5)
+  o.refresh_skew = o.refresh_skew or 300
+  if not (o.refresh_skew >= 0) then bad("refresh_skew", "must not be negative") end
+  o.retries = o.retries or 2
+  if o.retries < 0 or o.retries % 1 ~= 0 or o.retries > 10 then
+    bad("retries", "must be an integer from 0 to 10")
+  end
+  o.max_response_bytes = o.max_response_bytes or 65536
+  if o.max_response_bytes < 256 or o.max_response_bytes % 1 ~= 0 then
+    bad("max_response_bytes", "must be an integer of at least 256")
+  end
+  if o.pinned_pubkey and not o.pinned_pubkey:match("^sha256//[%w%+/=;]+") then
+    bad("pinned_pubkey", "must look like \"sha256//BASE64\"")
+  end
+  o.user_agent = o.user_agent or ("nomba-oauth-lua/" .. core._VERSION:match("[%d%.]+$"))
+  printable("user_agent", o.user_agent)
+  local paths = {}
+  for k, v in pairs(DEFAULT_PATHS) do paths[k] = v end
+  for k, v in pairs(o.paths or {}) do
+    if not DEFAULT_PATHS[k] then bad("paths", "has an unknown key '" .. tostring(k) .. "'") end
+    if type(v) ~= "string" or v:sub(1, 1) ~= "/" then
+      bad("paths", "." .. k .. " must be a string starting with '/'")
+    end
+    printable("paths", v)
+    paths[k] = v
+  end
+  o.paths = paths
+  return o
+end
+
+--- Makes a client.
+-- @tparam table opts see the README and API reference: `account_id` and
+--   `client_id` are required; `client_secret` for the client-credentials flow.
+-- @treturn Client a client (raises on a misused option, naming it)
+function M.new(opts)
+  local ok, o = pcall(normalize, opts)
+  if not ok then
+    if getmetatable(o) == Misuse then error(o[1], 2) end
+    error(o, 0)
+  end
+  local state = { on_event = o.on_event, transport = o.transport,
+                  retries = o.retries, timeout = o.timeout }
+  return core.new(o, state)
+end
+
+-- One attempt, events, retries -----------------------------------------------
+
+local ngx_sleep
+do
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) == "table" and type(ngx.sleep) == "function" then
+    ngx_sleep = function(s)
+      local ok = pcall(ngx.sleep, s)
+      if not ok then core.sleep(s) end     -- a phase that cannot yield
+    end
+  end
+end
+local sleep = ngx_sleep or core.sleep
+
+local function emit(st, ev)
+  local f = st.on_event
+  if f then pcall(f, ev) end
+end
+
+-- One HTTP attempt through the configured transport.
+local function attempt(self, st, op, args)
+  local transport = st.transport
+  if not transport then
+    return perform(self, op, args, st.timeout)
+  end
+  local req, err = core.request(self, op, args)
+  if not req then return nil, err end
+  local ok, resp, msg = pcall(transport, req)
+  req.body = nil
+  if not ok then
+    return nil, new_error("transport", op, "the transport raised an error", { retryable = true })
+  end
+  if resp == nil then
+    msg = tostring(msg or "the transport failed")
+    local kind = msg:lower():find("timeout") and "timeout" or
+                 msg:lower():find("timed out") and "timeout" or "transport"
+    return nil, new_error(kind, op, msg, { retryable = true })
+  end
+  if type(resp) ~= "table" or type(resp.status) ~= "number" then
+    return nil, new_error("protocol", op, "the transport returned no status")
+  end
+  if resp.body ~= nil and type(resp.body) ~= "string" then
+    return nil, new_error("protocol", op, "the transport returned a body that is not a string")
+  end
+  return core.answer(self, op, resp.status, resp.headers, resp.body)
+end
+
+-- Performs op with retries on connect errors, timeouts, 429 and 5xx:
+-- exponential backoff with full jitter, Retry-After honoured up to 30 s.
+local function request(self, st, op, args)
+  local tries = st.retries + 1
+  local err
+  for n = 1, tries do
+    local t0 = now()
+    local res, e, status = attempt(self, st, op, args)
+    if res == nil and (e.kind == "closed" or e.kind == "config") then
+      return nil, e                         -- no request was made
+    end
+    emit(st, { op = op, attempt = n, ok = res ~= nil, status = status,
+               elapsed = now() - t0, kind = e and e.kind, code = e and e.code })
+    if res ~= nil then return res end
+    err = e
+    if not e.retryable or n == tries then break end
+    local wait
+    if e.retry_after then
+      if e.retry_after > RETRY_AFTER_CAP then break end
+      wait = e.retry_after
+    else
+      wait = math_random() * math_min(BACKOFF_CAP, BACKOFF_BASE * 2 ^ (n - 1))
+    end
+    sleep(wait)
+  end
+  return nil, err
+end
+
+-- Methods ----------------------------------------------------------------------
+
+local function check_client(self, method)
+  if not core.is_client(self) then
+    error("nomba.oauth: bad self to '" .. method .. "' (use client:" .. method .. "(...))", 3)
+  end
+  return state_of(self)
+end
+
+--- Issues a token with the client credentials; the client keeps it.
+-- @treturn table token `{access_token, refresh_token, expires_at, expires_in, business_id, token_type}`
+-- @treturn[2] nil
+-- @treturn[2] Error err
+function Client:issue()
+  return request(self, check_client(self, "issue"), "issue")
+end
+
+--- Refreshes with the kept (or the given) refresh token; the client keeps the new token.
+-- @tparam[opt] string refresh_token
+-- @treturn table token, or `nil, err`
+function Client:refresh(refresh_token)
+  local st = check_client(self, "refresh")
+  if refresh_token ~= nil and (type(refresh_token) ~= "string" or refresh_token == "") then
+    error("nomba.oauth: bad argument #1 to 'refresh' (refresh_token must be a non-empty string)", 2)
+  end
+  return request(self, st, "refresh", { refresh_token = refresh_token })
+end
+
+--- Revokes the kept (or the given) access token. A kept one is dropped.
+-- @tparam[opt] string access_token
+-- @treturn boolean true, or `nil, err`
+function Client:revoke(access_token)
+  local st = check_client(self, "revoke")
+  if access_token ~= nil and (type(access_token) ~= "string" or access_token == "") then
+    error("nomba.oauth: bad argument #1 to 'revoke' (access_token must be a non-empty string)", 2)
+  end
+  local ok, err = request(self, st, "revoke", { access_token = access_token })
+  if ok then core.drop(self, access_token) end
+  return ok, err
+end
+
+--- PKCE step 2: sends the code challenge, returns the auth code.
+-- @tparam table opts `code_challenge` (required), `code_challenge_method`
+--   ("S256" default, or "plain"), `redirect_uri`, `state`, `scope`
+-- @treturn string auth_code, or `nil, err`
+function Client:authorize(opts)
+  local st = check_client(self, "authorize")
+  if type(opts) ~= "table" then
+    error("nomba.oauth: bad argument #1 to 'authorize' (table expected)", 2)
+  end
+  if type(opts.code_challenge) ~= "string" or opts.code_challenge == "" then
+    error("nomba.oauth: bad argument #1 to 'authorize' (code_challenge is required)", 2)
+  end
+  local m = opts.code_challenge_method
+  if m ~= nil and m ~= "S256" and m ~= "plain" then
+    error("nomba.oauth: bad argument #1 to 'authorize' (code_challenge_method must be \"S256\" or \"plain\")", 2)
+  end
+  for _, k in ipairs { "redirect_uri", "state", "scope" } do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      error("nomba.oauth: bad argument #1 to 'authorize' (" .. k .. " must be a string)", 2)
+    end
+  end
+  return request(self, st, "authorize", opts)
+end
+
+--- PKCE step 4: exchanges the auth code and the verifier for a token; the client keeps it.
+-- @tparam string auth_code
+-- @tparam string code_verifier
+-- @treturn table token, or `nil, err`
+function Client:exchange(auth_code, code_verifier)
+  local st = check_client(self, "exchange")
+  if type(auth_code) ~= "string" or auth_code == "" then
+    error("nomba.oauth: bad argument #1 to 'exchange' (auth_code must be a non-empty string)", 2)
+  end
+  if type(code_verifier) ~= "string" or not core.pkce_valid(code_verifier) then
+    error("nomba.oauth: bad argument #2 to 'exchange' (code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~])", 2)
+  end
+  return request(self, st, "exchange", { auth_code = auth_code, code_verifier = code_verifier })
+end
+
+-- token() --------------------------------------------------------------------
+
+-- A refresh the server refused for good (not a passing failure): issue afresh.
+local function refused(err)
+  return err.kind == "config" or
+         ((err.kind == "api" or err.kind == "http") and not err.retryable)
+end
+
+local function renew(self, st, info)
+  local err
+  if info.has_refresh then
+    local tok, e = request(self, st, "refresh", {})
+    if tok then return tok end
+    err = e
+    if not refused(e) then return nil, e end
+  end
+  if not info.has_secret then
+    return nil, err or new_error("config", "token",
+      "this PKCE client has no valid token and cannot issue one: use authorize and exchange")
+  end
+  return request(self, st, "issue")
+end
+
+-- Waits while another coroutine of this Lua state renews (single-flight).
+local function wait_for_renewal(st)
+  local deadline = now() + st.timeout * (st.retries + 1) + RETRY_AFTER_CAP
+  while st.renewing and now() < deadline do
+    if ngx_sleep then
+      ngx_sleep(0.005)
+    elseif co_isyieldable and co_isyieldable() then
+      co_yield()
+    else
+      local _, main = co_running()
+      if main == nil or main then break end
+      co_yield()
+    end
+  end
+end
+
+local function slow_token(self)
+  local st = state_of(self)
+  local info = info_of(self)
+  if info.closed then return nil, new_error("closed", "token", "the client is closed") end
+  if st.renewing then
+    wait_for_renewal(st)
+    local tok = fresh(self, 0)
+    if tok then return tok end
+    if st.last_err then return nil, st.last_err end
+    info = info_of(self)
+  end
+  if info.valid and st.last_try and now() - st.last_try < RENEW_INTERVAL then
+    return (fresh(self, 0))              -- renewed a moment ago: no stampede
+  end
+  st.renewing, st.last_try, st.last_err = true, now(), nil
+  local ok, tok, err = pcall(renew, self, st, info)
+  st.renewing = false
+  if not ok then error(tok, 0) end
+  if tok then return tok.access_token end
+  st.last_err = err
+  local kept = fresh(self, 0)            -- a failed renewal never drops a valid token
+  if kept then return kept end
+  return nil, err
+end
+
+--- The hot path: the kept access token while more than `refresh_skew` seconds
+-- remain; otherwise refresh, and on a refused refresh issue afresh.
+-- @treturn string access_token, or `nil, err`
+function Client:token()
+  local tok = fresh(self)
+  if tok then return tok end
+  return slow_token(self)
+end
+
+--- Headers for calling any other Nomba API.
+-- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
+function Client:headers()
+  local tok, bearer, account = fresh(self)
+  if not tok then
+    local err
+    tok, err = slow_token(self)
+    if not tok then return nil, err end
+    tok, bearer, account = fresh(self, 0)
+    if not tok then return nil, new_error("protocol", "token", "the token expired at once") end
+  end
+  return { Authorization = bearer, accountId = account }
+end
+
+return M

@@ -1,0 +1,285 @@
+--- Starts and stops the Nomba simulator: a real HTTPS server on loopback.
+--
+-- nginx with its Lua module (Debian `nginx` and `libnginx-mod-http-lua`),
+-- run from a generated configuration in a temporary prefix, with a CA and a
+-- server certificate for `localhost` made on the spot by the `openssl` CLI.
+-- Runs under any Lua 5.1 to 5.4; it only needs `os.execute` and `io.popen`.
+--
+--    local simulator = require "nomba.oauth.simulator"
+--    local sim = assert(simulator.start())
+--    -- sim.url, sim.cafile, sim.client (account_id, client_id, client_secret)
+--    sim:fault{endpoint = "issue", status = 500, body = "<html>oops</html>"}
+--    sim:stop()
+--
+-- @module nomba.oauth.simulator
+
+local cjson = require "cjson.safe"
+
+local M = {}
+
+--- The credentials the simulator knows from the start (obviously fake).
+M.CLIENT = {
+  account_id = "3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f",
+  client_id = "sim-client-0001",
+  client_secret = "sim-secret-not-for-production-0001",
+  business_id = "01a10aeb-d989-460a-bbde-9842f2b4320f",
+}
+
+local Sim = {}
+Sim.__index = Sim
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function run(cmd)
+  local ok, how, code = os.execute(cmd)
+  if type(ok) == "number" then return ok == 0 end           -- Lua 5.1
+  return ok == true and how == "exit" and code == 0
+end
+
+local function read_cmd(cmd)
+  local f = io.popen(cmd, "r")
+  if not f then return nil end
+  local out = f:read("*a")
+  f:close()
+  return out
+end
+
+local function write_file(path, text)
+  local f, err = io.open(path, "w")
+  if not f then return nil, err end
+  f:write(text)
+  f:close()
+  return true
+end
+
+local function read_file(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function exists(path)
+  local f = io.open(path, "r")
+  if f then f:close() return true end
+  return false
+end
+
+local function lua_dir()
+  local path = package.searchpath("nomba.oauth.simulator.server", package.path)
+  if not path then return nil end
+  return (path:gsub("/nomba/oauth/simulator/server%.lua$", ""))
+end
+
+local function nginx_bin()
+  local env = os.getenv("NOMBA_SIM_NGINX")
+  if env and env ~= "" then return env end
+  if exists("/usr/sbin/nginx") then return "/usr/sbin/nginx" end
+  return "nginx"
+end
+
+local function find_module(name)
+  for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/share/nginx/modules",
+                         "/usr/local/nginx/modules" } do
+    if exists(dir .. "/" .. name) then return dir .. "/" .. name end
+  end
+end
+
+--- Makes a CA and a certificate for localhost in dir with the openssl CLI.
+-- @return true or nil, message
+function M.make_certs(dir)
+  local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+  local q = function(name) return sh_quote(dir .. "/" .. name) end
+  local ext = dir .. "/server.ext"
+  write_file(ext, "subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\n" ..
+                  "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n")
+  local cmds = {
+    "openssl req -x509 " .. ec .. " -days 7 -subj '/CN=nomba-oauth simulator CA'" ..
+      " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign" ..
+      " -keyout " .. q("ca.key") .. " -out " .. q("ca.crt"),
+    "openssl req " .. ec .. " -subj /CN=localhost -keyout " .. q("server.key") ..
+      " -out " .. q("server.csr"),
+    "openssl x509 -req -days 7 -in " .. q("server.csr") .. " -CA " .. q("ca.crt") ..
+      " -CAkey " .. q("ca.key") .. " -CAcreateserial -extfile " .. q("server.ext") ..
+      " -out " .. q("server.crt"),
+  }
+  for _, cmd in ipairs(cmds) do
+    if not run(cmd .. " >/dev/null 2>&1") then
+      return nil, "openssl failed: " .. cmd
+    end
+  end
+  return true
+end
+
+local CONF = [[
+daemon on;
+master_process on;
+worker_processes ${workers};
+${user}
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+load_module ${ndk};
+load_module ${lua};
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path ${dir}/tmp/body;
+  proxy_temp_path ${dir}/tmp/proxy;
+  fastcgi_temp_path ${dir}/tmp/fastcgi;
+  uwsgi_temp_path ${dir}/tmp/uwsgi;
+  scgi_temp_path ${dir}/tmp/scgi;
+  lua_package_path "${luadir}/?.lua;/usr/share/lua/5.1/?.lua;;";
+  lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/aarch64-linux-gnu/lua/5.1/?.so;/usr/local/lib/lua/5.1/?.so;;";
+  lua_shared_dict sim 32m;
+  init_by_lua_block {
+    require("nomba.oauth.simulator.server").init(require("cjson").decode([==[${config}]==]))
+  }
+  init_worker_by_lua_block { require("nomba.oauth.simulator.server").init_worker() }
+  server {
+    listen 127.0.0.1:${port} ssl;
+    server_name localhost;
+    ssl_certificate ${dir}/server.crt;
+    ssl_certificate_key ${dir}/server.key;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    client_max_body_size 1m;
+    client_body_buffer_size 1m;
+    location / {
+      content_by_lua_block { require("nomba.oauth.simulator.server").handle() }
+    }
+  }
+}
+]]
+
+local function expand(template, vars)
+  return (template:gsub("%${(%w+)}", function(k) return tostring(vars[k]) end))
+end
+
+--- Starts a simulator.
+-- @tparam[opt] table opts `port` (default: a free one), `workers` (1),
+--   `lifetime` (token lifetime in seconds, 1800), `clients` (extra clients).
+-- @return a simulator object, or nil and a message
+function M.start(opts)
+  opts = opts or {}
+  local luadir = lua_dir()
+  if not luadir then return nil, "cannot find nomba/oauth/simulator/server.lua on package.path" end
+  local ndk, lua = find_module("ndk_http_module.so"), find_module("ngx_http_lua_module.so")
+  if not lua then
+    return nil, "nginx's Lua module is missing: apt-get install nginx libnginx-mod-http-lua"
+  end
+  local dir = (read_cmd("mktemp -d /tmp/nomba-sim.XXXXXX") or ""):gsub("%s+$", "")
+  if dir == "" then return nil, "mktemp failed" end
+  run("mkdir -p " .. sh_quote(dir .. "/tmp") .. " && chmod 755 " .. sh_quote(dir))
+  local ok, err = M.make_certs(dir)
+  if not ok then return nil, err end
+
+  local clients = { M.CLIENT }
+  for _, c in ipairs(opts.clients or {}) do clients[#clients + 1] = c end
+  local config = cjson.encode({ clients = clients,
+                                settings = { lifetime = opts.lifetime } })
+  local is_root = (read_cmd("id -u") or ""):match("^0") ~= nil
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6) +
+                  (tonumber(tostring({}):match("0x(%x+)") or "0", 16) or 0) % 100000)
+  local last
+  for _ = 1, 20 do
+    local port = opts.port or math.random(20000, 59999)
+    local conf = expand(CONF, {
+      workers = opts.workers or 1, dir = dir, port = port, luadir = luadir,
+      ndk = ndk or "", lua = lua, config = config,
+      user = is_root and "user root root;" or "",
+    })
+    if not ndk then conf = conf:gsub("load_module ;\n", "") end
+    write_file(dir .. "/nginx.conf", conf)
+    local out = read_cmd(nginx_bin() .. " -p " .. sh_quote(dir) .. " -c " ..
+                         sh_quote(dir .. "/nginx.conf") .. " 2>&1; echo \"rc=$?\"") or ""
+    if out:match("rc=0%s*$") then
+      local pid = tonumber(read_file(dir .. "/nginx.pid") or "")
+      local sim = setmetatable({
+        dir = dir, port = port, pid = pid,
+        url = "https://localhost:" .. port,
+        cafile = dir .. "/ca.crt",
+        client = M.CLIENT,
+      }, Sim)
+      -- wait until it answers
+      for _ = 1, 50 do
+        if sim:state() then return sim end
+        run("sleep 0.05")
+      end
+      sim:stop()
+      return nil, "the simulator did not answer: " .. (read_file(dir .. "/error.log") or "")
+    end
+    last = out
+    if not out:find("in use", 1, true) or opts.port then break end
+  end
+  run("rm -rf " .. sh_quote(dir))
+  return nil, "nginx did not start: " .. tostring(last)
+end
+
+--- Stops the simulator (by the pid it wrote) and removes its directory.
+function Sim:stop()
+  if self.pid then
+    run("kill -QUIT " .. self.pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+      if not run("kill -0 " .. self.pid .. " 2>/dev/null") then break end
+      run("sleep 0.05")
+    end
+    run("kill -KILL " .. self.pid .. " 2>/dev/null")
+    self.pid = nil
+  end
+  if self.dir then
+    run("rm -rf " .. sh_quote(self.dir))
+    self.dir = nil
+  end
+end
+
+--- Calls the control API: POST (with a JSON body) or GET.
+-- @return the decoded answer, or nil and a message
+function Sim:control(path, body)
+  if not self.dir then return nil, "the simulator is stopped" end
+  local cmd = "curl -sS --max-time 10 --cacert " .. sh_quote(self.cafile)
+  if body ~= nil then
+    local file = self.dir .. "/control.json"
+    write_file(file, cjson.encode(body))
+    cmd = cmd .. " -X POST -H 'Content-Type: application/json' --data-binary @" .. sh_quote(file)
+  end
+  local out = read_cmd(cmd .. " " .. sh_quote(self.url .. path) .. " 2>&1")
+  local v = out and cjson.decode(out)
+  if v == nil then return nil, "control " .. path .. " failed: " .. tostring(out) end
+  return v
+end
+
+--- Queues a fault for the next request(s) to an endpoint.
+-- @tparam table spec endpoint ("issue", "refresh", "revoke", "authorize",
+--   "protected"), status, body (string or table), headers, delay, body_delay,
+--   drop, truncate, size, content_type, times
+function Sim:fault(spec) return self:control("/_sim/fault", spec) end
+
+--- Changes settings: lifetime, clock_offset, code_lifetime, omit_date,
+-- expires_in, clients.
+function Sim:config(t) return self:control("/_sim/config", t) end
+
+--- Forgets tokens, faults and the log; settings back to their defaults.
+function Sim:reset() return self:control("/_sim/reset", {}) end
+
+--- Every request seen since the last reset, oldest first.
+function Sim:log() return self:control("/_sim/log") end
+
+--- Requests per endpoint since the last reset.
+function Sim:counts() return self:control("/_sim/counts") end
+
+--- The settings in force and the simulator's clock.
+function Sim:state() return self:control("/_sim/state") end
+
+--- Options for oauth.new that point a client at this simulator.
+function Sim:client_options(extra)
+  local o = { account_id = self.client.account_id, client_id = self.client.client_id,
+              client_secret = self.client.client_secret, base_url = self.url,
+              cafile = self.cafile }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+return M

@@ -1,0 +1,420 @@
+--- The Nomba simulator's request handler; runs inside nginx (LuaJIT).
+--
+-- Speaks the contract of shared/NOMBA_API.md: issue (client credentials and
+-- the PKCE authorization_code grant), refresh (which retires the refresh
+-- token it was given), revoke, authorize, and one protected endpoint that
+-- checks a bearer token. State lives in `lua_shared_dict sim`, so every
+-- worker sees the same tokens.
+--
+-- Control API under /_sim/ (JSON in and out):
+--   POST /_sim/reset                 forget tokens, faults, log; settings to defaults
+--   POST /_sim/fault   {endpoint=, status=, body=, headers=, delay=, body_delay=,
+--                       drop=, truncate=, size=, content_type=, times=}
+--   POST /_sim/config  {lifetime=, clock_offset=, code_lifetime=, omit_date=,
+--                       expires_in=, clients={...}}
+--   GET  /_sim/log                   every request seen, oldest first
+--   GET  /_sim/counts                requests per endpoint
+--   GET  /_sim/state                 the settings in force
+-- @module nomba.oauth.simulator.server
+
+local cjson = require "cjson.safe"
+local ngx = ngx
+local ffi = require "ffi"
+
+local M = {}
+
+local dict            -- ngx.shared.sim
+local config          -- from init(): {clients = {...}, lifetime = n}
+
+ffi.cdef [[
+unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
+]]
+
+local ENDPOINTS = {
+  ["/v1/auth/token/issue"] = "issue",
+  ["/v1/auth/token/refresh"] = "refresh",
+  ["/v1/auth/token/revoke"] = "revoke",
+  ["/v1/auth/token/authorize"] = "authorize",
+  ["/v1/accounts/balance"] = "protected",
+}
+
+local DEFAULTS = { lifetime = 1800, clock_offset = 0, code_lifetime = 60,
+                   omit_date = false, expires_in = false }
+
+local function setting(name)
+  local v = dict:get("set:" .. name)
+  if v == nil then return DEFAULTS[name] end
+  return v
+end
+
+local function now()
+  return ngx.now() + setting("clock_offset")
+end
+
+local function b64url(s)
+  return (ngx.encode_base64(s):gsub("%+", "-"):gsub("/", "_"):gsub("=", ""))
+end
+
+local function sha256(s)
+  local out = ffi.new("unsigned char[32]")
+  ffi.C.SHA256(s, #s, out)
+  return ffi.string(out, 32)
+end
+
+local ALNUM = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+local function random_text(n)
+  local t = {}
+  for i = 1, n do
+    local k = math.random(1, #ALNUM)
+    t[i] = ALNUM:sub(k, k)
+  end
+  return table.concat(t)
+end
+
+local function iso(t)
+  return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
+local function clients()
+  return cjson.decode(dict:get("clients") or "[]") or {}
+end
+
+local function find_client(client_id)
+  for _, c in ipairs(clients()) do
+    if c.client_id == client_id then return c end
+  end
+end
+
+-- Answers with the server's clock (shifted by clock_offset) in Date.
+local function respond(status, obj, extra_headers)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  if not setting("omit_date") then
+    ngx.header["Date"] = ngx.http_time(math.floor(now()))
+  end
+  for k, v in pairs(extra_headers or {}) do ngx.header[k] = v end
+  ngx.print(cjson.encode(obj))
+  return ngx.exit(status)
+end
+
+local function fail(status, code, description, errors)
+  return respond(status, { code = code, description = description, errors = errors })
+end
+
+local function store(key, value, ttl)
+  dict:set(key, cjson.encode(value), ttl and math.max(ttl, 0.001) or 0)
+end
+
+local function load(key)
+  local v = dict:get(key)
+  return v and cjson.decode(v)
+end
+
+local function issue_pair(client)
+  local lifetime = setting("lifetime")
+  local t = now()
+  local payload = b64url(cjson.encode({ sub = client.client_id, iat = math.floor(t),
+                                        exp = math.floor(t + lifetime), jti = random_text(12) }))
+  local access = "eyJhbGciOiJIUzI1NiJ9." .. payload .. "." .. b64url(random_text(64)) ..
+                 b64url(random_text(96))
+  local refresh = "01h" .. random_text(37)
+  store("at:" .. access, { client_id = client.client_id, account_id = client.account_id,
+                           exp = t + lifetime }, lifetime + 60)
+  store("rt:" .. refresh, { client_id = client.client_id, account_id = client.account_id }, 86400)
+  dict:incr("count:issued", 1, 0)
+  local data = { businessId = client.business_id, access_token = access, refresh_token = refresh }
+  if setting("expires_in") then
+    data.expires_in = lifetime
+  else
+    data.expiresAt = iso(t + lifetime)
+  end
+  return respond(200, { code = "00", description = "Success", data = data })
+end
+
+local function bearer()
+  local h = ngx.var.http_authorization
+  return h and h:match("^[Bb]earer%s+(%S+)$")
+end
+
+local handlers = {}
+
+function handlers.issue(body, account)
+  if body.grant_type == "authorization_code" then
+    local client = find_client(body.client_id)
+    if not client or client.account_id ~= account then
+      return fail(401, "01", "Invalid client")
+    end
+    if type(body.auth_code) ~= "string" or type(body.code_verifier) ~= "string" then
+      return fail(400, "02", "auth_code and code_verifier are required")
+    end
+    local key = "ac:" .. body.auth_code
+    local code = load(key)
+    if not code then return fail(401, "01", "Invalid or used authorization code") end
+    dict:delete(key)                                   -- single use, even on failure
+    if code.client_id ~= client.client_id then return fail(401, "01", "Authorization code was issued to another client") end
+    if code.exp < now() then return fail(401, "02", "Authorization code expired") end
+    local verifier = body.code_verifier
+    local ok
+    if not verifier:match("^[%w%-%._~]+$") or #verifier < 43 or #verifier > 128 then
+      ok = false
+    elseif code.method == "plain" then
+      ok = verifier == code.challenge
+    else
+      ok = b64url(sha256(verifier)) == code.challenge
+    end
+    if not ok then return fail(401, "01", "code_verifier does not match code_challenge") end
+    return issue_pair(client)
+  end
+  if body.grant_type ~= "client_credentials" then
+    return fail(400, "02", "Unsupported grant_type", { "grant_type must be client_credentials" })
+  end
+  if type(body.client_id) ~= "string" or type(body.client_secret) ~= "string" then
+    return fail(400, "02", "client_id and client_secret are required")
+  end
+  local client = find_client(body.client_id)
+  if not client or client.client_secret ~= body.client_secret or client.account_id ~= account then
+    return fail(401, "01", "Invalid client credentials")
+  end
+  return issue_pair(client)
+end
+
+function handlers.refresh(body, account)
+  if body.grant_type ~= "refresh_token" or type(body.refresh_token) ~= "string" then
+    return fail(400, "02", "grant_type refresh_token and refresh_token are required")
+  end
+  local rt = load("rt:" .. body.refresh_token)
+  if not rt or rt.account_id ~= account then
+    return fail(401, "401", "Refresh token is invalid, expired or revoked")
+  end
+  local b = bearer()
+  if b then
+    local at = load("at:" .. b)
+    if at and at.client_id ~= rt.client_id then
+      return fail(401, "401", "Bearer token belongs to another client")
+    end
+  end
+  dict:delete("rt:" .. body.refresh_token)             -- retired on use
+  local client = find_client(rt.client_id)
+  if not client then return fail(401, "401", "Unknown client") end
+  return issue_pair(client)
+end
+
+function handlers.revoke(body, account)
+  if type(body.clientId) ~= "string" or type(body.access_token) ~= "string" then
+    return fail(400, "02", "clientId and access_token are required")
+  end
+  local client = find_client(body.clientId)
+  if not client or client.account_id ~= account then
+    return fail(401, "01", "Invalid client")
+  end
+  local at = load("at:" .. body.access_token)
+  if at and at.client_id ~= client.client_id then
+    return fail(403, "05", "Token belongs to another client")
+  end
+  dict:delete("at:" .. body.access_token)
+  dict:incr("count:revoked", 1, 0)
+  return respond(200, { code = "00", description = "Token revoked successfully" })
+end
+
+function handlers.authorize(body, account)
+  local client = find_client(body.client_id)
+  if not client or client.account_id ~= account then
+    return fail(401, "01", "Invalid client")
+  end
+  local method = body.code_challenge_method or "S256"
+  if method ~= "S256" and method ~= "plain" then
+    return fail(400, "02", "Unsupported code_challenge_method")
+  end
+  local ch = body.code_challenge
+  if type(ch) ~= "string" or (method == "S256" and not ch:match("^[%w%-_]+$")) or
+     (method == "S256" and #ch ~= 43) then
+    return fail(400, "02", "Invalid code_challenge")
+  end
+  local code = random_text(32)
+  local life = setting("code_lifetime")
+  store("ac:" .. code, { client_id = client.client_id, challenge = ch, method = method,
+                         exp = now() + life, redirect_uri = body.redirect_uri }, life + 60)
+  return respond(200, { code = "00", description = "Success",
+                        data = { auth_code = code, state = body.state } })
+end
+
+function handlers.protected(_, account)
+  local b = bearer()
+  local at = b and load("at:" .. b)
+  if not at or at.exp <= now() or at.account_id ~= account then
+    return fail(401, "401", "Unauthorized")
+  end
+  return respond(200, { code = "00", description = "Success",
+                        data = { balance = "1000.00", currency = "NGN" } })
+end
+
+-- Faults ---------------------------------------------------------------
+
+local function take_fault(endpoint)
+  local key = "faults:" .. endpoint
+  local q = load(key)
+  if not q or #q == 0 then return nil end
+  local f = q[1]
+  f.times = (f.times or 1) - 1
+  if f.times <= 0 then table.remove(q, 1) end
+  store(key, q)
+  return f
+end
+
+local function play_fault(f)
+  if f.delay and f.delay > 0 then ngx.sleep(f.delay) end
+  if f.drop then return ngx.exit(444) end              -- close without answering
+  local body = f.body
+  if type(body) == "table" then body = cjson.encode(body) end
+  body = body or ""
+  if f.size then body = '{"code":"00","pad":"' .. string.rep("x", f.size) .. '"}' end
+  ngx.status = f.status or 500
+  ngx.header["Content-Type"] = f.content_type or "application/json"
+  if not setting("omit_date") then
+    ngx.header["Date"] = ngx.http_time(math.floor(now()))
+  end
+  for k, v in pairs(f.headers or {}) do ngx.header[k] = v end
+  if f.truncate then
+    ngx.header["Content-Length"] = #body + 100
+    ngx.print(body)
+    ngx.flush(true)
+    return ngx.exit(ngx.ERROR)                          -- hang up mid-body
+  end
+  if f.body_delay and f.body_delay > 0 then
+    local half = math.floor(#body / 2)
+    ngx.header["Content-Length"] = #body
+    ngx.print(body:sub(1, half))
+    ngx.flush(true)
+    ngx.sleep(f.body_delay)
+    ngx.print(body:sub(half + 1))
+    return ngx.exit(ngx.status)
+  end
+  ngx.print(body)
+  return ngx.exit(ngx.status)
+end
+
+-- Control API -------------------------------------------------------------
+
+local function reset()
+  for _, k in ipairs(dict:get_keys(0)) do
+    if k ~= "clients" then dict:delete(k) end
+  end
+  store("clients", config.clients)
+  for k, v in pairs(config.settings or {}) do dict:set("set:" .. k, v) end
+end
+
+local function control(path, body)
+  if path == "/_sim/reset" then
+    reset()
+  elseif path == "/_sim/fault" then
+    local ep = body.endpoint or "issue"
+    local q = load("faults:" .. ep) or {}
+    q[#q + 1] = body
+    store("faults:" .. ep, q)
+  elseif path == "/_sim/clear_faults" then
+    for ep in pairs({ issue = 1, refresh = 1, revoke = 1, authorize = 1, protected = 1 }) do
+      dict:delete("faults:" .. ep)
+    end
+  elseif path == "/_sim/config" then
+    for k in pairs(DEFAULTS) do
+      if body[k] ~= nil then dict:set("set:" .. k, body[k]) end
+    end
+    if body.clients then
+      local cs = clients()
+      for _, c in ipairs(body.clients) do cs[#cs + 1] = c end
+      store("clients", cs)
+    end
+  elseif path == "/_sim/log" then
+    local out = {}
+    for i = 1, dict:get("log:n") or 0 do
+      out[#out + 1] = load("log:" .. i)
+    end
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(cjson.encode(out))
+    return ngx.exit(200)
+  elseif path == "/_sim/counts" then
+    local out = {}
+    for _, k in ipairs(dict:get_keys(0)) do
+      local name = k:match("^count:(.*)$")
+      if name then out[name] = dict:get(k) end
+    end
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(cjson.encode(out))
+    return ngx.exit(200)
+  elseif path == "/_sim/state" then
+    local out = {}
+    for k in pairs(DEFAULTS) do out[k] = setting(k) end
+    out.now = now()
+    ngx.header["Content-Type"] = "application/json"
+    ngx.print(cjson.encode(out))
+    return ngx.exit(200)
+  else
+    ngx.status = 404
+    ngx.print('{"error":"unknown control path"}')
+    return ngx.exit(404)
+  end
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print('{"ok":true}')
+  return ngx.exit(200)
+end
+
+local function log_request(endpoint, raw)
+  local headers = {}
+  for k, v in pairs(ngx.req.get_headers(50, true)) do headers[k] = v end
+  local n = dict:incr("log:n", 1, 0)
+  store("log:" .. n, { endpoint = endpoint, method = ngx.req.get_method(), path = ngx.var.uri,
+                       headers = headers, body = raw, time = ngx.now() })
+  dict:incr("count:" .. endpoint, 1, 0)
+end
+
+--- Called from init_by_lua with the simulator's configuration.
+function M.init(cfg)
+  config = cfg
+  dict = ngx.shared.sim
+  reset()
+end
+
+--- Called from init_worker_by_lua: seeds this worker's generator.
+function M.init_worker()
+  dict = ngx.shared.sim
+  math.randomseed(ngx.worker.pid() * 1000003 + math.floor(ngx.now() * 1000))
+end
+
+--- content_by_lua: serves one request.
+function M.handle()
+  local path = ngx.var.uri
+  ngx.req.read_body()
+  local raw = ngx.req.get_body_data() or ""
+  if path:sub(1, 6) == "/_sim/" then
+    return control(path, cjson.decode(raw) or {})
+  end
+  local endpoint = ENDPOINTS[path]
+  if not endpoint then
+    return fail(404, "404", "Not found")
+  end
+  log_request(endpoint, raw)
+  local f = take_fault(endpoint)
+  if f then return play_fault(f) end
+  if endpoint ~= "protected" and ngx.req.get_method() ~= "POST" then
+    return fail(405, "02", "Use POST")
+  end
+  local account = ngx.var.http_accountid
+  if not account or account == "" then
+    return fail(400, "02", "The accountId header is required")
+  end
+  local body = {}
+  if endpoint ~= "protected" then
+    local ctype = ngx.var.http_content_type or ""
+    if not ctype:find("application/json", 1, true) then
+      return fail(400, "02", "Content-Type must be application/json")
+    end
+    body = cjson.decode(raw)
+    if type(body) ~= "table" then
+      return fail(400, "02", "The body must be a JSON object")
+    end
+  end
+  return handlers[endpoint](body, account)
+end
+
+return M

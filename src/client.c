@@ -1,0 +1,527 @@
+/*
+ * client.c: the nomba.oauth.Client userdata.
+ *
+ * Owns the configuration, the secrets and the kept token (see nomba.h for
+ * the invariants). The Lua layer (nomba/oauth.lua) validates options and
+ * writes policy; this file gives it:
+ *   core.new(opts, state)         -> client (state becomes the user value)
+ *   core.fresh(client)            -> token, bearer, account | nil  (hot path)
+ *   core.info(client)             -> table describing the token state
+ *   core.perform(client, op, args, timeout) -> result | nil, err; status
+ *   core.request(client, op, args)          -> {method, url, headers, body}
+ *   core.answer(client, op, status, headers, body) -> result | nil, err
+ *   core.state(client)            -> the user value table
+ * and the methods close and invalidate, plus __gc, __close, __tostring.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "nomba.h"
+
+client *client_check(lua_State *L, int idx)
+{
+    return (client *)luaL_checkudata(L, idx, NOMBA_CLIENT_MT);
+}
+
+static void free_str(char **s)
+{
+    if (*s != NULL) {
+        free(*s);
+        *s = NULL;
+    }
+}
+
+void client_cleanup(client *c)
+{
+    int i;
+    http_release(c);
+    sbuf_free(&c->secret);
+    sbuf_free(&c->access);
+    sbuf_free(&c->refresh);
+    sbuf_free(&c->reqbody);
+    sbuf_free(&c->bearer_hdr);
+    sbuf_free(&c->resp);
+    free_str(&c->account_id);
+    free_str(&c->client_id);
+    free_str(&c->base_url);
+    free_str(&c->cafile);
+    free_str(&c->capath);
+    free_str(&c->pinned_pubkey);
+    free_str(&c->proxy);
+    free_str(&c->user_agent);
+    free_str(&c->business_id);
+    for (i = 0; i < OP__N; i++)
+        free_str(&c->paths[i]);
+    c->expires_mono = 0;
+    c->lifetime = 0;
+    c->closed = 1;
+}
+
+/* Clears the hot-path copies of the token kept in the user value. */
+static void uv_clear_token(lua_State *L, int cidx)
+{
+    nomba_getuv(L, cidx);
+    if (lua_istable(L, -1)) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, UV_TOKEN);
+        lua_pushnil(L);
+        lua_rawseti(L, -2, UV_BEARER);
+    }
+    lua_pop(L, 1);
+}
+
+/* After c->access changed: refresh the Lua strings of the hot path. */
+void client_set_token(lua_State *L, int cidx, client *c)
+{
+    nomba_getuv(L, cidx);
+    lua_pushlstring(L, c->access.p, c->access.n);
+    lua_rawseti(L, -2, UV_TOKEN);
+    lua_pushliteral(L, "Bearer ");
+    lua_pushlstring(L, c->access.p, c->access.n);
+    lua_concat(L, 2);
+    lua_rawseti(L, -2, UV_BEARER);
+    lua_pop(L, 1);
+}
+
+/* Drops the kept token: wipes it and forgets its clock. */
+void client_drop_token(lua_State *L, int cidx, client *c)
+{
+    sbuf_wipe(&c->access);
+    sbuf_wipe(&c->refresh);
+    free_str(&c->business_id);
+    c->expires_mono = 0;
+    c->lifetime = 0;
+    uv_clear_token(L, cidx);
+}
+
+/* Copies an optional string field of the options table into *dst. */
+static void opt_string(lua_State *L, int t, const char *name, char **dst, int required)
+{
+    const char *s;
+    size_t n;
+    lua_getfield(L, t, name);
+    if (lua_isnil(L, -1)) {
+        if (required)
+            luaL_error(L, "nomba.oauth: option '%s' is required", name);
+        lua_pop(L, 1);
+        return;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "nomba.oauth: option '%s' must be a string", name);
+    s = lua_tolstring(L, -1, &n);
+    if (strlen(s) != n)
+        luaL_error(L, "nomba.oauth: option '%s' must not contain NUL bytes", name);
+    *dst = malloc(n + 1);
+    if (*dst == NULL)
+        luaL_error(L, "nomba.oauth: out of memory");
+    memcpy(*dst, s, n + 1);
+    lua_pop(L, 1);
+}
+
+static double opt_number(lua_State *L, int t, const char *name, double def)
+{
+    double v = def;
+    lua_getfield(L, t, name);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "nomba.oauth: option '%s' must be a number", name);
+        v = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* core.new(opts, state): opts already validated and completed by the Lua
+ * layer (base_url and every path set); state becomes the user value. */
+static int client_new(lua_State *L)
+{
+    static const char *const pathnames[] = {"issue", "refresh", "revoke", "authorize"};
+    client *c;
+    int i;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    c = (client *)nomba_newuserdata(L, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->closed = 1;                       /* a valid closed client until built */
+    luaL_getmetatable(L, NOMBA_CLIENT_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, 2);
+    nomba_setuv(L, -2);
+
+    opt_string(L, 1, "account_id", &c->account_id, 1);
+    opt_string(L, 1, "client_id", &c->client_id, 1);
+    opt_string(L, 1, "base_url", &c->base_url, 1);
+    opt_string(L, 1, "cafile", &c->cafile, 0);
+    opt_string(L, 1, "capath", &c->capath, 0);
+    opt_string(L, 1, "pinned_pubkey", &c->pinned_pubkey, 0);
+    opt_string(L, 1, "proxy", &c->proxy, 0);
+    opt_string(L, 1, "user_agent", &c->user_agent, 1);
+    lua_getfield(L, 1, "paths");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    for (i = 0; i < 4; i++)
+        opt_string(L, lua_gettop(L), pathnames[i], &c->paths[i], 1);
+    lua_pop(L, 1);
+    c->paths[OP_EXCHANGE] = malloc(strlen(c->paths[OP_ISSUE]) + 1);
+    if (c->paths[OP_EXCHANGE] == NULL)
+        return luaL_error(L, "nomba.oauth: out of memory");
+    strcpy(c->paths[OP_EXCHANGE], c->paths[OP_ISSUE]);
+
+    c->timeout = opt_number(L, 1, "timeout", 10);
+    c->connect_timeout = opt_number(L, 1, "connect_timeout", 5);
+    c->refresh_skew = opt_number(L, 1, "refresh_skew", 300);
+    c->max_response = (size_t)opt_number(L, 1, "max_response_bytes", 65536);
+    lua_getfield(L, 1, "allow_http");
+    c->allow_http = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+
+    lua_getfield(L, 1, "client_secret");
+    if (!lua_isnil(L, -1)) {
+        size_t n;
+        const char *s = luaL_checklstring(L, -1, &n);
+        if (!sbuf_set(&c->secret, s, n))
+            return luaL_error(L, "nomba.oauth: out of memory");
+    }
+    lua_pop(L, 1);
+
+    lua_pushstring(L, c->account_id);
+    lua_rawseti(L, 2, UV_ACCOUNT);
+    c->closed = 0;
+    return 1;
+}
+
+/* The refresh window: refresh_skew, but never more than half the token's
+ * lifetime, so a short-lived sandbox token is not renewed on every call. */
+static double skew_of(const client *c)
+{
+    double half = c->lifetime / 2;
+    return c->refresh_skew < half ? c->refresh_skew : half;
+}
+
+/* core.is_client(v): whether v is a client. */
+static int client_is(lua_State *L)
+{
+    lua_pushboolean(L, luaL_testudata(L, 1, NOMBA_CLIENT_MT) != NULL);
+    return 1;
+}
+
+/* core.fresh(client[, margin]): the hot path. Returns the kept token, the
+ * bearer header and the account id while more than margin (default: the
+ * refresh window) seconds remain. No allocation: all three are Lua strings
+ * kept in the user value. */
+static int client_fresh(lua_State *L)
+{
+    client *c = (client *)lua_touserdata(L, 1);
+    if (c == NULL || !luaL_testudata(L, 1, NOMBA_CLIENT_MT))
+        return luaL_argerror(L, 1, "nomba.oauth.Client expected");
+    if (c->closed || c->expires_mono <= 0 ||
+        c->expires_mono - nt_mono_coarse() <= (lua_isnoneornil(L, 2) ? skew_of(c) : lua_tonumber(L, 2)))
+        return 0;
+    nomba_getuv(L, 1);
+    lua_rawgeti(L, -1, UV_TOKEN);
+    lua_rawgeti(L, -2, UV_BEARER);
+    lua_rawgeti(L, -3, UV_ACCOUNT);
+    return 3;
+}
+
+/* core.info(client): the token state the Lua policy needs. */
+static int client_info(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    double left = c->expires_mono > 0 ? c->expires_mono - nt_mono() : 0;
+    lua_createtable(L, 0, 8);
+    lua_pushboolean(L, c->closed);
+    lua_setfield(L, -2, "closed");
+    lua_pushboolean(L, left > 0);
+    lua_setfield(L, -2, "valid");
+    lua_pushnumber(L, left > 0 ? left : 0);
+    lua_setfield(L, -2, "remaining");
+    lua_pushnumber(L, c->lifetime);
+    lua_setfield(L, -2, "lifetime");
+    lua_pushnumber(L, skew_of(c));
+    lua_setfield(L, -2, "skew");
+    lua_pushboolean(L, c->refresh.n > 0);
+    lua_setfield(L, -2, "has_refresh");
+    lua_pushboolean(L, c->access.n > 0);
+    lua_setfield(L, -2, "has_access");
+    lua_pushboolean(L, c->secret.n > 0);
+    lua_setfield(L, -2, "has_secret");
+    return 1;
+}
+
+static int client_state(lua_State *L)
+{
+    client_check(L, 1);
+    nomba_getuv(L, 1);
+    return 1;
+}
+
+static int closed_error(lua_State *L, int op)
+{
+    return err_simple(L, "closed", op, "the client is closed");
+}
+
+/* core.perform(client, op, args, timeout): one attempt over libcurl.
+ * Returns the result, or nil and an error; then the HTTP status or nil. */
+static int client_perform(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    double timeout = luaL_optnumber(L, 4, c->timeout);
+    nomba_request rq;
+    int r;
+    if (c->closed)
+        return closed_error(L, op);
+    lua_settop(L, 4);
+    r = proto_build(L, 1, c, op, 3, &rq);
+    if (r == 0)
+        r = http_perform(L, 1, c, op, &rq, timeout);
+    proto_request_done(c);
+    return r;
+}
+
+/* core.request(client, op, args): the request a Lua transport carries. The
+ * body becomes a Lua string: that is the price of a custom transport. */
+static int client_request(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    nomba_request rq;
+    int r;
+    if (c->closed)
+        return closed_error(L, op);
+    lua_settop(L, 3);
+    r = proto_build(L, 1, c, op, 3, &rq);
+    if (r != 0) {
+        proto_request_done(c);
+        return r;
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushliteral(L, "POST");
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, rq.url);
+    lua_setfield(L, -2, "url");
+    lua_pushlstring(L, c->reqbody.p, c->reqbody.n);
+    lua_setfield(L, -2, "body");
+    lua_createtable(L, 0, 4);
+    lua_pushliteral(L, "application/json");
+    lua_setfield(L, -2, "Content-Type");
+    lua_pushliteral(L, "application/json");
+    lua_setfield(L, -2, "Accept");
+    lua_pushstring(L, c->account_id);
+    lua_setfield(L, -2, "accountId");
+    lua_pushstring(L, c->user_agent);
+    lua_setfield(L, -2, "User-Agent");
+    if (rq.bearer) {
+        /* "Authorization: Bearer x" -> "Bearer x" */
+        const char *v = c->bearer_hdr.p + sizeof "Authorization: " - 1;
+        lua_pushstring(L, v);
+        lua_setfield(L, -2, "Authorization");
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushnumber(L, c->timeout);
+    lua_setfield(L, -2, "timeout");
+    proto_request_done(c);
+    return 1;
+}
+
+/* Copies a header value (case-insensitive name) from a Lua table. */
+static void meta_header(lua_State *L, int t, const char *name, char *dst, size_t cap)
+{
+    dst[0] = '\0';
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            const char *k = lua_tostring(L, -2);
+            size_t i;
+            int eq = 1;
+            for (i = 0; name[i] != '\0' || k[i] != '\0'; i++) {
+                char a = k[i], b = name[i];
+                if (a >= 'A' && a <= 'Z')
+                    a = (char)(a - 'A' + 'a');
+                if (a != b) {
+                    eq = 0;
+                    break;
+                }
+            }
+            if (eq) {
+                if (lua_istable(L, -1))
+                    lua_rawgeti(L, -1, 1);
+                else
+                    lua_pushvalue(L, -1);
+                if (lua_type(L, -1) == LUA_TSTRING) {
+                    size_t n;
+                    const char *v = lua_tolstring(L, -1, &n);
+                    if (n >= cap)
+                        n = cap - 1;
+                    memcpy(dst, v, n);
+                    dst[n] = '\0';
+                }
+                lua_pop(L, 3);
+                return;
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* core.answer(client, op, status, headers, body): interprets an answer a
+ * Lua transport received, exactly as the libcurl path does. */
+static int client_answer(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    nomba_answer_meta m;
+    size_t n = 0;
+    const char *body;
+    if (c->closed)
+        return closed_error(L, op);
+    memset(&m, 0, sizeof m);
+    m.status = (long)luaL_checkinteger(L, 3);
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        meta_header(L, 4, "date", m.date, sizeof m.date);
+        meta_header(L, 4, "retry-after", m.retry_after, sizeof m.retry_after);
+        meta_header(L, 4, "content-type", m.content_type, sizeof m.content_type);
+    }
+    body = luaL_optlstring(L, 5, "", &n);
+    if (n > c->max_response) {
+        nomba_err e;
+        err_init(&e, "protocol", op, "the answer exceeds max_response_bytes");
+        e.status = m.status;
+        return err_return(L, c, &e);
+    }
+    return proto_interpret(L, 1, c, op, &m, body, n);
+}
+
+/* client:invalidate(): never hand out the kept access token again. Its
+ * bytes stay (wiped on close) because a refresh sends it as the bearer. */
+static int client_invalidate(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    c->expires_mono = 0;
+    uv_clear_token(L, 1);
+    return 0;
+}
+
+/* core.drop(client[, access_token]): after a successful revoke, forget the
+ * kept token when it is the one revoked (or when none was named). */
+static int client_drop(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    size_t n = 0;
+    const char *t = luaL_optlstring(L, 2, NULL, &n);
+    if (c->closed)
+        return 0;
+    if (t == NULL || (n == c->access.n && n > 0 && memcmp(t, c->access.p, n) == 0))
+        client_drop_token(L, 1, c);
+    return 0;
+}
+
+static int client_close(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    client_cleanup(c);
+    uv_clear_token(L, 1);
+    return 0;
+}
+
+static int client__gc(lua_State *L)
+{
+    client *c = (client *)luaL_testudata(L, 1, NOMBA_CLIENT_MT);
+    if (c != NULL)
+        client_cleanup(c);
+    return 0;
+}
+
+static int client__tostring(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    char state[64];
+    if (c->closed) {
+        lua_pushfstring(L, "nomba.oauth.Client (closed): %p", (void *)c);
+        return 1;
+    }
+    if (c->expires_mono > 0) {
+        double left = c->expires_mono - nt_mono();
+        if (left > 0)
+            snprintf(state, sizeof state, "valid for %.0fs", left);
+        else
+            snprintf(state, sizeof state, "expired");
+    } else if (c->access.n > 0) {
+        snprintf(state, sizeof state, "invalidated");
+    } else {
+        snprintf(state, sizeof state, "none");
+    }
+    lua_pushfstring(L, "nomba.oauth.Client (account %s, client %s, %s, token %s): %p",
+                    c->account_id, c->client_id, c->base_url, state, (void *)c);
+    return 1;
+}
+
+#ifdef NOMBA_TEST_HOOKS
+/* core._test_wiped(client): true when every secret buffer is zero or
+ * freed. Compiled only into the test build. */
+static int client_test_wiped(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    const sbuf *bufs[6];
+    int i, ok = 1;
+    bufs[0] = &c->secret;
+    bufs[1] = &c->access;
+    bufs[2] = &c->refresh;
+    bufs[3] = &c->reqbody;
+    bufs[4] = &c->bearer_hdr;
+    bufs[5] = &c->resp;
+    for (i = 0; i < 6; i++) {
+        size_t k;
+        if (bufs[i]->p == NULL)
+            continue;
+        for (k = 0; k < bufs[i]->cap; k++)
+            if (bufs[i]->p[k] != 0)
+                ok = 0;
+    }
+    lua_pushboolean(L, ok);
+    return 1;
+}
+#endif
+
+void client_open(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"close", client_close},
+        {"invalidate", client_invalidate},
+        {NULL, NULL}
+    };
+    static const luaL_Reg meta[] = {
+        {"__gc", client__gc},
+#if LUA_VERSION_NUM >= 504
+        {"__close", client__gc},
+#endif
+        {"__tostring", client__tostring},
+        {NULL, NULL}
+    };
+    static const luaL_Reg funcs[] = {
+        {"new", client_new},
+        {"fresh", client_fresh},
+        {"is_client", client_is},
+        {"info", client_info},
+        {"state", client_state},
+        {"perform", client_perform},
+        {"request", client_request},
+        {"answer", client_answer},
+        {"drop", client_drop},
+#ifdef NOMBA_TEST_HOOKS
+        {"_test_wiped", client_test_wiped},
+#endif
+        {NULL, NULL}
+    };
+    luaL_newmetatable(L, NOMBA_CLIENT_MT);
+    luaL_setfuncs(L, meta, 0);
+    lua_pushstring(L, NOMBA_CLIENT_MT);
+    lua_setfield(L, -2, "__name");
+    luaL_newlib(L, methods);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "__index");
+    lua_setfield(L, -3, "methods");      /* module.methods */
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,221 @@
+/*
+ * err.c: the error values (metatable "nomba.oauth.Error", exposed to Lua
+ * as oauth.Error).
+ *
+ * An error is a plain table {kind, op, status, code, message, retryable,
+ * retry_after}. Invariant: no error ever carries a secret. Messages come
+ * from our own words, from libcurl's error buffer (which never holds a
+ * request body or header), or from the server's `description`, which is
+ * cleaned here: control bytes dropped, length capped, and any occurrence
+ * of the client's secret or tokens replaced by "[redacted]".
+ */
+#include <string.h>
+#include <stdio.h>
+#include "nomba.h"
+
+#define MSG_MAX 240
+
+const char *const nomba_op_names[] = {
+    "issue", "refresh", "revoke", "authorize", "exchange", "token", NULL
+};
+
+int nomba_checkop(lua_State *L, int idx)
+{
+    return luaL_checkoption(L, idx, NULL, nomba_op_names);
+}
+
+void err_init(nomba_err *e, const char *kind, int op, const char *msg)
+{
+    memset(e, 0, sizeof *e);
+    e->kind = kind;
+    e->op = op;
+    e->message = msg;
+    e->msglen = msg ? strlen(msg) : 0;
+    e->retry_after = -1;
+}
+
+/* Does [p, p+n) contain the secret s? */
+static const char *find_secret(const char *p, size_t n, const sbuf *s)
+{
+    size_t i;
+    if (s->n < 4 || s->n > n)
+        return NULL;
+    for (i = 0; i + s->n <= n; i++)
+        if (p[i] == s->p[0] && memcmp(p + i, s->p, s->n) == 0)
+            return p + i;
+    return NULL;
+}
+
+/* Pushes a cleaned copy of a message taken from the network. */
+static void push_clean(lua_State *L, const client *c, const char *p, size_t n)
+{
+    char out[MSG_MAX + 16];
+    size_t i = 0, o = 0;
+    while (i < n && o < MSG_MAX) {
+        const sbuf *hit = NULL;
+        if (c != NULL) {
+            const sbuf *cands[3];
+            int k;
+            cands[0] = &c->secret;
+            cands[1] = &c->access;
+            cands[2] = &c->refresh;
+            for (k = 0; k < 3 && !hit; k++)
+                if (cands[k]->n >= 4 && find_secret(p + i, n - i, cands[k]) == p + i)
+                    hit = cands[k];
+        }
+        if (hit) {
+            static const char red[] = "[redacted]";
+            size_t m = sizeof red - 1;
+            if (o + m > MSG_MAX)
+                break;
+            memcpy(out + o, red, m);
+            o += m;
+            i += hit->n;
+            continue;
+        }
+        {
+            unsigned char ch = (unsigned char)p[i++];
+            out[o++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+        }
+    }
+    if (i < n) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    lua_pushlstring(L, out, o);
+}
+
+void err_push(lua_State *L, const client *c, const nomba_err *e)
+{
+    lua_createtable(L, 0, 8);
+    lua_pushstring(L, e->kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, nomba_op_names[e->op]);
+    lua_setfield(L, -2, "op");
+    if (e->status > 0) {
+        lua_pushinteger(L, (lua_Integer)e->status);
+        lua_setfield(L, -2, "status");
+    }
+    if (e->code != NULL) {
+        push_clean(L, c, e->code, e->codelen);
+        lua_setfield(L, -2, "code");
+    }
+    push_clean(L, c, e->message ? e->message : e->kind, e->message ? e->msglen : strlen(e->kind));
+    lua_setfield(L, -2, "message");
+    lua_pushboolean(L, e->retryable);
+    lua_setfield(L, -2, "retryable");
+    if (e->retry_after >= 0) {
+        lua_pushnumber(L, e->retry_after);
+        lua_setfield(L, -2, "retry_after");
+    }
+    luaL_getmetatable(L, NOMBA_ERROR_MT);
+    lua_setmetatable(L, -2);
+}
+
+int err_return(lua_State *L, const client *c, const nomba_err *e)
+{
+    lua_pushnil(L);
+    err_push(L, c, e);
+    return 2;
+}
+
+int err_simple(lua_State *L, const char *kind, int op, const char *msg)
+{
+    nomba_err e;
+    err_init(&e, kind, op, msg);
+    return err_return(L, NULL, &e);
+}
+
+/* tostring(err): one line, e.g.
+ * nomba.oauth: issue failed: HTTP 401, Nomba code "401": Invalid client credentials */
+static int error__tostring(lua_State *L)
+{
+    luaL_Buffer b;
+    int parts = 0;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "nomba.oauth: ");
+    lua_getfield(L, 1, "op");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        luaL_addvalue(&b);
+        luaL_addstring(&b, " failed: ");
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, 1, "status");
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        char tmp[32];
+        snprintf(tmp, sizeof tmp, "HTTP %ld", (long)lua_tonumber(L, -1));
+        luaL_addstring(&b, tmp);
+        parts++;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "code");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        if (parts++)
+            luaL_addstring(&b, ", ");
+        luaL_addstring(&b, "Nomba code \"");
+        luaL_addvalue(&b);
+        luaL_addstring(&b, "\"");
+    } else {
+        lua_pop(L, 1);
+    }
+    if (parts == 0) {
+        lua_getfield(L, 1, "kind");
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            luaL_addvalue(&b);
+            parts++;
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    lua_getfield(L, 1, "message");
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        if (parts)
+            luaL_addstring(&b, ": ");
+        luaL_addvalue(&b);
+    } else {
+        lua_pop(L, 1);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+/* core.error(kind, op, message[, fields]): an error made by the Lua layer,
+ * with the same metatable and shape as the ones made in C. */
+static int error_new(lua_State *L)
+{
+    nomba_err e;
+    size_t len;
+    const char *kind = luaL_checkstring(L, 1);
+    int op = nomba_checkop(L, 2);
+    const char *msg = luaL_optlstring(L, 3, NULL, &len);
+    err_init(&e, kind, op, msg);
+    e.msglen = msg ? len : 0;
+    if (lua_istable(L, 4)) {
+        lua_getfield(L, 4, "status");
+        e.status = (long)lua_tointeger(L, -1);
+        lua_getfield(L, 4, "retryable");
+        e.retryable = lua_toboolean(L, -1);
+        lua_getfield(L, 4, "retry_after");
+        if (lua_isnumber(L, -1))
+            e.retry_after = lua_tonumber(L, -1);
+        lua_getfield(L, 4, "code");
+        if (lua_type(L, -1) == LUA_TSTRING)
+            e.code = lua_tolstring(L, -1, &e.codelen);
+    }
+    err_push(L, NULL, &e);
+    return 1;
+}
+
+void err_open(lua_State *L)
+{
+    luaL_newmetatable(L, NOMBA_ERROR_MT);
+    lua_pushcfunction(L, error__tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushstring(L, NOMBA_ERROR_MT);
+    lua_setfield(L, -2, "__name");
+    lua_setfield(L, -2, "Error");
+    lua_pushcfunction(L, error_new);
+    lua_setfield(L, -2, "error");
+}

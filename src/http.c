@@ -1,0 +1,269 @@
+/*
+ * http.c: one HTTP attempt over the client's own libcurl easy handle.
+ *
+ * The handle is made lazily and reused, so consecutive requests ride one
+ * keep-alive TLS connection. It belongs to the process that made it: after
+ * fork() a child abandons the inherited handle (never cleans it up, never
+ * uses it: the parent still owns the connection) and makes its own.
+ *
+ * Callbacks are plain C that only copy bytes: no Lua is ever called while
+ * libcurl runs, so no Lua error can cross it. TLS peer and host
+ * verification are always on; nothing here can turn them off, and no
+ * verbose or debug trace is ever enabled.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <curl/curl.h>
+#include <openssl/crypto.h>
+#include "nomba.h"
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_init_once(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+void http_global_init(void)
+{
+    pthread_once(&curl_once, curl_init_once);
+}
+
+static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
+{
+    client *c = (client *)ud;
+    size_t n = size * nmemb;
+    if (c->resp.n + n > c->max_response) {
+        c->overflow = 1;
+        return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
+    }
+    if (!sbuf_add(&c->resp, p, n))
+        return 0;
+    return n;
+}
+
+/* Copies the value of "Name: value\r\n" into dst when the name matches. */
+static void take_header(const char *p, size_t n, const char *name, char *dst, size_t cap)
+{
+    size_t k = strlen(name), i;
+    if (n <= k || p[k] != ':' || strncasecmp(p, name, k) != 0)
+        return;
+    p += k + 1;
+    n -= k + 1;
+    while (n > 0 && (*p == ' ' || *p == '\t'))
+        p++, n--;
+    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n' || p[n - 1] == ' '))
+        n--;
+    if (n >= cap)
+        n = cap - 1;
+    for (i = 0; i < n; i++)
+        dst[i] = p[i];
+    dst[n] = '\0';
+}
+
+static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
+{
+    client *c = (client *)ud;
+    size_t n = size * nmemb;
+    nomba_answer_meta *m = &c->meta;
+    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        /* a new response (after 1xx or a retry inside libcurl): start over */
+        m->date[0] = m->retry_after[0] = m->content_type[0] = '\0';
+        return n;
+    }
+    take_header(p, n, "date", m->date, sizeof m->date);
+    take_header(p, n, "retry-after", m->retry_after, sizeof m->retry_after);
+    take_header(p, n, "content-type", m->content_type, sizeof m->content_type);
+    return n;
+}
+
+void http_release(client *c)
+{
+    if (c->curl != NULL && c->curl_pid == getpid()) {
+        curl_easy_cleanup((CURL *)c->curl);
+        curl_slist_free_all((struct curl_slist *)c->base_headers);
+    }
+    /* else inherited across fork: abandoned, the parent owns it */
+    c->curl = NULL;
+    c->base_headers = NULL;
+}
+
+static struct curl_slist *add_header(struct curl_slist *l, const char *h, int *ok)
+{
+    struct curl_slist *n = curl_slist_append(l, h);
+    if (n == NULL) {
+        *ok = 0;
+        return l;
+    }
+    return n;
+}
+
+/* Makes the handle and sets everything that stays the same per client. */
+static CURL *handle_of(client *c)
+{
+    CURL *h;
+    struct curl_slist *hdrs = NULL;
+    char acct[160];
+    int ok = 1;
+
+    if (c->curl != NULL && c->curl_pid != getpid())
+        http_release(c);             /* forked: abandon the parent's handle */
+    if (c->curl != NULL)
+        return (CURL *)c->curl;
+    http_global_init();
+    h = curl_easy_init();
+    if (h == NULL)
+        return NULL;
+    snprintf(acct, sizeof acct, "accountId: %s", c->account_id);
+    hdrs = add_header(hdrs, "Content-Type: application/json", &ok);
+    hdrs = add_header(hdrs, "Accept: application/json", &ok);
+    hdrs = add_header(hdrs, acct, &ok);
+    hdrs = add_header(hdrs, "Expect:", &ok);
+    if (!ok) {
+        curl_slist_free_all(hdrs);
+        curl_easy_cleanup(h);
+        return NULL;
+    }
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, c->allow_http ? "http,https" : "https");
+#else
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS,
+                     (long)(c->allow_http ? CURLPROTO_HTTP | CURLPROTO_HTTPS : CURLPROTO_HTTPS));
+#endif
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->connect_timeout * 1000));
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
+    if (c->cafile)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->cafile);
+    if (c->capath)
+        curl_easy_setopt(h, CURLOPT_CAPATH, c->capath);
+    if (c->pinned_pubkey)
+        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, c->pinned_pubkey);
+    if (c->proxy)
+        curl_easy_setopt(h, CURLOPT_PROXY, c->proxy);
+    c->curl = h;
+    c->curl_pid = getpid();
+    c->base_headers = hdrs;
+    return h;
+}
+
+/* What kind of failure a libcurl code is. */
+static const char *kind_of(CURLcode rc, int *retryable)
+{
+    *retryable = 0;
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        *retryable = 1;
+        return "timeout";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_USE_SSL_FAILED:
+        return "tls";
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return "config";
+    case CURLE_PARTIAL_FILE:
+        *retryable = 1;
+        return "protocol";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+        *retryable = 1;
+        return "transport";
+    default:
+        return "transport";
+    }
+}
+
+int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
+{
+    CURL *h = handle_of(c);
+    struct curl_slist bearer, *hdrs;
+    CURLcode rc;
+    long status = 0;
+    nomba_err e;
+    int r;
+
+    if (h == NULL)
+        return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
+    hdrs = (struct curl_slist *)c->base_headers;
+    if (rq->bearer) {
+        /* one list node on the stack in front of the shared headers, so the
+         * bearer's only copy stays in bearer_hdr, wiped after the attempt */
+        bearer.data = c->bearer_hdr.p;
+        bearer.next = hdrs;
+        hdrs = &bearer;
+    }
+    memset(&c->meta, 0, sizeof c->meta);
+    sbuf_wipe(&c->resp);
+    c->overflow = 0;
+    c->errbuf[0] = '\0';
+    curl_easy_setopt(h, CURLOPT_URL, rq->url);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->reqbody.p);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->reqbody.n);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
+
+    rc = curl_easy_perform(h);
+
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->base_headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+    proto_request_done(c);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    c->meta.status = status;
+
+    if (rc != CURLE_OK) {
+        const char *msg = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+        int retryable;
+        const char *kind = kind_of(rc, &retryable);
+        if (c->overflow) {
+            kind = "protocol";
+            retryable = 0;
+            msg = "the answer exceeds max_response_bytes";
+        }
+        sbuf_wipe(&c->resp);
+        err_init(&e, kind, op, msg);
+        e.retryable = retryable;
+        e.status = status > 0 ? status : 0;
+        lua_pushnil(L);
+        err_push(L, c, &e);
+        if (status > 0)
+            lua_pushinteger(L, (lua_Integer)status);
+        else
+            lua_pushnil(L);
+        return 3;
+    }
+    r = proto_interpret(L, cidx, c, op, &c->meta, c->resp.p ? c->resp.p : "", c->resp.n);
+    sbuf_wipe(&c->resp);
+    return r;
+}

@@ -1,0 +1,151 @@
+/*
+ * nomba.h: what the C files of nomba.oauth.core share.
+ *
+ * Everything declared here has hidden visibility; the only exported
+ * symbol of the module is luaopen_nomba_oauth_core.
+ *
+ * Invariants of a client (struct client):
+ *   - the userdata is zeroed and given its metatable before anything
+ *     can fail, so a half-built client is a valid closed one;
+ *   - every secret (client secret, access token, refresh token, the
+ *     request body that held one, the response that held one) lives
+ *     in memory owned by the client and is wiped with OPENSSL_cleanse
+ *     before it is freed or reused;
+ *   - client_cleanup() serves close, __gc and __close and is safe to
+ *     call any number of times;
+ *   - the libcurl handle belongs to the process that created it
+ *     (curl_pid); a child of fork() abandons it and makes its own.
+ */
+#ifndef NOMBA_H
+#define NOMBA_H
+
+#include <stddef.h>
+#include <sys/types.h>
+#include "compat.h"
+
+#define NOMBA_VERSION      "0.1.0"
+#define NOMBA_CLIENT_MT    "nomba.oauth.Client"
+#define NOMBA_ERROR_MT     "nomba.oauth.Error"
+
+#define NOMBA_HIDDEN __attribute__((visibility("hidden")))
+
+/* Slots of the client's user value table kept by C (Lua keeps its
+ * own state under string keys of the same table). */
+#define UV_TOKEN   1   /* access token as a Lua string (hot path) */
+#define UV_BEARER  2   /* "Bearer <token>" */
+#define UV_ACCOUNT 3   /* account id */
+
+/* A growable byte buffer that may hold a secret: always wiped. */
+typedef struct {
+    char *p;
+    size_t n, cap;
+} sbuf;
+
+NOMBA_HIDDEN int  sbuf_reserve(sbuf *b, size_t extra);
+NOMBA_HIDDEN int  sbuf_add(sbuf *b, const char *s, size_t n);
+NOMBA_HIDDEN int  sbuf_adds(sbuf *b, const char *s);
+NOMBA_HIDDEN int  sbuf_add_json_string(sbuf *b, const char *s, size_t n);
+NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the bytes, keep capacity */
+NOMBA_HIDDEN void sbuf_free(sbuf *b);   /* zero and free */
+NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
+
+/* Operations, as named in errors and events. */
+enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP__N };
+NOMBA_HIDDEN extern const char *const nomba_op_names[];
+NOMBA_HIDDEN int nomba_checkop(lua_State *L, int idx);
+
+/* What one HTTP answer carried that the interpreter needs. */
+typedef struct {
+    long status;
+    char date[64];          /* the Date header, or "" */
+    char retry_after[64];   /* the Retry-After header, or "" */
+    char content_type[96];  /* the Content-Type header, or "" */
+} nomba_answer_meta;
+
+/* A request prepared for one attempt. Its body and bearer header live
+ * in client-owned buffers (reqbody, bearer_hdr), so nothing leaks if a
+ * Lua error interrupts; proto_request_done() wipes them. */
+typedef struct {
+    char url[1024];
+    int bearer;             /* bearer_hdr holds "Authorization: Bearer ..." */
+} nomba_request;
+
+
+typedef struct client {
+    int closed;
+    /* configuration */
+    char *account_id, *client_id, *base_url;
+    char *paths[OP__N];     /* path per op (issue, refresh, revoke, authorize) */
+    char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
+    double timeout, connect_timeout, refresh_skew;
+    size_t max_response;
+    int allow_http;         /* base_url is http:// on a loopback host */
+    /* secrets */
+    sbuf secret, access, refresh;
+    sbuf reqbody, bearer_hdr, resp; /* per-request buffers, reused, wiped */
+    char *business_id;
+    /* token clock: monotonic seconds */
+    double expires_mono;    /* 0 when there is no usable token */
+    double lifetime;        /* seconds the kept token was issued for */
+    double expires_wall;    /* local wall clock, corrected for skew */
+    /* libcurl */
+    void *curl;             /* CURL *, owned by curl_pid */
+    pid_t curl_pid;
+    void *base_headers;     /* struct curl_slist *, same owner */
+    nomba_answer_meta meta;
+    int overflow;           /* the answer exceeded max_response */
+    char errbuf[256];       /* CURL_ERROR_SIZE */
+} client;
+
+/* client.c */
+NOMBA_HIDDEN client *client_check(lua_State *L, int idx);
+NOMBA_HIDDEN void client_cleanup(client *c);
+NOMBA_HIDDEN void client_set_token(lua_State *L, int cidx, client *c);
+NOMBA_HIDDEN void client_drop_token(lua_State *L, int cidx, client *c);
+NOMBA_HIDDEN void client_open(lua_State *L);
+
+/* proto.c: building requests and interpreting answers (sans-I/O). */
+NOMBA_HIDDEN int proto_build(lua_State *L, int cidx, client *c, int op, int argidx,
+                             nomba_request *rq);
+NOMBA_HIDDEN int proto_interpret(lua_State *L, int cidx, client *c, int op,
+                                 const nomba_answer_meta *m, const char *body, size_t n);
+NOMBA_HIDDEN void proto_request_done(client *c);
+NOMBA_HIDDEN void proto_open(lua_State *L);
+
+/* http.c: one attempt over the client's libcurl handle. */
+NOMBA_HIDDEN int http_perform(lua_State *L, int cidx, client *c, int op,
+                              nomba_request *rq, double timeout);
+NOMBA_HIDDEN void http_release(client *c);
+NOMBA_HIDDEN void http_global_init(void);
+
+/* err.c */
+typedef struct {
+    const char *kind;
+    int op;
+    long status;            /* 0: none */
+    const char *code;       /* NULL: none */
+    size_t codelen;
+    const char *message;
+    size_t msglen;
+    int retryable;
+    double retry_after;     /* < 0: none */
+} nomba_err;
+NOMBA_HIDDEN void err_init(nomba_err *e, const char *kind, int op, const char *msg);
+NOMBA_HIDDEN void err_push(lua_State *L, const client *c, const nomba_err *e);
+NOMBA_HIDDEN int  err_return(lua_State *L, const client *c, const nomba_err *e);
+NOMBA_HIDDEN int  err_simple(lua_State *L, const char *kind, int op, const char *msg);
+NOMBA_HIDDEN void err_open(lua_State *L);
+
+/* timeparse.c: pure C, no Lua (fuzzed). */
+NOMBA_HIDDEN int    nt_iso8601(const char *s, size_t n, double *out);
+NOMBA_HIDDEN int    nt_httpdate(const char *s, size_t n, double *out);
+NOMBA_HIDDEN int    nt_retry_after(const char *s, size_t n, double now, double *out);
+NOMBA_HIDDEN double nt_mono(void);
+NOMBA_HIDDEN double nt_mono_coarse(void);
+NOMBA_HIDDEN double nt_wall(void);
+
+/* pkce.c */
+NOMBA_HIDDEN int  pkce_valid_verifier(const char *s, size_t n);
+NOMBA_HIDDEN void pkce_open(lua_State *L);
+
+#endif
