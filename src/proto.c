@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <stdio.h>
 #include "nomba.h"
 
 static const char json_key = 'j';   /* registry key: our cjson instance */
@@ -374,8 +375,18 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op,
         const char *code = NULL;
         size_t codelen = 0;
         lua_getfield(L, doc, "code");
-        if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER)
-            code = lua_tolstring(L, -1, &codelen);   /* converts a number in place */
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            /* a numeric code reads as Nomba writes it: 2 is "2", not "2.0" */
+            double d = lua_tonumber(L, -1);
+            char num[32];
+            if (d == floor(d) && fabs(d) < 1e15)
+                snprintf(num, sizeof num, "%.0f", d);
+            else
+                snprintf(num, sizeof num, "%.14g", d);
+            lua_pushstring(L, num);
+        }
+        if (lua_type(L, -1) == LUA_TSTRING)
+            code = lua_tolstring(L, -1, &codelen);
         if (ok2xx && (code == NULL || (codelen == 2 && memcmp(code, "00", 2) == 0)))
             return success(L, cidx, c, op, doc, m);
         if (code != NULL) {

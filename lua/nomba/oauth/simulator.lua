@@ -218,7 +218,15 @@ function M.start(opts)
   return nil, "nginx did not start: " .. tostring(last)
 end
 
+--- A handle on a simulator started elsewhere (e.g. by tools/with-simulator.lua).
+-- @tparam table t `url` and `cafile`
+function M.attach(t)
+  return setmetatable({ url = t.url, cafile = t.cafile, client = M.CLIENT,
+                        port = tonumber(t.url:match(":(%d+)$")) }, Sim)
+end
+
 --- Stops the simulator (by the pid it wrote) and removes its directory.
+-- A simulator obtained with attach() is left running.
 function Sim:stop()
   if self.pid then
     run("kill -QUIT " .. self.pid .. " 2>/dev/null")
@@ -232,20 +240,23 @@ function Sim:stop()
   if self.dir then
     run("rm -rf " .. sh_quote(self.dir))
     self.dir = nil
+    self.url = nil
   end
 end
 
 --- Calls the control API: POST (with a JSON body) or GET.
 -- @return the decoded answer, or nil and a message
 function Sim:control(path, body)
-  if not self.dir then return nil, "the simulator is stopped" end
+  if not self.url then return nil, "the simulator is stopped" end
   local cmd = "curl -sS --max-time 10 --cacert " .. sh_quote(self.cafile)
+  local file
   if body ~= nil then
-    local file = self.dir .. "/control.json"
+    file = os.tmpname()
     write_file(file, cjson.encode(body))
     cmd = cmd .. " -X POST -H 'Content-Type: application/json' --data-binary @" .. sh_quote(file)
   end
   local out = read_cmd(cmd .. " " .. sh_quote(self.url .. path) .. " 2>&1")
+  if file then os.remove(file) end
   local v = out and cjson.decode(out)
   if v == nil then return nil, "control " .. path .. " failed: " .. tostring(out) end
   return v
@@ -272,6 +283,18 @@ function Sim:counts() return self:control("/_sim/counts") end
 
 --- The settings in force and the simulator's clock.
 function Sim:state() return self:control("/_sim/state") end
+
+--- Calls the protected endpoint (GET /v1/accounts/balance) with headers.
+-- @treturn number the HTTP status
+-- @treturn table the decoded body
+function Sim:protected(headers)
+  local cmd = { "curl -sS --max-time 10 -o - -w '\n%{http_code}' --cacert", sh_quote(self.cafile) }
+  for k, v in pairs(headers or {}) do cmd[#cmd + 1] = "-H " .. sh_quote(k .. ": " .. v) end
+  cmd[#cmd + 1] = sh_quote(self.url .. "/v1/accounts/balance")
+  local out = read_cmd(table.concat(cmd, " ") .. " 2>/dev/null") or ""
+  local body, code = out:match("^(.*)\n(%d+)%s*$")
+  return tonumber(code), body and cjson.decode(body)
+end
 
 --- Options for oauth.new that point a client at this simulator.
 function Sim:client_options(extra)

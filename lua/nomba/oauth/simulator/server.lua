@@ -364,7 +364,8 @@ local function log_request(endpoint, raw)
   for k, v in pairs(ngx.req.get_headers(50, true)) do headers[k] = v end
   local n = dict:incr("log:n", 1, 0)
   store("log:" .. n, { endpoint = endpoint, method = ngx.req.get_method(), path = ngx.var.uri,
-                       headers = headers, body = raw, time = ngx.now() })
+                       headers = headers, body = raw, time = ngx.now(),
+                       connection = tonumber(ngx.var.connection) })
   dict:incr("count:" .. endpoint, 1, 0)
 end
 
