@@ -35,11 +35,15 @@ SRCS     := src/core.c src/client.c src/proto.c src/http.c src/err.c src/sbuf.c 
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
 
+# The test build adds test hooks (NOMBA_TEST_HOOKS) and lives apart.
+TEST_BUILD := build/$(LUA)-test
 BUSTED   ?= /usr/bin/busted
 LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"
+TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
+            LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: all test demo lint clean deps
+.PHONY: all test test-build demo lint clean deps
 
 all: $(MODULE)
 
@@ -55,8 +59,11 @@ $(MODULE): $(OBJS)
 deps:
 	@sh .ci/deps.sh
 
-test: deps all
-	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
+test-build:
+	$(MAKE) all BUILD=$(TEST_BUILD) EXTRA_CFLAGS="-DNOMBA_TEST_HOOKS $(EXTRA_CFLAGS)"
+
+test: deps all test-build
+	$(TEST_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
 demo: deps all
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) examples/client_credentials.lua

@@ -51,6 +51,40 @@ function H.protected(headers)
   return (H.sim():protected(headers))
 end
 
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+--- A transport in plain Lua that carries requests with the curl command line
+-- tool: a real HTTPS round trip outside libcurl-in-C, for the sans-I/O path.
+-- With `yield_first`, it yields (coroutine.yield) before each request, like a
+-- cosocket would.
+function H.curl_transport(cafile, yield_first, seen)
+  return function(req)
+    if seen then seen[#seen + 1] = req end
+    if yield_first then coroutine.yield("io") end
+    local body_file, head_file = os.tmpname(), os.tmpname()
+    local f = assert(io.open(body_file, "w"))
+    f:write(req.body)
+    f:close()
+    local cmd = { "curl -sS -o - -D", q(head_file), "--max-time", tostring(req.timeout),
+                  "--cacert", q(cafile), "-X", req.method, "--data-binary", "@" .. body_file }
+    for k, v in pairs(req.headers) do cmd[#cmd + 1] = "-H " .. q(k .. ": " .. v) end
+    cmd[#cmd + 1] = q(req.url)
+    local p = io.popen(table.concat(cmd, " ") .. " 2>/dev/null")
+    local body = p:read("*a")
+    local ok = p:close()
+    local hf = io.open(head_file)
+    local head = hf and hf:read("*a") or ""
+    if hf then hf:close() end
+    os.remove(body_file)
+    os.remove(head_file)
+    local status = tonumber(head:match("^HTTP/[%d%.]+ (%d+)"))
+    if not ok or not status then return nil, "curl failed" end
+    local headers = {}
+    for k, v in head:gmatch("([%w%-]+):%s*([^\r\n]*)") do headers[k] = v end
+    return { status = status, headers = headers, body = body }
+  end
+end
+
 function H.sleep(s)
   require("nomba.oauth.core").sleep(s)
 end

@@ -31,10 +31,40 @@ static void free_str(char **s)
     }
 }
 
+#ifdef NOMBA_TEST_HOOKS
+/* Test build: wipe every secret buffer, then check each byte of its whole
+ * capacity is zero before it is freed, and remember the verdict. */
+static void test_check_wiped(client *c)
+{
+    sbuf *bufs[6];
+    int i;
+    size_t k;
+    bufs[0] = &c->secret;
+    bufs[1] = &c->access;
+    bufs[2] = &c->refresh;
+    bufs[3] = &c->reqbody;
+    bufs[4] = &c->bearer_hdr;
+    bufs[5] = &c->resp;
+    c->test_wiped = 1;
+    for (i = 0; i < 6; i++) {
+        sbuf_wipe(bufs[i]);
+        for (k = 0; bufs[i]->p != NULL && k < bufs[i]->cap; k++)
+            if (bufs[i]->p[k] != 0)
+                c->test_wiped = 0;
+        if (bufs[i]->p != NULL)
+            c->test_checked++;
+    }
+}
+#endif
+
 void client_cleanup(client *c)
 {
     int i;
     http_release(c);
+#ifdef NOMBA_TEST_HOOKS
+    if (!c->closed)
+        test_check_wiped(c);
+#endif
     sbuf_free(&c->secret);
     sbuf_free(&c->access);
     sbuf_free(&c->refresh);
@@ -458,29 +488,15 @@ static int client__tostring(lua_State *L)
 }
 
 #ifdef NOMBA_TEST_HOOKS
-/* core._test_wiped(client): true when every secret buffer is zero or
- * freed. Compiled only into the test build. */
+/* core._test_wiped(client): after close, whether every secret buffer was
+ * all zeros just before it was freed, and how many buffers were checked.
+ * Compiled only into the test build. */
 static int client_test_wiped(lua_State *L)
 {
     client *c = client_check(L, 1);
-    const sbuf *bufs[6];
-    int i, ok = 1;
-    bufs[0] = &c->secret;
-    bufs[1] = &c->access;
-    bufs[2] = &c->refresh;
-    bufs[3] = &c->reqbody;
-    bufs[4] = &c->bearer_hdr;
-    bufs[5] = &c->resp;
-    for (i = 0; i < 6; i++) {
-        size_t k;
-        if (bufs[i]->p == NULL)
-            continue;
-        for (k = 0; k < bufs[i]->cap; k++)
-            if (bufs[i]->p[k] != 0)
-                ok = 0;
-    }
-    lua_pushboolean(L, ok);
-    return 1;
+    lua_pushboolean(L, c->closed && c->test_wiped);
+    lua_pushinteger(L, c->test_checked);
+    return 2;
 }
 #endif
 

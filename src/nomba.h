@@ -95,6 +95,9 @@ typedef struct client {
     nomba_answer_meta meta;
     int overflow;           /* the answer exceeded max_response */
     char errbuf[256];       /* CURL_ERROR_SIZE */
+#ifdef NOMBA_TEST_HOOKS
+    int test_wiped, test_checked;   /* verdict of the last cleanup */
+#endif
 } client;
 
 /* client.c */

@@ -202,6 +202,49 @@ static int pkce_valid(lua_State *L)
     return 1;
 }
 
+#ifdef NOMBA_TEST_HOOKS
+#include <unistd.h>
+#include <sys/wait.h>
+/* core._test_fork_verifiers(): a verifier drawn in this process and one
+ * drawn in a child forked right now. Compiled only into the test build. */
+static int pkce_test_fork(lua_State *L)
+{
+    char mine[VERIFIER_MIN], theirs[VERIFIER_MIN];
+    int fd[2], status;
+    pid_t pid;
+    ssize_t got = 0;
+    if (pipe(fd) != 0)
+        return luaL_error(L, "pipe failed");
+    pid = fork();
+    if (pid < 0)
+        return luaL_error(L, "fork failed");
+    if (pid == 0) {
+        char v[VERIFIER_MIN];
+        int ok = make_verifier(v, VERIFIER_MIN);
+        close(fd[0]);
+        if (ok && write(fd[1], v, sizeof v) != (ssize_t)sizeof v)
+            ok = 0;
+        _exit(ok ? 0 : 1);
+    }
+    close(fd[1]);
+    if (!make_verifier(mine, VERIFIER_MIN))
+        return luaL_error(L, "RNG failed");
+    while (got < (ssize_t)sizeof theirs) {
+        ssize_t r = read(fd[0], theirs + got, sizeof theirs - (size_t)got);
+        if (r <= 0)
+            break;
+        got += r;
+    }
+    close(fd[0]);
+    waitpid(pid, &status, 0);
+    if (got != (ssize_t)sizeof theirs)
+        return luaL_error(L, "the child drew no verifier");
+    lua_pushlstring(L, mine, sizeof mine);
+    lua_pushlstring(L, theirs, sizeof theirs);
+    return 2;
+}
+#endif
+
 void pkce_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -215,4 +258,8 @@ void pkce_open(lua_State *L)
     lua_setfield(L, -2, "pkce");
     lua_pushcfunction(L, pkce_valid);
     lua_setfield(L, -2, "pkce_valid");
+#ifdef NOMBA_TEST_HOOKS
+    lua_pushcfunction(L, pkce_test_fork);
+    lua_setfield(L, -2, "_test_fork_verifiers");
+#endif
 }
