@@ -1,6 +1,5 @@
 -- Every method's success path over real HTTPS, and the exact wire shape of
 -- each request as the simulator logged it.
-local oauth = require "nomba.oauth"
 local cjson = require "cjson"
 local H = require "helpers"
 

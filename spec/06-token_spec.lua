@@ -1,6 +1,5 @@
 -- token(): the refresh window, refresh-then-issue, failures while the kept
 -- token is valid, clock skew, single-flight, the 401 recipe, transports.
-local oauth = require "nomba.oauth"
 local H = require "helpers"
 
 describe("token()", function()

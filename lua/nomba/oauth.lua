@@ -116,12 +116,14 @@ local function normalize(opts)
   o.sandbox = nil
   local function positive(k, def)
     o[k] = o[k] or def
-    if not (o[k] > 0) or o[k] ~= o[k] then bad(k, "must be a positive number") end
+    if o[k] ~= o[k] or o[k] <= 0 then bad(k, "must be a positive number") end
   end
   positive("timeout", 10)
   positive("connect_timeout", 5)
   o.refresh_skew = o.refresh_skew or 300
-  if not (o.refresh_skew >= 0) then bad("refresh_skew", "must not be negative") end
+  if o.refresh_skew ~= o.refresh_skew or o.refresh_skew < 0 then
+    bad("refresh_skew", "must not be negative")
+  end
   o.retries = o.retries or 2
   if o.retries < 0 or o.retries % 1 ~= 0 or o.retries > 10 then
     bad("retries", "must be an integer from 0 to 10")
@@ -294,7 +296,8 @@ function Client:authorize(opts)
   end
   local m = opts.code_challenge_method
   if m ~= nil and m ~= "S256" and m ~= "plain" then
-    error("nomba.oauth: bad argument #1 to 'authorize' (code_challenge_method must be \"S256\" or \"plain\")", 2)
+    error("nomba.oauth: bad argument #1 to 'authorize'" ..
+          " (code_challenge_method must be \"S256\" or \"plain\")", 2)
   end
   for _, k in ipairs { "redirect_uri", "state", "scope" } do
     if opts[k] ~= nil and type(opts[k]) ~= "string" then
@@ -314,7 +317,8 @@ function Client:exchange(auth_code, code_verifier)
     error("nomba.oauth: bad argument #1 to 'exchange' (auth_code must be a non-empty string)", 2)
   end
   if type(code_verifier) ~= "string" or not core.pkce_valid(code_verifier) then
-    error("nomba.oauth: bad argument #2 to 'exchange' (code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~])", 2)
+    error("nomba.oauth: bad argument #2 to 'exchange'" ..
+          " (code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~])", 2)
   end
   return request(self, st, "exchange", { auth_code = auth_code, code_verifier = code_verifier })
 end

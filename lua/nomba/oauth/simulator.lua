@@ -132,7 +132,7 @@ http {
   uwsgi_temp_path ${dir}/tmp/uwsgi;
   scgi_temp_path ${dir}/tmp/scgi;
   lua_package_path "${luadir}/?.lua;/usr/share/lua/5.1/?.lua;;";
-  lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/aarch64-linux-gnu/lua/5.1/?.so;/usr/local/lib/lua/5.1/?.so;;";
+  lua_package_cpath "${cpath};;";
   lua_shared_dict sim 32m;
   init_by_lua_block {
     require("nomba.oauth.simulator.server").init(require("cjson").decode([==[${config}]==]))
@@ -190,6 +190,8 @@ function M.start(opts)
       workers = opts.workers or 1, dir = dir, port = port, luadir = luadir,
       ndk = ndk or "", lua = lua, config = config,
       user = is_root and "user root root;" or "",
+      cpath = "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/aarch64-linux-gnu/lua/5.1/?.so;" ..
+              "/usr/local/lib/lua/5.1/?.so",
     })
     if not ndk then conf = conf:gsub("load_module ;\n", "") end
     write_file(dir .. "/nginx.conf", conf)

@@ -152,7 +152,9 @@ function handlers.issue(body, account)
     local code = load(key)
     if not code then return fail(401, "01", "Invalid or used authorization code") end
     dict:delete(key)                                   -- single use, even on failure
-    if code.client_id ~= client.client_id then return fail(401, "01", "Authorization code was issued to another client") end
+    if code.client_id ~= client.client_id then
+      return fail(401, "01", "Authorization code was issued to another client")
+    end
     if code.exp < now() then return fail(401, "02", "Authorization code expired") end
     local verifier = body.code_verifier
     local ok

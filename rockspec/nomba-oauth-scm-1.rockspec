@@ -1,0 +1,50 @@
+rockspec_format = "3.0"
+package = "nomba-oauth"
+version = "scm-1"
+source = {
+  url = "git+file:///nomba-oauth",
+}
+description = {
+  summary = "OAuth 2.0 tokens for the Nomba API: issue, keep, refresh, revoke; PKCE helpers",
+  detailed = [[
+A C extension module on libcurl and OpenSSL, with a Lua layer for policy:
+client:token() before every Nomba call, and never think about expiry,
+refresh, retries or clock skew again. Secrets live in C memory and are wiped
+on close; TLS verification is always on. Ships a Nomba simulator (nginx +
+Lua) for offline development and tests.]],
+  license = "MIT",
+  labels = { "oauth", "nomba", "payments", "pkce" },
+}
+dependencies = {
+  "lua >= 5.1, < 5.5",
+  "lua-cjson >= 2.1",
+}
+-- CURL is found by its library: Debian installs curl/curl.h under the
+-- multiarch include directory, where LuaRocks 3.8 does not look for headers
+-- (the compiler finds it there by itself).
+external_dependencies = {
+  CURL = { library = "curl" },
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["nomba.oauth"] = "lua/nomba/oauth.lua",
+    ["nomba.oauth.simulator"] = "lua/nomba/oauth/simulator.lua",
+    ["nomba.oauth.simulator.server"] = "lua/nomba/oauth/simulator/server.lua",
+    ["nomba.oauth.core"] = {
+      sources = { "src/core.c", "src/client.c", "src/proto.c", "src/http.c", "src/err.c",
+                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c" },
+      defines = { "_GNU_SOURCE" },
+      libraries = { "curl", "crypto" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+    },
+  },
+  install = {
+    bin = { ["nomba-oauth"] = "bin/nomba-oauth" },
+  },
+}
+test = {
+  type = "busted",
+}
