@@ -65,7 +65,7 @@ function H.curl_transport(cafile, yield_first, seen)
     local f = assert(io.open(body_file, "w"))
     f:write(req.body)
     f:close()
-    local cmd = { "curl -sS -o - -D", q(head_file), "--max-time", tostring(req.timeout),
+    local cmd = { "env -u LD_PRELOAD curl -sS -o - -D", q(head_file), "--max-time", tostring(req.timeout),
                   "--cacert", q(cafile), "-X", req.method, "--data-binary", "@" .. body_file }
     for k, v in pairs(req.headers) do cmd[#cmd + 1] = "-H " .. q(k .. ": " .. v) end
     cmd[#cmd + 1] = q(req.url)

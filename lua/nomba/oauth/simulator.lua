@@ -32,14 +32,18 @@ local function sh_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+-- Helper programs (openssl, nginx, curl) run without a sanitizer runtime a
+-- test run may have preloaded into the Lua interpreter (make asan).
+local CLEAN_ENV = "env -u LD_PRELOAD "
+
 local function run(cmd)
-  local ok, how, code = os.execute(cmd)
+  local ok, how, code = os.execute(CLEAN_ENV .. cmd)
   if type(ok) == "number" then return ok == 0 end           -- Lua 5.1
   return ok == true and how == "exit" and code == 0
 end
 
 local function read_cmd(cmd)
-  local f = io.popen(cmd, "r")
+  local f = io.popen(CLEAN_ENV .. cmd, "r")
   if not f then return nil end
   local out = f:read("*a")
   f:close()
