@@ -13,7 +13,6 @@
  *   core.state(client)            -> the user value table
  * and the methods close and invalidate, plus __gc, __close, __tostring.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "nomba.h"
@@ -139,12 +138,11 @@ static void opt_string(lua_State *L, int t, const char *name, char **dst, int re
     if (lua_type(L, -1) != LUA_TSTRING)
         luaL_error(L, "nomba.oauth: option '%s' must be a string", name);
     s = lua_tolstring(L, -1, &n);
-    if (strlen(s) != n)
+    if (s == NULL || strlen(s) != n)
         luaL_error(L, "nomba.oauth: option '%s' must not contain NUL bytes", name);
-    *dst = malloc(n + 1);
+    *dst = nomba_strndup(s, n);
     if (*dst == NULL)
         luaL_error(L, "nomba.oauth: out of memory");
-    memcpy(*dst, s, n + 1);
     lua_pop(L, 1);
 }
 
@@ -191,10 +189,9 @@ static int client_new(lua_State *L)
     for (i = 0; i < 4; i++)
         opt_string(L, lua_gettop(L), pathnames[i], &c->paths[i], 1);
     lua_pop(L, 1);
-    c->paths[OP_EXCHANGE] = malloc(strlen(c->paths[OP_ISSUE]) + 1);
+    c->paths[OP_EXCHANGE] = nomba_strndup(c->paths[OP_ISSUE], strlen(c->paths[OP_ISSUE]));
     if (c->paths[OP_EXCHANGE] == NULL)
         return luaL_error(L, "nomba.oauth: out of memory");
-    strcpy(c->paths[OP_EXCHANGE], c->paths[OP_ISSUE]);
 
     c->timeout = opt_number(L, 1, "timeout", 10);
     c->connect_timeout = opt_number(L, 1, "connect_timeout", 5);
@@ -466,21 +463,21 @@ static int client__gc(lua_State *L)
 static int client__tostring(lua_State *L)
 {
     client *c = client_check(L, 1);
-    char state[64];
+    const char *state = "none";
     if (c->closed) {
         lua_pushfstring(L, "nomba.oauth.Client (closed): %p", (void *)c);
         return 1;
     }
     if (c->expires_mono > 0) {
         double left = c->expires_mono - nt_mono();
-        if (left > 0)
-            snprintf(state, sizeof state, "valid for %.0fs", left);
-        else
-            snprintf(state, sizeof state, "expired");
+        if (left > 0) {
+            lua_pushfstring(L, "valid for %ds", (int)(left + 0.5));
+            state = lua_tostring(L, -1);
+        } else {
+            state = "expired";
+        }
     } else if (c->access.n > 0) {
-        snprintf(state, sizeof state, "invalidated");
-    } else {
-        snprintf(state, sizeof state, "none");
+        state = "invalidated";
     }
     lua_pushfstring(L, "nomba.oauth.Client (account %s, client %s, %s, token %s): %p",
                     c->account_id, c->client_id, c->base_url, state, (void *)c);

@@ -74,13 +74,16 @@ static void push_clean(lua_State *L, const client *c, const char *p, size_t n)
             continue;
         }
         {
-            unsigned char ch = (unsigned char)p[i++];
-            out[o++] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+            char ch = p[i++];
+            if ((unsigned char)ch < 0x20 || ch == 0x7f)
+                ch = ' ';
+            out[o++] = ch;
         }
     }
     if (i < n) {
-        memcpy(out + o, "...", 3);
-        o += 3;
+        out[o++] = '.';
+        out[o++] = '.';
+        out[o++] = '.';
     }
     lua_pushlstring(L, out, o);
 }
@@ -145,7 +148,7 @@ static int error__tostring(lua_State *L)
     lua_getfield(L, 1, "status");
     if (lua_type(L, -1) == LUA_TNUMBER) {
         char tmp[32];
-        snprintf(tmp, sizeof tmp, "HTTP %ld", (long)lua_tonumber(L, -1));
+        (void)snprintf(tmp, sizeof tmp, "HTTP %ld", (long)lua_tonumber(L, -1));
         luaL_addstring(&b, tmp);
         parts++;
     }

@@ -117,7 +117,7 @@ static CURL *handle_of(client *c)
     h = curl_easy_init();
     if (h == NULL)
         return NULL;
-    snprintf(acct, sizeof acct, "accountId: %s", c->account_id);
+    (void)snprintf(acct, sizeof acct, "accountId: %s", c->account_id);
     hdrs = add_header(hdrs, "Content-Type: application/json", &ok);
     hdrs = add_header(hdrs, "Accept: application/json", &ok);
     hdrs = add_header(hdrs, acct, &ok);

@@ -48,6 +48,7 @@ NOMBA_HIDDEN int  sbuf_add_json_string(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the bytes, keep capacity */
 NOMBA_HIDDEN void sbuf_free(sbuf *b);   /* zero and free */
 NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
+NOMBA_HIDDEN char *nomba_strndup(const char *s, size_t n);   /* malloc'd copy or NULL */
 
 /* Operations, as named in errors and events. */
 enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP__N };

@@ -7,10 +7,11 @@
  * first L characters of base64url(ceil(6L/8) random bytes): each character
  * then carries six fresh random bits, so every symbol is uniform over the
  * 64-character alphabet (no modulo bias, no half-filled last character).
- * The SHA-256 EVP_MD is fetched once per process (pthread_once).
+ * The SHA-256 EVP_MD is fetched once per Lua state and kept in a userdata
+ * that is the upvalue of every PKCE function; its __gc frees it, so nothing
+ * is left behind when the state closes and the module is unloaded.
  */
 #include <string.h>
-#include <pthread.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
@@ -20,16 +21,47 @@
 #define VERIFIER_MIN 43
 #define VERIFIER_MAX 128
 
-static pthread_once_t md_once = PTHREAD_ONCE_INIT;
-static const EVP_MD *sha256_md;   /* set once, then read-only */
+#define MD_MT "nomba.oauth.sha256"
 
-static void md_init(void)
+typedef struct {
+    EVP_MD *fetched;        /* owned: freed by __gc (OpenSSL 3) */
+    const EVP_MD *md;       /* what we digest with */
+} md_box;
+
+static int md__gc(lua_State *L)
 {
+    md_box *b = (md_box *)luaL_checkudata(L, 1, MD_MT);
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (sha256_md == NULL)
+    EVP_MD_free(b->fetched);
 #endif
-        sha256_md = EVP_sha256();
+    b->fetched = NULL;
+    b->md = NULL;
+    return 0;
+}
+
+/* Pushes a box holding the SHA-256 EVP_MD, fetched once (an implicit fetch
+ * on every digest is what makes OpenSSL 3's one-shot SHA256() slow). */
+static void md_push(lua_State *L)
+{
+    md_box *b = (md_box *)lua_newuserdata(L, sizeof *b);
+    b->fetched = NULL;
+    b->md = NULL;
+    if (luaL_newmetatable(L, MD_MT)) {
+        lua_pushcfunction(L, md__gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    b->fetched = EVP_MD_fetch(NULL, "SHA256", NULL);
+    b->md = b->fetched;
+#endif
+    if (b->md == NULL)
+        b->md = EVP_sha256();
+}
+
+static const EVP_MD *md_of(lua_State *L)
+{
+    return ((md_box *)lua_touserdata(L, lua_upvalueindex(1)))->md;
 }
 
 static const char b64url[] =
@@ -100,12 +132,11 @@ static int make_verifier(char *out, int len)
 }
 
 /* S256 challenge of a verifier into out (43 characters). */
-static int s256(const char *v, size_t n, char *out)
+static int s256(const EVP_MD *alg, const char *v, size_t n, char *out)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
-    pthread_once(&md_once, md_init);
-    if (EVP_Digest(v, n, md, &mdlen, sha256_md, NULL) != 1 || mdlen != 32) {
+    if (EVP_Digest(v, n, md, &mdlen, alg, NULL) != 1 || mdlen != 32) {
         ERR_clear_error();
         return 0;
     }
@@ -149,7 +180,7 @@ static int pkce_challenge(lua_State *L)
         lua_pushvalue(L, 1);
         return 1;
     }
-    if (!s256(v, n, ch))
+    if (!s256(md_of(L), v, n, ch))
         return luaL_error(L, "nomba.oauth: SHA-256 failed");
     lua_pushlstring(L, ch, 43);
     return 1;
@@ -162,7 +193,7 @@ static int pkce_pair(lua_State *L)
     int len = check_length(L, 1);
     if (!make_verifier(v, len))
         return luaL_error(L, "nomba.oauth: the OpenSSL random generator failed");
-    if (!s256(v, (size_t)len, ch))
+    if (!s256(md_of(L), v, (size_t)len, ch))
         return luaL_error(L, "nomba.oauth: SHA-256 failed");
     lua_pushlstring(L, v, (size_t)len);
     lua_pushlstring(L, ch, 43);
@@ -187,7 +218,7 @@ static int pkce_verify(lua_State *L)
         lua_pushboolean(L, cn == n && CRYPTO_memcmp(v, c, n) == 0);
         return 1;
     }
-    if (!s256(v, n, ch))
+    if (!s256(md_of(L), v, n, ch))
         return luaL_error(L, "nomba.oauth: SHA-256 failed");
     lua_pushboolean(L, cn == 43 && CRYPTO_memcmp(ch, c, 43) == 0);
     return 1;
@@ -254,7 +285,9 @@ void pkce_open(lua_State *L)
         {"verify", pkce_verify},
         {NULL, NULL}
     };
-    luaL_newlib(L, funcs);
+    lua_createtable(L, 0, 4);
+    md_push(L);
+    luaL_setfuncs(L, funcs, 1);
     lua_setfield(L, -2, "pkce");
     lua_pushcfunction(L, pkce_valid);
     lua_setfield(L, -2, "pkce_valid");

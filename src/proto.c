@@ -293,10 +293,9 @@ static int take_token(lua_State *L, int cidx, client *c, int op, int data,
     free(c->business_id);
     c->business_id = NULL;
     if (i_biz) {
-        const char *b = lua_tostring(L, i_biz);
-        c->business_id = malloc(strlen(b) + 1);
-        if (c->business_id != NULL)
-            strcpy(c->business_id, b);
+        size_t bn;
+        const char *b = lua_tolstring(L, i_biz, &bn);
+        c->business_id = nomba_strndup(b, bn);
     }
     c->lifetime = lifetime;
     c->expires_mono = nt_mono() + lifetime;
@@ -380,9 +379,9 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op,
             double d = lua_tonumber(L, -1);
             char num[32];
             if (d == floor(d) && fabs(d) < 1e15)
-                snprintf(num, sizeof num, "%.0f", d);
+                (void)snprintf(num, sizeof num, "%.0f", d);
             else
-                snprintf(num, sizeof num, "%.14g", d);
+                (void)snprintf(num, sizeof num, "%.14g", d);
             lua_pushstring(L, num);
         }
         if (lua_type(L, -1) == LUA_TSTRING)
@@ -411,10 +410,11 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op,
         char msg[160];
         const char *ct = m->content_type[0] ? m->content_type : "no content type";
         if (n == 0)
-            snprintf(msg, sizeof msg, "empty answer");
-        else
-            snprintf(msg, sizeof msg, "unexpected answer (%.60s)", ct);
-        err_init(&e, "http", op, msg);
+            err_init(&e, "http", op, "empty answer");
+        else {
+            (void)snprintf(msg, sizeof msg, "unexpected answer (%.60s)", ct);
+            err_init(&e, "http", op, msg);
+        }
         e.status = st;
         e.retryable = retryable_status(st);
         e.retry_after = retry_after_of(m);

@@ -98,6 +98,16 @@ void sbuf_free(sbuf *b)
     b->cap = 0;
 }
 
+char *nomba_strndup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
 int sbuf_set(sbuf *b, const char *s, size_t n)
 {
     sbuf_wipe(b);

@@ -141,13 +141,9 @@ int nt_iso8601(const char *s, size_t n, double *out)
             p++;
             if (!digits(&p, e, 2, &oh))
                 return 0;
-            if (lit(&p, e, ':')) {
-                if (!digits(&p, e, 2, &om))
-                    return 0;
-            } else if (e - p >= 2) {
-                if (!digits(&p, e, 2, &om))
-                    return 0;
-            }
+            /* minutes after a colon, or run on (+hhmm), or absent (+hh) */
+            if ((lit(&p, e, ':') || e - p >= 2) && !digits(&p, e, 2, &om))
+                return 0;
             if (oh > 23 || om > 59)
                 return 0;
         } else {
@@ -167,7 +163,7 @@ static int month_of(const char *m)
     static const char names[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
     int i;
     for (i = 0; i < 12; i++)
-        if (memcmp(names + 3 * i, m, 3) == 0)
+        if (memcmp(names + (size_t)i * 3, m, 3) == 0)
             return i + 1;
     return 0;
 }

@@ -1,0 +1,89 @@
+--- Exercises every method, error path, close and GC once, for valgrind
+-- (make valgrind). Needs a simulator: run it under tools/with-simulator.lua.
+local oauth = require "nomba.oauth"
+local simulator = require "nomba.oauth.simulator"
+
+local sim = simulator.attach { url = assert(os.getenv("NOMBA_SIM_URL")),
+                               cafile = assert(os.getenv("NOMBA_SIM_CAFILE")) }
+assert(sim:reset())
+local events = 0
+local function client(extra)
+  local o = sim:client_options(extra)
+  o.on_event = function() events = events + 1 end
+  if o.retries == nil then o.retries = 0 end
+  return oauth.new(o)
+end
+
+local c = client()
+local t = assert(c:issue())
+assert(c:token() == t.access_token)
+assert(c:headers())
+assert(c:refresh())
+c:invalidate()
+assert(c:token())
+assert(c:refresh(select(1, c:issue()).refresh_token))
+assert(c:revoke())
+assert(c:token())
+tostring(c)
+
+-- PKCE
+local v, ch = oauth.pkce.pair(64)
+assert(oauth.pkce.verify(v, ch))
+assert(oauth.pkce.challenge(oauth.pkce.verifier(), "plain"))
+local po = sim:client_options { retries = 0 }
+po.client_secret = nil
+local p = oauth.new(po)
+local code = assert(p:authorize { code_challenge = ch, state = "s" })
+assert(p:exchange(code, v))
+assert(not p:issue())
+
+-- error paths
+local faults = {
+  { status = 500, body = "<html>x</html>", content_type = "text/html" },
+  { status = 401, body = { code = "401", description = "no" } },
+  { status = 200, body = "not json" },
+  { status = 200, truncate = true, body = '{"code":"00"' },
+  { status = 200, size = 70000 },
+  { drop = true, times = 2 },
+  { status = 429, headers = { ["Retry-After"] = "0" }, body = "" },
+  { delay = 0.6 },
+}
+for _, ep in ipairs { "issue", "refresh", "revoke" } do
+  for _, f in ipairs(faults) do
+    f.endpoint = ep
+    assert(sim:fault(f))
+    local cc = client { timeout = 0.3 }
+    assert(cc:issue() or true)
+    local r, err = cc[ep](cc)
+    assert(r or err)
+    tostring(err)
+    assert(sim:control("/_sim/clear_faults", {}))
+  end
+end
+assert(not client { client_secret = "bad" }:issue())
+assert(not client { base_url = "https://127.0.0.1:" .. sim.port }:issue())
+assert(not client { base_url = "https://localhost:1" }:issue())
+local o = sim:client_options()
+o.cafile = nil
+assert(not oauth.new(o):issue())
+
+-- custom transport
+local tc = client { transport = function() return { status = 200, headers = { Date = "x" },
+  body = '{"code":"00","data":{"access_token":"a","refresh_token":"b","expires_in":60}}' } end }
+assert(tc:issue())
+assert(tc:refresh())
+
+-- close, double close, use after close, GC with and without requests
+c:close()
+c:close()
+assert(not c:token())
+for i = 1, 200 do
+  local x = client()
+  if i % 50 == 0 then assert(x:issue()) end
+  if i % 2 == 0 then x:close() end
+end
+pcall(require("nomba.oauth.core").new, { account_id = "a", client_id = "b" }, {})
+collectgarbage()
+collectgarbage()
+assert(events > 20)
+print("lifecycle: ok, " .. events .. " events")
