@@ -116,11 +116,14 @@ describe("oauth.pkce", function()
       pending("the module was built without NOMBA_TEST_HOOKS (make test builds it with them)")
       return
     end
+    -- the parent has drawn before forking, so its random pool holds unused
+    -- bytes the child inherits: the child must not use them
     for _ = 1, 20 do
-      local parent, child = core._test_fork_verifiers()
+      local parent, child, wipeonfork = core._test_fork_verifiers()
       assert.are.equal(43, #parent)
       assert.are.equal(43, #child)
       assert.are_not.equal(parent, child)
+      assert.is_boolean(wipeonfork)
     end
   end)
 end)

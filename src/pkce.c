@@ -1,17 +1,25 @@
 /*
  * pkce.c: RFC 7636 helpers (oauth.pkce.*) on OpenSSL.
  *
- * Randomness comes straight from RAND_bytes (OpenSSL's CSPRNG, which
- * reseeds itself in a forked child), never buffered here, so a child can
- * never reuse bytes its parent also used. A verifier of length L is the
- * first L characters of base64url(ceil(6L/8) random bytes): each character
- * then carries six fresh random bits, so every symbol is uniform over the
- * 64-character alphabet (no modulo bias, no half-filled last character).
- * The SHA-256 EVP_MD is fetched once per Lua state and kept in a userdata
- * that is the upvalue of every PKCE function; its __gc frees it, so nothing
- * is left behind when the state closes and the module is unloaded.
+ * A verifier of length L is the first L characters of base64url(ceil(6L/8)
+ * random bytes): each character then carries six fresh random bits, so every
+ * symbol is uniform over the 64-character alphabet (no modulo bias, no
+ * half-filled last character).
+ *
+ * Per Lua state, one userdata (the upvalue of every PKCE function) holds:
+ *   - the SHA-256 EVP_MD, fetched once (an implicit fetch per digest is what
+ *     makes OpenSSL 3's one-shot SHA256() slow); freed by __gc, so nothing is
+ *     left behind when the state closes and the module is unloaded;
+ *   - a pool of random bytes from RAND_bytes (OpenSSL's CSPRNG), drawn a page
+ *     at a time. Fork safety: the pool is its own page marked
+ *     MADV_WIPEONFORK, so a forked child sees it zeroed (length 0) and draws
+ *     its own; where the kernel lacks that flag, the pool remembers the pid
+ *     that filled it and a child discards it. A byte handed out is wiped from
+ *     the pool, so no byte is ever used twice, in one process or across fork.
  */
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/crypto.h>
@@ -20,48 +28,96 @@
 
 #define VERIFIER_MIN 43
 #define VERIFIER_MAX 128
-
-#define MD_MT "nomba.oauth.sha256"
+#define STATE_MT "nomba.oauth.pkce"
+#define POOL_SIZE 4096
 
 typedef struct {
-    EVP_MD *fetched;        /* owned: freed by __gc (OpenSSL 3) */
-    const EVP_MD *md;       /* what we digest with */
-} md_box;
+    size_t off, len;        /* zero after fork when MADV_WIPEONFORK holds */
+    unsigned char bytes[POOL_SIZE - 2 * sizeof(size_t)];
+} rand_pool;
 
-static int md__gc(lua_State *L)
+typedef struct {
+    EVP_MD *fetched;        /* owned (OpenSSL 3) */
+    const EVP_MD *md;       /* what we digest with */
+    rand_pool *pool;        /* one mmap'd page, or NULL: RAND_bytes per call */
+    int wipeonfork;         /* the kernel wipes the pool in a child */
+    pid_t pid;              /* who filled the pool (when it does not) */
+} pkce_state;
+
+static int state__gc(lua_State *L)
 {
-    md_box *b = (md_box *)luaL_checkudata(L, 1, MD_MT);
+    pkce_state *st = (pkce_state *)luaL_checkudata(L, 1, STATE_MT);
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    EVP_MD_free(b->fetched);
+    EVP_MD_free(st->fetched);
 #endif
-    b->fetched = NULL;
-    b->md = NULL;
+    st->fetched = NULL;
+    st->md = NULL;
+    if (st->pool != NULL) {
+        OPENSSL_cleanse(st->pool, sizeof *st->pool);
+        munmap(st->pool, sizeof *st->pool);
+        st->pool = NULL;
+    }
     return 0;
 }
 
-/* Pushes a box holding the SHA-256 EVP_MD, fetched once (an implicit fetch
- * on every digest is what makes OpenSSL 3's one-shot SHA256() slow). */
-static void md_push(lua_State *L)
+static void state_push(lua_State *L)
 {
-    md_box *b = (md_box *)lua_newuserdata(L, sizeof *b);
-    b->fetched = NULL;
-    b->md = NULL;
-    if (luaL_newmetatable(L, MD_MT)) {
-        lua_pushcfunction(L, md__gc);
+    pkce_state *st = (pkce_state *)lua_newuserdata(L, sizeof *st);
+    void *page;
+    memset(st, 0, sizeof *st);
+    if (luaL_newmetatable(L, STATE_MT)) {
+        lua_pushcfunction(L, state__gc);
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    b->fetched = EVP_MD_fetch(NULL, "SHA256", NULL);
-    b->md = b->fetched;
+    st->fetched = EVP_MD_fetch(NULL, "SHA256", NULL);
+    st->md = st->fetched;
 #endif
-    if (b->md == NULL)
-        b->md = EVP_sha256();
+    if (st->md == NULL)
+        st->md = EVP_sha256();
+    page = mmap(NULL, sizeof(rand_pool), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page != MAP_FAILED) {
+        st->pool = (rand_pool *)page;
+#ifdef MADV_WIPEONFORK
+        st->wipeonfork = madvise(page, sizeof(rand_pool), MADV_WIPEONFORK) == 0;
+#endif
+        (void)madvise(page, sizeof(rand_pool), MADV_DONTDUMP);
+    }
 }
 
-static const EVP_MD *md_of(lua_State *L)
+static pkce_state *state_of(lua_State *L)
 {
-    return ((md_box *)lua_touserdata(L, lua_upvalueindex(1)))->md;
+    return (pkce_state *)lua_touserdata(L, lua_upvalueindex(1));
+}
+
+/* n fresh random bytes into out; 0 when the CSPRNG fails. */
+static int take_random(pkce_state *st, unsigned char *out, size_t n)
+{
+    rand_pool *p = st->pool;
+    if (p == NULL || n > sizeof p->bytes) {
+        if (RAND_bytes(out, (int)n) == 1)
+            return 1;
+        ERR_clear_error();
+        return 0;
+    }
+    if (!st->wipeonfork && st->pid != getpid())
+        p->len = p->off = 0;               /* filled by another process */
+    if (p->len - p->off < n) {
+        if (RAND_bytes(p->bytes, (int)sizeof p->bytes) != 1) {
+            ERR_clear_error();
+            p->len = p->off = 0;
+            return 0;
+        }
+        p->len = sizeof p->bytes;
+        p->off = 0;
+        if (!st->wipeonfork)
+            st->pid = getpid();
+    }
+    memcpy(out, p->bytes + p->off, n);
+    OPENSSL_cleanse(p->bytes + p->off, n);
+    p->off += n;
+    return 1;
 }
 
 static const char b64url[] =
@@ -115,19 +171,17 @@ static int check_length(lua_State *L, int idx)
 }
 
 /* Writes a fresh verifier of `len` characters into out; 0 on RNG failure. */
-static int make_verifier(char *out, int len)
+static int make_verifier(pkce_state *st, char *out, int len)
 {
     unsigned char raw[96];
-    char enc[128 + 4];
+    char enc[132];
     size_t nbytes = ((size_t)len * 6 + 7) / 8;
-    if (RAND_bytes(raw, (int)nbytes) != 1) {
-        ERR_clear_error();
+    if (!take_random(st, raw, nbytes))
         return 0;
-    }
     b64url_encode(raw, nbytes, enc);
     memcpy(out, enc, (size_t)len);
-    OPENSSL_cleanse(raw, sizeof raw);
-    OPENSSL_cleanse(enc, sizeof enc);
+    OPENSSL_cleanse(raw, nbytes);
+    OPENSSL_cleanse(enc, (size_t)len + 4);
     return 1;
 }
 
@@ -163,7 +217,7 @@ static int pkce_verifier(lua_State *L)
 {
     char v[VERIFIER_MAX];
     int len = check_length(L, 1);
-    if (!make_verifier(v, len))
+    if (!make_verifier(state_of(L), v, len))
         return luaL_error(L, "nomba.oauth: the OpenSSL random generator failed");
     lua_pushlstring(L, v, (size_t)len);
     OPENSSL_cleanse(v, sizeof v);
@@ -180,7 +234,7 @@ static int pkce_challenge(lua_State *L)
         lua_pushvalue(L, 1);
         return 1;
     }
-    if (!s256(md_of(L), v, n, ch))
+    if (!s256(state_of(L)->md, v, n, ch))
         return luaL_error(L, "nomba.oauth: SHA-256 failed");
     lua_pushlstring(L, ch, 43);
     return 1;
@@ -191,9 +245,9 @@ static int pkce_pair(lua_State *L)
 {
     char v[VERIFIER_MAX], ch[44];
     int len = check_length(L, 1);
-    if (!make_verifier(v, len))
+    if (!make_verifier(state_of(L), v, len))
         return luaL_error(L, "nomba.oauth: the OpenSSL random generator failed");
-    if (!s256(md_of(L), v, (size_t)len, ch))
+    if (!s256(state_of(L)->md, v, (size_t)len, ch))
         return luaL_error(L, "nomba.oauth: SHA-256 failed");
     lua_pushlstring(L, v, (size_t)len);
     lua_pushlstring(L, ch, 43);
@@ -218,7 +272,7 @@ static int pkce_verify(lua_State *L)
         lua_pushboolean(L, cn == n && CRYPTO_memcmp(v, c, n) == 0);
         return 1;
     }
-    if (!s256(md_of(L), v, n, ch))
+    if (!s256(state_of(L)->md, v, n, ch))
         return luaL_error(L, "nomba.oauth: SHA-256 failed");
     lua_pushboolean(L, cn == 43 && CRYPTO_memcmp(ch, c, 43) == 0);
     return 1;
@@ -234,31 +288,32 @@ static int pkce_valid(lua_State *L)
 }
 
 #ifdef NOMBA_TEST_HOOKS
-#include <unistd.h>
 #include <sys/wait.h>
 /* core._test_fork_verifiers(): a verifier drawn in this process and one
  * drawn in a child forked right now. Compiled only into the test build. */
 static int pkce_test_fork(lua_State *L)
 {
-    char mine[VERIFIER_MIN], theirs[VERIFIER_MIN];
+    pkce_state *st = state_of(L);
+    char mine[VERIFIER_MIN], theirs[VERIFIER_MIN], warm[VERIFIER_MIN];
     int fd[2], status;
     pid_t pid;
     ssize_t got = 0;
-    if (pipe(fd) != 0)
-        return luaL_error(L, "pipe failed");
+    /* draw once first, so the parent's pool holds unused bytes at fork */
+    if (!make_verifier(st, warm, VERIFIER_MIN) || pipe(fd) != 0)
+        return luaL_error(L, "setup failed");
     pid = fork();
     if (pid < 0)
         return luaL_error(L, "fork failed");
     if (pid == 0) {
         char v[VERIFIER_MIN];
-        int ok = make_verifier(v, VERIFIER_MIN);
+        int ok = make_verifier(st, v, VERIFIER_MIN);
         close(fd[0]);
         if (ok && write(fd[1], v, sizeof v) != (ssize_t)sizeof v)
             ok = 0;
         _exit(ok ? 0 : 1);
     }
     close(fd[1]);
-    if (!make_verifier(mine, VERIFIER_MIN))
+    if (!make_verifier(st, mine, VERIFIER_MIN))
         return luaL_error(L, "RNG failed");
     while (got < (ssize_t)sizeof theirs) {
         ssize_t r = read(fd[0], theirs + got, sizeof theirs - (size_t)got);
@@ -272,7 +327,8 @@ static int pkce_test_fork(lua_State *L)
         return luaL_error(L, "the child drew no verifier");
     lua_pushlstring(L, mine, sizeof mine);
     lua_pushlstring(L, theirs, sizeof theirs);
-    return 2;
+    lua_pushboolean(L, st->wipeonfork);
+    return 3;
 }
 #endif
 
@@ -286,13 +342,17 @@ void pkce_open(lua_State *L)
         {NULL, NULL}
     };
     lua_createtable(L, 0, 4);
-    md_push(L);
+    state_push(L);
     luaL_setfuncs(L, funcs, 1);
     lua_setfield(L, -2, "pkce");
     lua_pushcfunction(L, pkce_valid);
     lua_setfield(L, -2, "pkce_valid");
 #ifdef NOMBA_TEST_HOOKS
-    lua_pushcfunction(L, pkce_test_fork);
-    lua_setfield(L, -2, "_test_fork_verifiers");
+    lua_getfield(L, -1, "pkce");
+    lua_getfield(L, -1, "pair");
+    lua_getupvalue(L, -1, 1);
+    lua_pushcclosure(L, pkce_test_fork, 1);
+    lua_setfield(L, -4, "_test_fork_verifiers");
+    lua_pop(L, 2);
 #endif
 }

@@ -1,0 +1,58 @@
+/*
+ * Baseline for issue round trips: one reused libcurl handle POSTing the
+ * same JSON body N times over HTTPS keep-alive, reading the answer into a
+ * buffer, no parsing. Prints requests per second.
+ *   usage: curl_loop URL CAFILE N
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <curl/curl.h>
+
+static size_t sink(char *p, size_t s, size_t n, void *ud)
+{
+    (void)p;
+    *(size_t *)ud += s * n;
+    return s * n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *body = "{\"grant_type\":\"client_credentials\",\"client_id\":\"sim-client-0001\","
+                       "\"client_secret\":\"sim-secret-not-for-production-0001\"}";
+    long n, i;
+    size_t got = 0;
+    struct curl_slist *h = NULL;
+    struct timespec a, b;
+    CURL *c;
+    if (argc < 4)
+        return 2;
+    n = atol(argv[3]);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    c = curl_easy_init();
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, "Accept: application/json");
+    h = curl_slist_append(h, "accountId: 3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f");
+    h = curl_slist_append(h, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, argv[1]);
+    curl_easy_setopt(c, CURLOPT_CAINFO, argv[2]);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    if (curl_easy_perform(c) != CURLE_OK)       /* warm-up: connect and handshake */
+        return 1;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (i = 0; i < n; i++)
+        if (curl_easy_perform(c) != CURLE_OK)
+            return 1;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\n", n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9));
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return got > 0 ? 0 : 1;
+}
