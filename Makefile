@@ -5,6 +5,7 @@
 #   make test            build, start the simulator, run the busted suite, stop it
 #   make demo            start the simulator and run examples/client_credentials.lua
 #   make lint            luacheck on all Lua
+#   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
 #   make check           every quality gate below, after make test
 #   make asan            the suite under AddressSanitizer + UBSan
 #   make valgrind        tools/lifecycle.lua under valgrind (leaks and errors)
@@ -49,7 +50,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: all test test-build demo lint clean deps check asan valgrind gc-stress analyze fuzz
+.PHONY: all test test-build demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -75,7 +76,14 @@ demo: deps all
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) examples/client_credentials.lua
 
 lint:
-	luacheck lua spec bin examples tools
+	luacheck lua spec bin examples tools bench
+
+BENCH_BIN := $(CURDIR)/build/bench
+bench: all
+	@mkdir -p $(BENCH_BIN)
+	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/pkce_c bench/pkce_c.c $(DEPS_LIBS)
+	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/curl_loop bench/curl_loop.c $(DEPS_LIBS)
+	BENCH_BIN=$(BENCH_BIN) $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) bench/bench.lua
 
 # ---- quality gates ---------------------------------------------------------
 

@@ -79,8 +79,10 @@ void client_cleanup(client *c)
     free_str(&c->proxy);
     free_str(&c->user_agent);
     free_str(&c->business_id);
-    for (i = 0; i < OP__N; i++)
+    for (i = 0; i < OP__N; i++) {
         free_str(&c->paths[i]);
+        free_str(&c->body_open[i]);
+    }
     c->expires_mono = 0;
     c->lifetime = 0;
     c->closed = 1;
@@ -248,6 +250,97 @@ static int client_fresh(lua_State *L)
     lua_rawgeti(L, -2, UV_BEARER);
     lua_rawgeti(L, -3, UV_ACCOUNT);
     return 3;
+}
+
+#if LUA_VERSION_NUM >= 503
+/*
+ * The hot path as methods written in C (Lua 5.3 and 5.4). Upvalues: 1 the
+ * client metatable (a cheaper check than luaL_testudata's registry lookup),
+ * 2 the Lua slow path, 3 and 4 the keys "Authorization" and "accountId".
+ * When the kept token is not fresh, the call continues into the Lua slow
+ * path with lua_callk, so a yielding transport or store still works.
+ */
+static int fresh_client(lua_State *L, client **out)
+{
+    client *c = (client *)lua_touserdata(L, 1);
+    int ok = c != NULL && lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1));
+    *out = c;
+    return ok && !c->closed && c->expires_mono > 0 &&
+           c->expires_mono - nt_mono_coarse() > skew_of(c);
+}
+
+static int slow_k(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L);
+}
+
+static int slow_path(lua_State *L, int nargs)
+{
+    lua_settop(L, nargs);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    lua_callk(L, nargs, LUA_MULTRET, 0, slow_k);
+    return lua_gettop(L);
+}
+
+static int client_token_fast(lua_State *L)
+{
+    int nargs = lua_gettop(L);
+    client *c;
+    if (fresh_client(L, &c)) {
+        nomba_getuv(L, 1);
+        lua_rawgeti(L, -1, UV_TOKEN);
+        return 1;
+    }
+    return slow_path(L, nargs);
+}
+
+static int client_headers_fast(lua_State *L)
+{
+    int nargs = lua_gettop(L);
+    client *c;
+    if (fresh_client(L, &c)) {
+        nomba_getuv(L, 1);
+        lua_createtable(L, 0, 2);
+        lua_pushvalue(L, lua_upvalueindex(3));
+        lua_rawgeti(L, -3, UV_BEARER);
+        lua_rawset(L, -3);
+        lua_pushvalue(L, lua_upvalueindex(4));
+        lua_rawgeti(L, -3, UV_ACCOUNT);
+        lua_rawset(L, -3);
+        return 1;
+    }
+    return slow_path(L, nargs);
+}
+#endif
+
+/* core.install_fast_paths(token_slow, headers_slow): on Lua 5.3+, makes
+ * methods.token and methods.headers C functions that fall back to the given
+ * Lua functions; returns whether it did. */
+static int client_install_fast(lua_State *L)
+{
+#if LUA_VERSION_NUM >= 503
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    luaL_getmetatable(L, NOMBA_CLIENT_MT);
+    lua_getfield(L, -1, "__index");               /* the methods */
+    luaL_getmetatable(L, NOMBA_CLIENT_MT);
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, client_token_fast, 2);
+    lua_setfield(L, -2, "token");
+    luaL_getmetatable(L, NOMBA_CLIENT_MT);
+    lua_pushvalue(L, 2);
+    lua_pushliteral(L, "Authorization");
+    lua_pushliteral(L, "accountId");
+    lua_pushcclosure(L, client_headers_fast, 4);
+    lua_setfield(L, -2, "headers");
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    return 1;
 }
 
 /* core.info(client): the token state the Lua policy needs. */
@@ -516,6 +609,7 @@ void client_open(lua_State *L)
         {"new", client_new},
         {"fresh", client_fresh},
         {"is_client", client_is},
+        {"install_fast_paths", client_install_fast},
         {"info", client_info},
         {"state", client_state},
         {"perform", client_perform},

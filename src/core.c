@@ -84,6 +84,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     lua_pushliteral(L, "nomba.oauth " NOMBA_VERSION);
     lua_setfield(L, -2, "_VERSION");
     err_open(L);
+    http_open(L);
     proto_open(L);
     client_open(L);
     pkce_open(L);

@@ -6,6 +6,13 @@
  * fork() a child abandons the inherited handle (never cleans it up, never
  * uses it: the parent still owns the connection) and makes its own.
  *
+ * All clients of one Lua state share one libcurl share handle for TLS
+ * sessions and DNS, so a new client's first request resumes a session
+ * instead of a full handshake (libcurl only resumes a session between
+ * matching TLS settings: CA, pin, verification). The share is made when
+ * the module is opened, before any client, so it is finalized after all of
+ * them; it is cleaned up only when no handle is attached.
+ *
  * Callbacks are plain C that only copy bytes: no Lua is ever called while
  * libcurl runs, so no Lua error can cross it. TLS peer and host
  * verification are always on; nothing here can turn them off, and no
@@ -21,6 +28,61 @@
 #include "nomba.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static const char share_key = 's';   /* registry key of the share box */
+
+struct share_box {
+    CURLSH *sh;
+    int attached;           /* easy handles of this process using it */
+};
+
+static int share__gc(lua_State *L)
+{
+    share_box *b = (share_box *)lua_touserdata(L, 1);
+    if (b != NULL && b->sh != NULL && b->attached == 0) {
+        curl_share_cleanup(b->sh);
+        b->sh = NULL;
+    }
+    return 0;
+}
+
+void http_open(lua_State *L)
+{
+    share_box *b = (share_box *)lua_newuserdata(L, sizeof *b);
+    b->attached = 0;
+    b->sh = curl_share_init();
+    if (b->sh != NULL) {
+        curl_share_setopt(b->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+        curl_share_setopt(b->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    }
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, share__gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_pushlightuserdata(L, (void *)&share_key);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+/* Attaches the state's share to a new handle; the client's user value keeps
+ * the share alive as long as the client. */
+static void attach_share(lua_State *L, int cidx, client *c, CURL *h)
+{
+    share_box *b;
+    lua_pushlightuserdata(L, (void *)&share_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    b = (share_box *)lua_touserdata(L, -1);
+    if (b == NULL || b->sh == NULL) {
+        lua_pop(L, 1);
+        return;
+    }
+    nomba_getuv(L, cidx);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "_share");
+    lua_pop(L, 2);
+    curl_easy_setopt(h, CURLOPT_SHARE, b->sh);
+    b->attached++;
+    c->share = b;
+}
 
 static void curl_init_once(void)
 {
@@ -85,10 +147,14 @@ void http_release(client *c)
     if (c->curl != NULL && c->curl_pid == getpid()) {
         curl_easy_cleanup((CURL *)c->curl);
         curl_slist_free_all((struct curl_slist *)c->base_headers);
+        if (c->share != NULL)
+            c->share->attached--;
     }
-    /* else inherited across fork: abandoned, the parent owns it */
+    /* else inherited across fork: abandoned, the parent owns it (and the
+     * share stays marked in use, so this process never cleans it up) */
     c->curl = NULL;
     c->base_headers = NULL;
+    c->share = NULL;
 }
 
 static struct curl_slist *add_header(struct curl_slist *l, const char *h, int *ok)
@@ -102,7 +168,7 @@ static struct curl_slist *add_header(struct curl_slist *l, const char *h, int *o
 }
 
 /* Makes the handle and sets everything that stays the same per client. */
-static CURL *handle_of(client *c)
+static CURL *handle_of(lua_State *L, int cidx, client *c)
 {
     CURL *h;
     struct curl_slist *hdrs = NULL;
@@ -157,8 +223,10 @@ static CURL *handle_of(client *c)
     if (c->proxy)
         curl_easy_setopt(h, CURLOPT_PROXY, c->proxy);
     c->curl = h;
+    c->url_op = 0;
     c->curl_pid = getpid();
     c->base_headers = hdrs;
+    attach_share(L, cidx, c, h);
     return h;
 }
 
@@ -207,7 +275,7 @@ static const char *kind_of(CURLcode rc, int *retryable)
 
 int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
 {
-    CURL *h = handle_of(c);
+    CURL *h = handle_of(L, cidx, c);
     struct curl_slist bearer, *hdrs;
     CURLcode rc;
     long status = 0;
@@ -228,7 +296,10 @@ int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, d
     sbuf_wipe(&c->resp);
     c->overflow = 0;
     c->errbuf[0] = '\0';
-    curl_easy_setopt(h, CURLOPT_URL, rq->url);
+    if (c->url_op != op + 1) {          /* the URL of an op never changes */
+        curl_easy_setopt(h, CURLOPT_URL, rq->url);
+        c->url_op = op + 1;
+    }
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->reqbody.p);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->reqbody.n);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);

@@ -35,6 +35,8 @@
 #define UV_BEARER  2   /* "Bearer <token>" */
 #define UV_ACCOUNT 3   /* account id */
 
+typedef struct share_box share_box;
+
 /* A growable byte buffer that may hold a secret: always wiped. */
 typedef struct {
     char *p;
@@ -77,6 +79,7 @@ typedef struct client {
     /* configuration */
     char *account_id, *client_id, *base_url;
     char *paths[OP__N];     /* path per op (issue, refresh, revoke, authorize) */
+    char *body_open[OP__N]; /* cached non-secret JSON body start, per op */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
     double timeout, connect_timeout, refresh_skew;
     size_t max_response;
@@ -92,7 +95,9 @@ typedef struct client {
     /* libcurl */
     void *curl;             /* CURL *, owned by curl_pid */
     pid_t curl_pid;
+    int url_op;             /* 1 + the op whose URL the handle holds, or 0 */
     void *base_headers;     /* struct curl_slist *, same owner */
+    struct share_box *share;/* the state's share handle, when attached */
     nomba_answer_meta meta;
     int overflow;           /* the answer exceeded max_response */
     char errbuf[256];       /* CURL_ERROR_SIZE */
@@ -121,6 +126,7 @@ NOMBA_HIDDEN int http_perform(lua_State *L, int cidx, client *c, int op,
                               nomba_request *rq, double timeout);
 NOMBA_HIDDEN void http_release(client *c);
 NOMBA_HIDDEN void http_global_init(void);
+NOMBA_HIDDEN void http_open(lua_State *L);
 
 /* err.c */
 typedef struct {

@@ -89,11 +89,72 @@ static void copy_arg(lua_State *L, int argidx, const char *name)
     }
 }
 
+/* Encodes the table on top of the stack (popping it) with our cjson and
+ * returns the JSON without its closing brace as a malloc'd string. */
+static char *encode_open(lua_State *L, size_t *n)
+{
+    const char *json;
+    char *out = NULL;
+    push_json_fn(L, "encode");
+    lua_insert(L, -2);
+    lua_call(L, 1, 1);
+    json = lua_tolstring(L, -1, n);
+    if (json != NULL && *n >= 2 && json[*n - 1] == '}')
+        out = nomba_strndup(json, --*n);
+    lua_pop(L, 1);
+    return out;
+}
+
+/* The non-secret part of a request body. For issue, refresh and revoke it
+ * never changes for a client, so it is encoded once and kept; authorize and
+ * exchange carry per-call values. The caller frees what *fresh says. */
+static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t *n, int *fresh)
+{
+    *fresh = 0;
+    if (c->body_open[op] != NULL) {
+        *n = strlen(c->body_open[op]);
+        return c->body_open[op];
+    }
+    lua_createtable(L, 0, 6);
+    switch (op) {
+    case OP_ISSUE:
+        set_field(L, "grant_type", "client_credentials");
+        set_field(L, "client_id", c->client_id);
+        break;
+    case OP_REFRESH:
+        set_field(L, "grant_type", "refresh_token");
+        break;
+    case OP_REVOKE:
+        set_field(L, "clientId", c->client_id);
+        break;
+    case OP_AUTHORIZE:
+        set_field(L, "client_id", c->client_id);
+        set_field(L, "code_challenge_method", "S256");
+        copy_arg(L, argidx, "code_challenge");
+        copy_arg(L, argidx, "code_challenge_method");
+        copy_arg(L, argidx, "redirect_uri");
+        copy_arg(L, argidx, "state");
+        copy_arg(L, argidx, "scope");
+        break;
+    default: /* OP_EXCHANGE */
+        set_field(L, "grant_type", "authorization_code");
+        set_field(L, "client_id", c->client_id);
+        copy_arg(L, argidx, "auth_code");
+        break;
+    }
+    if (op == OP_AUTHORIZE || op == OP_EXCHANGE) {
+        *fresh = 1;
+        return encode_open(L, n);
+    }
+    c->body_open[op] = encode_open(L, n);
+    return c->body_open[op];
+}
+
 int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_request *rq)
 {
-    const char *secret_name = NULL, *secret = NULL, *json;
-    size_t secret_len = 0, jn;
-    int top = lua_gettop(L), n;
+    const char *secret_name = NULL, *secret = NULL, *open;
+    size_t secret_len = 0, on, unused;
+    int n, fresh, ok;
 
     memset(rq, 0, sizeof *rq);
     proto_request_done(c);
@@ -102,15 +163,11 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
     if (n < 0 || (size_t)n >= sizeof rq->url)
         return config_error(L, c, op, "base_url and path are too long");
 
-    push_json_fn(L, "encode");
-    lua_createtable(L, 0, 6);
     switch (op) {
     case OP_ISSUE:
         if (c->secret.n == 0)
-            return lua_settop(L, top), config_error(L, c, op,
+            return config_error(L, c, op,
                 "issue needs client_secret; this is a PKCE client: use authorize and exchange");
-        set_field(L, "grant_type", "client_credentials");
-        set_field(L, "client_id", c->client_id);
         secret_name = "client_secret";
         secret = c->secret.p;
         secret_len = c->secret.n;
@@ -122,8 +179,7 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
             secret_len = c->refresh.n;
         }
         if (secret == NULL || secret_len == 0)
-            return lua_settop(L, top), config_error(L, c, op, "there is no refresh token to use");
-        set_field(L, "grant_type", "refresh_token");
+            return config_error(L, c, op, "there is no refresh token to use");
         secret_name = "refresh_token";
         if (c->access.n > 0) {
             if (!sbuf_adds(&c->bearer_hdr, "Authorization: Bearer ") ||
@@ -139,50 +195,38 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
             secret_len = c->access.n;
         }
         if (secret == NULL || secret_len == 0)
-            return lua_settop(L, top), config_error(L, c, op, "there is no access token to revoke");
-        set_field(L, "clientId", c->client_id);
+            return config_error(L, c, op, "there is no access token to revoke");
         secret_name = "access_token";
         break;
     case OP_AUTHORIZE:
-        if (arg_string(L, argidx, "code_challenge", &jn) == NULL)
-            return lua_settop(L, top), config_error(L, c, op, "code_challenge is required");
-        set_field(L, "client_id", c->client_id);
-        set_field(L, "code_challenge_method", "S256");
-        copy_arg(L, argidx, "code_challenge");
-        copy_arg(L, argidx, "code_challenge_method");
-        copy_arg(L, argidx, "redirect_uri");
-        copy_arg(L, argidx, "state");
-        copy_arg(L, argidx, "scope");
+        if (arg_string(L, argidx, "code_challenge", &unused) == NULL)
+            return config_error(L, c, op, "code_challenge is required");
         break;
     case OP_EXCHANGE:
         secret = arg_string(L, argidx, "code_verifier", &secret_len);
-        if (arg_string(L, argidx, "auth_code", &jn) == NULL || secret == NULL)
-            return lua_settop(L, top), config_error(L, c, op, "auth_code and code_verifier are required");
-        set_field(L, "grant_type", "authorization_code");
-        set_field(L, "client_id", c->client_id);
-        copy_arg(L, argidx, "auth_code");
+        if (arg_string(L, argidx, "auth_code", &unused) == NULL || secret == NULL)
+            return config_error(L, c, op, "auth_code and code_verifier are required");
         secret_name = "code_verifier";
         break;
     default:
-        return lua_settop(L, top), config_error(L, c, op, "this operation sends no request");
+        return config_error(L, c, op, "this operation sends no request");
     }
-    lua_call(L, 1, 1);
-    json = lua_tolstring(L, -1, &jn);
-    if (json == NULL || jn < 2 || json[jn - 1] != '}')
-        return lua_settop(L, top), config_error(L, c, op, "could not encode the request");
-    if (!sbuf_add(&c->reqbody, json, jn - 1))
+
+    open = body_open(L, c, op, argidx, &on, &fresh);
+    if (open == NULL)
+        return config_error(L, c, op, "could not encode the request");
+    ok = sbuf_add(&c->reqbody, open, on);
+    if (ok && secret_name != NULL)
+        ok = (on <= 1 || sbuf_adds(&c->reqbody, ",")) &&
+             sbuf_adds(&c->reqbody, "\"") && sbuf_adds(&c->reqbody, secret_name) &&
+             sbuf_adds(&c->reqbody, "\":\"") &&
+             sbuf_add_json_string(&c->reqbody, secret, secret_len) &&
+             sbuf_adds(&c->reqbody, "\"");
+    ok = ok && sbuf_adds(&c->reqbody, "}");
+    if (fresh)
+        free((void *)open);
+    if (!ok)
         return luaL_error(L, "nomba.oauth: out of memory");
-    if (secret_name != NULL) {
-        if ((jn > 2 && !sbuf_adds(&c->reqbody, ",")) ||
-            !sbuf_adds(&c->reqbody, "\"") || !sbuf_adds(&c->reqbody, secret_name) ||
-            !sbuf_adds(&c->reqbody, "\":\"") ||
-            !sbuf_add_json_string(&c->reqbody, secret, secret_len) ||
-            !sbuf_adds(&c->reqbody, "\""))
-            return luaL_error(L, "nomba.oauth: out of memory");
-    }
-    if (!sbuf_adds(&c->reqbody, "}"))
-        return luaL_error(L, "nomba.oauth: out of memory");
-    lua_settop(L, top);
     return 0;
 }
 
@@ -285,7 +329,7 @@ static int take_token(lua_State *L, int cidx, client *c, int op, int data,
     } else {
         return protocol_error(L, c, op, m->status, "the answer has neither expiresAt nor expires_in");
     }
-    if (!(lifetime > 0) || lifetime > 10 * 365 * 86400.0)
+    if (!(lifetime > 0))
         return protocol_error(L, c, op, m->status, "the answer's token is already expired");
 
     if (!sbuf_set(&c->access, at, atn) || (rt != NULL && !sbuf_set(&c->refresh, rt, rtn)))

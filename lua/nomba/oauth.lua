@@ -387,27 +387,50 @@ local function slow_token(self)
   return nil, err
 end
 
---- The hot path: the kept access token while more than `refresh_skew` seconds
--- remain; otherwise refresh, and on a refused refresh issue afresh.
--- @treturn string access_token, or `nil, err`
-function Client:token()
-  local tok = fresh(self)
-  if tok then return tok end
+local function check_token_self(self, method)
+  if not core.is_client(self) then
+    error("nomba.oauth: bad self to '" .. method .. "' (use client:" .. method .. "(...))", 3)
+  end
+end
+
+local function token_slow(self)
+  check_token_self(self, "token")
   return slow_token(self)
 end
 
---- Headers for calling any other Nomba API.
--- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
-function Client:headers()
-  local tok, bearer, account = fresh(self)
-  if not tok then
-    local err
-    tok, err = slow_token(self)
-    if not tok then return nil, err end
-    tok, bearer, account = fresh(self, 0)
-    if not tok then return nil, new_error("protocol", "token", "the token expired at once") end
-  end
+local function headers_slow(self)
+  check_token_self(self, "headers")
+  local tok, err = slow_token(self)
+  if not tok then return nil, err end
+  local bearer, account
+  tok, bearer, account = fresh(self, 0)
+  if not tok then return nil, new_error("protocol", "token", "the token expired at once") end
   return { Authorization = bearer, accountId = account }
+end
+
+--- The hot path: the kept access token while more than `refresh_skew` seconds
+-- remain; otherwise refresh, and on a refused refresh issue afresh. On Lua
+-- 5.3 and 5.4 the fresh-token path is C (core.install_fast_paths) and only
+-- the renewal runs here.
+-- @function Client:token
+-- @treturn string access_token, or `nil, err`
+
+--- Headers for calling any other Nomba API.
+-- @function Client:headers
+-- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
+
+if not core.install_fast_paths(token_slow, headers_slow) then
+  function Client:token()
+    local tok = fresh(self)
+    if tok then return tok end
+    return token_slow(self)
+  end
+
+  function Client:headers()
+    local tok, bearer, account = fresh(self)
+    if tok then return { Authorization = bearer, accountId = account } end
+    return headers_slow(self)
+  end
 end
 
 return M

@@ -25,6 +25,12 @@ M.CLIENT = {
   business_id = "01a10aeb-d989-460a-bbde-9842f2b4320f",
 }
 
+--- The answer of /fixed/v1/auth/token/issue: a token valid until 2099.
+M.FIXED_ANSWER = '{"code":"00","description":"Success","data":{' ..
+  '"businessId":"01a10aeb-d989-460a-bbde-9842f2b4320f","access_token":"eyJhbGciOiJIUzI1NiJ9.' ..
+  ("eyJzdWIiOiJmaXhlZCJ9"):rep(16) .. '.' .. ("c2lnbmF0dXJl"):rep(4) .. '",' ..
+  '"refresh_token":"01h4gdx2tctxfjgacbdwrcvs5d1688473602892","expiresAt":"2099-01-01T00:00:00Z"}}'
+
 local Sim = {}
 Sim.__index = Sim
 
@@ -154,6 +160,11 @@ http {
     location / {
       content_by_lua_block { require("nomba.oauth.simulator.server").handle() }
     }
+    # a fixed answer served by nginx alone, for benchmarks (bench/)
+    location = /fixed/v1/auth/token/issue {
+      default_type application/json;
+      return 200 '${fixed}';
+    }
   }
 }
 ]]
@@ -193,7 +204,7 @@ function M.start(opts)
     local conf = expand(CONF, {
       workers = opts.workers or 1, dir = dir, port = port, luadir = luadir,
       ndk = ndk or "", lua = lua, config = config,
-      user = is_root and "user root root;" or "",
+      user = is_root and "user root root;" or "", fixed = M.FIXED_ANSWER,
       cpath = "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/aarch64-linux-gnu/lua/5.1/?.so;" ..
               "/usr/local/lib/lua/5.1/?.so",
     })
