@@ -3,6 +3,7 @@
 #   make                 build nomba/oauth/core.so for Lua 5.4
 #   make LUA=5.1|5.2|5.3|jit   the same for another runtime
 #   make test            build, start the simulator, run the busted suite, stop it
+#   make test-runtimes   the suite under LuaJIT, a smoke run under 5.1, 5.2, 5.3
 #   make demo            start the simulator and run examples/client_credentials.lua
 #   make lint            luacheck on all Lua
 #   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
@@ -19,7 +20,7 @@ LUA        ?= 5.4
 PKG_CONFIG ?= pkg-config
 
 ifeq ($(LUA),jit)
-  LUA_INCDIR ?= $(shell $(PKG_CONFIG) --variable=includedir luajit 2>/dev/null)/luajit-2.1
+  LUA_INCDIR ?= $(patsubst -I%,%,$(filter -I%,$(shell $(PKG_CONFIG) --cflags luajit 2>/dev/null)))
   LUA_BIN    ?= luajit
 else
   LUA_INCDIR ?= /usr/include/lua$(LUA)
@@ -50,7 +51,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: all test test-build demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: all test test-runtimes test-build demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -68,6 +69,13 @@ deps:
 
 test-build:
 	$(MAKE) all BUILD=$(TEST_BUILD) EXTRA_CFLAGS="-DNOMBA_TEST_HOOKS $(EXTRA_CFLAGS)"
+
+# The other runtimes: the whole suite under LuaJIT, a smoke run for 5.1-5.3.
+SMOKE_SPECS := spec/01-module_spec.lua spec/02-lifecycle_spec.lua spec/05-pkce_spec.lua \
+               spec/06-token_spec.lua
+test-runtimes:
+	$(MAKE) test LUA=jit
+	for v in 5.1 5.2 5.3; do $(MAKE) test LUA=$$v BUSTED_ARGS="$(SMOKE_SPECS)" || exit 1; done
 
 test: deps all test-build
 	$(TEST_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)

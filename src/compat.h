@@ -16,11 +16,13 @@
 #if LUA_VERSION_NUM == 501
 
 #define luaL_setfuncs  nomba_setfuncs
+#ifndef luaL_newlib
 #define luaL_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
+#endif
 #define lua_rawlen     lua_objlen
 #define luaL_testudata nomba_testudata
 
-static void nomba_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+static inline void nomba_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
     luaL_checkstack(L, nup, "too many upvalues");
     for (; l->name != NULL; l++) {
@@ -33,7 +35,7 @@ static void nomba_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
     lua_pop(L, nup);
 }
 
-static void *nomba_testudata(lua_State *L, int ud, const char *tname)
+static inline void *nomba_testudata(lua_State *L, int ud, const char *tname)
 {
     void *p = lua_touserdata(L, ud);
     if (p != NULL && lua_getmetatable(L, ud)) {

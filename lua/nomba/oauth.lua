@@ -21,6 +21,32 @@ local co_isyieldable = coroutine.isyieldable
 local fresh, info_of, state_of, perform = core.fresh, core.info, core.state, core.perform
 local now, new_error = core.now, core.error
 
+-- A pcall that a yield can cross. Lua 5.2+ and LuaJIT have one; on plain
+-- Lua 5.1 a protected call runs in a coroutine whose yields are passed on.
+local pcall_y = pcall
+if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
+  local unpack, select, co_create, co_resume, co_status = unpack, select, coroutine.create,
+    coroutine.resume, coroutine.status
+  local function pack(...) return { n = select("#", ...), ... } end
+  pcall_y = function(f, ...)
+    if co_running() == nil then return pcall(f, ...) end   -- the main thread cannot yield anyway
+    local co = co_create(f)
+    local res = pack(co_resume(co, ...))
+    while res[1] and co_status(co) == "suspended" do
+      res = pack(co_resume(co, co_yield(unpack(res, 2, res.n))))
+    end
+    return unpack(res, 1, res.n)
+  end
+end
+
+-- Whether the running code may yield (coroutine.isyieldable is 5.3+).
+local function can_yield()
+  if co_isyieldable then return co_isyieldable() end
+  local co, main = co_running()
+  if main ~= nil then return not main end                 -- 5.2, LuaJIT
+  return co ~= nil                                        -- 5.1: nil in the main thread
+end
+
 local M = {
   _VERSION = core._VERSION,
   PRODUCTION_URL = "https://api.nomba.com",
@@ -193,7 +219,7 @@ local function attempt(self, st, op, args)
   end
   local req, err = core.request(self, op, args)
   if not req then return nil, err end
-  local ok, resp, msg = pcall(transport, req)
+  local ok, resp, msg = pcall_y(transport, req)
   req.body = nil
   if not ok then
     return nil, new_error("transport", op, "the transport raised an error", { retryable = true })
@@ -352,12 +378,10 @@ local function wait_for_renewal(st)
   while st.renewing and now() < deadline do
     if ngx_sleep then
       ngx_sleep(0.005)
-    elseif co_isyieldable and co_isyieldable() then
+    elseif can_yield() then
       co_yield()
     else
-      local _, main = co_running()
-      if main == nil or main then break end
-      co_yield()
+      break                               -- nobody else can be renewing
     end
   end
 end
@@ -377,7 +401,7 @@ local function slow_token(self)
     return (fresh(self, 0))              -- renewed a moment ago: no stampede
   end
   st.renewing, st.last_try, st.last_err = true, now(), nil
-  local ok, tok, err = pcall(renew, self, st, info)
+  local ok, tok, err = pcall_y(renew, self, st, info)
   st.renewing = false
   if not ok then error(tok, 0) end
   if tok then return tok.access_token end

@@ -78,8 +78,17 @@ local function exists(path)
   return false
 end
 
+local function searchpath(name, path)
+  if package.searchpath then return package.searchpath(name, path) end
+  local file = name:gsub("%.", "/")                        -- Lua 5.1
+  for pattern in path:gmatch("[^;]+") do
+    local candidate = pattern:gsub("%?", file)
+    if exists(candidate) then return candidate end
+  end
+end
+
 local function lua_dir()
-  local path = package.searchpath("nomba.oauth.simulator.server", package.path)
+  local path = searchpath("nomba.oauth.simulator.server", package.path)
   if not path then return nil end
   return (path:gsub("/nomba/oauth/simulator/server%.lua$", ""))
 end
