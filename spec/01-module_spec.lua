@@ -110,9 +110,14 @@ describe("oauth.new", function()
                    new_error(with { paths = { issue = "v1/x" } }), 1, true)
   end)
 
-  it("says plainly that stores are not available yet", function()
-    assert.matches("'store' is not available yet", new_error(with { store = {} }))
-    assert.matches("'store_key' is not available yet", new_error(with { store_key = "k" }))
+  it("checks the store and store_key", function()
+    assert.matches("option 'store' has no 'get' method", new_error(with { store = {} }))
+    assert.matches("'store_key' must be at least 16 bytes", new_error(with { store_key = "k" }))
+    local pkce = with { store = oauth.store.memory() }
+    pkce.client_secret = nil
+    assert.matches("'store_key' is required for a client without client_secret", new_error(pkce))
+    pkce.store_key = ("k"):rep(32)
+    assert.is_userdata(oauth.new(pkce))
   end)
 end)
 

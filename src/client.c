@@ -35,7 +35,7 @@ static void free_str(char **s)
  * capacity is zero before it is freed, and remember the verdict. */
 static void test_check_wiped(client *c)
 {
-    sbuf *bufs[6];
+    sbuf *bufs[10];
     int i;
     size_t k;
     bufs[0] = &c->secret;
@@ -44,8 +44,12 @@ static void test_check_wiped(client *c)
     bufs[3] = &c->reqbody;
     bufs[4] = &c->bearer_hdr;
     bufs[5] = &c->resp;
+    bufs[6] = &c->store_ikm;
+    bufs[7] = &c->store_aes;
+    bufs[8] = &c->seal_pt;
+    bufs[9] = &c->seal_ct;
     c->test_wiped = 1;
-    for (i = 0; i < 6; i++) {
+    for (i = 0; i < 10; i++) {
         sbuf_wipe(bufs[i]);
         for (k = 0; bufs[i]->p != NULL && k < bufs[i]->cap; k++)
             if (bufs[i]->p[k] != 0)
@@ -70,6 +74,10 @@ void client_cleanup(client *c)
     sbuf_free(&c->reqbody);
     sbuf_free(&c->bearer_hdr);
     sbuf_free(&c->resp);
+    sbuf_free(&c->store_ikm);
+    sbuf_free(&c->store_aes);
+    sbuf_free(&c->seal_pt);
+    sbuf_free(&c->seal_ct);
     free_str(&c->account_id);
     free_str(&c->client_id);
     free_str(&c->base_url);

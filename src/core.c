@@ -87,6 +87,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     http_open(L);
     proto_open(L);
     client_open(L);
+    seal_open(L);
     pkce_open(L);
     return 1;
 }

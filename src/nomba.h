@@ -87,6 +87,8 @@ typedef struct client {
     /* secrets */
     sbuf secret, access, refresh;
     sbuf reqbody, bearer_hdr, resp; /* per-request buffers, reused, wiped */
+    sbuf store_ikm, store_aes;      /* store_key option; the derived AES key */
+    sbuf seal_pt, seal_ct;          /* sealing scratch, wiped after use */
     char *business_id;
     /* token clock: monotonic seconds */
     double expires_mono;    /* 0 when there is no usable token */
@@ -153,6 +155,9 @@ NOMBA_HIDDEN int    nt_retry_after(const char *s, size_t n, double now, double *
 NOMBA_HIDDEN double nt_mono(void);
 NOMBA_HIDDEN double nt_mono_coarse(void);
 NOMBA_HIDDEN double nt_wall(void);
+
+/* seal.c */
+NOMBA_HIDDEN void seal_open(lua_State *L);
 
 /* pkce.c */
 NOMBA_HIDDEN int  pkce_valid_verifier(const char *s, size_t n);

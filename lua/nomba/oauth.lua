@@ -63,6 +63,7 @@ local DEFAULT_PATHS = {
 }
 
 local BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.2, 5, 30
+local store_call      -- defined with the stores below
 local RENEW_INTERVAL = 1      -- at most one renewal attempt per second while a token is valid
 
 --- The method table of every client (metatable `nomba.oauth.Client`).
@@ -130,10 +131,15 @@ local function normalize(opts)
     printable(k, o[k])
   end
   if o.client_secret == "" then bad("client_secret", "must not be empty") end
-  if o.store ~= nil or o.store_key ~= nil then
-    bad(o.store ~= nil and "store" or "store_key",
-        "is not available yet in this version (shared stores are planned)")
+  if o.store ~= nil then
+    for _, m in ipairs { "get", "set", "delete", "lock", "unlock" } do
+      if o.store[m] == nil then bad("store", "has no '" .. m .. "' method") end
+    end
+    if not o.client_secret and not o.store_key then
+      bad("store_key", "is required for a client without client_secret that uses a store")
+    end
   end
+  if o.store_key ~= nil and #o.store_key < 16 then bad("store_key", "must be at least 16 bytes") end
   if o.base_url and o.sandbox then bad("sandbox", "conflicts with base_url: give one") end
   o.base_url = o.base_url or (o.sandbox and M.SANDBOX_URL or M.PRODUCTION_URL)
   o.base_url = o.base_url:gsub("/+$", "")
@@ -188,9 +194,17 @@ function M.new(opts)
     error(o, 0)
   end
   local state = { on_event = o.on_event, transport = o.transport,
-                  retries = o.retries, timeout = o.timeout }
-  return core.new(o, state)
+                  retries = o.retries, timeout = o.timeout, store = o.store }
+  local client = core.new(o, state)
+  if o.store then
+    if o.store_key then core.set_store_key(client, o.store_key) end
+    state.skey = core.store_id(client)
+    state.lkey = state.skey .. ":lock"
+  end
+  return client
 end
+
+M.store = require "nomba.oauth.store"
 
 -- One attempt, events, retries -----------------------------------------------
 
@@ -225,6 +239,7 @@ local function attempt(self, st, op, args)
     return nil, new_error("transport", op, "the transport raised an error", { retryable = true })
   end
   if resp == nil then
+    if getmetatable(msg) == M.Error then return nil, msg end   -- the transport typed it
     msg = tostring(msg or "the transport failed")
     local kind = msg:lower():find("timeout") and "timeout" or
                  msg:lower():find("timed out") and "timeout" or "transport"
@@ -267,6 +282,19 @@ local function request(self, st, op, args)
   return nil, err
 end
 
+-- Stores -----------------------------------------------------------------------
+
+-- Calls a store method; trouble (nil, err or a raise) becomes an event and
+-- the second result `true`, and never reaches the caller.
+store_call = function(st, method, ...)
+  local ok, v, err = pcall_y(st.store[method], st.store, ...)
+  if ok and (v ~= nil or err == nil) then return v, false end
+  local msg = tostring(ok and err or v)
+  emit(st, { op = "store", ok = false, kind = "store_error", method = method,
+             message = #msg > 200 and msg:sub(1, 200) .. "..." or msg })
+  return nil, true
+end
+
 -- Methods ----------------------------------------------------------------------
 
 local function check_client(self, method)
@@ -304,7 +332,10 @@ function Client:revoke(access_token)
     error("nomba.oauth: bad argument #1 to 'revoke' (access_token must be a non-empty string)", 2)
   end
   local ok, err = request(self, st, "revoke", { access_token = access_token })
-  if ok then core.drop(self, access_token) end
+  if ok then
+    if st.store and access_token == nil then store_call(st, "delete", st.skey) end
+    core.drop(self, access_token)
+  end
   return ok, err
 end
 
@@ -386,10 +417,8 @@ local function wait_for_renewal(st)
   end
 end
 
-local function slow_token(self)
-  local st = state_of(self)
-  local info = info_of(self)
-  if info.closed then return nil, new_error("closed", "token", "the client is closed") end
+-- Renews this client's token (single-flight inside the Lua state).
+local function local_token(self, st, info)
   if st.renewing then
     wait_for_renewal(st)
     local tok = fresh(self, 0)
@@ -409,6 +438,74 @@ local function slow_token(self)
   local kept = fresh(self, 0)            -- a failed renewal never drops a valid token
   if kept then return kept end
   return nil, err
+end
+
+-- Whether this code may wait (sleep or yield) without blocking a server;
+-- under OpenResty also the name of the phase.
+local WAIT_PHASES = { rewrite = true, access = true, content = true, timer = true,
+                      ssl_cert = true, ssl_session_fetch = true }
+local function can_wait()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) == "table" and type(ngx.get_phase) == "function" then
+    local phase = ngx.get_phase()
+    return WAIT_PHASES[phase] == true, phase
+  end
+  return true
+end
+
+-- The token shared through a store: read it; if it needs renewing, take
+-- the lock and renew (then publish), or, while another holder renews, use
+-- the kept token if it is still valid, else wait for the holder.
+local function shared_token(self, st)
+  local lock_ttl = st.timeout * (st.retries + 1) + 1
+  local deadline = now() + lock_ttl + st.timeout
+  local backoff = 0.005
+  while true do
+    local blob, failed = store_call(st, "get", st.skey)
+    if failed then return local_token(self, st, info_of(self)) end   -- store down: alone
+    if blob then core.adopt(self, st.skey, blob) end
+    local tok = fresh(self)
+    if tok then return tok end
+    local got
+    got, failed = store_call(st, "lock", st.lkey, lock_ttl)
+    if failed then return local_token(self, st, info_of(self)) end
+    if got then
+      blob = store_call(st, "get", st.skey)      -- renewed by someone just now?
+      if blob then core.adopt(self, st.skey, blob) end
+      tok = fresh(self)
+      local err
+      if not tok then
+        local before = info_of(self).remaining
+        tok, err = local_token(self, st, info_of(self))
+        local info = info_of(self)
+        if tok and info.remaining > before then
+          local sealed = core.seal(self, st.skey)
+          if sealed then store_call(st, "set", st.skey, sealed, info.remaining) end
+        end
+      end
+      store_call(st, "unlock", st.lkey)
+      return tok, err
+    end
+    -- another worker or host renews: a still-valid kept token will do
+    local kept = fresh(self, 0)
+    if kept then return kept end
+    if now() >= deadline then return local_token(self, st, info_of(self)) end
+    local may, phase = can_wait()
+    if not may then
+      return nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
+        " phase cannot wait for the renewal in progress")
+    end
+    sleep(backoff * (0.5 + math_random()))
+    backoff = math_min(backoff * 2, 0.2)
+  end
+end
+
+local function slow_token(self)
+  local st = state_of(self)
+  local info = info_of(self)
+  if info.closed then return nil, new_error("closed", "token", "the client is closed") end
+  if st.store then return shared_token(self, st) end
+  return local_token(self, st, info)
 end
 
 local function check_token_self(self, method)

@@ -1,0 +1,222 @@
+--- Shared token stores: one token for every worker, process and host.
+--
+-- A store is any object with `get(key)`, `set(key, value, ttl)`,
+-- `delete(key)`, `lock(key, ttl) -> ok` and `unlock(key)`; ttl is in seconds
+-- (fractions allowed). A method reports trouble by returning `nil, err` or by
+-- raising; the client then goes on alone (an event `store_error` says so).
+-- Values are sealed by the client (AES-256-GCM) before they reach a store.
+--
+--    oauth.store.memory()                 -- the clients of one Lua state
+--    oauth.store.shdict(ngx.shared.DICT)  -- every worker of an OpenResty node
+--    oauth.store.redis(redis_client)      -- every process of every host
+--
+-- @module nomba.oauth.store
+
+local core = require "nomba.oauth.core"
+
+local type, error, tostring, setmetatable = type, error, tostring, setmetatable
+local now, verifier = core.now, core.pkce.verifier
+
+local M = {}
+
+-- A unique owner id for a lock (CSPRNG, never a secret).
+local function owner_id() return verifier(43) end
+
+local function check_key(key)
+  if type(key) ~= "string" or key == "" then error("nomba.oauth.store: key must be a non-empty string", 3) end
+end
+
+-- memory -------------------------------------------------------------------------
+
+local Memory = {}
+Memory.__index = Memory
+
+--- A store in this Lua state's memory: for several clients of one process.
+-- @treturn table store
+function M.memory()
+  return setmetatable({ data = {}, expiry = {} }, Memory)
+end
+
+function Memory:get(key)
+  check_key(key)
+  local e = self.expiry[key]
+  if e and e <= now() then
+    self.data[key], self.expiry[key] = nil, nil
+  end
+  return self.data[key]
+end
+
+function Memory:set(key, value, ttl)
+  check_key(key)
+  self.data[key] = value
+  self.expiry[key] = ttl and ttl > 0 and now() + ttl or nil
+  return true
+end
+
+function Memory:delete(key)
+  check_key(key)
+  self.data[key], self.expiry[key] = nil, nil
+  return true
+end
+
+function Memory:lock(key, ttl)
+  if self:get(key) ~= nil then return false end
+  return self:set(key, owner_id(), ttl)
+end
+
+function Memory:unlock(key)
+  return self:delete(key)
+end
+
+-- OpenResty shared dict ---------------------------------------------------------
+
+local Shdict = {}
+Shdict.__index = Shdict
+
+--- A store in an OpenResty shared dict (`lua_shared_dict`): every worker of a node.
+-- The lock is `add` with a TTL, released only by its owner.
+-- @param dict `ngx.shared.DICT`
+-- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`)
+-- @treturn table store
+function M.shdict(dict, opts)
+  if type(dict) ~= "table" and type(dict) ~= "userdata" then
+    error("nomba.oauth.store.shdict: bad argument #1 (ngx.shared.DICT expected)", 2)
+  end
+  opts = opts or {}
+  return setmetatable({ dict = dict, prefix = opts.prefix or "nomba-oauth:", owners = {} }, Shdict)
+end
+
+function Shdict:get(key)
+  check_key(key)
+  local v, err = self.dict:get(self.prefix .. key)
+  if v == nil and err then return nil, err end
+  return v
+end
+
+function Shdict:set(key, value, ttl)
+  check_key(key)
+  local ok, err = self.dict:set(self.prefix .. key, value, ttl or 0)
+  if not ok then return nil, err end
+  return true
+end
+
+function Shdict:delete(key)
+  check_key(key)
+  self.dict:delete(self.prefix .. key)
+  return true
+end
+
+function Shdict:lock(key, ttl)
+  check_key(key)
+  local owner = owner_id()
+  local ok, err = self.dict:add(self.prefix .. key, owner, ttl)
+  if ok then
+    self.owners[key] = owner
+    return true
+  end
+  if err == "exists" then return false end
+  return nil, err
+end
+
+function Shdict:unlock(key)
+  check_key(key)
+  local owner = self.owners[key]
+  self.owners[key] = nil
+  -- no yield between get and delete: atomic within this worker
+  if owner and self.dict:get(self.prefix .. key) == owner then
+    self.dict:delete(self.prefix .. key)
+  end
+  return true
+end
+
+-- Redis ------------------------------------------------------------------------------
+
+local Redis = {}
+Redis.__index = Redis
+
+local UNLOCK = [[if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0]]
+
+local function redis_ok(v)
+  return v == "OK" or v == true or (type(v) == "table" and v.ok == "OK")
+end
+
+local function redis_value(v)
+  if type(v) == "string" then return v end
+  return nil        -- nil, false, ngx.null, cjson.null: a miss
+end
+
+--- A store in Redis: every process on every host.
+-- Works with any client object that has `get`, `set` (with `NX`/`PX`), `del`
+-- and `eval`, e.g. lua-resty-redis (`resty.redis`, Debian `lua-nginx-redis`'s
+-- `nginx.redis`) on cosockets or redis-lua (`redis`) for plain Lua.
+-- @param client a connected Redis client
+-- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`), `timeout`
+--   (seconds, applied to the client when it has a way to set one)
+-- @treturn table store
+function M.redis(client, opts)
+  if type(client) ~= "table" then error("nomba.oauth.store.redis: bad argument #1 (Redis client expected)", 2) end
+  for _, m in ipairs { "get", "set", "del", "eval" } do
+    if client[m] == nil then
+      error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
+    end
+  end
+  opts = opts or {}
+  if opts.timeout then
+    if type(client.set_timeout) == "function" then              -- lua-resty-redis
+      client:set_timeout(opts.timeout * 1000)
+    elseif type(client.network) == "table" and client.network.socket then   -- redis-lua
+      client.network.socket:settimeout(opts.timeout)
+    end
+  end
+  return setmetatable({ r = client, prefix = opts.prefix or "nomba-oauth:", owners = {} }, Redis)
+end
+
+function Redis:get(key)
+  check_key(key)
+  local v, err = self.r:get(self.prefix .. key)
+  if v == nil and err then return nil, err end
+  return redis_value(v)
+end
+
+function Redis:set(key, value, ttl)
+  check_key(key)
+  local v, err
+  if ttl and ttl > 0 then
+    v, err = self.r:set(self.prefix .. key, value, "PX", math.max(1, math.floor(ttl * 1000)))
+  else
+    v, err = self.r:set(self.prefix .. key, value)
+  end
+  if not redis_ok(v) then return nil, err or ("SET answered " .. tostring(v)) end
+  return true
+end
+
+function Redis:delete(key)
+  check_key(key)
+  local v, err = self.r:del(self.prefix .. key)
+  if v == nil and err then return nil, err end
+  return true
+end
+
+function Redis:lock(key, ttl)
+  check_key(key)
+  local owner = owner_id()
+  local v, err = self.r:set(self.prefix .. key, owner, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
+  if redis_ok(v) then
+    self.owners[key] = owner
+    return true
+  end
+  if v == nil and err then return nil, err end
+  return false                       -- held by someone else (nil/ngx.null from SET NX)
+end
+
+function Redis:unlock(key)
+  check_key(key)
+  local owner = self.owners[key]
+  self.owners[key] = nil
+  if not owner then return true end
+  local v, err = self.r:eval(UNLOCK, 1, self.prefix .. key, owner)    -- compare and delete
+  if v == nil and err then return nil, err end
+  return true
+end
+
+return M

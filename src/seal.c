@@ -1,0 +1,341 @@
+/*
+ * seal.c: the kept token, sealed for a shared store.
+ *
+ * A store (shared dict, Redis, memory) holds the client's token as
+ *   "n1." base64url(nonce[12] | AES-256-GCM(ciphertext) | tag[16])
+ * with the key derived by HKDF-SHA256 from the client secret (or, for a
+ * PKCE client, the store_key option) and the store key as associated data,
+ * so a value moved to another key, written by another client or altered by
+ * one bit does not open. The plaintext is built, encrypted and wiped in C:
+ * the tokens never become Lua strings on their way to or from the store.
+ *
+ *   core.store_id(client)            -> a stable id of (base URL, account, client_id)
+ *   core.seal(client, store_key)     -> sealed string, or nil when no token is kept
+ *   core.adopt(client, store_key, s) -> true when s opened and its token, valid
+ *                                       and newer than the kept one, is now kept
+ *
+ * Plaintext layout (version 1): u8 version, f64 expires_at (wall clock),
+ * f64 lifetime, then three u32-length-prefixed fields: access, refresh,
+ * business id.
+ */
+#include <string.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/rand.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include "nomba.h"
+
+#define NONCE 12
+#define TAG 16
+#define PREFIX "n1."
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+static int b64_add(sbuf *out, const unsigned char *in, size_t n)
+{
+    size_t i;
+    char q[4];
+    for (i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        size_t k = n - i >= 3 ? 4 : n - i + 1;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        q[0] = b64[v >> 18];
+        q[1] = b64[(v >> 12) & 63];
+        q[2] = b64[(v >> 6) & 63];
+        q[3] = b64[v & 63];
+        if (!sbuf_add(out, q, k))
+            return 0;
+    }
+    return 1;
+}
+
+static int b64_val(char ch)
+{
+    const char *p = ch ? strchr(b64, ch) : NULL;
+    return p ? (int)(p - b64) : -1;
+}
+
+/* Decodes base64url (no padding) into out; 0 on a bad character. */
+static int b64_dec(sbuf *out, const char *s, size_t n)
+{
+    size_t i;
+    unsigned acc = 0;
+    int bits = 0;
+    for (i = 0; i < n; i++) {
+        int v = b64_val(s[i]);
+        if (v < 0)
+            return 0;
+        acc = (acc << 6) | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            unsigned char byte = (unsigned char)(acc >> (bits - 8));
+            bits -= 8;
+            if (!sbuf_add(out, (const char *)&byte, 1))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* The AES key, derived once per client from its secret or store_key. */
+static int derive_key(client *c, const char *ikm, size_t ikmlen)
+{
+    EVP_PKEY_CTX *k;
+    size_t outlen = 32;
+    int ok;
+    if (c->store_aes.n == 32)
+        return 1;
+    k = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
+    if (k == NULL)
+        return 0;
+    if (!sbuf_reserve(&c->store_aes, 32)) {
+        EVP_PKEY_CTX_free(k);
+        return 0;
+    }
+    ok = EVP_PKEY_derive_init(k) > 0 &&
+         EVP_PKEY_CTX_set_hkdf_md(k, EVP_sha256()) > 0 &&
+         EVP_PKEY_CTX_set1_hkdf_salt(k, (const unsigned char *)"nomba-oauth store v1", 20) > 0 &&
+         EVP_PKEY_CTX_set1_hkdf_key(k, (const unsigned char *)ikm, (int)ikmlen) > 0 &&
+         EVP_PKEY_CTX_add1_hkdf_info(k, (const unsigned char *)"aes-256-gcm token", 17) > 0 &&
+         EVP_PKEY_derive(k, (unsigned char *)c->store_aes.p, &outlen) > 0 && outlen == 32;
+    EVP_PKEY_CTX_free(k);
+    ERR_clear_error();
+    c->store_aes.n = ok ? 32 : 0;
+    return ok;
+}
+
+static int key_of(lua_State *L, client *c)
+{
+    if (c->secret.n > 0)
+        return derive_key(c, c->secret.p, c->secret.n);
+    if (c->store_ikm.n > 0)
+        return derive_key(c, c->store_ikm.p, c->store_ikm.n);
+    (void)L;
+    return 0;
+}
+
+static int put32(sbuf *b, uint32_t v)
+{
+    unsigned char q[4];
+    q[0] = (unsigned char)(v >> 24);
+    q[1] = (unsigned char)(v >> 16);
+    q[2] = (unsigned char)(v >> 8);
+    q[3] = (unsigned char)v;
+    return sbuf_add(b, (const char *)q, 4);
+}
+
+static int put_field(sbuf *b, const char *p, size_t n)
+{
+    return put32(b, (uint32_t)n) && (n == 0 || sbuf_add(b, p, n));
+}
+
+/* AES-256-GCM over in, with aad; enc=1 seals, 0 opens (tag checked). */
+static int gcm(int enc, const unsigned char *key, const unsigned char *nonce,
+               const unsigned char *aad, size_t aadlen, const unsigned char *in, size_t n,
+               unsigned char *out, unsigned char *tag)
+{
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int len = 0, ok;
+    if (x == NULL)
+        return 0;
+    ok = EVP_CipherInit_ex(x, EVP_aes_256_gcm(), NULL, NULL, NULL, enc) == 1 &&
+         EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_IVLEN, NONCE, NULL) == 1 &&
+         EVP_CipherInit_ex(x, NULL, NULL, key, nonce, enc) == 1 &&
+         EVP_CipherUpdate(x, NULL, &len, aad, (int)aadlen) == 1 &&
+         EVP_CipherUpdate(x, out, &len, in, (int)n) == 1;
+    if (ok && !enc)
+        ok = EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, TAG, tag) == 1;
+    ok = ok && EVP_CipherFinal_ex(x, out + len, &len) == 1;
+    if (ok && enc)
+        ok = EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, TAG, tag) == 1;
+    EVP_CIPHER_CTX_free(x);
+    ERR_clear_error();
+    return ok;
+}
+
+/* core.seal(client, store_key) */
+static int seal_token(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    size_t aadlen, n;
+    const char *aad = luaL_checklstring(L, 2, &aadlen);
+    unsigned char nonce[NONCE], tag[TAG];
+    unsigned char version = 1;
+    sbuf *pt = &c->seal_pt, *ct = &c->seal_ct;
+    int ok;
+    if (c->closed || c->access.n == 0 || c->expires_mono <= 0 || !key_of(L, c))
+        return 0;
+    sbuf_wipe(pt);
+    sbuf_wipe(ct);
+    {
+        double left = c->expires_mono - nt_mono();
+        double at = nt_wall() + left;
+        ok = sbuf_add(pt, (const char *)&version, 1) &&
+             sbuf_add(pt, (const char *)&at, sizeof at) &&
+             sbuf_add(pt, (const char *)&c->lifetime, sizeof c->lifetime) &&
+             put_field(pt, c->access.p, c->access.n) &&
+             put_field(pt, c->refresh.p, c->refresh.n) &&
+             put_field(pt, c->business_id, c->business_id ? strlen(c->business_id) : 0);
+    }
+    n = pt->n;
+    ok = ok && RAND_bytes(nonce, NONCE) == 1 && sbuf_reserve(ct, n + 16) &&
+         gcm(1, (const unsigned char *)c->store_aes.p, nonce, (const unsigned char *)aad, aadlen,
+             (const unsigned char *)pt->p, n, (unsigned char *)ct->p, tag);
+    sbuf_wipe(pt);
+    if (!ok) {
+        sbuf_wipe(ct);
+        ERR_clear_error();
+        return 0;
+    }
+    ct->n = n;
+    {
+        sbuf out = {NULL, 0, 0};
+        sbuf raw = {NULL, 0, 0};
+        ok = sbuf_add(&raw, (const char *)nonce, NONCE) && sbuf_add(&raw, ct->p, n) &&
+             sbuf_add(&raw, (const char *)tag, TAG) && sbuf_adds(&out, PREFIX) &&
+             b64_add(&out, (const unsigned char *)raw.p, raw.n);
+        sbuf_free(&raw);
+        sbuf_wipe(ct);
+        if (ok)
+            lua_pushlstring(L, out.p, out.n);   /* ciphertext only: not a secret */
+        sbuf_free(&out);
+        return ok ? 1 : 0;
+    }
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* core.adopt(client, store_key, sealed) */
+static int adopt_token(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    size_t aadlen, sn, n;
+    const char *aad = luaL_checklstring(L, 2, &aadlen);
+    const char *s = luaL_optlstring(L, 3, NULL, &sn);
+    sbuf *raw = &c->seal_ct, *pt = &c->seal_pt;
+    const unsigned char *p, *e, *f[3];
+    uint32_t flen[3];
+    double at, lifetime, left;
+    int i, ok = 0;
+
+    lua_pushboolean(L, 0);
+    if (c->closed || s == NULL || sn < sizeof PREFIX || memcmp(s, PREFIX, sizeof PREFIX - 1) != 0 ||
+        !key_of(L, c))
+        return 1;
+    sbuf_wipe(raw);
+    sbuf_wipe(pt);
+    if (!b64_dec(raw, s + sizeof PREFIX - 1, sn - (sizeof PREFIX - 1)) || raw->n < NONCE + TAG + 17)
+        goto done;
+    n = raw->n - NONCE - TAG;
+    if (!sbuf_reserve(pt, n + 16) ||
+        !gcm(0, (const unsigned char *)c->store_aes.p, (const unsigned char *)raw->p,
+             (const unsigned char *)aad, aadlen, (const unsigned char *)raw->p + NONCE, n,
+             (unsigned char *)pt->p, (unsigned char *)raw->p + NONCE + n))
+        goto done;
+    pt->n = n;
+    p = (const unsigned char *)pt->p;
+    e = p + n;
+    if (*p++ != 1)
+        goto done;
+    memcpy(&at, p, sizeof at);
+    p += sizeof at;
+    memcpy(&lifetime, p, sizeof lifetime);
+    p += sizeof lifetime;
+    for (i = 0; i < 3; i++) {
+        if (e - p < 4)
+            goto done;
+        flen[i] = get32(p);
+        p += 4;
+        if ((size_t)(e - p) < flen[i])
+            goto done;
+        f[i] = p;
+        p += flen[i];
+    }
+    left = at - nt_wall();
+    /* only a valid token that outlives the kept one replaces it, and never
+     * the very token this client invalidated (after a 401 elsewhere) */
+    if (p != e || flen[0] == 0 || !(left > 0) || !(lifetime > 0) ||
+        (c->expires_mono > 0 && nt_mono() + left <= c->expires_mono + 0.5) ||
+        (c->expires_mono <= 0 && c->access.n == flen[0] &&
+         memcmp(c->access.p, f[0], flen[0]) == 0))
+        goto done;
+    if (!sbuf_set(&c->access, (const char *)f[0], flen[0]) ||
+        !sbuf_set(&c->refresh, (const char *)f[1], flen[1]))
+        goto done;
+    free(c->business_id);
+    c->business_id = flen[2] ? nomba_strndup((const char *)f[2], flen[2]) : NULL;
+    c->lifetime = lifetime;
+    c->expires_mono = nt_mono() + left;
+    c->expires_wall = at;
+    client_set_token(L, 1, c);
+    ok = 1;
+done:
+    sbuf_wipe(raw);
+    sbuf_wipe(pt);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+/* core.set_store_key(client, key): the key material of a PKCE client. */
+static int set_store_key(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    size_t n;
+    const char *k = luaL_checklstring(L, 2, &n);
+    if (!sbuf_set(&c->store_ikm, k, n))
+        return luaL_error(L, "nomba.oauth: out of memory");
+    sbuf_wipe(&c->store_aes);
+    return 0;
+}
+
+/* core.store_id(client): base64url(SHA-256(base_url NUL account NUL client_id)),
+ * 22 characters: the same for every process that talks for this client. */
+static int store_id(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    unsigned char md[32];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *x;
+    sbuf out = {NULL, 0, 0};
+    if (c->closed)
+        return 0;
+    x = EVP_MD_CTX_new();
+    if (x == NULL || EVP_DigestInit_ex(x, EVP_sha256(), NULL) != 1 ||
+        EVP_DigestUpdate(x, c->base_url, strlen(c->base_url) + 1) != 1 ||
+        EVP_DigestUpdate(x, c->account_id, strlen(c->account_id) + 1) != 1 ||
+        EVP_DigestUpdate(x, c->client_id, strlen(c->client_id)) != 1 ||
+        EVP_DigestFinal_ex(x, md, &mdlen) != 1) {
+        EVP_MD_CTX_free(x);
+        ERR_clear_error();
+        return luaL_error(L, "nomba.oauth: SHA-256 failed");
+    }
+    EVP_MD_CTX_free(x);
+    if (!b64_add(&out, md, 16)) {
+        sbuf_free(&out);
+        return luaL_error(L, "nomba.oauth: out of memory");
+    }
+    lua_pushlstring(L, out.p, out.n);
+    sbuf_free(&out);
+    return 1;
+}
+
+void seal_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"seal", seal_token},
+        {"adopt", adopt_token},
+        {"set_store_key", set_store_key},
+        {"store_id", store_id},
+        {NULL, NULL}
+    };
+    luaL_setfuncs(L, funcs, 0);
+}
