@@ -51,7 +51,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: all test test-runtimes test-build demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -67,6 +67,10 @@ $(MODULE): $(OBJS)
 deps:
 	@sh .ci/deps.sh
 
+# The LuaJIT build of the module, for the specs that run inside nginx.
+jit-module:
+	@if [ "$(LUA)" != jit ]; then $(MAKE) -s all LUA=jit; fi
+
 test-build:
 	$(MAKE) all BUILD=$(TEST_BUILD) EXTRA_CFLAGS="-DNOMBA_TEST_HOOKS $(EXTRA_CFLAGS)"
 
@@ -77,7 +81,7 @@ test-runtimes:
 	$(MAKE) test LUA=jit
 	for v in 5.1 5.2 5.3; do $(MAKE) test LUA=$$v BUSTED_ARGS="$(SMOKE_SPECS)" || exit 1; done
 
-test: deps all test-build
+test: deps all test-build jit-module
 	$(TEST_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
 demo: deps all

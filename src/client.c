@@ -423,7 +423,7 @@ static int client_request(lua_State *L)
         proto_request_done(c);
         return r;
     }
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 8);
     lua_pushliteral(L, "POST");
     lua_setfield(L, -2, "method");
     lua_pushstring(L, rq.url);
@@ -448,6 +448,12 @@ static int client_request(lua_State *L)
     lua_setfield(L, -2, "headers");
     lua_pushnumber(L, c->timeout);
     lua_setfield(L, -2, "timeout");
+    lua_pushnumber(L, c->connect_timeout);
+    lua_setfield(L, -2, "connect_timeout");
+    lua_pushinteger(L, (lua_Integer)c->max_response);
+    lua_setfield(L, -2, "max_response_bytes");
+    lua_pushstring(L, nomba_op_names[op]);
+    lua_setfield(L, -2, "op");
     proto_request_done(c);
     return 1;
 }

@@ -122,7 +122,8 @@ local function normalize(opts)
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
     if not want then bad(tostring(k), "is unknown") end
-    if type(v) ~= want then bad(k, "must be a " .. want .. " (got " .. type(v) .. ")") end
+    local callable = want == "function" and type(v) == "table" and getmetatable(v) and getmetatable(v).__call
+    if type(v) ~= want and not callable then bad(k, "must be a " .. want .. " (got " .. type(v) .. ")") end
   end
   local o = {}
   for k, v in pairs(opts) do o[k] = v end

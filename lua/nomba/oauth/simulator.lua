@@ -133,13 +133,14 @@ function M.make_certs(dir)
   return true
 end
 
-local CONF = [[
+local MAIN_CONF = [[
 daemon on;
 master_process on;
 worker_processes ${workers};
 ${user}
 pid ${dir}/nginx.pid;
-error_log ${dir}/error.log warn;
+error_log ${dir}/error.log ${log_level};
+${env}
 load_module ${ndk};
 load_module ${lua};
 events { worker_connections 1024; }
@@ -150,8 +151,13 @@ http {
   fastcgi_temp_path ${dir}/tmp/fastcgi;
   uwsgi_temp_path ${dir}/tmp/uwsgi;
   scgi_temp_path ${dir}/tmp/scgi;
-  lua_package_path "${luadir}/?.lua;/usr/share/lua/5.1/?.lua;;";
   lua_package_cpath "${cpath};;";
+${http}
+}
+]]
+
+local SIM_HTTP = [[
+  lua_package_path "${luadir}/?.lua;/usr/share/lua/5.1/?.lua;;";
   lua_shared_dict sim 32m;
   init_by_lua_block {
     require("nomba.oauth.simulator.server").init(require("cjson").decode([==[${config}]==]))
@@ -175,11 +181,104 @@ http {
       return 200 '${fixed}';
     }
   }
-}
 ]]
 
 local function expand(template, vars)
-  return (template:gsub("%${(%w+)}", function(k) return tostring(vars[k]) end))
+  return (template:gsub("%${([%w_]+)}", function(k)
+    local v = vars[k]
+    if v == nil then return "" end
+    return tostring(v)
+  end))
+end
+
+local Nginx = {}
+Nginx.__index = Nginx
+
+--- Runs an nginx with the Lua module from a generated configuration.
+-- @tparam table opts `http` (the inside of the http block; `${port}` and
+--   `${dir}` are filled in), `workers` (default 1), `port` (default: a free
+--   one), `dir` (default: a new temporary directory), `vars` (more `${...}`),
+--   `env` (names of environment variables for the workers), `log_level`,
+--   `cpath_prefix` (put before the Lua C module path)
+-- @return an object with `dir`, `port`, `pid`, `url`, `stop()`, `reload()`,
+--   `error_log()`; or nil and a message
+function M.spawn_nginx(opts)
+  local ndk, lua = find_module("ndk_http_module.so"), find_module("ngx_http_lua_module.so")
+  if not lua then
+    return nil, "nginx's Lua module is missing: apt-get install nginx libnginx-mod-http-lua"
+  end
+  local dir = opts.dir
+  if not dir then
+    dir = (read_cmd("mktemp -d /tmp/nomba-nginx.XXXXXX") or ""):gsub("%s+$", "")
+    if dir == "" then return nil, "mktemp failed" end
+  end
+  run("mkdir -p " .. sh_quote(dir .. "/tmp") .. " && chmod 755 " .. sh_quote(dir))
+  local is_root = (read_cmd("id -u") or ""):match("^0") ~= nil
+  math.randomseed(os.time() + math.floor(os.clock() * 1e6) +
+                  (tonumber(tostring({}):match("0x(%x+)") or "0", 16) or 0) % 100000)
+  local env = {}
+  for _, name in ipairs(opts.env or {}) do env[#env + 1] = "env " .. name .. ";" end
+  local last
+  for _ = 1, 20 do
+    local port = opts.port or math.random(20000, 59999)
+    local vars = {
+      workers = opts.workers or 1, dir = dir, port = port, ndk = ndk or "", lua = lua,
+      user = is_root and "user root root;" or "", log_level = opts.log_level or "warn",
+      env = table.concat(env, "\n"),
+      cpath = (opts.cpath_prefix or "") ..
+              "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/aarch64-linux-gnu/lua/5.1/?.so;" ..
+              "/usr/local/lib/lua/5.1/?.so",
+    }
+    for k, v in pairs(opts.vars or {}) do vars[k] = v end
+    vars.http = expand(opts.http, vars)
+    local conf = expand(MAIN_CONF, vars)
+    if not ndk then conf = conf:gsub("load_module ;\n", "") end
+    write_file(dir .. "/nginx.conf", conf)
+    local out = read_cmd(nginx_bin() .. " -p " .. sh_quote(dir) .. " -c " ..
+                         sh_quote(dir .. "/nginx.conf") .. " 2>&1; echo \"rc=$?\"") or ""
+    if out:match("rc=0%s*$") then
+      return setmetatable({ dir = dir, port = port, pid = tonumber(read_file(dir .. "/nginx.pid") or ""),
+                            owns_dir = not opts.dir }, Nginx)
+    end
+    last = out
+    if not out:find("in use", 1, true) or opts.port then break end
+  end
+  if not opts.dir then run("rm -rf " .. sh_quote(dir)) end
+  return nil, "nginx did not start: " .. tostring(last)
+end
+
+local function stop_pid(pid)
+  run("kill -QUIT " .. pid .. " 2>/dev/null")
+  for _ = 1, 100 do
+    if not run("kill -0 " .. pid .. " 2>/dev/null") then return end
+    run("sleep 0.05")
+  end
+  run("kill -KILL " .. pid .. " 2>/dev/null")
+end
+
+--- Stops this nginx (by pid) and removes its directory if it made it.
+function Nginx:stop()
+  if self.pid then stop_pid(self.pid) self.pid = nil end
+  if self.dir and self.owns_dir then run("rm -rf " .. sh_quote(self.dir)) end
+  self.dir = nil
+end
+
+--- Reloads the configuration (SIGHUP): new workers, old ones finish.
+function Nginx:reload()
+  return run("kill -HUP " .. self.pid)
+end
+
+--- The pids of the worker processes.
+function Nginx:workers()
+  local out = read_cmd("ps -o pid= --ppid " .. self.pid) or ""
+  local pids = {}
+  for pid in out:gmatch("%d+") do pids[#pids + 1] = tonumber(pid) end
+  return pids
+end
+
+--- The error log so far.
+function Nginx:error_log()
+  return read_file(self.dir .. "/error.log") or ""
 end
 
 --- Starts a simulator.
@@ -190,58 +289,37 @@ function M.start(opts)
   opts = opts or {}
   local luadir = lua_dir()
   if not luadir then return nil, "cannot find nomba/oauth/simulator/server.lua on package.path" end
-  local ndk, lua = find_module("ndk_http_module.so"), find_module("ngx_http_lua_module.so")
-  if not lua then
-    return nil, "nginx's Lua module is missing: apt-get install nginx libnginx-mod-http-lua"
-  end
   local dir = (read_cmd("mktemp -d /tmp/nomba-sim.XXXXXX") or ""):gsub("%s+$", "")
   if dir == "" then return nil, "mktemp failed" end
-  run("mkdir -p " .. sh_quote(dir .. "/tmp") .. " && chmod 755 " .. sh_quote(dir))
+  run("chmod 755 " .. sh_quote(dir))
   local ok, err = M.make_certs(dir)
-  if not ok then return nil, err end
-
+  if not ok then
+    run("rm -rf " .. sh_quote(dir))
+    return nil, err
+  end
   local clients = { M.CLIENT }
   for _, c in ipairs(opts.clients or {}) do clients[#clients + 1] = c end
-  local config = cjson.encode({ clients = clients,
-                                settings = { lifetime = opts.lifetime } })
-  local is_root = (read_cmd("id -u") or ""):match("^0") ~= nil
-  math.randomseed(os.time() + math.floor(os.clock() * 1e6) +
-                  (tonumber(tostring({}):match("0x(%x+)") or "0", 16) or 0) % 100000)
-  local last
-  for _ = 1, 20 do
-    local port = opts.port or math.random(20000, 59999)
-    local conf = expand(CONF, {
-      workers = opts.workers or 1, dir = dir, port = port, luadir = luadir,
-      ndk = ndk or "", lua = lua, config = config,
-      user = is_root and "user root root;" or "", fixed = M.FIXED_ANSWER,
-      cpath = "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;/usr/lib/aarch64-linux-gnu/lua/5.1/?.so;" ..
-              "/usr/local/lib/lua/5.1/?.so",
-    })
-    if not ndk then conf = conf:gsub("load_module ;\n", "") end
-    write_file(dir .. "/nginx.conf", conf)
-    local out = read_cmd(nginx_bin() .. " -p " .. sh_quote(dir) .. " -c " ..
-                         sh_quote(dir .. "/nginx.conf") .. " 2>&1; echo \"rc=$?\"") or ""
-    if out:match("rc=0%s*$") then
-      local pid = tonumber(read_file(dir .. "/nginx.pid") or "")
-      local sim = setmetatable({
-        dir = dir, port = port, pid = pid,
-        url = "https://localhost:" .. port,
-        cafile = dir .. "/ca.crt",
-        client = M.CLIENT,
-      }, Sim)
-      -- wait until it answers
-      for _ = 1, 50 do
-        if sim:state() then return sim end
-        run("sleep 0.05")
-      end
-      sim:stop()
-      return nil, "the simulator did not answer: " .. (read_file(dir .. "/error.log") or "")
-    end
-    last = out
-    if not out:find("in use", 1, true) or opts.port then break end
+  local config = cjson.encode({ clients = clients, settings = { lifetime = opts.lifetime } })
+  local nginx
+  nginx, err = M.spawn_nginx { dir = dir, http = SIM_HTTP, workers = opts.workers, port = opts.port,
+                               vars = { luadir = luadir, config = config, fixed = M.FIXED_ANSWER } }
+  if not nginx then
+    run("rm -rf " .. sh_quote(dir))
+    return nil, err
   end
-  run("rm -rf " .. sh_quote(dir))
-  return nil, "nginx did not start: " .. tostring(last)
+  local sim = setmetatable({
+    dir = dir, port = nginx.port, pid = nginx.pid,
+    url = "https://localhost:" .. nginx.port,
+    cafile = dir .. "/ca.crt",
+    client = M.CLIENT,
+  }, Sim)
+  for _ = 1, 50 do                       -- wait until it answers
+    if sim:state() then return sim end
+    run("sleep 0.05")
+  end
+  local log = read_file(dir .. "/error.log") or ""
+  sim:stop()
+  return nil, "the simulator did not answer: " .. log
 end
 
 --- A handle on a simulator started elsewhere (e.g. by tools/with-simulator.lua).
@@ -255,12 +333,7 @@ end
 -- A simulator obtained with attach() is left running.
 function Sim:stop()
   if self.pid then
-    run("kill -QUIT " .. self.pid .. " 2>/dev/null")
-    for _ = 1, 100 do
-      if not run("kill -0 " .. self.pid .. " 2>/dev/null") then break end
-      run("sleep 0.05")
-    end
-    run("kill -KILL " .. self.pid .. " 2>/dev/null")
+    stop_pid(self.pid)
     self.pid = nil
   end
   if self.dir then
@@ -291,7 +364,8 @@ end
 --- Queues a fault for the next request(s) to an endpoint.
 -- @tparam table spec endpoint ("issue", "refresh", "revoke", "authorize",
 --   "protected"), status, body (string or table), headers, delay, body_delay,
---   drop, truncate, size, content_type, times
+--   drop, truncate, size, content_type, times, pass (only the delay, then
+--   the normal answer)
 function Sim:fault(spec) return self:control("/_sim/fault", spec) end
 
 --- Changes settings: lifetime, clock_offset, code_lifetime, omit_date,

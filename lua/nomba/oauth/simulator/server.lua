@@ -9,7 +9,8 @@
 -- Control API under /_sim/ (JSON in and out):
 --   POST /_sim/reset                 forget tokens, faults, log; settings to defaults
 --   POST /_sim/fault   {endpoint=, status=, body=, headers=, delay=, body_delay=,
---                       drop=, truncate=, size=, content_type=, times=}
+--                       drop=, truncate=, size=, content_type=, times=, pass=}
+--                      (pass = true: only the delay, then the normal answer)
 --   POST /_sim/config  {lifetime=, clock_offset=, code_lifetime=, omit_date=,
 --                       expires_in=, clients={...}}
 --   GET  /_sim/log                   every request seen, oldest first
@@ -398,7 +399,11 @@ function M.handle()
   end
   log_request(endpoint, raw)
   local f = take_fault(endpoint)
-  if f then return play_fault(f) end
+  if f and f.pass then                                  -- only a delay, then a normal answer
+    if f.delay and f.delay > 0 then ngx.sleep(f.delay) end
+  elseif f then
+    return play_fault(f)
+  end
   if endpoint ~= "protected" and ngx.req.get_method() ~= "POST" then
     return fail(405, "02", "Use POST")
   end

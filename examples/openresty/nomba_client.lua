@@ -1,0 +1,51 @@
+-- The handler module of examples/openresty/nginx.conf: one client per
+-- worker, on cosockets, sharing its token with every other worker.
+local oauth = require "nomba.oauth"
+local resty = require "nomba.oauth.resty"
+local cjson = require "cjson.safe"
+
+local M = {}
+
+M.client = oauth.new {
+  account_id = os.getenv("NOMBA_ACCOUNT_ID"),
+  client_id = os.getenv("NOMBA_CLIENT_ID"),
+  client_secret = os.getenv("NOMBA_CLIENT_SECRET"),
+  base_url = os.getenv("NOMBA_BASE_URL"),           -- nil: production
+  transport = resty,                                -- never block the worker
+  store = oauth.store.shdict(ngx.shared.nomba),     -- one token, one session, for all workers
+  on_event = function(ev)
+    if not ev.ok then ngx.log(ngx.WARN, "nomba-oauth ", ev.op, " attempt ", ev.attempt, ": ", ev.kind) end
+  end,
+}
+
+-- GET a Nomba API through the same cosocket transport.
+local function get(path, headers)
+  headers["Content-Type"] = "application/json"
+  local base = os.getenv("NOMBA_BASE_URL") or oauth.PRODUCTION_URL
+  return resty.request { op = "token", method = "GET", url = base .. path, headers = headers, body = "",
+                         timeout = 10 }
+end
+
+function M.balance()
+  local headers, err = M.client:headers()
+  if not headers then
+    ngx.status = 503
+    return ngx.say(tostring(err))
+  end
+  local res
+  res, err = get("/v1/accounts/balance", headers)
+  if res and res.status == 401 then                 -- revoked or expired early
+    M.client:invalidate()
+    headers, err = M.client:headers()
+    if headers then res, err = get("/v1/accounts/balance", headers) end
+  end
+  if not res then
+    ngx.status = 502
+    return ngx.say(tostring(err))
+  end
+  ngx.status = res.status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(cjson.encode(cjson.decode(res.body) or {}))
+end
+
+return M

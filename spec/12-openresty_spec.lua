@@ -1,0 +1,223 @@
+-- Inside real nginx (Debian nginx + libnginx-mod-http-lua, LuaJIT): the
+-- module loads, every method works on cosockets, a worker never blocks on a
+-- token request, workers share one token, a killed lock holder is survived,
+-- and fork and reload are safe.
+local cjson = require "cjson"
+local simulator = require "nomba.oauth.simulator"
+local core = require "nomba.oauth.core"
+local H = require "helpers"
+
+local ROOT = os.getenv("PWD") or "."
+
+local APP_HTTP = [[
+  lua_package_path "${root}/lua/?.lua;${root}/spec/?.lua;/usr/share/lua/5.1/?.lua;;";
+  lua_shared_dict nomba 1m;
+  lua_shared_dict test 1m;
+  lua_ssl_trusted_certificate ${cafile};
+  lua_ssl_verify_depth 3;
+  init_by_lua_block { require("openresty.app").init(require("cjson").decode([==[${config}]==])) }
+  init_worker_by_lua_block { require("openresty.app").init_worker() }
+  server {
+    listen 127.0.0.1:${port};
+    location / { content_by_lua_block { require("openresty.app").handle() } }
+    location = /phase/set {
+      set_by_lua_block $r { return require("openresty.app").in_set() }
+      return 200 $r;
+    }
+    location = /phase/log {
+      content_by_lua_block { ngx.say("ok") }
+      log_by_lua_block { require("openresty.app").in_log() }
+    }
+  }
+]]
+
+local function sh(cmd)
+  local p = io.popen("env -u LD_PRELOAD " .. cmd)
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+local function app(opts)
+  local sim = H.sim()
+  local config = { url = sim.url, cafile = sim.cafile, account_id = sim.client.account_id,
+                   client_id = sim.client.client_id, client_secret = sim.client.client_secret }
+  for k, v in pairs(opts.config or {}) do config[k] = v end
+  local ngx_app = assert(simulator.spawn_nginx {
+    http = APP_HTTP, workers = opts.workers or 1, cpath_prefix = ROOT .. "/build/jit/?.so;",
+    vars = { root = ROOT, cafile = sim.cafile, config = cjson.encode(config) },
+  })
+  ngx_app.url = "http://127.0.0.1:" .. ngx_app.port
+  for _ = 1, 50 do
+    if sh("curl -s " .. ngx_app.url .. "/ping") == "pong\n" then return ngx_app end
+    H.sleep(0.05)
+  end
+  error("the app did not start: " .. ngx_app:error_log())
+end
+
+local function get(a, path)
+  local out = sh("curl -s -w '\\n%{http_code}' --max-time 20 " .. a.url .. path)
+  local body, code = out:match("^(.*)\n(%d+)$")
+  return tonumber(code), body
+end
+
+local function assert_clean_log(a)
+  local log = a:error_log()
+  for _, bad in ipairs { "exited on signal", "double free", "segfault", "%[alert%]", "%[emerg%]", "%[crit%]" } do
+    assert.is_nil(log:find(bad), "error.log: " .. log:sub(1, 2000))
+  end
+end
+
+describe("OpenResty", function()
+  local sim, a
+  before_each(function()
+    sim = H.sim()
+    H.reset()
+  end)
+  after_each(function()
+    if a then a:stop() end
+    a = nil
+  end)
+
+  it("loads the module and runs every public method from content_by_lua", function()
+    a = app {}
+    local code, body = get(a, "/all")
+    assert.are.equal(200, code, body)
+    local r = cjson.decode(body)
+    assert.is_true(r.issue > 300)
+    assert.is_true(r.token_same)
+    assert.are.equal(sim.client.account_id, r.headers)
+    assert.is_true(r.refresh)
+    assert.is_true(r.after_invalidate)
+    assert.is_true(r.revoke)
+    assert.matches("token none", r.tostring)
+    assert.are.same({ "api", 401 }, { r.bad_kind, r.bad_status })
+    assert.is_true(r.exchange > 300)
+    assert.are.equal("closed", r.closed_kind)
+    assert_clean_log(a)
+  end)
+
+  it("never blocks the worker on a token request", function()
+    a = app { workers = 1 }
+    assert(sim:fault { endpoint = "issue", delay = 1.5, pass = true })
+    local out = os.tmpname()
+    os.execute("env -u LD_PRELOAD curl -s --max-time 10 " .. a.url .. "/token > " .. out .. " 2>&1 &")
+    H.sleep(0.2)                               -- the token request is in flight
+    local t0 = core.now()
+    for _ = 1, 20 do
+      local code, body = get(a, "/ping")
+      assert.are.same({ 200, "pong\n" }, { code, body })
+    end
+    assert.is_true(core.now() - t0 < 1.0, "the pings waited for the token request")
+    local f = io.open(out)
+    assert.are.equal("", f:read("*a"))         -- still in flight when all 20 were answered
+    f:close()
+    for _ = 1, 60 do
+      f = io.open(out)
+      local s = f:read("*a")
+      f:close()
+      if s ~= "" then break end
+      H.sleep(0.05)
+    end
+    f = io.open(out)
+    assert.matches("^eyJ", f:read("*a"))
+    f:close()
+    os.remove(out)
+  end)
+
+  it("shares one token between 4 workers: 200 concurrent requests, one issue, then one refresh", function()
+    assert(sim:config { lifetime = 6 })
+    a = app { workers = 4 }
+    local urls = {}
+    for i = 1, 200 do urls[i] = "-o /dev/null -w '%{http_code}\\n' " .. a.url .. "/token" end
+    local function storm()
+      local out = sh("curl -s --parallel --parallel-max 50 " .. table.concat(urls, " ") .. " 2>/dev/null")
+      local ok = 0
+      for code in out:gmatch("%d+") do if code == "200" then ok = ok + 1 end end
+      return ok
+    end
+    assert.are.equal(200, storm())
+    assert.are.equal(1, H.count("issue"))
+    H.sleep(3.3)                               -- inside the window: 6 s lifetime, 3 s window
+    assert.are.equal(200, storm())
+    assert.are.equal(1, H.count("issue"))
+    assert.are.equal(1, H.count("refresh"))
+    assert_clean_log(a)
+  end)
+
+  it("renews after the lock TTL when the holder was killed mid-renewal", function()
+    a = app { workers = 2, config = { timeout = 1.5 } }
+    assert(sim:fault { endpoint = "issue", delay = 5 })
+    os.execute("env -u LD_PRELOAD curl -s --max-time 10 " .. a.url .. "/token >/dev/null 2>&1 &")
+    H.sleep(0.4)
+    local holder = tonumber(select(2, get(a, "/holder")))
+    assert.is_number(holder)
+    os.execute("kill -KILL " .. holder)
+    assert(sim:control("/_sim/clear_faults", {}))
+    local t0 = core.now()
+    local code, body = get(a, "/token")
+    assert.are.equal(200, code, body)
+    assert.matches("^eyJ", body)
+    -- the lock (TTL timeout * (retries + 1) + 1 = 2.5 s) had to expire first
+    assert.is_true(core.now() - t0 >= 1.5)
+    assert.are.equal(2, H.count("issue"))
+  end)
+
+  it("gives a clear error in phases without cosockets", function()
+    a = app {}
+    local code, body = get(a, "/phase/set")
+    assert.are.equal(200, code)
+    assert.matches("cosockets are not available in the set phase", body)
+    assert.matches("keep_fresh", body)
+    get(a, "/phase/log")
+    H.sleep(0.2)
+    -- the log phase can read the shared token once a handler has fetched it
+    assert.are.equal(200, (get(a, "/token")))
+    get(a, "/phase/log")
+    assert_clean_log(a)
+  end)
+
+  it("keeps the shared token fresh from a timer: handlers never wait", function()
+    assert(sim:config { lifetime = 4 })
+    a = app { workers = 2, config = { keep_fresh = 0.3 } }
+    H.sleep(0.5)
+    assert.are.equal(1, H.count("issue"))      -- the timer issued without any request
+    H.sleep(2.2)                               -- past the 2 s window
+    assert.are.equal(1, H.count("refresh"))
+    local code, body = get(a, "/token")
+    assert.are.equal(200, code)
+    assert.matches("^eyJ", body)
+    assert.are.equal(1, H.count("issue"))
+    assert.are.equal(1, H.count("refresh"))
+  end)
+
+  it("a client made in init_by_lua works in every worker, and survives reload", function()
+    a = app { workers = 4, config = { master_issue = true } }
+    assert.are.equal(1, H.count("issue"))      -- the master's own request
+    local pids = {}
+    for _ = 1, 40 do
+      local code, body = get(a, "/master/issue")
+      assert.are.equal(200, code, body)
+      pids[body:match("ok (%d+)")] = true
+    end
+    local n = 0
+    for _ in pairs(pids) do n = n + 1 end
+    assert.is_true(n >= 2, "requests reached only one worker")
+    local old = a:workers()
+    assert.is_true(a:reload())
+    for _ = 1, 100 do                          -- the old workers leave
+      local still = false
+      for _, pid in ipairs(old) do
+        if os.execute("kill -0 " .. pid .. " 2>/dev/null") == true or
+           os.execute("kill -0 " .. pid .. " 2>/dev/null") == 0 then still = true end
+      end
+      if not still then break end
+      H.sleep(0.05)
+    end
+    for _ = 1, 10 do
+      local code, body = get(a, "/master/issue")
+      assert.are.equal(200, code, body)
+    end
+    assert_clean_log(a)
+  end)
+end)

@@ -1,0 +1,103 @@
+-- The application the OpenResty specs run inside nginx (LuaJIT): a client
+-- made in init_by_lua (libcurl, inherited by every worker) and one per
+-- worker on cosockets sharing its token through ngx.shared.nomba.
+local oauth = require "nomba.oauth"
+local resty = require "nomba.oauth.resty"
+local cjson = require "cjson"
+
+local M = {}
+local cfg, master_client, client
+
+local function options(extra)
+  local o = { account_id = cfg.account_id, client_id = cfg.client_id, client_secret = cfg.client_secret,
+              base_url = cfg.url, retries = cfg.retries or 0, timeout = cfg.timeout or 3 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+function M.init(c)
+  cfg = c
+  master_client = oauth.new(options { cafile = cfg.cafile })
+  if cfg.master_issue then assert(master_client:issue()) end   -- libcurl in the master, before fork
+end
+
+function M.init_worker()
+  client = oauth.new(options { transport = resty, store = oauth.store.shdict(ngx.shared.nomba) })
+  if cfg.keep_fresh then assert(resty.keep_fresh(client, { interval = cfg.keep_fresh })) end
+end
+
+local function json(v) ngx.header["Content-Type"] = "application/json"; ngx.say(cjson.encode(v)) end
+
+local routes = {}
+
+routes["/ping"] = function() ngx.say("pong") end
+routes["/pid"] = function() ngx.say(ngx.worker.pid()) end
+routes["/holder"] = function() ngx.say(ngx.shared.test:get("last_token_pid") or "none") end
+
+routes["/token"] = function()
+  ngx.shared.test:set("last_token_pid", ngx.worker.pid())
+  local t, err = client:token()
+  if not t then
+    ngx.status = 500
+    ngx.say(tostring(err))
+    return
+  end
+  ngx.say(t)
+end
+
+routes["/headers"] = function()
+  local h, err = client:headers()
+  if not h then ngx.status = 500; ngx.say(tostring(err)) return end
+  json(h)
+end
+
+-- every public method, on cosockets
+routes["/all"] = function()
+  local out = {}
+  local c = oauth.new(options { transport = resty })
+  local t = assert(c:issue())
+  out.issue = #t.access_token
+  out.token_same = c:token() == t.access_token
+  out.headers = c:headers().accountId
+  local r = assert(c:refresh())
+  out.refresh = r.access_token ~= t.access_token
+  c:invalidate()
+  out.after_invalidate = c:token() ~= r.access_token
+  out.revoke = assert(c:revoke())
+  out.tostring = tostring(c)
+  local _, bad = oauth.new(options { transport = resty, client_secret = "wrong" }):issue()
+  out.bad_kind, out.bad_status = bad.kind, bad.status
+  local o = options { transport = resty }
+  o.client_secret = nil
+  local p = oauth.new(o)
+  local v, ch = oauth.pkce.pair()
+  local code = assert(p:authorize { code_challenge = ch })
+  out.exchange = #assert(p:exchange(code, v)).access_token
+  c:close()
+  out.closed_kind = select(2, c:token()).kind
+  json(out)
+end
+
+routes["/master/issue"] = function()
+  local t, err = master_client:issue()
+  if not t then ngx.status = 500; ngx.say(tostring(err)) return end
+  ngx.say("ok ", ngx.worker.pid())
+end
+
+function M.handle()
+  local f = routes[ngx.var.uri]
+  if not f then return ngx.exit(404) end
+  return f()
+end
+
+function M.in_set()
+  local t, err = client:token()
+  return t and "token" or tostring(err)
+end
+
+function M.in_log()
+  local t, err = client:token()
+  ngx.shared.test:set("log_phase", t and "token" or tostring(err))
+end
+
+return M
