@@ -163,6 +163,28 @@ describe("OpenResty", function()
     assert.are.equal(2, H.count("issue"))
   end)
 
+  it("shares one token through Redis with lua-resty-redis on cosockets", function()
+    local redis = assert(H.redis())
+    a = app { workers = 4, config = { redis_port = redis.port } }
+    local urls = {}
+    for i = 1, 100 do urls[i] = "-o /dev/null -w '%{http_code}\\n' " .. a.url .. "/token" end
+    local out = sh("curl -s --parallel --parallel-max 25 " .. table.concat(urls, " ") .. " 2>/dev/null")
+    local ok = 0
+    for code in out:gmatch("%d+") do if code == "200" then ok = ok + 1 end end
+    assert.are.equal(100, ok)
+    assert.are.equal(1, H.count("issue"))
+    local keys = redis.cli("--scan --pattern 'resty:*'")
+    local key = keys:match("(resty:[%w%-_]+)\n")
+    assert.is_string(key, keys)
+    local value = redis.cli("get " .. key)
+    assert.matches("^n1%.", value)
+    local code, tok = get(a, "/token")
+    assert.are.equal(200, code)
+    assert.is_nil(value:find(tok:match("%S+"), 1, true))
+    redis.cleanup()
+    assert_clean_log(a)
+  end)
+
   it("gives a clear error in phases without cosockets", function()
     a = app {}
     local code, body = get(a, "/phase/set")

@@ -85,6 +85,65 @@ function H.curl_transport(cafile, yield_first, seen)
   end
 end
 
+--- Starts a redis-server on a free loopback port (no persistence), or nil
+-- and a message. `binds` lists the addresses (default {"127.0.0.1"}).
+function H.redis(binds)
+  local dir = io.popen("mktemp -d /tmp/nomba-redis.XXXXXX"):read("*l")
+  for _ = 1, 20 do
+    local port = math.random(20000, 59999)
+    local cmd = ("env -u LD_PRELOAD redis-server --port %d --bind %s --save '' --appendonly no " ..
+                 "--daemonize yes --pidfile %s/redis.pid --dir %s --logfile %s/redis.log"):format(
+                 port, table.concat(binds or { "127.0.0.1" }, " "), dir, dir, dir)
+    if os.execute(cmd) then
+      for _ = 1, 50 do
+        local f = io.open(dir .. "/redis.pid")
+        local pid = f and tonumber(f:read("*a"))
+        if f then f:close() end
+        if pid and io.popen("env -u LD_PRELOAD redis-cli -p " .. port .. " ping 2>/dev/null"):read("*l") == "PONG" then
+          local r = { port = port, pid = pid, dir = dir }
+          function r.stop()
+            os.execute("kill " .. r.pid .. " 2>/dev/null")
+            for _ = 1, 100 do
+              if not os.execute("kill -0 " .. r.pid .. " 2>/dev/null") then break end
+              H.sleep(0.02)
+            end
+          end
+          function r.cleanup() r.stop() os.execute("rm -rf " .. dir) end
+          function r.cli(args)
+            local p = io.popen("env -u LD_PRELOAD redis-cli -p " .. port .. " " .. args .. " 2>&1")
+            local out = p:read("*a")
+            p:close()
+            return out
+          end
+          function r.restart()
+            os.execute(cmd)
+            for _ = 1, 100 do
+              local g = io.open(dir .. "/redis.pid")
+              local newpid = g and tonumber(g:read("*a"))
+              if g then g:close() end
+              if newpid and newpid ~= r.pid and r.cli("ping"):match("PONG") then r.pid = newpid return true end
+              H.sleep(0.02)
+            end
+            return false
+          end
+          return r
+        end
+        H.sleep(0.02)
+      end
+    end
+  end
+  return nil, "redis-server did not start"
+end
+
+--- A redis-lua connection (Debian lua-redis; on 5.4 from the 5.1 path).
+function H.redis_client(port, host)
+  if not package.path:find("/usr/share/lua/5.1/", 1, true) then
+    package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
+  end
+  local redis = require "redis"
+  return redis.connect(host or "127.0.0.1", port)
+end
+
 function H.sleep(s)
   require("nomba.oauth.core").sleep(s)
 end

@@ -70,6 +70,51 @@ local RENEW_INTERVAL = 1      -- at most one renewal attempt per second while a 
 local Client = core.methods
 M.Client = Client
 
+--- Forgets the kept access token (after a 401 from another Nomba API): it is
+-- never handed out again and the next `token()` renews. Written in C.
+-- @function Client:invalidate
+
+--- Wipes the secret and the tokens and frees the libcurl handle; every
+-- method then answers `nil, err` with `err.kind == "closed"`. Calling it
+-- twice is fine; `__gc` and `__close` do the same. Written in C.
+-- @function Client:close
+
+--- PKCE helpers (RFC 7636), in C on OpenSSL.
+-- @section pkce
+
+--- A code verifier: 43 to 128 (default 43) characters of `[A-Za-z0-9-._~]`
+-- from the OpenSSL CSPRNG, every symbol uniform. Raises on a bad length.
+-- @function pkce.verifier
+-- @tparam[opt=43] int length
+-- @treturn string verifier
+
+--- The code challenge of a verifier: `"S256"` (default) or `"plain"`.
+-- Raises on an invalid verifier or an unknown method.
+-- @function pkce.challenge
+-- @tparam string verifier
+-- @tparam[opt="S256"] string method
+-- @treturn string challenge
+
+--- A fresh verifier and its S256 challenge.
+-- @function pkce.pair
+-- @tparam[opt=43] int length
+-- @treturn string verifier
+-- @treturn string challenge
+
+--- Whether a verifier matches a challenge, compared in constant time.
+-- @function pkce.verify
+-- @tparam string verifier
+-- @tparam string challenge
+-- @tparam[opt="S256"] string method
+-- @treturn boolean
+
+--- Errors: the metatable of every error value (`getmetatable(err) == oauth.Error`).
+-- Fields: `kind`, `op`, `status`, `code`, `message`, `retryable`, `retry_after`.
+-- @table Error
+
+-- Client methods.
+-- @section Client
+
 -- Options ------------------------------------------------------------------
 
 local OPTIONS = {

@@ -21,8 +21,22 @@ function M.init(c)
   if cfg.master_issue then assert(master_client:issue()) end   -- libcurl in the master, before fork
 end
 
+local function redis_store(port)
+  -- lua-resty-redis (Debian lua-nginx-redis names it nginx.redis): a
+  -- connection per operation, handed back to the cosocket pool after use
+  local redis = require "nginx.redis"
+  return oauth.store.redis(function()
+    local red = redis:new()
+    red:set_timeouts(1000, 1000, 1000)
+    local ok, err = red:connect("127.0.0.1", port)
+    if not ok then return nil, err end
+    return red
+  end, { prefix = "resty:" })
+end
+
 function M.init_worker()
-  client = oauth.new(options { transport = resty, store = oauth.store.shdict(ngx.shared.nomba) })
+  local store = cfg.redis_port and redis_store(cfg.redis_port) or oauth.store.shdict(ngx.shared.nomba)
+  client = oauth.new(options { transport = resty, store = store })
   if cfg.keep_fresh then assert(resty.keep_fresh(client, { interval = cfg.keep_fresh })) end
 end
 

@@ -147,66 +147,99 @@ end
 
 --- A store in Redis: every process on every host.
 -- Works with any client object that has `get`, `set` (with `NX`/`PX`), `del`
--- and `eval`, e.g. lua-resty-redis (`resty.redis`, Debian `lua-nginx-redis`'s
--- `nginx.redis`) on cosockets or redis-lua (`redis`) for plain Lua.
--- @param client a connected Redis client
+-- and `eval`, e.g. redis-lua (`redis`, Debian `lua-redis`) for plain Lua.
+-- Under OpenResty a cosocket connection cannot outlive its request, so give
+-- a function that returns a connected lua-resty-redis object (Debian
+-- `lua-nginx-redis`'s `nginx.redis`); the store connects per operation and
+-- hands the connection back to the pool with `set_keepalive`.
+-- @param client a connected Redis client, or a function returning one (or nil, err)
 -- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`), `timeout`
---   (seconds, applied to the client when it has a way to set one)
+--   (seconds, applied to a client object when it has a way to set one),
+--   `keepalive` (milliseconds an idle pooled connection lives, default 10000)
 -- @treturn table store
 function M.redis(client, opts)
-  if type(client) ~= "table" then error("nomba.oauth.store.redis: bad argument #1 (Redis client expected)", 2) end
-  for _, m in ipairs { "get", "set", "del", "eval" } do
-    if client[m] == nil then
-      error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
-    end
-  end
   opts = opts or {}
-  if opts.timeout then
-    if type(client.set_timeout) == "function" then              -- lua-resty-redis
-      client:set_timeout(opts.timeout * 1000)
-    elseif type(client.network) == "table" and client.network.socket then   -- redis-lua
-      client.network.socket:settimeout(opts.timeout)
+  local connect
+  if type(client) == "function" then
+    connect = client
+  elseif type(client) == "table" then
+    for _, m in ipairs { "get", "set", "del", "eval" } do
+      if client[m] == nil then
+        error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
+      end
     end
+    if opts.timeout then
+      if type(client.set_timeout) == "function" then              -- lua-resty-redis
+        client:set_timeout(opts.timeout * 1000)
+      elseif type(client.network) == "table" and client.network.socket then   -- redis-lua
+        client.network.socket:settimeout(opts.timeout)
+      end
+    end
+  else
+    error("nomba.oauth.store.redis: bad argument #1 (Redis client or connect function expected)", 2)
   end
-  return setmetatable({ r = client, prefix = opts.prefix or "nomba-oauth:", owners = {} }, Redis)
+  return setmetatable({ r = client, connect = connect, keepalive = opts.keepalive or 10000,
+                        prefix = opts.prefix or "nomba-oauth:", owners = {} }, Redis)
+end
+
+-- Runs f(conn) on the client or on a connection from the connect function.
+local function with_conn(self, f)
+  if not self.connect then return f(self.r) end
+  local conn, err = self.connect()
+  if not conn then return nil, "redis connect: " .. tostring(err) end
+  local a, b = f(conn)
+  if a ~= nil or b == nil then
+    if type(conn.set_keepalive) == "function" then conn:set_keepalive(self.keepalive, 16) end
+  elseif type(conn.close) == "function" then
+    conn:close()
+  end
+  return a, b
 end
 
 function Redis:get(key)
   check_key(key)
-  local v, err = self.r:get(self.prefix .. key)
-  if v == nil and err then return nil, err end
-  return redis_value(v)
+  return with_conn(self, function(r)
+    local v, err = r:get(self.prefix .. key)
+    if v == nil and err then return nil, err end
+    return redis_value(v) or false             -- false: a miss, not a failure
+  end)
 end
 
 function Redis:set(key, value, ttl)
   check_key(key)
-  local v, err
-  if ttl and ttl > 0 then
-    v, err = self.r:set(self.prefix .. key, value, "PX", math.max(1, math.floor(ttl * 1000)))
-  else
-    v, err = self.r:set(self.prefix .. key, value)
-  end
-  if not redis_ok(v) then return nil, err or ("SET answered " .. tostring(v)) end
-  return true
+  return with_conn(self, function(r)
+    local v, err
+    if ttl and ttl > 0 then
+      v, err = r:set(self.prefix .. key, value, "PX", math.max(1, math.floor(ttl * 1000)))
+    else
+      v, err = r:set(self.prefix .. key, value)
+    end
+    if not redis_ok(v) then return nil, err or ("SET answered " .. tostring(v)) end
+    return true
+  end)
 end
 
 function Redis:delete(key)
   check_key(key)
-  local v, err = self.r:del(self.prefix .. key)
-  if v == nil and err then return nil, err end
-  return true
+  return with_conn(self, function(r)
+    local v, err = r:del(self.prefix .. key)
+    if v == nil and err then return nil, err end
+    return true
+  end)
 end
 
 function Redis:lock(key, ttl)
   check_key(key)
   local owner = owner_id()
-  local v, err = self.r:set(self.prefix .. key, owner, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
-  if redis_ok(v) then
-    self.owners[key] = owner
-    return true
-  end
-  if v == nil and err then return nil, err end
-  return false                       -- held by someone else (nil/ngx.null from SET NX)
+  return with_conn(self, function(r)
+    local v, err = r:set(self.prefix .. key, owner, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
+    if redis_ok(v) then
+      self.owners[key] = owner
+      return true
+    end
+    if v == nil and err then return nil, err end
+    return false                     -- held by someone else (nil/ngx.null from SET NX)
+  end)
 end
 
 function Redis:unlock(key)
@@ -214,9 +247,11 @@ function Redis:unlock(key)
   local owner = self.owners[key]
   self.owners[key] = nil
   if not owner then return true end
-  local v, err = self.r:eval(UNLOCK, 1, self.prefix .. key, owner)    -- compare and delete
-  if v == nil and err then return nil, err end
-  return true
+  return with_conn(self, function(r)
+    local v, err = r:eval(UNLOCK, 1, self.prefix .. key, owner)    -- compare and delete
+    if v == nil and err then return nil, err end
+    return true
+  end)
 end
 
 return M

@@ -1,0 +1,149 @@
+-- One token for a fleet through a real redis-server: the store over
+-- redis-lua, sealed values at rest, 8 processes on two loopback addresses,
+-- chaos (a SIGKILLed lock holder, garbage, a foreign value, Redis stopped and
+-- restarted), and lua-resty-redis inside nginx.
+local oauth = require "nomba.oauth"
+local core = require "nomba.oauth.core"
+local simulator = require "nomba.oauth.simulator"
+local cjson = require "cjson"
+local H = require "helpers"
+
+local LUA = arg and arg[-1] or "lua5.4"
+
+local function spawn_worker(sim, host, port, seconds, mode)
+  local cmd = ("env -u LD_PRELOAD %s spec/fleet_worker.lua '%s' '%s' %s %d %s %s 2>&1"):format(
+    LUA, sim.url, sim.cafile, host, port, seconds, mode or "")
+  return io.popen(cmd)
+end
+
+local function collect(p)
+  local out = p:read("*a")
+  local ok = p:close()
+  local summary = cjson.decode(out:match("{.*}$") or "null")
+  assert(ok and summary, "a fleet process failed: " .. out)
+  return summary
+end
+
+describe("Redis store", function()
+  local sim, redis
+  before_each(function()
+    sim = H.sim()
+    H.reset()
+  end)
+  after_each(function()
+    if redis then redis.cleanup() end
+    redis = nil
+  end)
+
+  it("implements the store contract on redis-lua", function()
+    redis = assert(H.redis())
+    local store = oauth.store.redis(H.redis_client(redis.port), { prefix = "t:" })
+    assert.is_false(store:get("k"))
+    assert.is_true(store:set("k", "v", 5))
+    assert.are.equal("v", store:get("k"))
+    assert.matches("^%d+", redis.cli("pttl t:k"))
+    assert.is_true(store:delete("k"))
+    assert.is_false(store:get("k"))
+    assert.is_true(store:lock("l", 5))
+    local other = oauth.store.redis(H.redis_client(redis.port), { prefix = "t:" })
+    assert.is_false(other:lock("l", 5))
+    assert.is_true(other:unlock("l"))            -- not its lock: nothing happens
+    assert.matches("%S", redis.cli("get t:l"))
+    assert.is_true(store:unlock("l"))
+    assert.are.equal("\n", redis.cli("get t:l"))
+    assert.is_true(other:lock("l", 0.2))
+    H.sleep(0.3)
+    assert.is_true(store:lock("l", 5))            -- the TTL freed it
+  end)
+
+  it("keeps tokens sealed at rest: the plaintext never appears in Redis", function()
+    redis = assert(H.redis())
+    local a = H.client { store = oauth.store.redis(H.redis_client(redis.port)) }
+    local b = H.client { store = oauth.store.redis(H.redis_client(redis.port)) }
+    local t = assert(a:token())
+    assert.are.equal(t, b:token())
+    assert.are.equal(1, H.count("issue"))
+    local keys = {}
+    for k in redis.cli("--scan"):gmatch("%S+") do keys[#keys + 1] = k end
+    assert.are.equal(1, #keys)
+    assert.matches("^nomba%-oauth:[%w%-_]+$", keys[1])
+    local value = redis.cli("get " .. keys[1])
+    assert.matches("^n1%.", value)
+    assert.is_nil(value:find(t, 1, true))
+    assert.is_nil(value:find(sim.client.client_secret, 1, true))
+  end)
+
+  it("8 processes on two addresses renew once per lifetime window for the whole fleet #slow", function()
+    redis = assert(H.redis { "127.0.0.1", "127.0.0.2" })
+    assert(sim:config { lifetime = 4 })
+    local baseline = assert(simulator.start { lifetime = 4 })
+    local seconds = 20
+    local fleet, alone = {}, {}
+    for i = 1, 8 do
+      fleet[i] = spawn_worker(sim, i <= 4 and "127.0.0.1" or "127.0.0.2", redis.port, seconds)
+      alone[i] = spawn_worker(baseline, "127.0.0.1", redis.port, seconds, "alone")
+    end
+    for i = 1, 8 do
+      local s = collect(fleet[i])
+      assert.are.equal(0, s.failures, cjson.encode(s))
+      assert.is_true(s.final_valid)
+      assert.is_true(s.ok > 100)
+      collect(alone[i])
+    end
+    local counts = assert(sim:counts())
+    local base = assert(baseline:counts())
+    baseline:stop()
+    local fleet_renewals = (counts.issue or 0) + (counts.refresh or 0)
+    local alone_renewals = (base.issue or 0) + (base.refresh or 0)
+    print(("\n  fleet of 8 sharing Redis: %d renewals in %d s (4 s tokens); 8 alone: %d (%.1f per process)")
+          :format(fleet_renewals, seconds, alone_renewals, alone_renewals / 8))
+    -- a renewal per 2 s window (the refresh window of a 4 s token), plus the first issue
+    assert.is_true(fleet_renewals <= seconds / 2 + 2, "fleet renewals: " .. fleet_renewals)
+    assert.are.equal(1, counts.issue)
+    assert.is_true(alone_renewals >= 6 * fleet_renewals)
+  end)
+
+  it("survives a SIGKILLed lock holder, garbage, a foreign value and a Redis restart", function()
+    redis = assert(H.redis())
+    assert(sim:config { lifetime = 4 })
+    -- a first process takes the lock and hangs in its issue: kill it there
+    assert(sim:fault { endpoint = "issue", delay = 6, pass = true })
+    local holder = io.popen(("env -u LD_PRELOAD %s spec/fleet_worker.lua '%s' '%s' 127.0.0.1 %d 30 & echo $!")
+                            :format(LUA, sim.url, sim.cafile, redis.port))
+    local holder_pid = tonumber(holder:read("*l"))
+    H.sleep(0.7)
+    assert.matches("%S", redis.cli("--scan --pattern 'fleet:*:lock'"))
+    os.execute("kill -KILL " .. holder_pid)
+    holder:close()
+    local procs = {}
+    for i = 1, 6 do procs[i] = spawn_worker(sim, "127.0.0.1", redis.port, 14) end
+    local key = redis.cli("--scan --pattern 'fleet:*:lock'"):match("fleet:([^:%s]+):lock")
+    H.sleep(6)                                  -- the lock TTL (2 s x 2 + 1) ran out; one renewed
+    local shared = "fleet:" .. key
+    assert.matches("^n1%.", redis.cli("get " .. shared))
+    redis.cli("set " .. shared .. " garbage")   -- garbage
+    H.sleep(1.5)
+    -- a real value sealed by a client with another secret, written under our key
+    local other = oauth.new(sim:client_options { client_secret = "another-secret-entirely",
+      transport = function()
+        return { status = 200, headers = {}, body = cjson.encode { code = "00", data = {
+          access_token = "foreign-token", refresh_token = "foreign-refresh", expires_in = 3600 } } }
+      end })
+    assert(other:issue())
+    local foreign = assert(core.seal(other, key))
+    redis.cli("set " .. shared .. " " .. foreign)
+    H.sleep(1.5)
+    redis.stop()                                 -- Redis goes away
+    H.sleep(1.5)
+    assert.is_true(redis.restart())              -- and comes back, empty
+    local errors = 0
+    for i = 1, 6 do
+      local s = collect(procs[i])
+      assert.are.equal(0, s.failures, cjson.encode(s))
+      assert.is_true(s.final_valid)
+      errors = errors + s.store_errors
+    end
+    assert.is_true(errors > 0)                   -- they noticed the outage, and went on
+    assert.matches("^n1%.", redis.cli("get " .. shared))   -- and rejoined: the token is shared again
+  end)
+end)

@@ -1,0 +1,63 @@
+-- One process of a fleet (spec/13-redis): calls token() in a loop for a
+-- while, sharing the token through Redis (or alone, with "alone"), checks
+-- every token it gets, and prints a JSON summary. Never raises: a raise is
+-- a failure of the library and ends the process with status 3.
+--   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone]
+local url, cafile, rhost, rport, seconds, mode = arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), arg[6]
+package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
+local oauth = require "nomba.oauth"
+local core = require "nomba.oauth.core"
+local cjson = require "cjson"
+local simulator = require "nomba.oauth.simulator"
+
+local summary = { calls = 0, ok = 0, failures = 0, store_errors = 0, kinds = {} }
+local ok, err = pcall(function()
+  local store
+  if mode ~= "alone" then
+    local redis = require "redis"
+    -- reconnects when Redis went away, so the fleet rejoins when it is back
+    local conn
+    local function connection()
+      if not conn then
+        local okc, c = pcall(redis.connect, rhost, rport)
+        if okc then conn = c end
+      end
+      return conn
+    end
+    local proxy = setmetatable({}, { __index = function(_, method)
+      return function(_, ...)
+        local c = connection()
+        if not c then return nil, "redis unreachable" end
+        local okr, v, e = pcall(c[method], c, ...)
+        if not okr then conn = nil return nil, tostring(v) end
+        return v, e
+      end
+    end })
+    store = oauth.store.redis(proxy, { prefix = "fleet:" })
+  end
+  local client = oauth.new {
+    account_id = simulator.CLIENT.account_id, client_id = simulator.CLIENT.client_id,
+    client_secret = simulator.CLIENT.client_secret, base_url = url, cafile = cafile,
+    store = store, retries = 1, timeout = 2,
+    on_event = function(ev) if ev.kind == "store_error" then summary.store_errors = summary.store_errors + 1 end end,
+  }
+  local deadline = core.now() + seconds
+  while core.now() < deadline do
+    summary.calls = summary.calls + 1
+    local t, e = client:token()
+    if t then
+      summary.ok = summary.ok + 1
+      summary.last = t
+    else
+      summary.failures = summary.failures + 1
+      summary.kinds[e.kind] = (summary.kinds[e.kind] or 0) + 1
+    end
+    core.sleep(0.02)
+  end
+  summary.final_valid = client:token() ~= nil
+end)
+if not ok then
+  io.stderr:write("fleet worker raised: ", tostring(err), "\n")
+  os.exit(3)
+end
+io.write(cjson.encode(summary))
