@@ -79,7 +79,7 @@ test-build:
 
 # The other runtimes: the whole suite under LuaJIT, a smoke run for 5.1-5.3.
 SMOKE_SPECS := spec/01-module_spec.lua spec/02-lifecycle_spec.lua spec/05-pkce_spec.lua \
-               spec/06-token_spec.lua
+               spec/06-token_spec.lua spec/14-docs_spec.lua spec/15-nonblocking_spec.lua
 test-runtimes:
 	$(MAKE) test LUA=jit BUSTED_ARGS=--exclude-tags=slow
 	for v in 5.1 5.2 5.3; do $(MAKE) test LUA=$$v BUSTED_ARGS="$(SMOKE_SPECS)" || exit 1; done
@@ -93,7 +93,8 @@ demo: deps all
 lint:
 	luacheck lua spec bin examples tools bench
 
-EXAMPLES := examples/client_credentials.lua examples/pkce.lua examples/call_nomba_api.lua
+EXAMPLES := examples/client_credentials.lua examples/pkce.lua examples/call_nomba_api.lua \
+            examples/game_loop.lua
 examples: all
 	@for e in $(EXAMPLES); do echo "== $$e"; \
 	  $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $$e || exit 1; done

@@ -249,6 +249,38 @@ do
       fmt(r2 - r1, 0) .. " KiB", "flat", r2 - r1 < 1024)
 end
 
+-- 7. the non-blocking mode: tick work with and without a renewal in flight --------------------
+do
+  local function percentile(t, p)
+    table.sort(t)
+    return t[math.max(1, math.ceil(#t * p))]
+  end
+  local function ticks(c, n)
+    local d = {}
+    for i = 1, n do
+      local t0 = now()
+      c:step()
+      c:token { wait = false }
+      d[i] = (now() - t0) * 1e6
+      core.sleep(0.002)
+    end
+    return d
+  end
+  local idle = oauth.new(sim:client_options { retries = 0, nonblocking = true })
+  assert(idle:token())
+  local quiet = ticks(idle, 400)
+  assert(sim:fault { endpoint = "issue", delay = 1, pass = true })
+  local busy_client = oauth.new(sim:client_options { retries = 0, nonblocking = true })
+  local busy = ticks(busy_client, 400)            -- 400 ticks of 2 ms: the 1 s renewal is in flight
+  local q50, q99, qmax = percentile(quiet, 0.5), percentile(quiet, 0.99), percentile(quiet, 1)
+  local b50, b99, bmax = percentile(busy, 0.5), percentile(busy, 0.99), percentile(busy, 1)
+  results.nonblocking = { quiet_us = { p50 = q50, p99 = q99, max = qmax },
+                          renewing_us = { p50 = b50, p99 = b99, max = bmax } }
+  row("tick work, renewal in flight (p50 / p99 / max)", ("%.1f / %.1f / %.0f"):format(b50, b99, bmax), "us",
+      "no renewal (p50 / p99 / max)", ("%.1f / %.1f / %.0f"):format(q50, q99, qmax), nil,
+      "no stall (max < 50 ms)", bmax < 50000)
+end
+
 -- report -------------------------------------------------------------------------------------
 local machine = shell("uname -srm"):gsub("%s+$", "")
 local cpu = (shell("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$")) or "?"

@@ -14,7 +14,7 @@ describe("documentation", function()
                   read("lua/nomba/oauth/resty.lua")
 
   local lines = {}
-  for line in sources:gmatch("[^\n]*") do lines[#lines + 1] = line end
+  for line in (sources .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line end
 
   -- the comment block right above "function NAME(" or holding "@function NAME",
   -- or nil when there is none or it is not an LDoc ("---") block

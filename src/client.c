@@ -373,6 +373,10 @@ static int client_info(lua_State *L)
     lua_setfield(L, -2, "has_access");
     lua_pushboolean(L, c->secret.n > 0);
     lua_setfield(L, -2, "has_secret");
+    if (c->in_flight) {
+        lua_pushstring(L, nomba_op_names[c->in_flight - 1]);
+        lua_setfield(L, -2, "in_flight");
+    }
     return 1;
 }
 
@@ -403,8 +407,74 @@ static int client_perform(lua_State *L)
     r = proto_build(L, 1, c, op, 3, &rq);
     if (r == 0)
         r = http_perform(L, 1, c, op, &rq, timeout);
-    proto_request_done(c);
+    if (!c->in_flight)
+        proto_request_done(c);
     return r;
+}
+
+/* core.nb_start(client, op, args, timeout): starts a transfer on the
+ * client's curl_multi handle and returns true at once, or nil, err. */
+static int client_nb_start(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    double timeout = luaL_optnumber(L, 4, c->timeout);
+    nomba_request rq;
+    int r;
+    if (c->closed)
+        return closed_error(L, op);
+    lua_settop(L, 4);
+    r = proto_build(L, 1, c, op, 3, &rq);
+    if (r != 0) {
+        if (!c->in_flight)
+            proto_request_done(c);
+        return r;
+    }
+    r = http_start(L, 1, c, op, &rq, timeout);
+    if (r != 0)
+        return r;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* core.nb_progress(client): nil when nothing is in flight, false while the
+ * transfer runs, or true, result, err, status once it is done. Never blocks. */
+static int client_nb_progress(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    if (c->closed) {
+        lua_pushnil(L);
+        return 1;
+    }
+    return http_progress(L, 1, c);
+}
+
+/* core.nb_wait(client, seconds): blocks until the transfer can progress. */
+static int client_nb_wait(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    if (!c->closed)
+        http_wait(c, luaL_checknumber(L, 2));
+    return 0;
+}
+
+static int client_nb_abort(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    if (!c->closed)
+        http_abort(c);
+    return 0;
+}
+
+static int client_nb_sockets(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    if (c->closed) {
+        lua_newtable(L);
+        lua_pushinteger(L, -1);
+        return 2;
+    }
+    return http_sockets(L, c);
 }
 
 /* core.request(client, op, args): the request a Lua transport carries. The
@@ -420,7 +490,8 @@ static int client_request(lua_State *L)
     lua_settop(L, 3);
     r = proto_build(L, 1, c, op, 3, &rq);
     if (r != 0) {
-        proto_request_done(c);
+        if (!c->in_flight)
+            proto_request_done(c);
         return r;
     }
     lua_createtable(L, 0, 8);
@@ -630,6 +701,11 @@ void client_open(lua_State *L)
         {"request", client_request},
         {"answer", client_answer},
         {"drop", client_drop},
+        {"nb_start", client_nb_start},
+        {"nb_progress", client_nb_progress},
+        {"nb_wait", client_nb_wait},
+        {"nb_abort", client_nb_abort},
+        {"nb_sockets", client_nb_sockets},
 #ifdef NOMBA_TEST_HOOKS
         {"_test_wiped", client_test_wiped},
 #endif

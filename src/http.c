@@ -23,6 +23,7 @@
 #include <strings.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <sys/select.h>
 #include <curl/curl.h>
 #include <openssl/crypto.h>
 #include "nomba.h"
@@ -145,14 +146,19 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 void http_release(client *c)
 {
     if (c->curl != NULL && c->curl_pid == getpid()) {
-        curl_easy_cleanup((CURL *)c->curl);
-        curl_slist_free_all((struct curl_slist *)c->base_headers);
+        http_abort(c);
+        if (c->multi != NULL)
+            curl_multi_cleanup(c->multi);
+        curl_easy_cleanup(c->curl);
+        curl_slist_free_all(c->base_headers);
         if (c->share != NULL)
             c->share->attached--;
     }
     /* else inherited across fork: abandoned, the parent owns it (and the
      * share stays marked in use, so this process never cleans it up) */
+    c->in_flight = 0;
     c->curl = NULL;
+    c->multi = NULL;
     c->base_headers = NULL;
     c->share = NULL;
 }
@@ -178,7 +184,7 @@ static CURL *handle_of(lua_State *L, int cidx, client *c)
     if (c->curl != NULL && c->curl_pid != getpid())
         http_release(c);             /* forked: abandon the parent's handle */
     if (c->curl != NULL)
-        return (CURL *)c->curl;
+        return c->curl;
     http_global_init();
     h = curl_easy_init();
     if (h == NULL)
@@ -273,24 +279,20 @@ static const char *kind_of(CURLcode rc, int *retryable)
     }
 }
 
-int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
+/* Points the handle at one request. The bearer header, when there is one,
+ * is a list node in the client in front of the shared headers, so its only
+ * copy stays in bearer_hdr, wiped after the attempt. */
+static CURL *setup(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
 {
     CURL *h = handle_of(L, cidx, c);
-    struct curl_slist bearer, *hdrs;
-    CURLcode rc;
-    long status = 0;
-    nomba_err e;
-    int r;
-
+    struct curl_slist *hdrs;
     if (h == NULL)
-        return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
-    hdrs = (struct curl_slist *)c->base_headers;
+        return NULL;
+    hdrs = c->base_headers;
     if (rq->bearer) {
-        /* one list node on the stack in front of the shared headers, so the
-         * bearer's only copy stays in bearer_hdr, wiped after the attempt */
-        bearer.data = c->bearer_hdr.p;
-        bearer.next = hdrs;
-        hdrs = &bearer;
+        c->bearer_node.data = c->bearer_hdr.p;
+        c->bearer_node.next = hdrs;
+        hdrs = &c->bearer_node;
     }
     memset(&c->meta, 0, sizeof c->meta);
     sbuf_wipe(&c->resp);
@@ -304,12 +306,21 @@ int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, d
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->reqbody.n);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
+    return h;
+}
 
-    rc = curl_easy_perform(h);
-
+/* After a transfer: wipes what held secrets and pushes the result, or
+ * nil and the typed error, then the HTTP status (3 values). */
+static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode rc)
+{
+    long status = 0;
+    nomba_err e;
+    int r;
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->base_headers);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
     proto_request_done(c);
+    c->bearer_node.data = NULL;
+    c->bearer_node.next = NULL;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     c->meta.status = status;
 
@@ -337,4 +348,123 @@ int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, d
     r = proto_interpret(L, cidx, c, op, &c->meta, c->resp.p ? c->resp.p : "", c->resp.n);
     sbuf_wipe(&c->resp);
     return r;
+}
+
+int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
+{
+    CURL *h = setup(L, cidx, c, op, rq, timeout);
+    if (h == NULL)
+        return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
+    return finish(L, cidx, c, op, h, curl_easy_perform(h));
+}
+
+/* ---- the non-blocking mode (curl_multi) --------------------------------- */
+
+/* Starts a transfer without waiting; 0, or pushes nil and an error (2). */
+int http_start(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
+{
+    CURL *h = setup(L, cidx, c, op, rq, timeout);
+    int running = 0;
+    if (h == NULL)
+        return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
+    if (c->multi == NULL) {
+        c->multi = curl_multi_init();
+        if (c->multi == NULL)
+            return luaL_error(L, "nomba.oauth: cannot create a libcurl multi handle");
+    }
+    if (curl_multi_add_handle(c->multi, h) != CURLM_OK)
+        return luaL_error(L, "nomba.oauth: curl_multi_add_handle failed");
+    c->in_flight = op + 1;
+    c->nb_timeout = timeout;
+    (void)curl_multi_perform(c->multi, &running);    /* never blocks */
+    return 0;
+}
+
+/* Advances the transfer without blocking: pushes false while it runs, or
+ * true and its three results once it is done. */
+int http_progress(lua_State *L, int cidx, client *c)
+{
+    int running = 0, left = 0, op, r;
+    CURLMsg *m;
+    CURLcode rc = CURLE_OK;
+    int done = 0;
+    if (!c->in_flight || c->multi == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    (void)curl_multi_perform(c->multi, &running);
+    while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
+        if (m->msg == CURLMSG_DONE && m->easy_handle == c->curl) {
+            rc = m->data.result;
+            done = 1;
+        }
+    }
+    if (!done) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    curl_multi_remove_handle(c->multi, c->curl);
+    op = c->in_flight - 1;
+    c->in_flight = 0;
+    r = finish(L, cidx, c, op, c->curl, rc);    /* its results are the top r values */
+    lua_pushboolean(L, 1);
+    lua_insert(L, -(r + 1));
+    return r + 1;
+}
+
+/* Blocks up to `seconds` until the transfer's sockets have something. */
+void http_wait(client *c, double seconds)
+{
+    int n = 0;
+    if (c->in_flight && c->multi != NULL && seconds > 0)
+        (void)curl_multi_poll(c->multi, NULL, 0, (int)(seconds * 1000), &n);
+}
+
+/* Drops a transfer in flight and wipes what it held. */
+void http_abort(client *c)
+{
+    if (!c->in_flight)
+        return;
+    if (c->multi != NULL && c->curl != NULL && c->curl_pid == getpid()) {
+        curl_multi_remove_handle(c->multi, c->curl);
+        curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->base_headers);
+        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, NULL);
+    }
+    c->in_flight = 0;
+    c->bearer_node.data = NULL;
+    c->bearer_node.next = NULL;
+    proto_request_done(c);
+    sbuf_wipe(&c->resp);
+}
+
+/* The sockets an event loop should watch: {{fd =, read =, write =}, ...},
+ * and the milliseconds libcurl wants until it is called again (-1: none). */
+int http_sockets(lua_State *L, client *c)
+{
+    fd_set r, w, x;
+    int maxfd = -1, fd, n = 0;
+    long ms = -1;
+    lua_newtable(L);
+    if (c->in_flight && c->multi != NULL) {
+        FD_ZERO(&r);
+        FD_ZERO(&w);
+        FD_ZERO(&x);
+        if (curl_multi_fdset(c->multi, &r, &w, &x, &maxfd) == CURLM_OK) {
+            for (fd = 0; fd <= maxfd && fd < FD_SETSIZE; fd++) {
+                if (!FD_ISSET(fd, &r) && !FD_ISSET(fd, &w))
+                    continue;
+                lua_createtable(L, 0, 3);
+                lua_pushinteger(L, fd);
+                lua_setfield(L, -2, "fd");
+                lua_pushboolean(L, FD_ISSET(fd, &r));
+                lua_setfield(L, -2, "read");
+                lua_pushboolean(L, FD_ISSET(fd, &w));
+                lua_setfield(L, -2, "write");
+                lua_rawseti(L, -2, ++n);
+            }
+        }
+        (void)curl_multi_timeout(c->multi, &ms);
+    }
+    lua_pushinteger(L, ms);
+    return 2;
 }

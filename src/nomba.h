@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <sys/types.h>
+#include <curl/curl.h>
 #include "compat.h"
 
 #define NOMBA_VERSION      "0.1.0"
@@ -95,10 +96,14 @@ typedef struct client {
     double lifetime;        /* seconds the kept token was issued for */
     double expires_wall;    /* local wall clock, corrected for skew */
     /* libcurl */
-    void *curl;             /* CURL *, owned by curl_pid */
+    CURL *curl;             /* owned by curl_pid */
+    CURLM *multi;           /* the non-blocking mode's, same owner */
+    int in_flight;          /* 1 + the op of a non-blocking transfer, or 0 */
+    double nb_timeout;      /* that transfer's timeout */
+    struct curl_slist bearer_node;  /* the bearer header in front of base_headers */
     pid_t curl_pid;
     int url_op;             /* 1 + the op whose URL the handle holds, or 0 */
-    void *base_headers;     /* struct curl_slist *, same owner */
+    struct curl_slist *base_headers;  /* same owner */
     struct share_box *share;/* the state's share handle, when attached */
     nomba_answer_meta meta;
     int overflow;           /* the answer exceeded max_response */
@@ -126,6 +131,12 @@ NOMBA_HIDDEN void proto_open(lua_State *L);
 /* http.c: one attempt over the client's libcurl handle. */
 NOMBA_HIDDEN int http_perform(lua_State *L, int cidx, client *c, int op,
                               nomba_request *rq, double timeout);
+NOMBA_HIDDEN int http_start(lua_State *L, int cidx, client *c, int op,
+                            nomba_request *rq, double timeout);
+NOMBA_HIDDEN int http_progress(lua_State *L, int cidx, client *c);
+NOMBA_HIDDEN void http_wait(client *c, double seconds);
+NOMBA_HIDDEN void http_abort(client *c);
+NOMBA_HIDDEN int http_sockets(lua_State *L, client *c);
 NOMBA_HIDDEN void http_release(client *c);
 NOMBA_HIDDEN void http_global_init(void);
 NOMBA_HIDDEN void http_open(lua_State *L);

@@ -157,6 +157,8 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
     int n, fresh, ok;
 
     memset(rq, 0, sizeof *rq);
+    if (c->in_flight)
+        return config_error(L, c, op, "a non-blocking transfer is in flight: finish it with step() or wait()");
     proto_request_done(c);
     (void)cidx;
     n = snprintf(rq->url, sizeof rq->url, "%s%s", c->base_url, c->paths[op]);

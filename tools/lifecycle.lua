@@ -73,6 +73,26 @@ local tc = client { transport = function() return { status = 200, headers = { Da
 assert(tc:issue())
 assert(tc:refresh())
 
+-- the non-blocking mode: a transfer to the end, one closed and one
+-- collected while in flight
+local nb = client { nonblocking = true }
+assert(nb:token())
+assert(nb:start("refresh"))
+while nb:step() do nb:wait(0.05) end
+assert(sim:fault { endpoint = "issue", delay = 0.5, pass = true, times = 3 })
+local nb2 = client { nonblocking = true }
+assert(nb2:start("issue"))
+nb2:step()
+nb2:close()
+do
+  local nb3 = client { nonblocking = true }
+  assert(nb3:start("issue"))
+  nb3:step()
+end
+collectgarbage()
+collectgarbage()
+assert(sim:control("/_sim/clear_faults", {}))
+
 -- close, double close, use after close, GC with and without requests
 c:close()
 c:close()

@@ -124,6 +124,7 @@ local OPTIONS = {
   cafile = "string", capath = "string", pinned_pubkey = "string", proxy = "string",
   user_agent = "string", max_response_bytes = "number", paths = "table",
   on_event = "function", store = "table", store_key = "string", transport = "function",
+  nonblocking = "boolean",
 }
 
 -- A misuse found while checking options; new() re-raises it at the caller.
@@ -186,6 +187,9 @@ local function normalize(opts)
     end
   end
   if o.store_key ~= nil and #o.store_key < 16 then bad("store_key", "must be at least 16 bytes") end
+  if o.nonblocking and (o.transport or o.store) then
+    bad("nonblocking", "works with the default libcurl transport and without a store")
+  end
   if o.base_url and o.sandbox then bad("sandbox", "conflicts with base_url: give one") end
   o.base_url = o.base_url or (o.sandbox and M.SANDBOX_URL or M.PRODUCTION_URL)
   o.base_url = o.base_url:gsub("/+$", "")
@@ -239,7 +243,7 @@ function M.new(opts)
     if getmetatable(o) == Misuse then error(o[1], 2) end
     error(o, 0)
   end
-  local state = { on_event = o.on_event, transport = o.transport,
+  local state = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
                   retries = o.retries, timeout = o.timeout, store = o.store }
   local client = core.new(o, state)
   if o.store then
@@ -300,6 +304,16 @@ local function attempt(self, st, op, args)
   return core.answer(self, op, resp.status, resp.headers, resp.body)
 end
 
+-- How long to wait before attempt n + 1, or nil when the server asks for
+-- more than RETRY_AFTER_CAP (then the error is the answer).
+local function backoff(err, n)
+  if err.retry_after then
+    if err.retry_after > RETRY_AFTER_CAP then return nil end
+    return err.retry_after
+  end
+  return math_random() * math_min(BACKOFF_CAP, BACKOFF_BASE * 2 ^ (n - 1))
+end
+
 -- Performs op with retries on connect errors, timeouts, 429 and 5xx:
 -- exponential backoff with full jitter, Retry-After honoured up to 30 s.
 local function request(self, st, op, args)
@@ -316,13 +330,8 @@ local function request(self, st, op, args)
     if res ~= nil then return res end
     err = e
     if not e.retryable or n == tries then break end
-    local wait
-    if e.retry_after then
-      if e.retry_after > RETRY_AFTER_CAP then break end
-      wait = e.retry_after
-    else
-      wait = math_random() * math_min(BACKOFF_CAP, BACKOFF_BASE * 2 ^ (n - 1))
-    end
+    local wait = backoff(e, n)
+    if not wait then break end
     sleep(wait)
   end
   return nil, err
@@ -505,7 +514,7 @@ end
 local function shared_token(self, st)
   local lock_ttl = st.timeout * (st.retries + 1) + 1
   local deadline = now() + lock_ttl + st.timeout
-  local backoff = 0.005
+  local pause = 0.005
   while true do
     local blob, failed = store_call(st, "get", st.skey)
     if failed then return local_token(self, st, info_of(self)) end   -- store down: alone
@@ -541,15 +550,20 @@ local function shared_token(self, st)
       return nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
         " phase cannot wait for the renewal in progress")
     end
-    sleep(backoff * (0.5 + math_random()))
-    backoff = math_min(backoff * 2, 0.2)
+    sleep(pause * (0.5 + math_random()))
+    pause = math_min(pause * 2, 0.2)
   end
 end
 
-local function slow_token(self)
+local nb_token            -- the non-blocking mode's token(), below
+
+local function slow_token(self, opts)
   local st = state_of(self)
   local info = info_of(self)
   if info.closed then return nil, new_error("closed", "token", "the client is closed") end
+  if st.nonblocking or st.nb or (type(opts) == "table" and opts.wait == false) then
+    return nb_token(self, st, opts)
+  end
   if st.store then return shared_token(self, st) end
   return local_token(self, st, info)
 end
@@ -560,9 +574,12 @@ local function check_token_self(self, method)
   end
 end
 
-local function token_slow(self)
+local function token_slow(self, opts)
   check_token_self(self, "token")
-  return slow_token(self)
+  if opts ~= nil and type(opts) ~= "table" then
+    error("nomba.oauth: bad argument #1 to 'token' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  return slow_token(self, opts)
 end
 
 local function headers_slow(self)
@@ -575,11 +592,185 @@ local function headers_slow(self)
   return { Authorization = bearer, accountId = account }
 end
 
+-- Non-blocking mode (libcurl's multi interface) -----------------------------------
+
+local function pending_error(msg)
+  return new_error("pending", "token", msg or "no valid token yet; a renewal is in flight")
+end
+
+-- Starts the current attempt of a job; a job that cannot start ends at once.
+local nb_finish
+local function nb_begin(self, st, job)
+  job.t0 = now()
+  st.nb = job
+  local ok, err = core.nb_start(self, job.op, job.args, st.timeout)
+  if not ok then
+    nb_finish(self, st, job, nil, err)
+    return nil, err
+  end
+  return true
+end
+
+-- A job is over: note a renewal's outcome, fall back from a refused refresh
+-- to issue, call the job's callback.
+nb_finish = function(self, st, job, res, err)
+  st.nb = nil
+  if job.renewal then
+    if res == nil and job.op == "refresh" and refused(err) and info_of(self).has_secret then
+      return nb_begin(self, st, { op = "issue", attempt = 1, renewal = true })
+    end
+    st.nb_err = res == nil and err or nil
+  end
+  if res ~= nil and job.op == "revoke" then core.drop(self, job.args.access_token) end
+  if job.callback then pcall(job.callback, res, err) end
+end
+
+-- Starts a renewal when the kept token needs one and none was tried within
+-- the last second.
+local function nb_renew_if_due(self, st)
+  if fresh(self) then return end
+  local info = info_of(self)
+  if info.closed or (st.nb_last_try and now() - st.nb_last_try < RENEW_INTERVAL) then return end
+  st.nb_last_try = now()
+  if info.has_refresh then
+    nb_begin(self, st, { op = "refresh", args = {}, attempt = 1, renewal = true })
+  elseif info.has_secret then
+    nb_begin(self, st, { op = "issue", attempt = 1, renewal = true })
+  else
+    st.nb_err = new_error("config", "token",
+      "this PKCE client has no valid token and cannot issue one: use authorize and exchange")
+  end
+end
+
+--- Never blocks: starts a due renewal if none is in flight, advances the
+-- transfer, finishes it (keeping the new token, firing events, scheduling a
+-- retry after a retryable failure).
+-- @treturn boolean true while work is in flight (a transfer or a retry timer)
+function Client:step()
+  local st = check_client(self, "step")
+  if info_of(self).closed then
+    st.nb = nil
+    return false
+  end
+  local job = st.nb
+  if not job then
+    nb_renew_if_due(self, st)
+    return st.nb ~= nil
+  end
+  if job.retry_at then
+    if now() < job.retry_at then return true end
+    job.retry_at = nil
+    job.attempt = job.attempt + 1
+    nb_begin(self, st, job)
+    return st.nb ~= nil
+  end
+  local done, res, err, status = core.nb_progress(self)
+  if done == false then return true end
+  if done == nil then                     -- nothing in flight any more
+    st.nb = nil
+    return false
+  end
+  emit(st, { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
+             elapsed = now() - job.t0, kind = err and err.kind, code = err and err.code })
+  if res == nil and err.retryable and job.attempt <= st.retries then
+    local wait = backoff(err, job.attempt)
+    if wait then
+      job.retry_at = now() + wait
+      return true
+    end
+  end
+  nb_finish(self, st, job, res, err)
+  return st.nb ~= nil
+end
+
+--- Blocks up to `seconds` until the transfer in flight can make progress (or
+-- a retry timer is due); returns at once when nothing is in flight.
+-- @tparam number seconds
+-- @treturn boolean true while work is in flight
+function Client:wait(seconds)
+  local st = check_client(self, "wait")
+  if type(seconds) ~= "number" or seconds < 0 then
+    error("nomba.oauth: bad argument #1 to 'wait' (seconds must be a non-negative number)", 2)
+  end
+  local job = st.nb
+  if not job then return false end
+  if job.retry_at then
+    core.sleep(math_min(seconds, math.max(0, job.retry_at - now())))
+  else
+    core.nb_wait(self, seconds)
+  end
+  return true
+end
+
+--- Starts an explicit issue, refresh or revoke without waiting; step()
+-- finishes it and then calls `callback(result)` or `callback(nil, err)`.
+-- @tparam string op "issue", "refresh" or "revoke"
+-- @tparam[opt] string token the refresh token (refresh) or access token (revoke)
+-- @tparam[opt] function callback
+-- @treturn boolean true, or `nil, err` (kind "pending" when a transfer is in flight)
+function Client:start(op, token, callback)
+  local st = check_client(self, "start")
+  if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then
+    error("nomba.oauth: bad argument #1 to 'start' (\"issue\", \"refresh\" or \"revoke\" expected)", 2)
+  end
+  if token ~= nil and type(token) ~= "string" then
+    error("nomba.oauth: bad argument #2 to 'start' (string expected)", 2)
+  end
+  if callback ~= nil and type(callback) ~= "function" then
+    error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
+  end
+  if info_of(self).closed then return nil, new_error("closed", op, "the client is closed") end
+  if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
+  local args = op == "refresh" and { refresh_token = token } or op == "revoke" and { access_token = token } or nil
+  return nb_begin(self, st, { op = op, args = args, attempt = 1, callback = callback })
+end
+
+--- The sockets libcurl watches for the transfer in flight, for an external
+-- event loop (epoll, luv, cqueues): `{{fd = n, read = bool, write = bool}, ...}`,
+-- and the milliseconds until `step()` is due anyway (-1: no timer).
+-- @treturn table sockets
+-- @treturn number timeout_ms
+function Client:sockets()
+  local st = check_client(self, "sockets")
+  local socks, ms = core.nb_sockets(self)
+  if st.nb and st.nb.retry_at then
+    ms = math.max(0, math.floor((st.nb.retry_at - now()) * 1000))
+  end
+  return socks, ms
+end
+
+-- token() in the non-blocking mode: the kept token while it is valid, even
+-- during a renewal; otherwise a renewal is started and, with wait = false,
+-- a "pending" error returned; else the caller yields (inside a coroutine)
+-- or waits (curl_multi_poll) until the renewal ends.
+nb_token = function(self, st, opts)
+  local nowait = type(opts) == "table" and opts.wait == false
+  if not st.nb then nb_renew_if_due(self, st) end
+  while true do
+    if st.nb then self:step() end
+    local kept = fresh(self, 0)
+    if kept then return kept end
+    if not st.nb then
+      if nowait and not st.nb_err then return nil, pending_error("no valid token yet") end
+      return nil, st.nb_err or pending_error("no valid token yet")
+    end
+    if nowait then return nil, pending_error() end
+    if can_yield() and not rawget(_G, "ngx") then
+      co_yield()
+    else
+      self:wait(0.05)
+    end
+  end
+end
+
 --- The hot path: the kept access token while more than `refresh_skew` seconds
 -- remain; otherwise refresh, and on a refused refresh issue afresh. On Lua
 -- 5.3 and 5.4 the fresh-token path is C (core.install_fast_paths) and only
 -- the renewal runs here.
+-- With `{wait = false}` it never blocks: the kept token while it is valid
+-- (even during a renewal), else `nil, err` with `err.kind == "pending"`.
 -- @function Client:token
+-- @tparam[opt] table opts `wait = false` for the non-blocking mode
 -- @treturn string access_token, or `nil, err`
 
 --- Headers for calling any other Nomba API.
@@ -587,10 +778,10 @@ end
 -- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
 
 if not core.install_fast_paths(token_slow, headers_slow) then
-  function Client:token()
+  function Client:token(opts)
     local tok = fresh(self)
     if tok then return tok end
-    return token_slow(self)
+    return token_slow(self, opts)
   end
 
   function Client:headers()

@@ -1,0 +1,185 @@
+-- The non-blocking mode on libcurl's multi interface: a game loop never
+-- stalls, faults end in the same typed errors as the blocking path, retries
+-- are timers, token() yields inside a coroutine, close and GC mid-transfer.
+local core = require "nomba.oauth.core"
+local H = require "helpers"
+
+local now = core.now
+
+-- Runs step() every `tick` seconds until `done()` or `limit` seconds pass;
+-- returns the number of ticks and the longest step().
+local function loop(c, done, limit, tick)
+  local ticks, longest, deadline = 0, 0, now() + (limit or 5)
+  while not done() and now() < deadline do
+    local t0 = now()
+    c:step()
+    local dt = now() - t0
+    if dt > longest then longest = dt end
+    ticks = ticks + 1
+    H.sleep(tick or 0.01)
+  end
+  return ticks, longest
+end
+
+describe("non-blocking mode", function()
+  local sim
+  before_each(function()
+    sim = H.sim()
+    H.reset()
+  end)
+
+  it("keeps a 10 ms loop ticking while a 1 s renewal is in flight", function()
+    assert(sim:fault { endpoint = "issue", delay = 1, pass = true })
+    local events = {}
+    local c = H.client { nonblocking = true, on_event = function(ev) events[#events + 1] = ev end }
+    local tok, err = c:token { wait = false }
+    assert.is_nil(tok)
+    assert.are.equal("pending", err.kind)
+    local ticks, longest = loop(c, function() return c:token { wait = false } ~= nil end, 5)
+    assert.is_true(ticks >= 60, "only " .. ticks .. " ticks")        -- about 100
+    assert.is_true(longest < 0.05, "a step took " .. longest .. " s")
+    assert.matches("^eyJ", c:token { wait = false })
+    assert.are.equal(c:token(), c:token { wait = false })
+    assert.are.same({ "issue", true, 200 }, { events[1].op, events[1].ok, events[1].status })
+    assert.is_false(c:step())                  -- nothing left to do
+    assert.are.equal(1, H.count("issue"))
+  end)
+
+  it("hands out the kept token during a renewal, then the new one", function()
+    assert(sim:config { lifetime = 4 })
+    local c = H.client { nonblocking = true }
+    local a = assert(c:token())                -- outside a coroutine: waits on curl_multi_poll
+    H.sleep(2.3)                               -- inside the refresh window
+    assert(sim:fault { endpoint = "refresh", delay = 0.5, pass = true })
+    assert.are.equal(a, c:token { wait = false })   -- starts the refresh, returns at once
+    assert.is_true(c:step())
+    local b
+    loop(c, function()
+      b = c:token { wait = false }
+      return b ~= a
+    end, 3)
+    assert.are_not.equal(a, b)
+    assert.are.equal(1, H.count("refresh"))
+  end)
+
+  local ROWS = {
+    { "500 HTML", { status = 500, body = "<html>x</html>", content_type = "text/html" } },
+    { "401 Nomba", { status = 401, body = { code = "01", description = "Invalid client credentials" } } },
+    { "200 code 05", { status = 200, body = { code = "05", description = "No" } } },
+    { "truncated", { status = 200, truncate = true, body = '{"code":"00"' } },
+    { "oversized", { status = 200, size = 70000 } },
+    { "dropped", { drop = true } },
+    { "timeout", { delay = 0.8 } },
+    { "429 Retry-After 99", { status = 429, headers = { ["Retry-After"] = "99" }, body = "" } },
+  }
+  for _, row in ipairs(ROWS) do
+    it("ends a fault in the same typed error as the blocking path: " .. row[1], function()
+      local f = row[2]
+      f.endpoint, f.times = "issue", 1
+      assert(sim:fault(f))
+      local _, blocking = H.client { timeout = 0.4 }:issue()
+      H.sleep(0.5)
+      H.reset()
+      assert(sim:fault(f))
+      local events, result, err = {}, nil, nil
+      local c = H.client { timeout = 0.4, on_event = function(ev) events[#events + 1] = ev end }
+      assert.is_true(c:start("issue", nil, function(r, e) result, err = r, e end))
+      local _, longest = loop(c, function() return err ~= nil or result ~= nil end, 3, 0.005)
+      assert.is_nil(result)
+      assert.is_true(longest < 0.05)
+      for _, k in ipairs { "kind", "op", "status", "code", "retryable", "retry_after" } do
+        assert.are.same(blocking[k], err[k], row[1] .. ": " .. k)
+      end
+      assert.are.equal(1, #events)
+      assert.are.same({ "issue", false, blocking.kind }, { events[1].op, events[1].ok, events[1].kind })
+      assert.are.equal(1, H.count("issue"))
+    end)
+  end
+
+  it("retries on a timer, never a sleep", function()
+    assert(sim:fault { endpoint = "issue", status = 503, body = "busy", content_type = "text/plain" })
+    local events = {}
+    local c = H.client { nonblocking = true, retries = 2, on_event = function(ev) events[#events + 1] = ev end }
+    local _, longest = loop(c, function() return c:token { wait = false } ~= nil end, 8, 0.005)
+    assert.is_true(longest < 0.05)
+    assert.are.equal(2, #events)
+    assert.are.same({ false, 503, true }, { events[1].ok, events[1].status, events[2].ok })
+    assert.are.equal(2, H.count("issue"))
+  end)
+
+  it("falls back from a refused refresh to issue", function()
+    local c = H.client { nonblocking = true }
+    local a = assert(c:token())
+    c:invalidate()
+    assert(sim:fault { endpoint = "refresh", status = 401, body = { code = "401", description = "gone" } })
+    local b
+    loop(c, function() b = c:token { wait = false } return b ~= nil end, 3)
+    assert.are_not.equal(a, b)
+    assert.are.equal(1, H.count("refresh"))
+    assert.are.equal(2, H.count("issue"))
+  end)
+
+  it("token() yields inside a coroutine while the renewal is in flight", function()
+    assert(sim:fault { endpoint = "issue", delay = 0.5, pass = true })
+    local c = H.client { nonblocking = true }
+    local got
+    local co = coroutine.create(function() got = assert(c:token()) end)
+    local yields = 0
+    assert(coroutine.resume(co))
+    while coroutine.status(co) ~= "dead" do
+      yields = yields + 1
+      c:step()                                 -- the host's scheduler drives the client
+      H.sleep(0.01)
+      assert(coroutine.resume(co))
+    end
+    assert.is_true(yields >= 20, "yielded " .. yields .. " times")
+    assert.matches("^eyJ", got)
+  end)
+
+  it("exposes the sockets for an event loop, and wait() blocks on them", function()
+    assert(sim:fault { endpoint = "issue", delay = 0.3, pass = true })
+    local c = H.client { nonblocking = true }
+    assert.is_true(c:start("issue"))
+    local seen = false
+    loop(c, function()
+      local socks = c:sockets()
+      for _, s in ipairs(socks) do
+        if s.fd > 2 and (s.read or s.write) then seen = true end
+      end
+      return seen
+    end, 2, 0.001)
+    assert.is_true(seen)
+    while c:step() do c:wait(0.1) end
+    assert.matches("^eyJ", c:token { wait = false })
+    assert.is_false(c:wait(0.1))               -- nothing in flight: returns at once
+  end)
+
+  it("refuses a second transfer while one is in flight", function()
+    assert(sim:fault { endpoint = "issue", delay = 0.3, pass = true })
+    local c = H.client { nonblocking = true }
+    assert.is_true(c:start("issue"))
+    local ok, err = c:start("issue")
+    assert.is_nil(ok)
+    assert.are.equal("pending", err.kind)
+    local _, e2 = c:issue()                    -- the blocking path says so too
+    assert.are.equal("config", e2.kind)
+    while c:step() do c:wait(0.05) end
+  end)
+
+  it("closing or collecting a client with a transfer in flight releases everything", function()
+    assert(sim:fault { endpoint = "issue", delay = 1, pass = true, times = 20 })
+    local c = H.client { nonblocking = true }
+    assert.is_true(c:start("issue"))
+    c:step()
+    c:close()
+    assert.is_false(c:step())
+    assert.are.equal("closed", select(2, c:token { wait = false }).kind)
+    for _ = 1, 10 do
+      local x = H.client { nonblocking = true }
+      x:start("issue")
+      x:step()
+    end
+    collectgarbage()
+    collectgarbage()
+  end)
+end)
