@@ -281,6 +281,48 @@ do
       "no stall (max < 50 ms)", bmax < 50000)
 end
 
+-- 8. OpenResty: a location that calls client:headers(), under wrk -------------------------------
+do
+  local has_wrk = shell("command -v wrk"):match("%S")
+  local root = os.getenv("PWD") or "."
+  local app = has_wrk and simulator.spawn_nginx {
+    workers = 1, cpath_prefix = root .. "/build/jit/?.so;",
+    vars = { root = root, cafile = sim.cafile, config = cjson.encode {
+      url = sim.url, account_id = sim.client.account_id, client_id = sim.client.client_id,
+      client_secret = sim.client.client_secret } },
+    http = [[
+  lua_package_path "${root}/lua/?.lua;${root}/bench/?.lua;/usr/share/lua/5.1/?.lua;;";
+  lua_shared_dict nomba 1m;
+  lua_ssl_trusted_certificate ${cafile};
+  init_worker_by_lua_block {
+    require("openresty_bench").init_worker(require("cjson").decode([==[${config}]==]))
+  }
+  server {
+    listen 127.0.0.1:${port};
+    keepalive_requests 1000000;
+    location = /headers { content_by_lua_block { require("openresty_bench").headers() } }
+    location = /constant { content_by_lua_block { require("openresty_bench").constant() } }
+  }
+]] }
+  if app then
+    local base = "http://127.0.0.1:" .. app.port
+    shell("curl -s " .. base .. "/headers")           -- the first call issues the token
+    local ours, const = {}, {}
+    for k = 1, 3 do                                    -- interleaved
+      ours[k] = tonumber(shell("wrk -t1 -c16 -d3s " .. base .. "/headers"):match("Requests/sec:%s*([%d%.]+)"))
+      const[k] = tonumber(shell("wrk -t1 -c16 -d3s " .. base .. "/constant"):match("Requests/sec:%s*([%d%.]+)"))
+    end
+    app:stop()
+    local o, c = median(ours), median(const)
+    results.openresty = { headers_rps = o, constant_rps = c, ratio = o / c }
+    row("OpenResty location calling client:headers() (wrk)", fmt(o, 0), "req/s",
+        "the same location, a constant header", fmt(c, 0), fmt(o / c, 2) .. "x", ">= 0.95x", o / c >= 0.95)
+  else
+    row("OpenResty location calling client:headers()", "n/a", "", "wrk or nginx is missing", nil, nil,
+        ">= 0.95x", true)
+  end
+end
+
 -- report -------------------------------------------------------------------------------------
 local machine = shell("uname -srm"):gsub("%s+$", "")
 local cpu = (shell("grep -m1 'model name' /proc/cpuinfo"):match(":%s*(.-)%s*$")) or "?"

@@ -392,9 +392,11 @@ static int closed_error(lua_State *L, int op)
     return err_simple(L, "closed", op, "the client is closed");
 }
 
-/* core.perform(client, op, args, timeout): one attempt over libcurl.
- * Returns the result, or nil and an error; then the HTTP status or nil. */
-static int client_perform(lua_State *L)
+/* One attempt over libcurl: core.perform(client, op, args, timeout) waits
+ * for it and returns the result, or nil and an error, then the HTTP status
+ * or nil; core.nb_start(...) starts it on the client's curl_multi handle
+ * and returns true at once (or nil, err). */
+static int send_request(lua_State *L, int nonblocking)
 {
     client *c = client_check(L, 1);
     int op = nomba_checkop(L, 2);
@@ -405,36 +407,25 @@ static int client_perform(lua_State *L)
         return closed_error(L, op);
     lua_settop(L, 4);
     r = proto_build(L, 1, c, op, 3, &rq);
-    if (r == 0)
+    if (r == 0 && !nonblocking)
         r = http_perform(L, 1, c, op, &rq, timeout);
+    else if (r == 0 && (r = http_start(L, 1, c, op, &rq, timeout)) == 0) {
+        lua_pushboolean(L, 1);
+        return 1;                   /* the body stays until the transfer ends */
+    }
     if (!c->in_flight)
         proto_request_done(c);
     return r;
 }
 
-/* core.nb_start(client, op, args, timeout): starts a transfer on the
- * client's curl_multi handle and returns true at once, or nil, err. */
+static int client_perform(lua_State *L)
+{
+    return send_request(L, 0);
+}
+
 static int client_nb_start(lua_State *L)
 {
-    client *c = client_check(L, 1);
-    int op = nomba_checkop(L, 2);
-    double timeout = luaL_optnumber(L, 4, c->timeout);
-    nomba_request rq;
-    int r;
-    if (c->closed)
-        return closed_error(L, op);
-    lua_settop(L, 4);
-    r = proto_build(L, 1, c, op, 3, &rq);
-    if (r != 0) {
-        if (!c->in_flight)
-            proto_request_done(c);
-        return r;
-    }
-    r = http_start(L, 1, c, op, &rq, timeout);
-    if (r != 0)
-        return r;
-    lua_pushboolean(L, 1);
-    return 1;
+    return send_request(L, 1);
 }
 
 /* core.nb_progress(client): nil when nothing is in flight, false while the

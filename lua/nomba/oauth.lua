@@ -63,6 +63,8 @@ local DEFAULT_PATHS = {
 }
 
 local BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.2, 5, 30
+-- Forgets LuaJIT's hot-path copy of a client's token (see the end of the file).
+local hot_clear = function() end
 local store_call      -- defined with the stores below
 local RENEW_INTERVAL = 1      -- at most one renewal attempt per second while a token is valid
 
@@ -327,7 +329,10 @@ local function request(self, st, op, args)
     end
     emit(st, { op = op, attempt = n, ok = res ~= nil, status = status,
                elapsed = now() - t0, kind = e and e.kind, code = e and e.code })
-    if res ~= nil then return res end
+    if res ~= nil then
+      hot_clear(self)
+      return res
+    end
     err = e
     if not e.retryable or n == tries then break end
     local wait = backoff(e, n)
@@ -390,6 +395,7 @@ function Client:revoke(access_token)
   if ok then
     if st.store and access_token == nil then store_call(st, "delete", st.skey) end
     core.drop(self, access_token)
+    hot_clear(self)
   end
   return ok, err
 end
@@ -621,7 +627,10 @@ nb_finish = function(self, st, job, res, err)
     end
     st.nb_err = res == nil and err or nil
   end
-  if res ~= nil and job.op == "revoke" then core.drop(self, job.args.access_token) end
+  if res ~= nil then
+    if job.op == "revoke" then core.drop(self, job.args.access_token) end
+    hot_clear(self)
+  end
   if job.callback then pcall(job.callback, res, err) end
 end
 
@@ -777,17 +786,89 @@ end
 -- @function Client:headers
 -- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
 
-if not core.install_fast_paths(token_slow, headers_slow) then
-  function Client:token(opts)
-    local tok = fresh(self)
-    if tok then return tok end
-    return token_slow(self, opts)
+-- LuaJIT cannot compile a call to a C function, so there the hot path keeps
+-- its own copy of the fresh token in Lua: the strings and a deadline on the
+-- same monotonic coarse clock, read through the FFI (which LuaJIT compiles).
+-- The copy lives in a weak-keyed table that holds nothing but strings and a
+-- number, so it never keeps a client alive; everything that changes the
+-- kept token clears it.
+local function ffi_clock()
+  if not rawget(_G, "jit") then return nil end
+  local ok, ffi = pcall(require, "ffi")
+  if not ok or ffi.os ~= "Linux" then return nil end
+  ok = pcall(ffi.cdef, [[
+    typedef struct { long tv_sec; long tv_nsec; } nomba_oauth_timespec;
+    int clock_gettime(int clk, nomba_oauth_timespec *ts);
+  ]])
+  if not ok then return nil end
+  local ts, C, tonum = ffi.new("nomba_oauth_timespec"), ffi.C, tonumber
+  local COARSE = 6                                 -- CLOCK_MONOTONIC_COARSE
+  if C.clock_gettime(COARSE, ts) ~= 0 then return nil end
+  return function()
+    C.clock_gettime(COARSE, ts)
+    return tonum(ts.tv_sec) + tonum(ts.tv_nsec) * 1e-9
   end
+end
 
-  function Client:headers()
-    local tok, bearer, account = fresh(self)
-    if tok then return { Authorization = bearer, accountId = account } end
-    return headers_slow(self)
+if not core.install_fast_paths(token_slow, headers_slow) then
+  local clock = ffi_clock()
+  if clock then
+    local HOT = setmetatable({}, { __mode = "k" })
+    hot_clear = function(self) HOT[self] = nil end
+    local function rehot(self)
+      local tok, bearer, account = fresh(self)
+      if not tok then
+        HOT[self] = nil
+        return
+      end
+      local info = info_of(self)
+      HOT[self] = { tok, bearer, account, clock() + info.remaining - info.skew }
+    end
+
+    function Client:token(opts)
+      local h = HOT[self]
+      if h and clock() < h[4] then return h[1] end
+      local tok, err = fresh(self)                 -- the copy is gone, the token may not be
+      if not tok then tok, err = token_slow(self, opts) end
+      if tok then rehot(self) end
+      return tok, err
+    end
+
+    function Client:headers()
+      local h = HOT[self]
+      if h and clock() < h[4] then return { Authorization = h[2], accountId = h[3] } end
+      local res, err
+      local tok, bearer, account = fresh(self)
+      if tok then
+        res = { Authorization = bearer, accountId = account }
+      else
+        res, err = headers_slow(self)
+      end
+      if res then rehot(self) end
+      return res, err
+    end
+
+    local c_invalidate, c_close = Client.invalidate, Client.close
+    function Client:invalidate()
+      HOT[self] = nil
+      return c_invalidate(self)
+    end
+    function Client:close()
+      HOT[self] = nil
+      return c_close(self)
+    end
+  else
+    function Client:token(opts)
+      local tok = fresh(self)
+      if tok then return tok end
+      return token_slow(self, opts)
+    end
+
+    function Client:headers()
+      local tok, bearer, account = fresh(self)
+      if tok then return { Authorization = bearer, accountId = account } end
+      return headers_slow(self)
+    end
   end
 end
 
