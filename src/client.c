@@ -413,8 +413,7 @@ static int send_request(lua_State *L, int nonblocking)
         lua_pushboolean(L, 1);
         return 1;                   /* the body stays until the transfer ends */
     }
-    if (!c->in_flight)
-        proto_request_done(c);
+    proto_request_done(c);
     return r;
 }
 
@@ -481,8 +480,7 @@ static int client_request(lua_State *L)
     lua_settop(L, 3);
     r = proto_build(L, 1, c, op, 3, &rq);
     if (r != 0) {
-        if (!c->in_flight)
-            proto_request_done(c);
+        proto_request_done(c);
         return r;
     }
     lua_createtable(L, 0, 8);

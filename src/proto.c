@@ -47,8 +47,12 @@ void proto_open(lua_State *L)
     lua_pop(L, 2);
 }
 
+/* Wipes the request buffers, unless a non-blocking transfer still sends
+ * them (its end, or its abort, wipes them). */
 void proto_request_done(client *c)
 {
+    if (c->in_flight)
+        return;
     sbuf_wipe(&c->reqbody);
     sbuf_wipe(&c->bearer_hdr);
 }
