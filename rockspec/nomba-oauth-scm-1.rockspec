@@ -36,9 +36,9 @@ build = {
     ["nomba.oauth.simulator.server"] = "lua/nomba/oauth/simulator/server.lua",
     ["nomba.oauth.core"] = {
       sources = { "src/core.c", "src/client.c", "src/proto.c", "src/http.c", "src/err.c",
-                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c" },
+                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c" },
       defines = { "_GNU_SOURCE" },
-      libraries = { "curl", "crypto" },
+      libraries = { "curl", "ssl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },

@@ -52,8 +52,8 @@ describe("closing", function()
     c:close()
     local wiped, checked = core._test_wiped(c)
     assert.is_true(wiped)
-    -- secret, access, refresh, request body, bearer header, response
-    assert.are.equal(6, checked)
+    -- secret, access, refresh, request body, bearer header, response, request secret
+    assert.are.equal(7, checked)
   end)
 
   it("__close closes a to-be-closed variable (Lua 5.4)", function()

@@ -4,7 +4,7 @@ local H = require "helpers"
 
 local LUA = arg and arg[-1] or "lua5.4"
 
-local function run(args, env)
+local function run(args, env, stdin)
   local sim = H.sim()
   local vars = {
     NOMBA_ACCOUNT_ID = sim.client.account_id, NOMBA_CLIENT_ID = sim.client.client_id,
@@ -14,7 +14,8 @@ local function run(args, env)
   for k, v in pairs(env or {}) do vars[k] = v end
   local parts = {}
   for k, v in pairs(vars) do parts[#parts + 1] = k .. "='" .. v .. "'" end
-  local cmd = table.concat(parts, " ") .. " " .. LUA .. " bin/nomba-oauth " .. args ..
+  local feed = stdin and ("printf '%s\\n' '" .. stdin .. "' | ") or "</dev/null "
+  local cmd = feed .. "env " .. table.concat(parts, " ") .. " " .. LUA .. " bin/nomba-oauth " .. args ..
               " 2>/tmp/nomba-cli-stderr; echo \"exit=$?\""
   local p = io.popen(cmd)
   local out = p:read("*a")
@@ -47,14 +48,38 @@ describe("nomba-oauth CLI", function()
                                         accountId = H.sim().client.account_id })
   end)
 
-  it("refresh and revoke take tokens as arguments", function()
+  it("refresh and revoke take tokens from the environment or standard input, never argv", function()
     local _, out = run("issue --json --show-secrets")
     local t = cjson.decode(out)
-    local code, out2 = run("refresh " .. t.refresh_token .. " --json")
-    assert.are.equal(0, code)
-    assert.matches("…", cjson.decode(out2).access_token)
-    assert.are.equal(0, (run("revoke " .. t.access_token)))
-    assert.are.equal(1, #H.log("revoke"))
+    local code, out2, err2 = run("refresh --json --show-secrets", { NOMBA_REFRESH_TOKEN = t.refresh_token })
+    assert.are.equal(0, code, err2)
+    assert.are.equal("", err2)
+    local t2 = cjson.decode(out2)
+    local code3, out3, err3 = run("refresh - --json", nil, t2.refresh_token)
+    assert.are.equal(0, code3, err3)
+    assert.matches("…", cjson.decode(out3).access_token)
+    assert.are.equal(0, (run("revoke -", nil, t.access_token)))
+    assert.are.equal(0, (run("revoke", { NOMBA_ACCESS_TOKEN = t2.access_token })))
+    assert.are.equal(2, #H.log("revoke"))
+    -- argv still works, but warns that it is public
+    local _, out4 = run("issue --json --show-secrets")
+    local code5, _, err5 = run("revoke " .. cjson.decode(out4).access_token)
+    assert.are.equal(0, code5)
+    assert.matches("visible to other users", err5)
+    assert.matches("deprecated", err5)
+  end)
+
+  it("redacts an explicit token the server echoes back", function()
+    local _, out = run("issue --json --show-secrets")
+    local t = cjson.decode(out)
+    for _, echo in ipairs { t.refresh_token, t.refresh_token:sub(1, -2), t.refresh_token:sub(2) } do
+      assert(H.sim():fault { endpoint = "refresh", status = 400,
+                             body = { code = "02", description = "bad token " .. echo } })
+      local code, _, err = run("refresh -", nil, t.refresh_token)
+      assert.are.equal(1, code)
+      assert.matches("bad token %[redacted%]", err)
+      assert.is_nil(err:find(t.refresh_token:sub(5, 20), 1, true), err)
+    end
   end)
 
   it("token prints a usable token; pkce prints a pair", function()
@@ -82,6 +107,7 @@ describe("nomba-oauth CLI", function()
     assert.are.equal(2, (run("issue --bogus")))
     assert.are.equal(2, (run("pkce 42")))
     assert.are.equal(2, (run("refresh")))
+    assert.are.equal(2, (run("revoke -", nil, "")))
     assert.are.equal(2, (run("issue", { NOMBA_ACCOUNT_ID = "" })))
     local code, out = run("issue --help")
     assert.are.equal(0, code)

@@ -15,6 +15,8 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <stdio.h>
 #include "nomba.h"
 
 client *client_check(lua_State *L, int idx)
@@ -35,7 +37,7 @@ static void free_str(char **s)
  * capacity is zero before it is freed, and remember the verdict. */
 static void test_check_wiped(client *c)
 {
-    sbuf *bufs[10];
+    sbuf *bufs[11];
     int i;
     size_t k;
     bufs[0] = &c->secret;
@@ -48,8 +50,9 @@ static void test_check_wiped(client *c)
     bufs[7] = &c->store_aes;
     bufs[8] = &c->seal_pt;
     bufs[9] = &c->seal_ct;
+    bufs[10] = &c->req_secret;
     c->test_wiped = 1;
-    for (i = 0; i < 10; i++) {
+    for (i = 0; i < 11; i++) {
         sbuf_wipe(bufs[i]);
         for (k = 0; bufs[i]->p != NULL && k < bufs[i]->cap; k++)
             if (bufs[i]->p[k] != 0)
@@ -78,6 +81,7 @@ void client_cleanup(client *c)
     sbuf_free(&c->store_aes);
     sbuf_free(&c->seal_pt);
     sbuf_free(&c->seal_ct);
+    sbuf_free(&c->req_secret);
     free_str(&c->account_id);
     free_str(&c->client_id);
     free_str(&c->base_url);
@@ -156,17 +160,54 @@ static void opt_string(lua_State *L, int t, const char *name, char **dst, int re
     lua_pop(L, 1);
 }
 
-static double opt_number(lua_State *L, int t, const char *name, double def)
+/* A required number option (the Lua layer filled in the defaults), in
+ * [lo, hi]: NaN and infinities never get past this. */
+static double opt_number(lua_State *L, int t, const char *name, double lo, double hi)
 {
-    double v = def;
+    double v;
     lua_getfield(L, t, name);
-    if (!lua_isnil(L, -1)) {
-        if (lua_type(L, -1) != LUA_TNUMBER)
-            luaL_error(L, "nomba.oauth: option '%s' must be a number", name);
-        v = lua_tonumber(L, -1);
-    }
+    if (lua_type(L, -1) != LUA_TNUMBER)
+        luaL_error(L, "nomba.oauth: option '%s' must be a number", name);
+    v = lua_tonumber(L, -1);
+    if (!(v >= lo && v <= hi))
+        luaL_error(L, "nomba.oauth: option '%s' is out of range", name);
     lua_pop(L, 1);
     return v;
+}
+
+/* The base URL and every operation's URL, judged on libcurl's own parse:
+ * each must go to the base URL's scheme, host and port. Plain http is
+ * allowed only for a loopback host (url_split refuses anything else). */
+static void check_urls(lua_State *L, client *c)
+{
+    url_parts base, p;
+    char full[1024];
+    const char *why = url_split(c->base_url, &base, 0);
+    int i, same;
+    if (why != NULL)
+        luaL_error(L, "nomba.oauth: option 'base_url' %s", why);
+    c->allow_http = strcasecmp(base.scheme, "http") == 0;
+    for (i = 0; i < OP__N; i++) {
+        int n;
+        if (c->paths[i] == NULL)
+            continue;
+        n = snprintf(full, sizeof full, "%s%s", c->base_url, c->paths[i]);
+        if (n < 0 || (size_t)n >= sizeof full) {
+            url_free(&base);
+            luaL_error(L, "nomba.oauth: option 'paths' makes a URL over %d bytes", (int)sizeof full - 1);
+        }
+        why = url_split(full, &p, 1);
+        same = why == NULL && strcasecmp(p.scheme, base.scheme) == 0 &&
+               strcasecmp(p.host, base.host) == 0 && p.port == base.port;
+        if (why == NULL)
+            url_free(&p);
+        if (!same) {
+            url_free(&base);
+            luaL_error(L, "nomba.oauth: option 'paths' (%s) must stay on base_url's scheme, host and port",
+                       nomba_op_names[i]);
+        }
+    }
+    url_free(&base);
 }
 
 /* core.new(opts, state): opts already validated and completed by the Lua
@@ -187,6 +228,9 @@ static int client_new(lua_State *L)
     nomba_setuv(L, -2);
 
     opt_string(L, 1, "account_id", &c->account_id, 1);
+    if (strlen(c->account_id) > NOMBA_MAX_ACCOUNT_ID)
+        return luaL_error(L, "nomba.oauth: option 'account_id' is longer than %d bytes",
+                          NOMBA_MAX_ACCOUNT_ID);
     opt_string(L, 1, "client_id", &c->client_id, 1);
     opt_string(L, 1, "base_url", &c->base_url, 1);
     opt_string(L, 1, "cafile", &c->cafile, 0);
@@ -202,14 +246,12 @@ static int client_new(lua_State *L)
     c->paths[OP_EXCHANGE] = nomba_strndup(c->paths[OP_ISSUE], strlen(c->paths[OP_ISSUE]));
     if (c->paths[OP_EXCHANGE] == NULL)
         return luaL_error(L, "nomba.oauth: out of memory");
+    check_urls(L, c);
 
-    c->timeout = opt_number(L, 1, "timeout", 10);
-    c->connect_timeout = opt_number(L, 1, "connect_timeout", 5);
-    c->refresh_skew = opt_number(L, 1, "refresh_skew", 300);
-    c->max_response = (size_t)opt_number(L, 1, "max_response_bytes", 65536);
-    lua_getfield(L, 1, "allow_http");
-    c->allow_http = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    c->timeout = opt_number(L, 1, "timeout", 0.001, NOMBA_MAX_TIMEOUT);
+    c->connect_timeout = opt_number(L, 1, "connect_timeout", 0.001, NOMBA_MAX_TIMEOUT);
+    c->refresh_skew = opt_number(L, 1, "refresh_skew", 0, NOMBA_MAX_LIFETIME);
+    c->max_response = (size_t)opt_number(L, 1, "max_response_bytes", 256, NOMBA_MAX_RESPONSE);
 
     lua_getfield(L, 1, "client_secret");
     if (!lua_isnil(L, -1)) {
@@ -567,6 +609,7 @@ static int client_answer(lua_State *L)
     nomba_answer_meta m;
     size_t n = 0;
     const char *body;
+    int r;
     if (c->closed)
         return closed_error(L, op);
     memset(&m, 0, sizeof m);
@@ -584,7 +627,9 @@ static int client_answer(lua_State *L)
         e.status = m.status;
         return err_return(L, c, &e);
     }
-    return proto_interpret(L, 1, c, op, &m, body, n);
+    r = proto_interpret(L, 1, c, op, &m, body, n);
+    sbuf_wipe(&c->req_secret);
+    return r;
 }
 
 /* client:invalidate(): never hand out the kept access token again. Its
@@ -638,7 +683,7 @@ static int client__tostring(lua_State *L)
     if (c->expires_mono > 0) {
         double left = c->expires_mono - nt_mono();
         if (left > 0) {
-            lua_pushfstring(L, "valid for %ds", (int)(left + 0.5));
+            lua_pushfstring(L, "valid for %ds", (int)(left < NOMBA_MAX_LIFETIME ? left + 0.5 : NOMBA_MAX_LIFETIME));
             state = lua_tostring(L, -1);
         } else {
             state = "expired";

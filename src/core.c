@@ -83,11 +83,24 @@ int luaopen_nomba_oauth_core(lua_State *L)
     luaL_newlib(L, funcs);
     lua_pushliteral(L, "nomba.oauth " NOMBA_VERSION);
     lua_setfield(L, -2, "_VERSION");
+    lua_createtable(L, 0, 5);           /* core.LIMITS: nomba.h's bounds, for the Lua layer */
+    lua_pushnumber(L, NOMBA_MAX_TIMEOUT);
+    lua_setfield(L, -2, "timeout");
+    lua_pushnumber(L, NOMBA_MAX_LIFETIME);
+    lua_setfield(L, -2, "lifetime");
+    lua_pushinteger(L, (lua_Integer)NOMBA_MAX_RESPONSE);
+    lua_setfield(L, -2, "response");
+    lua_pushinteger(L, NOMBA_MAX_HEADERS);
+    lua_setfield(L, -2, "headers");
+    lua_pushinteger(L, NOMBA_MAX_ACCOUNT_ID);
+    lua_setfield(L, -2, "account_id");
+    lua_setfield(L, -2, "LIMITS");
     err_open(L);
     http_open(L);
     proto_open(L);
     client_open(L);
     seal_open(L);
+    url_open(L);
     pkce_open(L);
     return 1;
 }

@@ -6,11 +6,14 @@
  * retry_after}. Invariant: no error ever carries a secret. Messages come
  * from our own words, from libcurl's error buffer (which never holds a
  * request body or header), or from the server's `description`, which is
- * cleaned here: control bytes dropped, length capped, and any occurrence
- * of the client's secret or tokens replaced by "[redacted]".
+ * cleaned here: control bytes dropped, length capped, and any echo of the
+ * client's secret, its tokens or the secret the answered request carried
+ * (an explicit token, a PKCE verifier), whole or in pieces of 8 bytes or
+ * more, replaced by "[redacted]".
  */
 #include <string.h>
 #include <stdio.h>
+#include <math.h>
 #include "nomba.h"
 
 #define MSG_MAX 240
@@ -34,35 +37,56 @@ void err_init(nomba_err *e, const char *kind, int op, const char *msg)
     e->retry_after = -1;
 }
 
-/* Does [p, p+n) contain the secret s? */
-static const char *find_secret(const char *p, size_t n, const sbuf *s)
+/* The longest run at p (of at most n bytes) that stands anywhere inside
+ * the secret s. */
+static size_t run_in(const char *p, size_t n, const sbuf *s)
 {
-    size_t i;
-    if (s->n < 4 || s->n > n)
-        return NULL;
-    for (i = 0; i + s->n <= n; i++)
-        if (p[i] == s->p[0] && memcmp(p + i, s->p, s->n) == 0)
-            return p + i;
-    return NULL;
+    size_t j, best = 0;
+    for (j = 0; j < s->n; j++) {
+        size_t k = 0;
+        while (k < n && j + k < s->n && p[k] == s->p[j + k])
+            k++;
+        if (k > best)
+            best = k;
+    }
+    return best;
 }
 
-/* Pushes a cleaned copy of a message taken from the network. */
+/* How many bytes at p belong to an echoed secret: a run of at least
+ * ECHO_MIN bytes (or a whole short secret) found inside any secret of the
+ * client or of the request being answered, so a secret echoed whole, cut
+ * short or with a byte changed is still caught, piece by piece. */
+#define ECHO_MIN 8
+static size_t echoed(const client *c, const char *p, size_t n)
+{
+    const sbuf *cands[4];
+    size_t best = 0;
+    int k;
+    if (c == NULL)
+        return 0;
+    cands[0] = &c->secret;
+    cands[1] = &c->access;
+    cands[2] = &c->refresh;
+    cands[3] = &c->req_secret;
+    for (k = 0; k < 4; k++) {
+        size_t need = cands[k]->n < ECHO_MIN ? cands[k]->n : ECHO_MIN, r;
+        if (cands[k]->n < 4)
+            continue;
+        r = run_in(p, n, cands[k]);
+        if (r >= need && r > best)
+            best = r;
+    }
+    return best;
+}
+
+/* Pushes a cleaned copy of a message taken from the network: echoed
+ * secrets redacted, control bytes made spaces, length capped. */
 static void push_clean(lua_State *L, const client *c, const char *p, size_t n)
 {
     char out[MSG_MAX + 16];
     size_t i = 0, o = 0;
     while (i < n && o < MSG_MAX) {
-        const sbuf *hit = NULL;
-        if (c != NULL) {
-            const sbuf *cands[3];
-            int k;
-            cands[0] = &c->secret;
-            cands[1] = &c->access;
-            cands[2] = &c->refresh;
-            for (k = 0; k < 3 && !hit; k++)
-                if (cands[k]->n >= 4 && find_secret(p + i, n - i, cands[k]) == p + i)
-                    hit = cands[k];
-        }
+        size_t hit = echoed(c, p + i, n - i);
         if (hit) {
             static const char red[] = "[redacted]";
             size_t m = sizeof red - 1;
@@ -70,7 +94,7 @@ static void push_clean(lua_State *L, const client *c, const char *p, size_t n)
                 break;
             memcpy(out + o, red, m);
             o += m;
-            i += hit->n;
+            i += hit;
             continue;
         }
         {
@@ -129,6 +153,13 @@ int err_simple(lua_State *L, const char *kind, int op, const char *msg)
     return err_return(L, NULL, &e);
 }
 
+/* An HTTP status from a table anyone may have filled: a whole number in
+ * [0, 999], else 0 (no float-to-integer conversion outside its range). */
+static double status_of(double d)
+{
+    return d >= 0 && d <= 999 ? floor(d) : 0;
+}
+
 /* tostring(err): one line, e.g.
  * nomba.oauth: issue failed: HTTP 401, Nomba code "401": Invalid client credentials */
 static int error__tostring(lua_State *L)
@@ -147,8 +178,8 @@ static int error__tostring(lua_State *L)
     }
     lua_getfield(L, 1, "status");
     if (lua_type(L, -1) == LUA_TNUMBER) {
-        char tmp[32];
-        (void)snprintf(tmp, sizeof tmp, "HTTP %ld", (long)lua_tonumber(L, -1));
+        char tmp[40];
+        (void)snprintf(tmp, sizeof tmp, "HTTP %.0f", status_of(lua_tonumber(L, -1)));
         luaL_addstring(&b, tmp);
         parts++;
     }
@@ -197,11 +228,11 @@ static int error_new(lua_State *L)
     e.msglen = msg ? len : 0;
     if (lua_istable(L, 4)) {
         lua_getfield(L, 4, "status");
-        e.status = (long)lua_tointeger(L, -1);
+        e.status = (long)status_of(lua_tonumber(L, -1));
         lua_getfield(L, 4, "retryable");
         e.retryable = lua_toboolean(L, -1);
         lua_getfield(L, 4, "retry_after");
-        if (lua_isnumber(L, -1))
+        if (lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= 1e9)
             e.retry_after = lua_tonumber(L, -1);
         lua_getfield(L, 4, "code");
         if (lua_type(L, -1) == LUA_TSTRING)

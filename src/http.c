@@ -23,9 +23,10 @@
 #include <strings.h>
 #include <unistd.h>
 #include <pthread.h>
-#include <sys/select.h>
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 #include "nomba.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -100,12 +101,38 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
     client *c = (client *)ud;
     size_t n = size * nmemb;
     if (c->resp.n + n > c->max_response) {
-        c->overflow = 1;
+        c->overflow = OVERFLOW_BODY;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
     if (!sbuf_add(&c->resp, p, n))
         return 0;
     return n;
+}
+
+/* Every socket libcurl opens is close-on-exec: a child that execs never
+ * inherits a connection that carried secrets. */
+static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    int flags = fcntl(fd, F_GETFD);
+    (void)ud;
+    (void)purpose;
+    if (flags >= 0)
+        (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+    return CURL_SOCKOPT_OK;
+}
+
+/* OpenSSL wipes each record's plaintext once libcurl has read it, so the
+ * answers that carry tokens do not linger in its receive buffers. */
+static CURLcode on_ssl_ctx(CURL *h, void *ctx, void *ud)
+{
+    (void)h;
+    (void)ud;
+#ifdef SSL_OP_CLEANSE_PLAINTEXT
+    SSL_CTX_set_options((SSL_CTX *)ctx, SSL_OP_CLEANSE_PLAINTEXT);
+#else
+    (void)ctx;
+#endif
+    return CURLE_OK;
 }
 
 /* Copies the value of "Name: value\r\n" into dst when the name matches. */
@@ -132,6 +159,11 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
     client *c = (client *)ud;
     size_t n = size * nmemb;
     nomba_answer_meta *m = &c->meta;
+    c->header_bytes += n;
+    if (c->header_bytes > NOMBA_MAX_HEADERS) {
+        c->overflow = OVERFLOW_HEADERS;
+        return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
+    }
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         /* a new response (after 1xx or a retry inside libcurl): start over */
         m->date[0] = m->retry_after[0] = m->content_type[0] = '\0';
@@ -178,7 +210,7 @@ static CURL *handle_of(lua_State *L, int cidx, client *c)
 {
     CURL *h;
     struct curl_slist *hdrs = NULL;
-    char acct[160];
+    char acct[sizeof "accountId: " + NOMBA_MAX_ACCOUNT_ID];
     int ok = 1;
 
     if (c->curl != NULL && c->curl_pid != getpid())
@@ -226,8 +258,14 @@ static CURL *handle_of(lua_State *L, int cidx, client *c)
         curl_easy_setopt(h, CURLOPT_CAPATH, c->capath);
     if (c->pinned_pubkey)
         curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, c->pinned_pubkey);
-    if (c->proxy)
+    /* a proxy only when the proxy option names one: "" makes libcurl
+     * ignore http_proxy, https_proxy and ALL_PROXY; "env" opts in to them */
+    if (c->proxy == NULL)
+        curl_easy_setopt(h, CURLOPT_PROXY, "");
+    else if (strcmp(c->proxy, "env") != 0)
         curl_easy_setopt(h, CURLOPT_PROXY, c->proxy);
+    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
+    curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
     c->curl = h;
     c->url_op = 0;
     c->curl_pid = getpid();
@@ -297,6 +335,7 @@ static CURL *setup(lua_State *L, int cidx, client *c, int op, nomba_request *rq,
     memset(&c->meta, 0, sizeof c->meta);
     sbuf_wipe(&c->resp);
     c->overflow = 0;
+    c->header_bytes = 0;
     c->errbuf[0] = '\0';
     if (c->url_op != op + 1) {          /* the URL of an op never changes */
         curl_easy_setopt(h, CURLOPT_URL, rq->url);
@@ -328,12 +367,19 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode r
         const char *msg = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
         int retryable;
         const char *kind = kind_of(rc, &retryable);
-        if (c->overflow) {
+        if (c->overflow == OVERFLOW_BODY) {
             kind = "protocol";
             retryable = 0;
             msg = "the answer exceeds max_response_bytes";
+        } else if (c->overflow == OVERFLOW_HEADERS ||
+                   (rc == CURLE_OUT_OF_MEMORY && c->header_bytes > 0)) {
+            /* libcurl refuses one header line over 100 KiB as "out of memory" */
+            kind = "protocol";
+            retryable = 0;
+            msg = "the answer's headers are too large";
         }
         sbuf_wipe(&c->resp);
+        sbuf_wipe(&c->req_secret);
         err_init(&e, kind, op, msg);
         e.retryable = retryable;
         e.status = status > 0 ? status : 0;
@@ -347,6 +393,7 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode r
     }
     r = proto_interpret(L, cidx, c, op, &c->meta, c->resp.p ? c->resp.p : "", c->resp.n);
     sbuf_wipe(&c->resp);
+    sbuf_wipe(&c->req_secret);
     return r;
 }
 
@@ -358,7 +405,72 @@ int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, d
     return finish(L, cidx, c, op, h, curl_easy_perform(h));
 }
 
-/* ---- the non-blocking mode (curl_multi) --------------------------------- */
+/* ---- the non-blocking mode (curl_multi, socket API) ---------------------- */
+
+/* libcurl tells which sockets the transfer waits on and how (no fd_set, so
+ * no limit at fd 1023); sockets() lists them for an event loop. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
+{
+    client *c = (client *)ud;
+    int i, slot = -1;
+    (void)e;
+    (void)sockp;
+    for (i = 0; i < c->nb_nsocks; i++)
+        if (c->nb_socks[i].fd == (int)fd)
+            slot = i;
+    if (what == CURL_POLL_REMOVE) {
+        if (slot >= 0)
+            c->nb_socks[slot] = c->nb_socks[--c->nb_nsocks];
+        return 0;
+    }
+    if (slot < 0) {
+        if (c->nb_nsocks == NB_MAX_SOCKS)
+            return -1;              /* never: one transfer uses at most two */
+        slot = c->nb_nsocks++;
+    }
+    c->nb_socks[slot].fd = (int)fd;
+    c->nb_socks[slot].what = what;
+    return 0;
+}
+
+static int on_timer(CURLM *m, long ms, void *ud)
+{
+    client *c = (client *)ud;
+    (void)m;
+    c->nb_timer = ms < 0 ? -1 : nt_mono() + (double)ms / 1000;
+    return 0;
+}
+
+/* Whether the transfer in flight was started by another process (this is a
+ * child of fork): then it is the parent's, and this process must not touch
+ * its handles. The child forgets it; its own copies of the buffers are
+ * wiped. */
+static int stolen(client *c)
+{
+    if (!c->in_flight || c->curl_pid == getpid())
+        return 0;
+    http_release(c);
+    c->bearer_node.data = NULL;
+    c->bearer_node.next = NULL;
+    proto_request_done(c);
+    sbuf_wipe(&c->resp);
+    c->nb_nsocks = 0;
+    return 1;
+}
+
+static CURLM *multi_of(client *c)
+{
+    if (c->multi == NULL) {
+        c->multi = curl_multi_init();
+        if (c->multi == NULL)
+            return NULL;
+        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+        curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+        curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    }
+    return c->multi;
+}
 
 /* Starts a transfer without waiting; 0, or pushes nil and an error (2). */
 int http_start(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
@@ -367,16 +479,14 @@ int http_start(lua_State *L, int cidx, client *c, int op, nomba_request *rq, dou
     int running = 0;
     if (h == NULL)
         return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
-    if (c->multi == NULL) {
-        c->multi = curl_multi_init();
-        if (c->multi == NULL)
-            return luaL_error(L, "nomba.oauth: cannot create a libcurl multi handle");
-    }
+    if (multi_of(c) == NULL)
+        return luaL_error(L, "nomba.oauth: cannot create a libcurl multi handle");
+    c->nb_nsocks = 0;
+    c->nb_timer = -1;
     if (curl_multi_add_handle(c->multi, h) != CURLM_OK)
         return luaL_error(L, "nomba.oauth: curl_multi_add_handle failed");
     c->in_flight = op + 1;
-    c->nb_timeout = timeout;
-    (void)curl_multi_perform(c->multi, &running);    /* never blocks */
+    (void)curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);   /* never blocks */
     return 0;
 }
 
@@ -384,15 +494,34 @@ int http_start(lua_State *L, int cidx, client *c, int op, nomba_request *rq, dou
  * true and its three results once it is done. */
 int http_progress(lua_State *L, int cidx, client *c)
 {
-    int running = 0, left = 0, op, r;
+    int running = 0, left = 0, op, r, i, n;
+    int fds[NB_MAX_SOCKS];
     CURLMsg *m;
     CURLcode rc = CURLE_OK;
     int done = 0;
+    if (c->in_flight && c->curl_pid != getpid()) {
+        nomba_err e;
+        op = c->in_flight - 1;
+        (void)stolen(c);
+        err_init(&e, "transport", op, "the transfer in flight belongs to the parent process (fork)");
+        e.retryable = 1;
+        lua_pushboolean(L, 1);
+        lua_pushnil(L);
+        err_push(L, c, &e);
+        lua_pushnil(L);
+        return 4;
+    }
     if (!c->in_flight || c->multi == NULL) {
         lua_pushnil(L);
         return 1;
     }
-    (void)curl_multi_perform(c->multi, &running);
+    /* libcurl checks each socket itself (mask 0), then runs due timers */
+    n = c->nb_nsocks;
+    for (i = 0; i < n; i++)
+        fds[i] = c->nb_socks[i].fd;
+    for (i = 0; i < n; i++)
+        (void)curl_multi_socket_action(c->multi, (curl_socket_t)fds[i], 0, &running);
+    (void)curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
         if (m->msg == CURLMSG_DONE && m->easy_handle == c->curl) {
             rc = m->data.result;
@@ -406,6 +535,7 @@ int http_progress(lua_State *L, int cidx, client *c)
     curl_multi_remove_handle(c->multi, c->curl);
     op = c->in_flight - 1;
     c->in_flight = 0;
+    c->nb_nsocks = 0;
     r = finish(L, cidx, c, op, c->curl, rc);    /* its results are the top r values */
     lua_pushboolean(L, 1);
     lua_insert(L, -(r + 1));
@@ -416,8 +546,11 @@ int http_progress(lua_State *L, int cidx, client *c)
 void http_wait(client *c, double seconds)
 {
     int n = 0;
-    if (c->in_flight && c->multi != NULL && seconds > 0)
-        (void)curl_multi_poll(c->multi, NULL, 0, (int)(seconds * 1000), &n);
+    if (stolen(c) || !c->in_flight || c->multi == NULL || !(seconds > 0))
+        return;
+    if (seconds > NOMBA_MAX_TIMEOUT)
+        seconds = NOMBA_MAX_TIMEOUT;
+    (void)curl_multi_poll(c->multi, NULL, 0, (int)(seconds * 1000), &n);
 }
 
 /* Drops a transfer in flight and wipes what it held. */
@@ -431,39 +564,38 @@ void http_abort(client *c)
         curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, NULL);
     }
     c->in_flight = 0;
+    c->nb_nsocks = 0;
     c->bearer_node.data = NULL;
     c->bearer_node.next = NULL;
     proto_request_done(c);
     sbuf_wipe(&c->resp);
+    sbuf_wipe(&c->req_secret);
 }
 
 /* The sockets an event loop should watch: {{fd =, read =, write =}, ...},
- * and the milliseconds libcurl wants until it is called again (-1: none). */
+ * and the milliseconds until step() is due anyway (-1: no timer). */
 int http_sockets(lua_State *L, client *c)
 {
-    fd_set r, w, x;
-    int maxfd = -1, fd, n = 0;
+    int i;
     long ms = -1;
     lua_newtable(L);
-    if (c->in_flight && c->multi != NULL) {
-        FD_ZERO(&r);
-        FD_ZERO(&w);
-        FD_ZERO(&x);
-        if (curl_multi_fdset(c->multi, &r, &w, &x, &maxfd) == CURLM_OK) {
-            for (fd = 0; fd <= maxfd && fd < FD_SETSIZE; fd++) {
-                if (!FD_ISSET(fd, &r) && !FD_ISSET(fd, &w))
-                    continue;
-                lua_createtable(L, 0, 3);
-                lua_pushinteger(L, fd);
-                lua_setfield(L, -2, "fd");
-                lua_pushboolean(L, FD_ISSET(fd, &r));
-                lua_setfield(L, -2, "read");
-                lua_pushboolean(L, FD_ISSET(fd, &w));
-                lua_setfield(L, -2, "write");
-                lua_rawseti(L, -2, ++n);
-            }
+    if (!stolen(c) && c->in_flight) {
+        for (i = 0; i < c->nb_nsocks; i++) {
+            int what = c->nb_socks[i].what;
+            lua_createtable(L, 0, 3);
+            lua_pushinteger(L, c->nb_socks[i].fd);
+            lua_setfield(L, -2, "fd");
+            lua_pushboolean(L, what == CURL_POLL_IN || what == CURL_POLL_INOUT);
+            lua_setfield(L, -2, "read");
+            lua_pushboolean(L, what == CURL_POLL_OUT || what == CURL_POLL_INOUT);
+            lua_setfield(L, -2, "write");
+            lua_rawseti(L, -2, i + 1);
         }
-        (void)curl_multi_timeout(c->multi, &ms);
+        if (c->nb_timer >= 0) {
+            double left = (c->nb_timer - nt_mono()) * 1000;
+            ms = left <= 0 ? 0 : left >= NOMBA_MAX_TIMEOUT * 1000 ? (long)(NOMBA_MAX_TIMEOUT * 1000)
+                                                                  : (long)left + 1;
+        }
     }
     lua_pushinteger(L, ms);
     return 2;

@@ -30,6 +30,14 @@
 
 #define NOMBA_HIDDEN __attribute__((visibility("hidden")))
 
+/* Bounds on numbers from callers and from the network: every float that
+ * becomes an integer is inside these first. */
+#define NOMBA_MAX_TIMEOUT    300.0            /* seconds, per attempt */
+#define NOMBA_MAX_LIFETIME   31622400.0       /* a token lifetime: one (leap) year */
+#define NOMBA_MAX_RESPONSE   67108864.0       /* max_response_bytes: 64 MiB */
+#define NOMBA_MAX_HEADERS    32768            /* bytes of answer headers */
+#define NOMBA_MAX_ACCOUNT_ID 128              /* bytes of an account id */
+
 /* Slots of the client's user value table kept by C (Lua keeps its
  * own state under string keys of the same table). */
 #define UV_TOKEN   1   /* access token as a Lua string (hot path) */
@@ -75,6 +83,9 @@ typedef struct {
 } nomba_request;
 
 
+enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
+#define NB_MAX_SOCKS 4          /* sockets of one transfer (happy eyeballs: 2) */
+
 typedef struct client {
     int closed;
     /* configuration */
@@ -88,6 +99,8 @@ typedef struct client {
     /* secrets */
     sbuf secret, access, refresh;
     sbuf reqbody, bearer_hdr, resp; /* per-request buffers, reused, wiped */
+    sbuf req_secret;        /* the secret value the request in progress carries,
+                             * redacted from its answer's messages */
     sbuf store_ikm, store_aes;      /* store_key option; the derived AES key */
     sbuf seal_pt, seal_ct;          /* sealing scratch, wiped after use */
     char *business_id;
@@ -99,14 +112,17 @@ typedef struct client {
     CURL *curl;             /* owned by curl_pid */
     CURLM *multi;           /* the non-blocking mode's, same owner */
     int in_flight;          /* 1 + the op of a non-blocking transfer, or 0 */
-    double nb_timeout;      /* that transfer's timeout */
+    struct { int fd, what; } nb_socks[NB_MAX_SOCKS];  /* its sockets (CURL_POLL_*) */
+    int nb_nsocks;
+    double nb_timer;        /* when libcurl wants to run again (monotonic), or -1 */
     struct curl_slist bearer_node;  /* the bearer header in front of base_headers */
     pid_t curl_pid;
     int url_op;             /* 1 + the op whose URL the handle holds, or 0 */
     struct curl_slist *base_headers;  /* same owner */
     struct share_box *share;/* the state's share handle, when attached */
     nomba_answer_meta meta;
-    int overflow;           /* the answer exceeded max_response */
+    int overflow;           /* OVERFLOW_BODY or OVERFLOW_HEADERS: the answer was cut */
+    size_t header_bytes;    /* of the answer being read */
     char errbuf[256];       /* CURL_ERROR_SIZE */
 #ifdef NOMBA_TEST_HOOKS
     int test_wiped, test_checked;   /* verdict of the last cleanup */
@@ -166,6 +182,17 @@ NOMBA_HIDDEN int    nt_retry_after(const char *s, size_t n, double now, double *
 NOMBA_HIDDEN double nt_mono(void);
 NOMBA_HIDDEN double nt_mono_coarse(void);
 NOMBA_HIDDEN double nt_wall(void);
+
+/* url.c: URLs judged on libcurl's own parse (CURLU). */
+typedef struct {
+    char *scheme, *host, *path;   /* curl_free'd by url_free */
+    long port;
+    int loopback;
+} url_parts;
+/* NULL, or why the URL is refused; a query only where allow_query */
+NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
+NOMBA_HIDDEN void url_free(url_parts *p);
+NOMBA_HIDDEN void url_open(lua_State *L);
 
 /* seal.c */
 NOMBA_HIDDEN void seal_open(lua_State *L);

@@ -164,6 +164,7 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
     if (c->in_flight)
         return config_error(L, c, op, "a non-blocking transfer is in flight: finish it with step() or wait()");
     proto_request_done(c);
+    sbuf_wipe(&c->req_secret);
     (void)cidx;
     n = snprintf(rq->url, sizeof rq->url, "%s%s", c->base_url, c->paths[op]);
     if (n < 0 || (size_t)n >= sizeof rq->url)
@@ -218,6 +219,8 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
         return config_error(L, c, op, "this operation sends no request");
     }
 
+    if (secret != NULL && secret != c->secret.p && !sbuf_set(&c->req_secret, secret, secret_len))
+        return luaL_error(L, "nomba.oauth: out of memory");
     open = body_open(L, c, op, argidx, &on, &fresh);
     if (open == NULL)
         return config_error(L, c, op, "could not encode the request");
@@ -250,6 +253,27 @@ static int field_any(lua_State *L, int t, const char *const *names, int typ)
         lua_pop(L, 1);
     }
     return 0;
+}
+
+/* Token-like values from the network go into header lines: only visible
+ * ASCII (no space, no control byte, nothing above 0x7e) may pass. */
+static int visible(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+/* Names: printable ASCII, spaces allowed. */
+static int printable(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
 }
 
 static int retryable_status(long s)
@@ -308,12 +332,21 @@ static int take_token(lua_State *L, int cidx, client *c, int op, int data,
     at = lua_tolstring(L, i_at, &atn);
     if (atn == 0)
         return protocol_error(L, c, op, m->status, "the answer has an empty access_token");
+    if (!visible(at, atn))
+        return protocol_error(L, c, op, m->status, "the answer's access_token has bytes outside printable ASCII");
     if (field_any(L, data, rt_names, LUA_TSTRING)) {
         i_rt = lua_gettop(L);
         rt = lua_tolstring(L, i_rt, &rtn);
+        if (!visible(rt, rtn))
+            return protocol_error(L, c, op, m->status, "the answer's refresh_token has bytes outside printable ASCII");
     }
-    if (field_any(L, data, biz_names, LUA_TSTRING))
+    if (field_any(L, data, biz_names, LUA_TSTRING)) {
+        size_t bn;
+        const char *b = lua_tolstring(L, -1, &bn);
         i_biz = lua_gettop(L);
+        if (!printable(b, bn))
+            return protocol_error(L, c, op, m->status, "the answer's businessId has bytes outside printable ASCII");
+    }
 
     if (m->date[0] != '\0' && nt_httpdate(m->date, strlen(m->date), &t))
         server_now = t;
@@ -335,8 +368,10 @@ static int take_token(lua_State *L, int cidx, client *c, int op, int data,
     } else {
         return protocol_error(L, c, op, m->status, "the answer has neither expiresAt nor expires_in");
     }
-    if (!(lifetime > 0))
+    if (!(lifetime > 0))        /* NaN too */
         return protocol_error(L, c, op, m->status, "the answer's token is already expired");
+    if (!(lifetime <= NOMBA_MAX_LIFETIME))   /* and infinity: a token that never renews */
+        return protocol_error(L, c, op, m->status, "the answer's token lifetime is over a year");
 
     if (!sbuf_set(&c->access, at, atn) || (rt != NULL && !sbuf_set(&c->refresh, rt, rtn)))
         return luaL_error(L, "nomba.oauth: out of memory");
@@ -393,8 +428,13 @@ static int success(lua_State *L, int cidx, client *c, int op, int doc,
         return take_token(L, cidx, c, op, data, m);
     case OP_AUTHORIZE: {
         static const char *const names[] = {"auth_code", "authCode", "code", NULL};
+        size_t n;
+        const char *code;
         if (!field_any(L, data, names, LUA_TSTRING) || data == doc)
             return protocol_error(L, c, op, m->status, "the answer has no auth_code");
+        code = lua_tolstring(L, -1, &n);
+        if (n == 0 || !visible(code, n))
+            return protocol_error(L, c, op, m->status, "the answer's auth_code has bytes outside printable ASCII");
         lua_pushnil(L);
         lua_pushinteger(L, (lua_Integer)m->status);
         return 3;

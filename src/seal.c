@@ -10,9 +10,12 @@
  * the tokens never become Lua strings on their way to or from the store.
  *
  *   core.store_id(client)            -> a stable id of (base URL, account, client_id)
- *   core.seal(client, store_key)     -> sealed string, or nil when no token is kept
- *   core.adopt(client, store_key, s) -> true when s opened and its token, valid
+ *   core.seal(client, aad)           -> sealed string, or nil when no token is kept
+ *   core.adopt(client, aad, s)       -> true when s opened and its token, valid
  *                                       and newer than the kept one, is now kept
+ *
+ * aad is the store key and the store's generation (see nomba/oauth.lua):
+ * a revoke renews the generation, so an old value written back never opens.
  *
  * Plaintext layout (version 1): u8 version, f64 expires_at (wall clock),
  * f64 lifetime, then three u32-length-prefixed fields: access, refresh,
@@ -21,6 +24,7 @@
 #include <string.h>
 #include <stdlib.h>
 #include <stdint.h>
+#include <math.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/rand.h>
@@ -61,12 +65,16 @@ static int b64_val(char ch)
     return p ? (int)(p - b64) : -1;
 }
 
-/* Decodes base64url (no padding) into out; 0 on a bad character. */
+/* Decodes canonical base64url (no padding) into out; 0 on a bad character,
+ * an impossible length or unused bits that are not zero (so each byte
+ * string has exactly one encoding that opens). */
 static int b64_dec(sbuf *out, const char *s, size_t n)
 {
     size_t i;
     unsigned acc = 0;
     int bits = 0;
+    if (n % 4 == 1)
+        return 0;
     for (i = 0; i < n; i++) {
         int v = b64_val(s[i]);
         if (v < 0)
@@ -80,7 +88,7 @@ static int b64_dec(sbuf *out, const char *s, size_t n)
                 return 0;
         }
     }
-    return 1;
+    return (acc & ((1u << bits) - 1)) == 0;
 }
 
 /* The AES key, derived once per client from its secret or store_key. */
@@ -260,10 +268,13 @@ static int adopt_token(lua_State *L)
         f[i] = p;
         p += flen[i];
     }
+    if (!isfinite(at) || !isfinite(lifetime))
+        goto done;
     left = at - nt_wall();
     /* only a valid token that outlives the kept one replaces it, and never
      * the very token this client invalidated (after a 401 elsewhere) */
     if (p != e || flen[0] == 0 || !(left > 0) || !(lifetime > 0) ||
+        left > NOMBA_MAX_LIFETIME || lifetime > NOMBA_MAX_LIFETIME ||
         (c->expires_mono > 0 && nt_mono() + left <= c->expires_mono + 0.5) ||
         (c->expires_mono <= 0 && c->access.n == flen[0] &&
          memcmp(c->access.p, f[0], flen[0]) == 0))

@@ -63,6 +63,7 @@ local DEFAULT_PATHS = {
 }
 
 local BACKOFF_BASE, BACKOFF_CAP, RETRY_AFTER_CAP = 0.2, 5, 30
+local LIMITS = core.LIMITS      -- the bounds on numbers, written once in C (nomba.h)
 -- Forgets LuaJIT's hot-path copy of a client's token (see the end of the file).
 local hot_clear = function() end
 local store_call      -- defined with the stores below
@@ -140,25 +141,12 @@ local function printable(name, v)
   if v:find("[%z\1-\31\127]") then bad(name, "must not contain control characters") end
 end
 
-local function is_loopback(host)
-  return host == "localhost" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil or host == "[::1]"
-end
-
+-- Judged on libcurl's own parse of the URL (core.url), the parser that
+-- connects: user info, a query or a fragment are refused, and plain http://
+-- only goes to a loopback host. (core.new judges it again, with every path.)
 local function check_url(u)
-  local scheme = u:match("^(%a[%w%+%.%-]*)://")
-  if not scheme then bad("base_url", "must be an absolute https:// URL") end
-  local host = u:match("^%a[%w%+%.%-]*://(%[[^%]]+%])") or u:match("^%a[%w%+%.%-]*://([^:/?#]+)")
-  scheme = scheme:lower()
-  if not host or host == "" then bad("base_url", "has no host") end
-  if scheme == "http" then
-    if not is_loopback(host) then
-      bad("base_url", "must be https:// (plain http:// is allowed only for a loopback host)")
-    end
-    return true
-  elseif scheme ~= "https" then
-    bad("base_url", "must be an https:// URL")
-  end
-  return false
+  local parts, why = core.url(u)
+  if not parts then bad("base_url", why) end
 end
 
 -- Checks and completes the options of oauth.new; raises on misuse.
@@ -196,26 +184,29 @@ local function normalize(opts)
   o.base_url = o.base_url or (o.sandbox and M.SANDBOX_URL or M.PRODUCTION_URL)
   o.base_url = o.base_url:gsub("/+$", "")
   printable("base_url", o.base_url)
-  o.allow_http = check_url(o.base_url)
+  check_url(o.base_url)
   o.sandbox = nil
-  local function positive(k, def)
+  -- every number is finite and bounded: NaN fails each comparison
+  local function seconds(k, def, lo, hi)
     o[k] = o[k] or def
-    if o[k] ~= o[k] or o[k] <= 0 then bad(k, "must be a positive number") end
+    if not (o[k] >= lo and o[k] <= hi) then bad(k, ("must be a number of seconds from %g to %g"):format(lo, hi)) end
   end
-  positive("timeout", 10)
-  positive("connect_timeout", 5)
-  o.refresh_skew = o.refresh_skew or 300
-  if o.refresh_skew ~= o.refresh_skew or o.refresh_skew < 0 then
-    bad("refresh_skew", "must not be negative")
-  end
+  seconds("timeout", 10, 0.001, LIMITS.timeout)
+  seconds("connect_timeout", 5, 0.001, LIMITS.timeout)
+  seconds("refresh_skew", 300, 0, LIMITS.lifetime)
   o.retries = o.retries or 2
-  if o.retries < 0 or o.retries % 1 ~= 0 or o.retries > 10 then
+  if not (o.retries >= 0 and o.retries <= 10) or o.retries % 1 ~= 0 then
     bad("retries", "must be an integer from 0 to 10")
   end
   o.max_response_bytes = o.max_response_bytes or 65536
-  if o.max_response_bytes < 256 or o.max_response_bytes % 1 ~= 0 then
-    bad("max_response_bytes", "must be an integer of at least 256")
+  if not (o.max_response_bytes >= 256 and o.max_response_bytes <= LIMITS.response) or
+     o.max_response_bytes % 1 ~= 0 then
+    bad("max_response_bytes", ("must be an integer from 256 to %d"):format(LIMITS.response))
   end
+  if #o.account_id > LIMITS.account_id then
+    bad("account_id", ("must be at most %d bytes"):format(LIMITS.account_id))
+  end
+  if o.proxy ~= nil then printable("proxy", o.proxy) end
   if o.pinned_pubkey and not o.pinned_pubkey:match("^sha256//[%w%+/=;]+") then
     bad("pinned_pubkey", "must look like \"sha256//BASE64\"")
   end
@@ -252,6 +243,10 @@ function M.new(opts)
     if o.store_key then core.set_store_key(client, o.store_key) end
     state.skey = core.store_id(client)
     state.lkey = state.skey .. ":lock"
+    state.gkey = state.skey .. ":gen"       -- the generation a revoke renews
+    if o.store.set_timeout ~= nil and o.store.timeout == nil then
+      pcall(o.store.set_timeout, o.store, o.timeout)   -- a store without its own bound gets ours
+    end
   end
   return client
 end
@@ -346,13 +341,60 @@ end
 
 -- Calls a store method; trouble (nil, err or a raise) becomes an event and
 -- the second result `true`, and never reaches the caller.
+-- What each store method may answer: anything else is a store error.
+local STORE_ANSWERS = {
+  get = function(v) return v == nil or v == false or type(v) == "string" end,
+  lock = function(v) return type(v) == "boolean" end,
+}
+
+-- tostring() of anything, even a value whose __tostring raises or returns
+-- a non-string.
+local function safe_text(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return "(an error value that cannot be printed)"
+end
+
+-- Calls a store method; any misbehaviour (nil, err; a raise; an answer of
+-- the wrong type; an error value that raises when printed) becomes a
+-- store_error event and the second result `true`, and never reaches the
+-- caller.
 store_call = function(st, method, ...)
-  local ok, v, err = pcall_y(st.store[method], st.store, ...)
-  if ok and (v ~= nil or err == nil) then return v, false end
-  local msg = tostring(ok and err or v)
+  local store = st.store
+  local ok, v, err = pcall_y(function(...) return store[method](store, ...) end, ...)
+  local why
+  if not ok then
+    why = safe_text(v)
+  elseif v == nil and err ~= nil then
+    why = safe_text(err)
+  elseif STORE_ANSWERS[method] and not STORE_ANSWERS[method](v) then
+    why = method .. " answered a " .. type(v)
+  else
+    return v or nil, false
+  end
   emit(st, { op = "store", ok = false, kind = "store_error", method = method,
-             message = #msg > 200 and msg:sub(1, 200) .. "..." or msg })
+             message = #why > 200 and why:sub(1, 200) .. "..." or why })
   return nil, true
+end
+
+-- The associated data a sealed value is bound to: the store key and the
+-- generation a revoke renews, so a revoked token written back never opens.
+local function store_aad(st, gen)
+  if gen == nil then return st.skey end
+  return st.skey .. "#" .. gen
+end
+
+-- Reads the shared token and adopts it when it opens and is newer; returns
+-- the associated data (for sealing) or nil when the store failed.
+local function read_shared(self, st)
+  local gen, failed = store_call(st, "get", st.gkey)
+  if failed then return nil end
+  local aad = store_aad(st, gen)
+  local blob
+  blob, failed = store_call(st, "get", st.skey)
+  if failed then return nil end
+  if blob then core.adopt(self, aad, blob) end
+  return aad
 end
 
 -- Methods ----------------------------------------------------------------------
@@ -393,7 +435,11 @@ function Client:revoke(access_token)
   end
   local ok, err = request(self, st, "revoke", { access_token = access_token })
   if ok then
-    if st.store and access_token == nil then store_call(st, "delete", st.skey) end
+    if st.store and access_token == nil then
+      -- a new generation first: a copy of the old sealed value never opens again
+      store_call(st, "set", st.gkey, core.pkce.verifier(43))
+      store_call(st, "delete", st.skey)
+    end
     core.drop(self, access_token)
     hot_clear(self)
   end
@@ -480,6 +526,9 @@ end
 
 -- Renews this client's token (single-flight inside the Lua state).
 local function local_token(self, st, info)
+  if info.closed then                    -- closed meanwhile (by a store callback, say)
+    return nil, new_error("closed", "token", "the client is closed")
+  end
   if st.renewing then
     wait_for_renewal(st)
     local tok = fresh(self, 0)
@@ -514,6 +563,22 @@ local function can_wait()
   return true
 end
 
+-- Holding the store's lock: renew unless someone just did, then publish.
+local function renew_locked(self, st)
+  local aad = read_shared(self, st)             -- renewed by someone just now?
+  local tok = fresh(self)
+  if tok then return tok end
+  local before = info_of(self).remaining
+  local err
+  tok, err = local_token(self, st, info_of(self))
+  local info = info_of(self)
+  if tok and aad and info.remaining > before then
+    local sealed = core.seal(self, aad)
+    if sealed then store_call(st, "set", st.skey, sealed, info.remaining) end
+  end
+  return tok, err
+end
+
 -- The token shared through a store: read it; if it needs renewing, take
 -- the lock and renew (then publish), or, while another holder renews, use
 -- the kept token if it is still valid, else wait for the holder.
@@ -522,30 +587,17 @@ local function shared_token(self, st)
   local deadline = now() + lock_ttl + st.timeout
   local pause = 0.005
   while true do
-    local blob, failed = store_call(st, "get", st.skey)
-    if failed then return local_token(self, st, info_of(self)) end   -- store down: alone
-    if blob then core.adopt(self, st.skey, blob) end
+    if not read_shared(self, st) then return local_token(self, st, info_of(self)) end  -- store down: alone
     local tok = fresh(self)
     if tok then return tok end
-    local got
-    got, failed = store_call(st, "lock", st.lkey, lock_ttl)
+    local got, failed = store_call(st, "lock", st.lkey, lock_ttl)
     if failed then return local_token(self, st, info_of(self)) end
     if got then
-      blob = store_call(st, "get", st.skey)      -- renewed by someone just now?
-      if blob then core.adopt(self, st.skey, blob) end
-      tok = fresh(self)
-      local err
-      if not tok then
-        local before = info_of(self).remaining
-        tok, err = local_token(self, st, info_of(self))
-        local info = info_of(self)
-        if tok and info.remaining > before then
-          local sealed = core.seal(self, st.skey)
-          if sealed then store_call(st, "set", st.skey, sealed, info.remaining) end
-        end
-      end
+      -- the lock is released on every path, a raise included
+      local ok, t, err = pcall_y(renew_locked, self, st)
       store_call(st, "unlock", st.lkey)
-      return tok, err
+      if not ok then error(t, 0) end
+      return t, err
     end
     -- another worker or host renews: a still-valid kept token will do
     local kept = fresh(self, 0)

@@ -154,7 +154,8 @@ end
 -- hands the connection back to the pool with `set_keepalive`.
 -- @param client a connected Redis client, or a function returning one (or nil, err)
 -- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`), `timeout`
---   (seconds, applied to a client object when it has a way to set one),
+--   (seconds each Redis call may take; default: the timeout of the client
+--   that uses the store),
 --   `keepalive` (milliseconds an idle pooled connection lives, default 10000)
 -- @treturn table store
 function M.redis(client, opts)
@@ -168,18 +169,37 @@ function M.redis(client, opts)
         error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
       end
     end
-    if opts.timeout then
-      if type(client.set_timeout) == "function" then              -- lua-resty-redis
-        client:set_timeout(opts.timeout * 1000)
-      elseif type(client.network) == "table" and client.network.socket then   -- redis-lua
-        client.network.socket:settimeout(opts.timeout)
-      end
-    end
   else
     error("nomba.oauth.store.redis: bad argument #1 (Redis client or connect function expected)", 2)
   end
-  return setmetatable({ r = client, connect = connect, keepalive = opts.keepalive or 10000,
-                        prefix = opts.prefix or "nomba-oauth:", owners = {} }, Redis)
+  if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0 and opts.timeout <= 300) then
+    error("nomba.oauth.store.redis: opts.timeout must be a number of seconds from 0 to 300", 2)
+  end
+  local store = setmetatable({ r = client, connect = connect, keepalive = opts.keepalive or 10000,
+                               prefix = opts.prefix or "nomba-oauth:", owners = {} }, Redis)
+  if opts.timeout then store:set_timeout(opts.timeout) end
+  return store
+end
+
+-- Bounds each Redis call of a connection by the store's timeout, where the
+-- client library allows it.
+local function bound(conn, seconds)
+  if not seconds then return end
+  if type(conn.set_timeout) == "function" then                   -- lua-resty-redis
+    conn:set_timeout(seconds * 1000)
+  elseif type(conn.network) == "table" and conn.network.socket then   -- redis-lua (LuaSocket)
+    conn.network.socket:settimeout(seconds)
+  end
+end
+
+--- Bounds every Redis call (seconds). A client that uses this store calls it
+-- with its own `timeout` unless `opts.timeout` was given. A client object is
+-- bounded at once; with a connect function each connection is bounded after
+-- it connects (the connect itself is bounded by what the function sets).
+-- @tparam number seconds
+function Redis:set_timeout(seconds)
+  self.timeout = seconds
+  if not self.connect then bound(self.r, seconds) end
 end
 
 -- Runs f(conn) on the client or on a connection from the connect function.
@@ -187,6 +207,7 @@ local function with_conn(self, f)
   if not self.connect then return f(self.r) end
   local conn, err = self.connect()
   if not conn then return nil, "redis connect: " .. tostring(err) end
+  bound(conn, self.timeout)
   local a, b = f(conn)
   if a ~= nil or b == nil then
     if type(conn.set_keepalive) == "function" then conn:set_keepalive(self.keepalive, 16) end
