@@ -67,6 +67,48 @@ static int core_retry_after(lua_State *L)
     return 0;
 }
 
+#ifdef NOMBA_TEST_HOOKS
+#include <unistd.h>
+#include <sys/wait.h>
+#include <sys/resource.h>
+/* Test build only: fork(), _exit() and waitpid() for the specs that check
+ * what a child of fork may and may not touch, and a raised fd limit. */
+static int test_fork(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)fork());
+    return 1;
+}
+
+static int test_exit(lua_State *L)
+{
+    _exit((int)luaL_checkinteger(L, 1));
+    return 0;
+}
+
+static int test_wait(lua_State *L)
+{
+    int st = 0;
+    pid_t pid = (pid_t)luaL_checkinteger(L, 1);
+    if (waitpid(pid, &st, 0) != pid)
+        return 0;
+    lua_pushinteger(L, WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    return 1;
+}
+
+static int test_nofile(lua_State *L)
+{
+    struct rlimit r;
+    rlim_t want = (rlim_t)luaL_checkinteger(L, 1);
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < want) {
+        r.rlim_cur = want < r.rlim_max ? want : r.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &r);
+    }
+    (void)getrlimit(RLIMIT_NOFILE, &r);
+    lua_pushinteger(L, (lua_Integer)r.rlim_cur);
+    return 1;
+}
+#endif
+
 __attribute__((visibility("default"))) int luaopen_nomba_oauth_core(lua_State *L);
 
 int luaopen_nomba_oauth_core(lua_State *L)
@@ -77,6 +119,12 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"sleep", core_sleep},
         {"parse_time", core_parse_time},
         {"retry_after", core_retry_after},
+#ifdef NOMBA_TEST_HOOKS
+        {"_test_fork", test_fork},
+        {"_test_exit", test_exit},
+        {"_test_wait", test_wait},
+        {"_test_nofile", test_nofile},
+#endif
         {NULL, NULL}
     };
     http_global_init();
