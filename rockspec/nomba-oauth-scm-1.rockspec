@@ -36,7 +36,7 @@ build = {
     ["nomba.oauth.simulator.server"] = "lua/nomba/oauth/simulator/server.lua",
     ["nomba.oauth.core"] = {
       sources = { "src/core.c", "src/client.c", "src/proto.c", "src/http.c", "src/err.c",
-                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c" },
+                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/json.c" },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "ssl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

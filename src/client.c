@@ -37,7 +37,7 @@ static void free_str(char **s)
  * capacity is zero before it is freed, and remember the verdict. */
 static void test_check_wiped(client *c)
 {
-    sbuf *bufs[11];
+    sbuf *bufs[13];
     int i;
     size_t k;
     bufs[0] = &c->secret;
@@ -51,8 +51,10 @@ static void test_check_wiped(client *c)
     bufs[8] = &c->seal_pt;
     bufs[9] = &c->seal_ct;
     bufs[10] = &c->req_secret;
+    bufs[11] = &c->scratch[0];
+    bufs[12] = &c->scratch[1];
     c->test_wiped = 1;
-    for (i = 0; i < 11; i++) {
+    for (i = 0; i < 13; i++) {
         sbuf_wipe(bufs[i]);
         for (k = 0; bufs[i]->p != NULL && k < bufs[i]->cap; k++)
             if (bufs[i]->p[k] != 0)
@@ -82,6 +84,8 @@ void client_cleanup(client *c)
     sbuf_free(&c->seal_pt);
     sbuf_free(&c->seal_ct);
     sbuf_free(&c->req_secret);
+    sbuf_free(&c->scratch[0]);
+    sbuf_free(&c->scratch[1]);
     free_str(&c->account_id);
     free_str(&c->client_id);
     free_str(&c->base_url);

@@ -8,6 +8,8 @@
 #include <errno.h>
 #include <math.h>
 #include <time.h>
+#include <sys/mman.h>
+#include <openssl/ssl.h>
 #include "nomba.h"
 
 /* core.now(): monotonic seconds (fractions), for deadlines and backoff. */
@@ -41,6 +43,28 @@ static int core_sleep(lua_State *L)
     return 0;
 }
 
+/* core.hygiene(): which of the memory measures are in force in this
+ * process (the README says what each covers). */
+static int core_hygiene(lua_State *L)
+{
+    lua_createtable(L, 0, 3);
+    lua_pushboolean(L, http_curl_wipes());
+    lua_setfield(L, -2, "curl_frees_wiped");
+#ifdef SSL_OP_CLEANSE_PLAINTEXT
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    lua_setfield(L, -2, "tls_plaintext_cleansed");
+#ifdef MADV_DONTDUMP
+    lua_pushboolean(L, 1);
+#else
+    lua_pushboolean(L, 0);
+#endif
+    lua_setfield(L, -2, "secrets_out_of_core_dumps");
+    return 1;
+}
+
 /* core.parse_time(s): ISO 8601 or HTTP-date to Unix seconds, or nil. */
 static int core_parse_time(lua_State *L)
 {
@@ -68,7 +92,9 @@ static int core_retry_after(lua_State *L)
 }
 
 #ifdef NOMBA_TEST_HOOKS
+#include <string.h>
 #include <unistd.h>
+#include <openssl/crypto.h>
 #include <sys/wait.h>
 #include <sys/resource.h>
 /* Test build only: fork(), _exit() and waitpid() for the specs that check
@@ -95,6 +121,46 @@ static int test_wait(lua_State *L)
     return 1;
 }
 
+/* A Lua allocator that wipes what it frees, around the state's own: the
+ * memory-scan spec installs it so that the Lua strings a caller holds (the
+ * secret it passed, the tokens it received) do not linger once collected,
+ * and what the scan finds is what the library itself leaves behind. */
+typedef struct {
+    lua_Alloc f;
+    void *ud;
+} wipe_alloc;
+static wipe_alloc wiping;
+
+static void *wiping_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    wipe_alloc *w = (wipe_alloc *)ud;
+    void *q;
+    if (ptr == NULL)
+        return w->f(w->ud, NULL, osize, nsize);
+    if (nsize <= osize) {
+        OPENSSL_cleanse((char *)ptr + nsize, osize - nsize);
+        return w->f(w->ud, ptr, osize, nsize);
+    }
+    q = w->f(w->ud, NULL, 0, nsize);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, ptr, osize);
+    OPENSSL_cleanse(ptr, osize);
+    (void)w->f(w->ud, ptr, osize, 0);
+    return q;
+}
+
+/* The state must never be closed afterwards (lua_close unloads this module
+ * before its last frees): the memory-scan tool leaves with os.exit. */
+static int test_wiping_alloc(lua_State *L)
+{
+    if (wiping.f == NULL) {
+        wiping.f = lua_getallocf(L, &wiping.ud);
+        lua_setallocf(L, wiping_lua_alloc, &wiping);
+    }
+    return 0;
+}
+
 static int test_nofile(lua_State *L)
 {
     struct rlimit r;
@@ -119,11 +185,13 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"sleep", core_sleep},
         {"parse_time", core_parse_time},
         {"retry_after", core_retry_after},
+        {"hygiene", core_hygiene},
 #ifdef NOMBA_TEST_HOOKS
         {"_test_fork", test_fork},
         {"_test_exit", test_exit},
         {"_test_wait", test_wait},
         {"_test_nofile", test_nofile},
+        {"_test_wiping_alloc", test_wiping_alloc},
 #endif
         {NULL, NULL}
     };

@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <curl/curl.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
 #include "nomba.h"
@@ -86,9 +87,67 @@ static void attach_share(lua_State *L, int cidx, client *c, CURL *h)
     c->share = b;
 }
 
+/* libcurl's memory, wiped when it is freed: its request buffers (which
+ * hold the client secret and bearer headers) and its receive buffer (the
+ * answers with tokens) leave nothing behind. This takes effect only when
+ * this module initialises libcurl first in the process; a host that
+ * called curl_global_init before keeps libcurl's plain allocator
+ * (curl_wipes says which happened). */
+static int curl_wipes;
+
+static void wiping_free(void *p)
+{
+    if (p != NULL) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static void *wiping_malloc(size_t n)
+{
+    curl_wipes = 1;
+    return malloc(n);
+}
+
+static void *wiping_realloc(void *p, size_t n)
+{
+    size_t old;
+    void *q;
+    if (p == NULL)
+        return wiping_malloc(n);
+    old = malloc_usable_size(p);
+    q = malloc(n ? n : 1);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    wiping_free(p);
+    return q;
+}
+
+static char *wiping_strdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = wiping_malloc(n);
+    if (d != NULL)
+        memcpy(d, s, n);
+    return d;
+}
+
+static void *wiping_calloc(size_t a, size_t b)
+{
+    curl_wipes = 1;
+    return calloc(a, b);
+}
+
 static void curl_init_once(void)
 {
-    curl_global_init(CURL_GLOBAL_DEFAULT);
+    curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
+                         wiping_strdup, wiping_calloc);
+}
+
+int http_curl_wipes(void)
+{
+    return curl_wipes;
 }
 
 void http_global_init(void)

@@ -103,6 +103,7 @@ typedef struct client {
                              * redacted from its answer's messages */
     sbuf store_ikm, store_aes;      /* store_key option; the derived AES key */
     sbuf seal_pt, seal_ct;          /* sealing scratch, wiped after use */
+    sbuf scratch[2];                /* an answer's new tokens, before they are kept */
     char *business_id;
     /* token clock: monotonic seconds */
     double expires_mono;    /* 0 when there is no usable token */
@@ -155,6 +156,7 @@ NOMBA_HIDDEN void http_abort(client *c);
 NOMBA_HIDDEN int http_sockets(lua_State *L, client *c);
 NOMBA_HIDDEN void http_release(client *c);
 NOMBA_HIDDEN void http_global_init(void);
+NOMBA_HIDDEN int  http_curl_wipes(void);   /* libcurl frees through our wiping free */
 NOMBA_HIDDEN void http_open(lua_State *L);
 
 /* err.c */
@@ -193,6 +195,18 @@ typedef struct {
 NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
 NOMBA_HIDDEN void url_free(url_parts *p);
 NOMBA_HIDDEN void url_open(lua_State *L);
+
+/* json.c: a strict JSON reader that records where wanted members stand. */
+enum { J_NONE, J_STRING, J_NUMBER, J_OBJECT, J_OTHER };
+typedef struct {
+    const char *p;          /* J_STRING: the inside, still escaped; J_NUMBER: its text */
+    size_t n;
+    int type;
+} json_span;
+NOMBA_HIDDEN int json_scan(const char *p, size_t n, const char *const *names, int nnames,
+                           json_span *top, json_span *data, int *has_data);
+NOMBA_HIDDEN int json_string(const json_span *s, sbuf *out);   /* 1, 0 not a string, -1 OOM */
+NOMBA_HIDDEN int json_number(const json_span *s, double *out);  /* a number, or a string of one */
 
 /* seal.c */
 NOMBA_HIDDEN void seal_open(lua_State *L);

@@ -241,18 +241,34 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
 
 /* ---- interpreting answers ------------------------------------------ */
 
-/* Pushes the first present field among names from the table at t whose
- * type is typ (LUA_TSTRING or LUA_TNUMBER); returns 1, or 0 with nothing
- * pushed. */
-static int field_any(lua_State *L, int t, const char *const *names, int typ)
+/* The members an answer may carry (json.c records where each stands, in
+ * the document and in its "data" object). */
+enum {
+    F_CODE, F_DESCRIPTION, F_MESSAGE, F_ERROR_DESCRIPTION,
+    F_ACCESS_TOKEN, F_ACCESSTOKEN, F_REFRESH_TOKEN, F_REFRESHTOKEN,
+    F_EXPIRESAT, F_EXPIRES_AT, F_EXPIRY, F_EXPIRES_IN, F_EXPIRESIN,
+    F_BUSINESSID, F_BUSINESS_ID, F_AUTH_CODE, F_AUTHCODE, F__N
+};
+static const char *const field_names[F__N] = {
+    "code", "description", "message", "error_description",
+    "access_token", "accessToken", "refresh_token", "refreshToken",
+    "expiresAt", "expires_at", "expiry", "expires_in", "expiresIn",
+    "businessId", "business_id", "auth_code", "authCode"
+};
+
+typedef struct {
+    json_span top[F__N], data[F__N];
+    const json_span *d;     /* data's members, or the document's when it has no "data" object */
+    int has_data;
+} answer;
+
+/* The first of fields [a, b] whose value has the given type, or NULL. */
+static const json_span *pick(const json_span *f, int a, int b, int type)
 {
-    for (; *names != NULL; names++) {
-        lua_getfield(L, t, *names);
-        if (lua_type(L, -1) == typ)
-            return 1;
-        lua_pop(L, 1);
-    }
-    return 0;
+    for (; a <= b; a++)
+        if (f[a].type == type)
+            return &f[a];
+    return NULL;
 }
 
 /* Token-like values from the network go into header lines: only visible
@@ -312,88 +328,108 @@ static int protocol_error(lua_State *L, client *c, int op, long status, const ch
     return fail(L, c, &e, status);
 }
 
-/* A successful token answer: keep the token, return the token table. */
-static int take_token(lua_State *L, int cidx, client *c, int op, int data,
+static void swap_sbuf(sbuf *a, sbuf *b)
+{
+    sbuf t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Unescapes a string member into dst; 1, 0 when absent, -1 out of memory. */
+static int take_string(const json_span *v, sbuf *dst)
+{
+    if (v == NULL) {
+        sbuf_wipe(dst);
+        return 0;
+    }
+    return json_string(v, dst);
+}
+
+/* A successful token answer: keep the token, return the token table. The
+ * tokens go from the answer buffer to the client's buffers without
+ * becoming Lua strings on the way; only the table handed back holds them
+ * as Lua strings. */
+static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a,
                       const nomba_answer_meta *m)
 {
-    static const char *const at_names[] = {"access_token", "accessToken", NULL};
-    static const char *const rt_names[] = {"refresh_token", "refreshToken", NULL};
-    static const char *const exp_names[] = {"expiresAt", "expires_at", "expiry", NULL};
-    static const char *const in_names[] = {"expires_in", "expiresIn", NULL};
-    static const char *const biz_names[] = {"businessId", "business_id", NULL};
-    const char *at, *rt = NULL;
-    size_t atn, rtn = 0;
+    const json_span *at = pick(a->d, F_ACCESS_TOKEN, F_ACCESSTOKEN, J_STRING);
+    const json_span *rt = pick(a->d, F_REFRESH_TOKEN, F_REFRESHTOKEN, J_STRING);
+    const json_span *biz = pick(a->d, F_BUSINESSID, F_BUSINESS_ID, J_STRING);
+    const json_span *exp = pick(a->d, F_EXPIRESAT, F_EXPIRY, J_STRING);
+    const json_span *in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_NUMBER);
+    sbuf *new_at = &c->scratch[0], *new_rt = &c->scratch[1];
+    sbuf b = {NULL, 0, 0};
     double lifetime, now_wall = nt_wall(), server_now = now_wall, t;
-    int i_at, i_rt = 0, i_biz = 0;
+    const char *why = NULL;
+    int r;
 
-    if (!field_any(L, data, at_names, LUA_TSTRING))
+    if (in == NULL)
+        in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_STRING);
+    if (at == NULL)
         return protocol_error(L, c, op, m->status, "the answer has no access_token");
-    i_at = lua_gettop(L);
-    at = lua_tolstring(L, i_at, &atn);
-    if (atn == 0)
-        return protocol_error(L, c, op, m->status, "the answer has an empty access_token");
-    if (!visible(at, atn))
-        return protocol_error(L, c, op, m->status, "the answer's access_token has bytes outside printable ASCII");
-    if (field_any(L, data, rt_names, LUA_TSTRING)) {
-        i_rt = lua_gettop(L);
-        rt = lua_tolstring(L, i_rt, &rtn);
-        if (!visible(rt, rtn))
-            return protocol_error(L, c, op, m->status, "the answer's refresh_token has bytes outside printable ASCII");
-    }
-    if (field_any(L, data, biz_names, LUA_TSTRING)) {
-        size_t bn;
-        const char *b = lua_tolstring(L, -1, &bn);
-        i_biz = lua_gettop(L);
-        if (!printable(b, bn))
-            return protocol_error(L, c, op, m->status, "the answer's businessId has bytes outside printable ASCII");
-    }
-
-    if (m->date[0] != '\0' && nt_httpdate(m->date, strlen(m->date), &t))
-        server_now = t;
-    if (field_any(L, data, exp_names, LUA_TSTRING)) {
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        if (!nt_iso8601(s, n, &t))
-            return protocol_error(L, c, op, m->status, "the answer's expiresAt is not an ISO 8601 time");
-        lua_pop(L, 1);
-        lifetime = t - server_now;
-    } else if (field_any(L, data, in_names, LUA_TNUMBER) ||
-               field_any(L, data, in_names, LUA_TSTRING)) {
-        int isnum = 0;
-        lifetime = lua_tonumber(L, -1);
-        isnum = lua_isnumber(L, -1);
-        lua_pop(L, 1);
-        if (!isnum)
-            return protocol_error(L, c, op, m->status, "the answer's expires_in is not a number");
-    } else {
-        return protocol_error(L, c, op, m->status, "the answer has neither expiresAt nor expires_in");
-    }
-    if (!(lifetime > 0))        /* NaN too */
-        return protocol_error(L, c, op, m->status, "the answer's token is already expired");
-    if (!(lifetime <= NOMBA_MAX_LIFETIME))   /* and infinity: a token that never renews */
-        return protocol_error(L, c, op, m->status, "the answer's token lifetime is over a year");
-
-    if (!sbuf_set(&c->access, at, atn) || (rt != NULL && !sbuf_set(&c->refresh, rt, rtn)))
+    if ((r = take_string(at, new_at)) < 0 || take_string(rt, new_rt) < 0 || take_string(biz, &b) < 0) {
+        sbuf_wipe(new_at);
+        sbuf_wipe(new_rt);
+        sbuf_free(&b);
         return luaL_error(L, "nomba.oauth: out of memory");
-    free(c->business_id);
-    c->business_id = NULL;
-    if (i_biz) {
-        size_t bn;
-        const char *b = lua_tolstring(L, i_biz, &bn);
-        c->business_id = nomba_strndup(b, bn);
     }
+    if (new_at->n == 0)
+        why = "the answer has an empty access_token";
+    else if (!visible(new_at->p, new_at->n))
+        why = "the answer's access_token has bytes outside printable ASCII";
+    else if (!visible(new_rt->p, new_rt->n))
+        why = "the answer's refresh_token has bytes outside printable ASCII";
+    else if (!printable(b.p, b.n))
+        why = "the answer's businessId has bytes outside printable ASCII";
+    if (why == NULL) {
+        if (m->date[0] != '\0' && nt_httpdate(m->date, strlen(m->date), &t))
+            server_now = t;
+        if (exp != NULL) {
+            sbuf e = {NULL, 0, 0};
+            int ok = json_string(exp, &e) > 0 && nt_iso8601(e.p, e.n, &t);
+            sbuf_free(&e);
+            if (!ok)
+                why = "the answer's expiresAt is not an ISO 8601 time";
+            lifetime = t - server_now;
+        } else if (in != NULL) {
+            if (!json_number(in, &lifetime))
+                why = "the answer's expires_in is not a number";
+        } else {
+            why = "the answer has neither expiresAt nor expires_in";
+        }
+    }
+    if (why == NULL && !(lifetime > 0))        /* NaN too */
+        why = "the answer's token is already expired";
+    if (why == NULL && !(lifetime <= NOMBA_MAX_LIFETIME))   /* and infinity: a token that never renews */
+        why = "the answer's token lifetime is over a year";
+    if (why != NULL) {
+        sbuf_wipe(new_at);
+        sbuf_wipe(new_rt);
+        sbuf_free(&b);
+        return protocol_error(L, c, op, m->status, why);
+    }
+
+    /* keep it: the new buffers become the kept ones; the old are wiped */
+    swap_sbuf(&c->access, new_at);
+    sbuf_wipe(new_at);
+    if (rt != NULL) {
+        swap_sbuf(&c->refresh, new_rt);
+        sbuf_wipe(new_rt);
+    }
+    free(c->business_id);
+    c->business_id = biz != NULL ? nomba_strndup(b.p ? b.p : "", b.n) : NULL;
+    sbuf_free(&b);
     c->lifetime = lifetime;
     c->expires_mono = nt_mono() + lifetime;
     c->expires_wall = now_wall + lifetime;
-    client_set_token(L, cidx, c);
+    client_set_token(L, cidx, c);              /* pushes nothing; the hot path's strings */
 
     lua_createtable(L, 0, 6);
-    lua_pushvalue(L, i_at);
-    lua_setfield(L, -2, "access_token");
-    if (i_rt) {
-        lua_pushvalue(L, i_rt);
-        lua_setfield(L, -2, "refresh_token");
-    } else if (c->refresh.n > 0) {
+    nomba_getuv(L, cidx);
+    lua_rawgeti(L, -1, UV_TOKEN);              /* the same Lua string, no second copy */
+    lua_setfield(L, -3, "access_token");
+    lua_pop(L, 1);
+    if (c->refresh.n > 0) {
         lua_pushlstring(L, c->refresh.p, c->refresh.n);
         lua_setfield(L, -2, "refresh_token");
     }
@@ -401,8 +437,8 @@ static int take_token(lua_State *L, int cidx, client *c, int op, int data,
     lua_setfield(L, -2, "expires_at");
     lua_pushinteger(L, (lua_Integer)floor(lifetime));
     lua_setfield(L, -2, "expires_in");
-    if (i_biz) {
-        lua_pushvalue(L, i_biz);
+    if (c->business_id != NULL) {
+        lua_pushstring(L, c->business_id);
         lua_setfield(L, -2, "business_id");
     }
     lua_pushliteral(L, "Bearer");
@@ -412,28 +448,32 @@ static int take_token(lua_State *L, int cidx, client *c, int op, int data,
     return 3;
 }
 
-static int success(lua_State *L, int cidx, client *c, int op, int doc,
+static int success(lua_State *L, int cidx, client *c, int op, const answer *a,
                    const nomba_answer_meta *m)
 {
-    int data = doc;
-    lua_getfield(L, doc, "data");
-    if (lua_istable(L, -1))
-        data = lua_gettop(L);
-    else
-        lua_pop(L, 1);
     switch (op) {
     case OP_ISSUE:
     case OP_REFRESH:
     case OP_EXCHANGE:
-        return take_token(L, cidx, c, op, data, m);
+        return take_token(L, cidx, c, op, a, m);
     case OP_AUTHORIZE: {
-        static const char *const names[] = {"auth_code", "authCode", "code", NULL};
-        size_t n;
-        const char *code;
-        if (!field_any(L, data, names, LUA_TSTRING) || data == doc)
+        /* in "data" only: a top-level "code" is Nomba's status code */
+        const json_span *v = a->has_data ? pick(a->data, F_AUTH_CODE, F_AUTHCODE, J_STRING) : NULL;
+        sbuf code = {NULL, 0, 0};
+        int ok;
+        if (v == NULL && a->has_data && a->data[F_CODE].type == J_STRING)
+            v = &a->data[F_CODE];
+        if (v == NULL)
             return protocol_error(L, c, op, m->status, "the answer has no auth_code");
-        code = lua_tolstring(L, -1, &n);
-        if (n == 0 || !visible(code, n))
+        if (json_string(v, &code) < 0) {
+            sbuf_free(&code);
+            return luaL_error(L, "nomba.oauth: out of memory");
+        }
+        ok = code.n > 0 && visible(code.p, code.n);
+        if (ok)
+            lua_pushlstring(L, code.p, code.n);
+        sbuf_free(&code);
+        if (!ok)
             return protocol_error(L, c, op, m->status, "the answer's auth_code has bytes outside printable ASCII");
         lua_pushnil(L);
         lua_pushinteger(L, (lua_Integer)m->status);
@@ -447,50 +487,71 @@ static int success(lua_State *L, int cidx, client *c, int op, int doc,
     }
 }
 
+/* Nomba refused: an "api" error with its code and (cleaned) description. */
+static int api_error(lua_State *L, client *c, int op, const answer *a, const nomba_answer_meta *m,
+                     const char *code, size_t codelen)
+{
+    const json_span *msg = pick(a->top, F_DESCRIPTION, F_ERROR_DESCRIPTION, J_STRING);
+    sbuf text = {NULL, 0, 0};
+    long st = m->status;
+    int ok2xx = st >= 200 && st < 300, r;
+    nomba_err e;
+    err_init(&e, "api", op, NULL);
+    e.code = code;
+    e.codelen = codelen;
+    if (msg != NULL && json_string(msg, &text) > 0) {
+        e.message = text.p;
+        e.msglen = text.n;
+    } else {
+        e.message = "Nomba refused the request";
+        e.msglen = strlen(e.message);
+    }
+    e.status = st;
+    e.retryable = retryable_status(st);
+    e.retry_after = ok2xx ? -1 : retry_after_of(m);
+    r = fail(L, c, &e, st);
+    sbuf_free(&text);
+    return r;
+}
+
 int proto_interpret(lua_State *L, int cidx, client *c, int op,
                     const nomba_answer_meta *m, const char *body, size_t n)
 {
     long st = m->status;
-    int ok2xx = st >= 200 && st < 300, doc;
+    int ok2xx = st >= 200 && st < 300;
+    answer a;
     nomba_err e;
 
     luaL_checkstack(L, 20, "nomba.oauth");
-    push_json_fn(L, "decode");
-    lua_pushlstring(L, body, n);
-    lua_call(L, 1, 1);
-    doc = lua_gettop(L);
-
-    if (lua_istable(L, doc)) {
-        const char *code = NULL;
-        size_t codelen = 0;
-        lua_getfield(L, doc, "code");
-        if (lua_type(L, -1) == LUA_TNUMBER) {
+    if (json_scan(body, n, field_names, F__N, a.top, a.data, &a.has_data)) {
+        const json_span *code = &a.top[F_CODE];
+        char num[32];
+        sbuf text = {NULL, 0, 0};
+        int r;
+        a.d = a.has_data ? a.data : a.top;
+        if (code->type == J_NUMBER) {
             /* a numeric code reads as Nomba writes it: 2 is "2", not "2.0" */
-            double d = lua_tonumber(L, -1);
-            char num[32];
+            double d = 0;
+            (void)json_number(code, &d);
             if (d == floor(d) && fabs(d) < 1e15)
                 (void)snprintf(num, sizeof num, "%.0f", d);
             else
                 (void)snprintf(num, sizeof num, "%.14g", d);
-            lua_pushstring(L, num);
+            if (!sbuf_adds(&text, num))
+                return luaL_error(L, "nomba.oauth: out of memory");
+        } else if (code->type == J_STRING && json_string(code, &text) < 0) {
+            sbuf_free(&text);
+            return luaL_error(L, "nomba.oauth: out of memory");
         }
-        if (lua_type(L, -1) == LUA_TSTRING)
-            code = lua_tolstring(L, -1, &codelen);
-        if (ok2xx && (code == NULL || (codelen == 2 && memcmp(code, "00", 2) == 0)))
-            return success(L, cidx, c, op, doc, m);
-        if (code != NULL) {
-            static const char *const msg_names[] = {"description", "message", "error_description", NULL};
-            err_init(&e, "api", op, NULL);
-            e.code = code;
-            e.codelen = codelen;
-            if (field_any(L, doc, msg_names, LUA_TSTRING))
-                e.message = lua_tolstring(L, -1, &e.msglen);
-            else
-                e.message = "Nomba refused the request", e.msglen = strlen(e.message);
-            e.status = st;
-            e.retryable = retryable_status(st);
-            e.retry_after = ok2xx ? -1 : retry_after_of(m);
-            return fail(L, c, &e, st);
+        if (ok2xx && (code->type != J_STRING && code->type != J_NUMBER ? 1
+                      : text.n == 2 && memcmp(text.p, "00", 2) == 0)) {
+            sbuf_free(&text);
+            return success(L, cidx, c, op, &a, m);
+        }
+        if (code->type == J_STRING || code->type == J_NUMBER) {
+            r = api_error(L, c, op, &a, m, text.p ? text.p : "", text.n);
+            sbuf_free(&text);
+            return r;
         }
     }
     if (ok2xx)

@@ -4,32 +4,66 @@
  * Invariant: bytes that leave use are zeroed (OPENSSL_cleanse) before
  * the memory is reused for something shorter, reallocated or freed.
  * Growing never uses realloc, which could leave a copy behind in freed
- * memory: it allocates, copies, wipes and frees the old block.
+ * memory: it allocates, copies, wipes and frees the old block. Buffers are
+ * whole pages marked MADV_DONTDUMP, so no core dump holds a secret.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
 #include <openssl/crypto.h>
 #include "nomba.h"
 
+static size_t page_size(void)
+{
+    static size_t pg;
+    if (pg == 0) {
+        long v = sysconf(_SC_PAGESIZE);
+        pg = v > 0 ? (size_t)v : 4096;
+    }
+    return pg;
+}
+
+/* Whole pages, kept out of core dumps (MADV_DONTDUMP): a secret never
+ * shares a page with memory a dump would include. */
+static char *secret_alloc(size_t cap)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, page_size(), cap) != 0)
+        return NULL;
+#ifdef MADV_DONTDUMP
+    (void)madvise(p, cap, MADV_DONTDUMP);
+#endif
+    return (char *)p;
+}
+
+static void secret_release(char *p, size_t cap)
+{
+    OPENSSL_cleanse(p, cap);
+#ifdef MADV_DODUMP
+    (void)madvise(p, cap, MADV_DODUMP);   /* the heap reuses these pages for anything */
+#endif
+    free(p);
+}
+
 int sbuf_reserve(sbuf *b, size_t extra)
 {
-    size_t need, cap;
+    size_t need, cap, pg = page_size();
     char *p;
     if (extra > ((size_t)-1) / 2 - b->n)
         return 0;
     need = b->n + extra + 1;
     if (need <= b->cap)
         return 1;
-    cap = b->cap ? b->cap : 64;
+    cap = b->cap ? b->cap : pg;
     while (cap < need)
         cap *= 2;
-    p = malloc(cap);
+    p = secret_alloc(cap);
     if (p == NULL)
         return 0;
     if (b->p != NULL) {
         memcpy(p, b->p, b->n);
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
+        secret_release(b->p, b->cap);
     }
     b->p = p;
     b->cap = cap;
@@ -92,8 +126,8 @@ void sbuf_wipe(sbuf *b)
 
 void sbuf_free(sbuf *b)
 {
-    sbuf_wipe(b);
-    free(b->p);
+    if (b->p != NULL)
+        secret_release(b->p, b->cap);
     b->p = NULL;
     b->cap = 0;
 }
