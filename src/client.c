@@ -560,6 +560,10 @@ static int client_request(lua_State *L)
     lua_setfield(L, -2, "max_response_bytes");
     lua_pushstring(L, nomba_op_names[op]);
     lua_setfield(L, -2, "op");
+    if (c->proxy != NULL) {
+        lua_pushstring(L, c->proxy);
+        lua_setfield(L, -2, "proxy");
+    }
     proto_request_done(c);
     return 1;
 }

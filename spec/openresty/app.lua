@@ -92,6 +92,15 @@ routes["/all"] = function()
   json(out)
 end
 
+-- one issue on cosockets against whatever the simulator was told to answer
+routes["/hostile"] = function()
+  local args = ngx.req.get_uri_args()
+  local c = oauth.new(options { transport = resty, timeout = tonumber(args.timeout) or 1,
+                                base_url = args.base_url or cfg.url })
+  local t, err = c:issue()
+  json { ok = t ~= nil, kind = err and err.kind, message = err and err.message, pid = ngx.worker.pid() }
+end
+
 routes["/master/issue"] = function()
   local t, err = master_client:issue()
   if not t then ngx.status = 500; ngx.say(tostring(err)) return end

@@ -13,10 +13,18 @@
 -- `lua_ssl_verify_depth`), not from the client's `cafile`. Host names other
 -- than localhost need nginx's `resolver` directive.
 --
--- Connections are kept alive in a pool whose name holds the host, the port,
--- the server name and the verification, so a pooled connection is never
--- reused for another name. Answers may use Content-Length or chunked
--- encoding; `max_response_bytes` caps what is read.
+-- Bounds: one deadline (`timeout`) covers resolving, connecting, TLS,
+-- sending and every read; resolving a name runs in a light thread that is
+-- killed at the deadline, since nginx's resolver waits for its own
+-- `resolver_timeout`. Answers are read in pieces: headers are capped at
+-- 32 KiB, a body is refused as soon as it passes `max_response_bytes`
+-- (Content-Length, chunked, or up to the close). The URL is the one
+-- libcurl's parser sees (`core.url`); a `proxy` option is refused, and no
+-- proxy variable of the environment is ever read.
+--
+-- Connections are kept alive in a pool whose name holds the host, the port
+-- and the verification, so a pooled connection is never reused for another
+-- name.
 --
 -- Cosockets work in the rewrite, access, content, timer and ssl phases; in the
 -- others (init, init_worker, set, header/body filters, log) a request fails
@@ -36,43 +44,109 @@ local M = { _VERSION = core._VERSION }
 local COSOCKET_PHASES = { rewrite = true, access = true, content = true, timer = true,
                           ssl_cert = true, ssl_session_fetch = true, preread = true }
 
-local POOL_SIZE, KEEPALIVE_MS = 16, 60000
-
-local function parse_url(url)
-  local scheme, host, port, path = url:match("^(%a+)://([^/:]+):?(%d*)(.*)$")
-  if not scheme then
-    local s6, h6, p6, path6 = url:match("^(%a+)://%[([^%]]+)%]:?(%d*)(.*)$")
-    scheme, host, port, path = s6, h6, p6, path6
-  end
-  if not scheme then return nil end
-  scheme = lower(scheme)
-  port = tonumber(port) or (scheme == "https" and 443 or 80)
-  if path == "" then path = "/" end
-  return scheme, host, port, path
-end
+local POOL_SIZE, KEEPALIVE_MS, PIECE = 16, 60000, 16384
+local MAX_HEADERS = core.LIMITS.headers
 
 local function fail(kind, op, msg, retryable)
   return nil, new_error(kind, op or "token", msg, { retryable = retryable })
 end
 
--- Reads an answer body of n bytes.
-local function read_n(sock, n)
-  local body, err = sock:receive(n)
-  if not body then return nil, err end
-  return body
+local function now()
+  ngx.update_time()
+  return ngx.now()
 end
 
--- Reads a chunked body, up to max bytes.
-local function read_chunked(sock, max)
+-- A host libcurl would not resolve through DNS.
+local function literal(host)
+  return host == "localhost" or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:sub(1, 1) == "["
+end
+
+-- Reads an answer off a cosocket within one deadline, in pieces of at most
+-- PIECE bytes, never holding more than the caps allow.
+local Reader = {}
+Reader.__index = Reader
+
+local function reader(sock, deadline)
+  return setmetatable({ sock = sock, deadline = deadline, buf = "" }, Reader)
+end
+
+-- Sets the socket's timeout to what is left of the deadline; false when
+-- nothing is left.
+local function bound(sock, deadline)
+  local left = deadline - now()
+  if left <= 0 then return false end
+  sock:settimeout(math.max(1, math.floor(left * 1000)))
+  return true
+end
+
+-- One more piece into the buffer (at most max bytes).
+function Reader:fill(max)
+  if not bound(self.sock, self.deadline) then return nil, "timeout" end
+  local data, err = self.sock:receiveany(math.min(max or PIECE, PIECE))
+  if not data then return nil, err end
+  self.buf = self.buf .. data
+  return true
+end
+
+-- The header block (up to the empty line), at most MAX_HEADERS bytes.
+function Reader:head()
+  while true do
+    local e = find(self.buf, "\r\n\r\n", 1, true)
+    if e then
+      local head = self.buf:sub(1, e + 1)
+      self.buf = self.buf:sub(e + 4)
+      return head
+    end
+    if #self.buf > MAX_HEADERS then return nil, "headers too large" end
+    local ok, err = self:fill(MAX_HEADERS + 4 - #self.buf)
+    if not ok then return nil, err end
+  end
+end
+
+-- One line (without CRLF) of at most max bytes.
+function Reader:line(max)
+  while true do
+    local e = find(self.buf, "\r\n", 1, true)
+    if e then
+      local line = self.buf:sub(1, e - 1)
+      self.buf = self.buf:sub(e + 2)
+      return line
+    end
+    if #self.buf > max then return nil, "line too long" end
+    local ok, err = self:fill()
+    if not ok then return nil, err end
+  end
+end
+
+-- Exactly n bytes.
+function Reader:take(n)
+  local parts, got = {}, 0
+  if #self.buf > 0 then
+    local k = math.min(n, #self.buf)
+    parts[1], got = self.buf:sub(1, k), k
+    self.buf = self.buf:sub(k + 1)
+  end
+  while got < n do
+    if not bound(self.sock, self.deadline) then return nil, "timeout" end
+    local data, err = self.sock:receiveany(math.min(n - got, PIECE))
+    if not data then return nil, err end
+    parts[#parts + 1] = data
+    got = got + #data
+  end
+  return concat(parts)
+end
+
+-- A chunked body, refused as soon as it passes max bytes.
+function Reader:chunked(max)
   local parts, total = {}, 0
   while true do
-    local line, err = sock:receive("*l")
+    local line, err = self:line(1024)
     if not line then return nil, err end
-    local size = tonumber(line:match("^%s*(%x+)"), 16)
+    local size = tonumber(line:match("^%s*(%x+)%s*;?.*$") or "", 16)
     if not size then return nil, "bad chunk size" end
     if size == 0 then
       repeat                                   -- trailers up to the empty line
-        line, err = sock:receive("*l")
+        line, err = self:line(MAX_HEADERS)
         if not line then return nil, err end
       until line == ""
       return concat(parts)
@@ -80,16 +154,61 @@ local function read_chunked(sock, max)
     total = total + size
     if total > max then return nil, "too big" end
     local data
-    data, err = sock:receive(size)
+    data, err = self:take(size)
     if not data then return nil, err end
     parts[#parts + 1] = data
     local crlf
-    crlf, err = sock:receive(2)
-    if not crlf then return nil, err end
+    crlf, err = self:take(2)
+    if crlf ~= "\r\n" then return nil, err or "bad chunk end" end
   end
 end
 
---- Carries one request (the transport function of nomba.oauth).
+-- A body that ends when the server closes, refused as soon as it passes max.
+function Reader:until_closed(max)
+  local parts, total = { self.buf }, #self.buf
+  self.buf = ""
+  while true do
+    if total > max then return nil, "too big" end
+    if not bound(self.sock, self.deadline) then return nil, "timeout" end
+    local data, err = self.sock:receiveany(PIECE)
+    if not data then
+      if err == "closed" then return concat(parts) end
+      return nil, err
+    end
+    parts[#parts + 1] = data
+    total = total + #data
+  end
+end
+
+-- Connects within the deadline. nginx's resolver waits for its own
+-- resolver_timeout (30 s by default), so a name is resolved in a light
+-- thread that is killed when the deadline passes.
+local function connect(sock, host, port, opts, deadline)
+  if not bound(sock, deadline) then return nil, "timeout" end
+  if literal(host) then
+    return sock:connect(host == "localhost" and "127.0.0.1" or host, port, opts)
+  end
+  local ok, th = pcall(ngx.thread.spawn, function() return sock:connect(host, port, opts) end)
+  if not ok then return sock:connect(host, port, opts) end      -- a phase without light threads
+  local timer = ngx.thread.spawn(function()
+    ngx.sleep(math.max(0.001, deadline - now()))
+    return "deadline"
+  end)
+  local _, a, b = ngx.thread.wait(th, timer)
+  ngx.thread.kill(th)
+  ngx.thread.kill(timer)
+  if a == "deadline" then return nil, "timeout (resolving " .. host .. ")" end
+  return a, b
+end
+
+local function io_fail(op, what, err)
+  local timeout = type(err) == "string" and err:find("timeout", 1, true)
+  return fail(timeout and "timeout" or "transport", op, what .. ": " .. tostring(err), true)
+end
+
+--- Carries one request (the transport function of nomba.oauth). One
+-- deadline, `timeout` seconds, bounds the whole attempt: resolving,
+-- connecting, TLS, sending and every read.
 -- @tparam table req `{op, method, url, headers, body, timeout, connect_timeout, max_response_bytes}`
 -- @return `{status, headers, body}`, or `nil, err`
 function M.request(req)
@@ -100,88 +219,102 @@ function M.request(req)
       "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
       " from init_worker_by_lua and read the shared token", false)
   end
-  local scheme, host, port, path = parse_url(req.url)
-  if not scheme then return fail("config", op, "bad URL", false) end
-  local server_name = host
-  -- localhost needs no resolver
-  local addr = (host == "localhost") and "127.0.0.1" or host
-  local verify = scheme == "https"
-  local timeout_ms = (req.timeout or 10) * 1000
+  if req.proxy ~= nil then
+    return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false)
+  end
+  -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
+  local u, why = core.url(req.url)
+  if not u then return fail("config", op, "bad URL: " .. tostring(why), false) end
+  local host, port, verify = u.host, u.port, u.scheme == "https"
+  local deadline = now() + (req.timeout or 10)
+  local connect_deadline = math.min(deadline, now() + (req.connect_timeout or 5))
   local sock = ngx.socket.tcp()
-  sock:settimeouts((req.connect_timeout or 5) * 1000, timeout_ms, timeout_ms)
-  local pool = fmt("nomba-oauth:%s:%d:%s:%s", addr, port, server_name, verify and "verify" or "plain")
-  local ok, err = sock:connect(addr, port, { pool = pool, pool_size = POOL_SIZE })
+  local pool = fmt("nomba-oauth:%s:%d:%s", host, port, verify and "verify" or "plain")
+  local ok, err = connect(sock, host, port, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
   if not ok then
-    return fail(err == "timeout" and "timeout" or "transport", op, "connect: " .. tostring(err), true)
+    sock:close()
+    return io_fail(op, "connect", err)
   end
   if verify and sock:getreusedtimes() == 0 then
+    if not bound(sock, deadline) then
+      sock:close()
+      return fail("timeout", op, "TLS handshake: timeout", true)
+    end
     -- Debian's lua-resty-core 0.1.25 can raise here: keep it a typed error
-    local called, session, herr = pcall(sock.sslhandshake, sock, nil, server_name, true)
+    local called, session, herr = pcall(sock.sslhandshake, sock, nil, host, true)
     if not called or not session then
       sock:close()
-      local why = called and herr or session
-      return fail("tls", op, "TLS handshake: " .. tostring(why or "failed"), false)
+      local e = called and herr or session
+      if type(e) == "string" and e:find("timeout", 1, true) then return io_fail(op, "TLS handshake", e) end
+      return fail("tls", op, "TLS handshake: " .. tostring(e or "failed"), false)
     end
   end
+  local path = u.path
+  local q = req.url:match("%?[^#]*")
+  if q then path = path .. q end
   local lines = { fmt("%s %s HTTP/1.1", req.method or "POST", path),
-                  "Host: " .. (port == 443 and host or host .. ":" .. port),
+                  "Host: " .. ((port == 443 and verify) and host or host .. ":" .. port),
                   "Connection: keep-alive",
                   "Content-Length: " .. #(req.body or "") }
   for k, v in pairs(req.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
   lines[#lines + 1] = ""
   lines[#lines + 1] = req.body or ""
   local sent
-  sent, err = sock:send(concat(lines, "\r\n"))
+  if bound(sock, deadline) then
+    sent, err = sock:send(concat(lines, "\r\n"))
+  else
+    err = "timeout"
+  end
   if not sent then
     sock:close()
-    return fail(err == "timeout" and "timeout" or "transport", op, "send: " .. tostring(err), true)
+    return io_fail(op, "send", err)
   end
 
-  local status_line
-  status_line, err = sock:receive("*l")
-  if not status_line then
-    sock:close()
-    return fail(err == "timeout" and "timeout" or "transport", op, "receive: " .. tostring(err), true)
-  end
-  local status = tonumber(status_line:match("^HTTP/%d%.%d (%d%d%d)"))
-  if not status then
-    sock:close()
-    return fail("protocol", op, "not an HTTP answer", false)
-  end
-  local headers, max = {}, req.max_response_bytes or 65536
-  while true do
-    local line
-    line, err = sock:receive("*l")
-    if not line then
+  local r = reader(sock, deadline)
+  local status, headers
+  repeat                                       -- past any 1xx
+    local head
+    head, err = r:head()
+    if not head then
       sock:close()
-      return fail(err == "timeout" and "timeout" or "transport", op, "receive: " .. tostring(err), true)
+      if err == "headers too large" then return fail("protocol", op, "the answer's headers are too large", false) end
+      return io_fail(op, "receive", err)
     end
-    if line == "" then break end
-    local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-    if name then headers[lower(name)] = value end
-  end
+    status = tonumber(head:match("^HTTP/%d%.%d (%d%d%d)"))
+    if not status then
+      sock:close()
+      return fail("protocol", op, "not an HTTP answer", false)
+    end
+    headers = {}
+    for line in head:gmatch("\r\n([^\r\n]+)") do       -- every line after the status line
+      local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+      if name then headers[lower(name)] = value end
+    end
+  until status >= 200
   local body
+  local max = req.max_response_bytes or 65536
   local te, cl = headers["transfer-encoding"], tonumber(headers["content-length"] or "")
   if te and find(lower(te), "chunked", 1, true) then
-    body, err = read_chunked(sock, max)
+    body, err = r:chunked(max)
   elseif cl then
     if cl > max then
       sock:close()
       return fail("protocol", op, "the answer exceeds max_response_bytes", false)
     end
-    if cl == 0 then body = "" else body, err = read_n(sock, cl) end
+    body, err = r:take(cl)
   else
-    body, err = sock:receive("*a")
-    if body and #body > max then err, body = "too big", nil end
+    body, err = r:until_closed(max)
   end
   if not body then
     sock:close()
     if err == "too big" then return fail("protocol", op, "the answer exceeds max_response_bytes", false) end
-    if err == "timeout" then return fail("timeout", op, "receive: timeout", true) end
+    if type(err) == "string" and err:find("timeout", 1, true) then
+      return fail("timeout", op, "receive: timeout", true)
+    end
     return fail("protocol", op, "the answer is truncated (" .. tostring(err) .. ")", true)
   end
   local conn = lower(headers["connection"] or "")
-  if conn == "close" or (not cl and not te) then
+  if conn == "close" or (not cl and not te) or #r.buf > 0 then
     sock:close()
   else
     sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)

@@ -9,7 +9,8 @@
 -- Control API under /_sim/ (JSON in and out):
 --   POST /_sim/reset                 forget tokens, faults, log; settings to defaults
 --   POST /_sim/fault   {endpoint=, status=, body=, headers=, delay=, body_delay=,
---                       drop=, truncate=, size=, content_type=, times=, pass=}
+--                       drop=, truncate=, size=, content_type=, times=, pass=,
+--                       raw = "header_drip" | "body_drip" | "stream", every=, bytes=}
 --                      (pass = true: only the delay, then the normal answer)
 --   POST /_sim/config  {lifetime=, clock_offset=, code_lifetime=, omit_date=,
 --                       expires_in=, clients={...}}
@@ -265,9 +266,48 @@ local function take_fault(endpoint)
   return f
 end
 
+-- A hostile answer written straight to the connection (the raw request
+-- socket), each bounded to RAW_CAP seconds on the server's side:
+--   header_drip  a status line, then a header line every `every` s, never the end
+--   body_drip    Content-Length 1000, then one byte every `every` s
+--   stream       no Content-Length: `bytes` (default 300 MB) in 64 KiB pieces, then close
+local RAW_CAP = 20
+
+local function play_raw(f)
+  local sock, err = ngx.req.socket(true)
+  if not sock then
+    ngx.log(ngx.ERR, "raw socket: ", err)
+    return ngx.exit(500)
+  end
+  local every, t0 = f.every or 0.2, ngx.now()
+  local head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+  if f.raw == "header_drip" then
+    local ok = sock:send(head)
+    while ok and ngx.now() - t0 < RAW_CAP do
+      ngx.sleep(every)
+      ok = sock:send("X-Drip: dddddddddddddddd\r\n")
+    end
+  elseif f.raw == "body_drip" then
+    local ok = sock:send(head .. "Content-Length: 1000\r\n\r\n{")
+    while ok and ngx.now() - t0 < RAW_CAP do
+      ngx.sleep(every)
+      ok = sock:send(" ")
+    end
+  elseif f.raw == "stream" then
+    local piece, sent, total = string.rep("x", 65536), 0, f.bytes or 300 * 1024 * 1024
+    local ok = sock:send(head .. "Connection: close\r\n\r\n")
+    while ok and sent < total and ngx.now() - t0 < RAW_CAP do
+      ok = sock:send(piece)
+      sent = sent + #piece
+    end
+  end
+  return ngx.exit(444)
+end
+
 local function play_fault(f)
   if f.delay and f.delay > 0 then ngx.sleep(f.delay) end
   if f.drop then return ngx.exit(444) end              -- close without answering
+  if f.raw then return play_raw(f) end
   local body = f.body
   if type(body) == "table" then body = cjson.encode(body) end
   body = body or ""
