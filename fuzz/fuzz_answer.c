@@ -5,8 +5,9 @@
  *   byte 0-1: status (100..599), byte 2: operation,
  *   then the Date header up to '\n', the Retry-After header up to '\n',
  *   and the rest is the body.
- * The interpreter must never crash, and must answer either a result or an
- * oauth.Error, never raise.
+ * The interpreter (the C JSON reader of json.c under it) must never crash,
+ * and must answer either a result or an oauth.Error, never raise; a token
+ * it keeps is visible ASCII with a lifetime of at most a year.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -24,11 +25,16 @@ static const char SETUP[] =
     "local core = ...\n"
     "local c = core.new({account_id = 'acct', client_id = 'id', client_secret = 'secret-xyz',\n"
     "  base_url = 'https://localhost', user_agent = 'fuzz', max_response_bytes = 65536,\n"
+    "  timeout = 10, connect_timeout = 5, refresh_skew = 300,\n"
     "  paths = {issue = '/i', refresh = '/r', revoke = '/v', authorize = '/a'}}, {})\n"
     "local ops = {'issue', 'refresh', 'revoke', 'authorize', 'exchange'}\n"
     "return function(status, op, date, ra, body)\n"
     "  local r, err = core.answer(c, ops[op % 5 + 1], status, {Date = date, ['Retry-After'] = ra}, body)\n"
     "  if r == nil and getmetatable(err) ~= core.Error then error('no error value') end\n"
+    "  if type(r) == 'table' then\n"
+    "    if r.access_token:find('[^\\33-\\126]') then error('a token with a byte outside ASCII') end\n"
+    "    if not (r.expires_in >= 0 and r.expires_in <= 31622400) then error('a lifetime out of range') end\n"
+    "  end\n"
     "  if err then local _ = tostring(err) end\n"
     "end\n";
 

@@ -3,57 +3,10 @@
 -- token request, workers share one token, a killed lock holder is survived,
 -- and fork and reload are safe.
 local cjson = require "cjson"
-local simulator = require "nomba.oauth.simulator"
 local core = require "nomba.oauth.core"
 local H = require "helpers"
 
-local ROOT = os.getenv("PWD") or "."
-
-local APP_HTTP = [[
-  lua_package_path "${root}/lua/?.lua;${root}/spec/?.lua;/usr/share/lua/5.1/?.lua;;";
-  lua_shared_dict nomba 1m;
-  lua_shared_dict test 1m;
-  lua_ssl_trusted_certificate ${cafile};
-  lua_ssl_verify_depth 3;
-  init_by_lua_block { require("openresty.app").init(require("cjson").decode([==[${config}]==])) }
-  init_worker_by_lua_block { require("openresty.app").init_worker() }
-  server {
-    listen 127.0.0.1:${port};
-    location / { content_by_lua_block { require("openresty.app").handle() } }
-    location = /phase/set {
-      set_by_lua_block $r { return require("openresty.app").in_set() }
-      return 200 $r;
-    }
-    location = /phase/log {
-      content_by_lua_block { ngx.say("ok") }
-      log_by_lua_block { require("openresty.app").in_log() }
-    }
-  }
-]]
-
-local function sh(cmd)
-  local p = io.popen("env -u LD_PRELOAD " .. cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
-
-local function app(opts)
-  local sim = H.sim()
-  local config = { url = sim.url, cafile = sim.cafile, account_id = sim.client.account_id,
-                   client_id = sim.client.client_id, client_secret = sim.client.client_secret }
-  for k, v in pairs(opts.config or {}) do config[k] = v end
-  local ngx_app = assert(simulator.spawn_nginx {
-    http = APP_HTTP, workers = opts.workers or 1, cpath_prefix = ROOT .. "/build/jit/?.so;",
-    vars = { root = ROOT, cafile = sim.cafile, config = cjson.encode(config) },
-  })
-  ngx_app.url = "http://127.0.0.1:" .. ngx_app.port
-  for _ = 1, 50 do
-    if sh("curl -s " .. ngx_app.url .. "/ping") == "pong\n" then return ngx_app end
-    H.sleep(0.05)
-  end
-  error("the app did not start: " .. ngx_app:error_log())
-end
+local sh, app = H.sh, H.openresty_app
 
 local function get(a, path)
   local out = sh("curl -s -w '\\n%{http_code}' --max-time 20 " .. a.url .. path)

@@ -235,7 +235,8 @@ describe("hardening", function()
     end
     local AT = '"access_token":"abc.def"'
     local bad = {
-      ["CR/LF in the access token"] = { answer('{"access_token":"abc\\r\\nX-Injected: yes","expiresAt":"2099-01-01T00:00:00Z"}'),
+      ["CR/LF in the access token"] = {
+        answer('{"access_token":"abc\\r\\nX-Injected: yes","expiresAt":"2099-01-01T00:00:00Z"}'),
                                         "access_token has bytes outside printable ASCII" },
       ["a space in the access token"] = { answer('{"access_token":"abc def","expires_in":60}'),
                                           "access_token has bytes outside printable ASCII" },

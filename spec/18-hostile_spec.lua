@@ -5,32 +5,9 @@
 -- tokens with control bytes and absurd lifetimes are protocol errors, and
 -- the OpenResty driver bounds name resolution by the same deadline.
 local cjson = require "cjson"
-local simulator = require "nomba.oauth.simulator"
 local H = require "helpers"
 
-local ROOT = os.getenv("PWD") or "."
-
-local APP_HTTP = [[
-  lua_package_path "${root}/lua/?.lua;${root}/spec/?.lua;/usr/share/lua/5.1/?.lua;;";
-  lua_shared_dict nomba 1m;
-  lua_shared_dict test 1m;
-  lua_ssl_trusted_certificate ${cafile};
-  lua_ssl_verify_depth 3;
-  resolver 127.0.0.1:${dns_port} ipv6=off;
-  init_by_lua_block { require("openresty.app").init(require("cjson").decode([==[${config}]==])) }
-  init_worker_by_lua_block { require("openresty.app").init_worker() }
-  server {
-    listen 127.0.0.1:${port};
-    location / { content_by_lua_block { require("openresty.app").handle() } }
-  }
-]]
-
-local function sh(cmd)
-  local p = io.popen("env -u LD_PRELOAD " .. cmd)
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sh = H.sh
 
 -- A name this machine resolves to 127.0.0.1 through /etc/hosts (nginx's
 -- resolver does not read that file, so it asks the silent DNS server).
@@ -112,19 +89,7 @@ describe("hostile answers", function()
       dns = assert(socket.udp())                 -- a DNS server that never answers
       assert(dns:setsockname("127.0.0.1", 0))
       local _, dns_port = dns:getsockname()
-      local s = H.sim()
-      local config = { url = s.url, cafile = s.cafile, account_id = s.client.account_id,
-                       client_id = s.client.client_id, client_secret = s.client.client_secret }
-      a = assert(simulator.spawn_nginx {
-        http = APP_HTTP, workers = 1, cpath_prefix = ROOT .. "/build/jit/?.so;",
-        vars = { root = ROOT, cafile = s.cafile, config = cjson.encode(config), dns_port = dns_port },
-      })
-      a.url = "http://127.0.0.1:" .. a.port
-      for _ = 1, 50 do
-        if sh("curl -s " .. a.url .. "/ping") == "pong\n" then return end
-        H.sleep(0.05)
-      end
-      error("the app did not start: " .. a:error_log())
+      a = H.openresty_app { extra = "resolver 127.0.0.1:" .. dns_port .. " ipv6=off;" }
     end)
     teardown(function()
       if a then a:stop() end

@@ -148,6 +148,61 @@ function H.sleep(s)
   require("nomba.oauth.core").sleep(s)
 end
 
+--- Runs a shell command without a sanitizer runtime; returns its output.
+function H.sh(cmd)
+  local p = io.popen("env -u LD_PRELOAD " .. cmd)
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+-- The application nginx of the OpenResty specs (spec/openresty/app.lua).
+local APP_HTTP = [[
+  lua_package_path "${root}/lua/?.lua;${root}/spec/?.lua;/usr/share/lua/5.1/?.lua;;";
+  lua_shared_dict nomba 1m;
+  lua_shared_dict test 1m;
+  lua_ssl_trusted_certificate ${cafile};
+  lua_ssl_verify_depth 3;
+  ${extra}
+  init_by_lua_block { require("openresty.app").init(require("cjson").decode([==[${config}]==])) }
+  init_worker_by_lua_block { require("openresty.app").init_worker() }
+  server {
+    listen 127.0.0.1:${port};
+    location / { content_by_lua_block { require("openresty.app").handle() } }
+    location = /phase/set {
+      set_by_lua_block $r { return require("openresty.app").in_set() }
+      return 200 $r;
+    }
+    location = /phase/log {
+      content_by_lua_block { ngx.say("ok") }
+      log_by_lua_block { require("openresty.app").in_log() }
+    }
+  }
+]]
+
+--- Starts the OpenResty specs' application nginx (LuaJIT build of the
+-- module) pointed at the simulator. `opts`: `workers`, `config` (more
+-- fields for app.lua), `extra` (more http-block directives).
+function H.openresty_app(opts)
+  local simulator_mod = require "nomba.oauth.simulator"
+  local cjson = require "cjson"
+  local root = os.getenv("PWD") or "."
+  local s = H.sim()
+  local config = { url = s.url, cafile = s.cafile, account_id = s.client.account_id,
+                   client_id = s.client.client_id, client_secret = s.client.client_secret }
+  for k, v in pairs(opts.config or {}) do config[k] = v end
+  local a = assert(simulator_mod.spawn_nginx {
+    http = APP_HTTP, workers = opts.workers or 1, cpath_prefix = root .. "/build/jit/?.so;",
+    vars = { root = root, cafile = s.cafile, config = cjson.encode(config), extra = opts.extra or "" },
+  })
+  a.url = "http://127.0.0.1:" .. a.port
+  for _ = 1, 50 do
+    if H.sh("curl -s " .. a.url .. "/ping") == "pong\n" then return a end
+    H.sleep(0.05)
+  end
+  error("the app did not start: " .. a:error_log())
+end
+
 --- Asserts an error's exact shape.
 function H.assert_error(err, want)
   assert.are.equal(oauth.Error, getmetatable(err))

@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <curl/curl.h>
 #include <fcntl.h>
+#include <dlfcn.h>
 #include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
@@ -139,8 +140,14 @@ static void *wiping_calloc(size_t a, size_t b)
     return calloc(a, b);
 }
 
+/* libcurl keeps pointers to the functions above for the life of the
+ * process, so this module must never be unloaded (lua_close dlcloses C
+ * modules): it pins itself with RTLD_NODELETE before handing them over. */
 static void curl_init_once(void)
 {
+    Dl_info self;
+    if (dladdr((void *)curl_init_once, &self) != 0 && self.dli_fname != NULL)
+        (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
     curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
                          wiping_strdup, wiping_calloc);
 }

@@ -70,7 +70,9 @@ const char *url_split(const char *url, url_parts *p, int allow_query)
     if (why == NULL) {
         p->port = atol(port);
         p->loopback = is_loopback(p->host);
-        if (strcasecmp(p->scheme, "https") != 0 &&
+        if (p->port < 1 || p->port > 65535)
+            why = "has no valid port";
+        else if (strcasecmp(p->scheme, "https") != 0 &&
             (strcasecmp(p->scheme, "http") != 0 || !p->loopback))
             why = strcasecmp(p->scheme, "http") == 0
                       ? "must be https:// (plain http:// is allowed only for a loopback host)"

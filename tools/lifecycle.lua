@@ -93,6 +93,69 @@ collectgarbage()
 collectgarbage()
 assert(sim:control("/_sim/clear_faults", {}))
 
+-- shared stores and sealing: publish, adopt, revoke (a new generation), a
+-- store that misbehaves in every way, a Redis that never answers
+local core = require "nomba.oauth.core"
+local store = oauth.store.memory()
+local s1, s2 = client { store = store }, client { store = store }
+assert(s1:token())
+assert(s2:token() == s1:token())
+local sealed = store.data[core.store_id(s1)]
+assert(s1:revoke())
+store.data[core.store_id(s1)] = sealed
+assert(client { store = store }:token())
+assert(not core.adopt(s2, "another key", sealed))
+assert(not core.adopt(s2, core.store_id(s2), sealed:sub(1, -2)))
+local bad = oauth.store.memory()
+bad.get = function() return {} end
+bad.lock = function() error(setmetatable({}, { __tostring = function() error("no") end })) end
+assert(client { store = bad }:token())
+do
+  local socket = require "socket"
+  local silent = assert(socket.bind("127.0.0.1", 0))
+  local _, port = silent:getsockname()
+  if not package.path:find("/usr/share/lua/5.1/", 1, true) then
+    package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
+  end
+  local r = require("redis").connect("127.0.0.1", port)
+  assert(client { store = oauth.store.redis(r), timeout = 0.3 }:token())
+  silent:close()
+end
+
+-- hostile answers through the C JSON reader
+for _, body in ipairs {
+  '{"code":"00","data":{"access_token":"a\\r\\nb","expires_in":60}}',
+  '{"code":"00","data":{"access_token":"abc","expires_in":1e400}}',
+  '{"code":"00","data":{"access_token":"abc","expiresAt":"9999-12-31T23:59:59Z"}}',
+  '{"code":"00","data":{"access_token":"\\ud83d\\ude00","expires_in":60}}',
+  '{"code":"00","data":{"access_token":"abc","expires_in":Infinity}}',
+  '{"code":"00","data":' .. ("["):rep(40) .. ("]"):rep(40) .. '}',
+} do
+  assert(sim:fault { endpoint = "issue", status = 200, body = body })
+  assert(not client():issue())
+end
+
+-- fork: a child abandons the parent's handles, blocking and non-blocking
+if core._test_fork then
+  local fc = client { nonblocking = true }
+  assert(fc:token())
+  assert(sim:fault { endpoint = "issue", delay = 0.3, pass = true })
+  assert(fc:start("issue"))
+  fc:step()
+  local blocking = client()
+  assert(blocking:issue())
+  local pid = core._test_fork()
+  if pid == 0 then
+    local ok = blocking:issue() ~= nil
+    fc:step()
+    fc:close()
+    blocking:close()
+    core._test_exit(ok and 0 or 1)
+  end
+  while fc:step() do fc:wait(0.05) end
+  assert(core._test_wait(pid) == 0)
+end
+
 -- close, double close, use after close, GC with and without requests
 c:close()
 c:close()
