@@ -299,6 +299,41 @@ describe("hardening", function()
       for _, f in ipairs(held) do f:close() end
       c:close()
     end)
+
+    it("marks every descriptor a client opens close-on-exec, the wakeup socketpairs too", function()
+      local function sockets_now()
+        local out = {}
+        local pid = assert(io.open("/proc/self/stat")):read("*n")
+        local l = io.popen("ls /proc/" .. pid .. "/fd")
+        for name in l:lines() do
+          local link = io.popen("readlink /proc/" .. pid .. "/fd/" .. name):read("*l") or ""
+          if link:match("^socket:") then
+            local info = io.open("/proc/" .. pid .. "/fdinfo/" .. name)
+            if info then
+              out[tonumber(name)] = tonumber(info:read("*a"):match("flags:%s*(%d+)"), 8)
+              info:close()
+            end
+          end
+        end
+        l:close()
+        return out
+      end
+      local before = sockets_now()
+      local a = H.client()
+      assert(a:issue())
+      local b = H.client { nonblocking = true }
+      assert(b:token())
+      local seen = 0
+      for fd, flags in pairs(sockets_now()) do
+        if not before[fd] then
+          seen = seen + 1
+          assert.is_true(math.floor(flags / 0x80000) % 2 == 1, "fd " .. fd .. " is inherited by exec")
+        end
+      end
+      assert.are.equal(6, seen)     -- per client: the connection and a wakeup socketpair
+      a:close()
+      b:close()
+    end)
   end)
 
   describe("11. redaction covers every secret of the request", function()

@@ -26,6 +26,9 @@
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <dlfcn.h>
+#include <dirent.h>
+#include <stdlib.h>
+#include <sys/socket.h>
 #include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
@@ -187,6 +190,81 @@ static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
     return CURL_SOCKOPT_OK;
 }
 
+/* libcurl's multi handles (the one curl_easy_perform makes inside the easy
+ * handle, and ours) open a socketpair to wake themselves up, with no way to
+ * ask for close-on-exec. It is found the only way there is: the AF_UNIX
+ * stream sockets without FD_CLOEXEC that were not open before the handle
+ * made them. */
+typedef struct {
+    unsigned char *open;    /* a bit per fd open at the snapshot */
+    size_t n;               /* bytes of open */
+} fd_snapshot;
+
+static int each_fd(void (*f)(int fd, void *ud), void *ud)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    if (d == NULL)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (*end == '\0' && end != e->d_name && fd >= 0 && fd != dirfd(d))
+            f((int)fd, ud);
+    }
+    closedir(d);
+    return 1;
+}
+
+static void note_fd(int fd, void *ud)
+{
+    fd_snapshot *s = (fd_snapshot *)ud;
+    size_t byte = (size_t)fd / 8;
+    if (byte >= s->n) {
+        size_t n = byte * 2 + 64;
+        unsigned char *p = realloc(s->open, n);
+        if (p == NULL)
+            return;
+        memset(p + s->n, 0, n - s->n);
+        s->open = p;
+        s->n = n;
+    }
+    s->open[byte] |= (unsigned char)(1u << (fd % 8));
+}
+
+static void mark_new(int fd, void *ud)
+{
+    const fd_snapshot *s = (const fd_snapshot *)ud;
+    size_t byte = (size_t)fd / 8;
+    int flags, domain = 0, type = 0;
+    socklen_t len = sizeof domain;
+    if (byte < s->n && (s->open[byte] & (1u << (fd % 8))))
+        return;
+    flags = fcntl(fd, F_GETFD);
+    if (flags < 0 || (flags & FD_CLOEXEC))
+        return;
+    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX)
+        return;
+    len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
+        return;
+    (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+static void snapshot_fds(fd_snapshot *s)
+{
+    s->open = NULL;
+    s->n = 0;
+    (void)each_fd(note_fd, s);
+}
+
+static void cloexec_new_fds(fd_snapshot *s)
+{
+    (void)each_fd(mark_new, s);
+    free(s->open);
+    s->open = NULL;
+}
+
 /* OpenSSL wipes each record's plaintext once libcurl has read it, so the
  * answers that carry tokens do not linger in its receive buffers. */
 static CURLcode on_ssl_ctx(CURL *h, void *ctx, void *ud)
@@ -333,6 +411,7 @@ static CURL *handle_of(lua_State *L, int cidx, client *c)
     curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
     curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
     c->curl = h;
+    c->performed = 0;
     c->url_op = 0;
     c->curl_pid = getpid();
     c->base_headers = hdrs;
@@ -466,9 +545,19 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode r
 int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
 {
     CURL *h = setup(L, cidx, c, op, rq, timeout);
+    CURLcode rc;
     if (h == NULL)
         return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
-    return finish(L, cidx, c, op, h, curl_easy_perform(h));
+    if (!c->performed) {            /* the first perform makes the handle's own multi */
+        fd_snapshot before;
+        snapshot_fds(&before);
+        rc = curl_easy_perform(h);
+        cloexec_new_fds(&before);
+        c->performed = 1;
+    } else {
+        rc = curl_easy_perform(h);
+    }
+    return finish(L, cidx, c, op, h, rc);
 }
 
 /* ---- the non-blocking mode (curl_multi, socket API) ---------------------- */
@@ -527,7 +616,10 @@ static int stolen(client *c)
 static CURLM *multi_of(client *c)
 {
     if (c->multi == NULL) {
+        fd_snapshot before;
+        snapshot_fds(&before);
         c->multi = curl_multi_init();
+        cloexec_new_fds(&before);
         if (c->multi == NULL)
             return NULL;
         curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);

@@ -112,6 +112,7 @@ typedef struct client {
     /* libcurl */
     CURL *curl;             /* owned by curl_pid */
     CURLM *multi;           /* the non-blocking mode's, same owner */
+    int performed;          /* the easy handle has made its own multi (curl_easy_perform) */
     int in_flight;          /* 1 + the op of a non-blocking transfer, or 0 */
     struct { int fd, what; } nb_socks[NB_MAX_SOCKS];  /* its sockets (CURL_POLL_*) */
     int nb_nsocks;
