@@ -155,7 +155,8 @@ asan:
 valgrind: test-build
 	$(TEST_ENV) $(LUA_BIN) tools/with-simulator.lua valgrind -q --leak-check=full \
 	  --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
-	  --error-exitcode=1 --suppressions=tools/valgrind.supp $(LUA_BIN) tools/lifecycle.lua
+	  --error-exitcode=1 --child-silent-after-fork=yes --suppressions=tools/valgrind.supp \
+	  $(LUA_BIN) tools/lifecycle.lua
 
 gc-stress: all
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) tools/gc_stress.lua

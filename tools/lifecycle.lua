@@ -144,16 +144,26 @@ if core._test_fork then
   fc:step()
   local blocking = client()
   assert(blocking:issue())
+  -- the child reports through a file: under valgrind its exit status also
+  -- counts the handles it abandons on purpose (they are the parent's)
+  local verdict = os.tmpname()
   local pid = core._test_fork()
   if pid == 0 then
     local ok = blocking:issue() ~= nil
     fc:step()
     fc:close()
     blocking:close()
-    core._test_exit(ok and 0 or 1)
+    local f = io.open(verdict, "w")
+    f:write(ok and "ok" or "failed")
+    f:close()
+    core._test_exit(0)
   end
   while fc:step() do fc:wait(0.05) end
-  assert(core._test_wait(pid) == 0)
+  core._test_wait(pid)
+  local f = assert(io.open(verdict))
+  assert(f:read("*a") == "ok", "the child could not issue on its own handle")
+  f:close()
+  os.remove(verdict)
 end
 
 -- close, double close, use after close, GC with and without requests
