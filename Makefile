@@ -42,7 +42,7 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden
 
 BUILD    ?= build/$(LUA)
 SRCS     := src/core.c src/client.c src/proto.c src/http.c src/err.c src/sbuf.c \
-            src/timeparse.c src/pkce.c src/seal.c src/url.c src/json.c
+            src/timeparse.c src/pkce.c src/seal.c src/url.c src/json.c src/webhook.c
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
 
@@ -170,9 +170,9 @@ analyze:
 
 FUZZ_TIME  ?= 60
 FUZZ_BUILD := build/fuzz
-FUZZERS    := iso8601 httpdate verifier answer url
+FUZZERS    := iso8601 httpdate verifier answer url webhook
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all -D_GNU_SOURCE -I src -I$(LUA_INCDIR) $(DEPS_CFLAGS)
-FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/err.c src/proto.c src/client.c src/http.c src/seal.c src/url.c src/json.c \
+FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/err.c src/proto.c src/client.c src/http.c src/seal.c src/url.c src/json.c src/webhook.c \
               -llua$(LUA) $(DEPS_LIBS)
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)
@@ -188,7 +188,7 @@ fuzz:
 	status=0; \
 	run iso8601 & a=$$!; run httpdate & b=$$!; wait $$a || status=1; wait $$b || status=1; \
 	run verifier & a=$$!; run answer & b=$$!; wait $$a || status=1; wait $$b || status=1; \
-	run url; [ $$? -eq 0 ] || status=1; \
+	run url & a=$$!; run webhook & b=$$!; wait $$a || status=1; wait $$b || status=1; \
 	exit $$status
 
 clean:

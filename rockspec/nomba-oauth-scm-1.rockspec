@@ -31,12 +31,14 @@ build = {
   modules = {
     ["nomba.oauth"] = "lua/nomba/oauth.lua",
     ["nomba.oauth.store"] = "lua/nomba/oauth/store.lua",
+    ["nomba.oauth.webhook"] = "lua/nomba/oauth/webhook.lua",
     ["nomba.oauth.resty"] = "lua/nomba/oauth/resty.lua",
     ["nomba.oauth.simulator"] = "lua/nomba/oauth/simulator.lua",
     ["nomba.oauth.simulator.server"] = "lua/nomba/oauth/simulator/server.lua",
     ["nomba.oauth.core"] = {
       sources = { "src/core.c", "src/client.c", "src/proto.c", "src/http.c", "src/err.c",
-                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/json.c" },
+                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/json.c",
+                  "src/webhook.c" },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "ssl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

@@ -101,6 +101,23 @@ describe("nomba-oauth CLI", function()
     assert.are.equal('nomba.oauth: issue failed: HTTP 401, Nomba code "01": Invalid client credentials\n', err)
   end)
 
+  it("webhook sign and verify, the key from the environment", function()
+    local ev = '{"event_type":"payment_success","requestId":"r-9","data":{"merchant":{"userId":"u"},' ..
+               '"transaction":{"transactionId":"t-1","type":"vact_transfer"}}}'
+    local code, headers = run("webhook sign --key-env WH_KEY", { WH_KEY = "k-123" }, ev)
+    assert.are.equal(0, code)
+    assert.matches("nomba%-signature: [%w+/]+=\n", headers)
+    local delivery = headers .. "\n" .. ev
+    local c2, out2, err2 = run("webhook verify --key-env WH_KEY --json", { WH_KEY = "k-123" }, delivery)
+    assert.are.equal(0, c2, err2)
+    assert.are.equal("r-9", cjson.decode(out2).requestId)
+    local c3, _, err3 = run("webhook verify --key-env WH_KEY", { WH_KEY = "other" }, delivery)
+    assert.are.equal(1, c3)
+    assert.matches("bad_signature", err3)
+    assert.is_nil(err3:find("other", 1, true))
+    assert.are.equal(2, (run("webhook verify", nil, delivery)))
+  end)
+
   it("exit code 2 on usage errors", function()
     assert.are.equal(2, (run("")))
     assert.are.equal(2, (run("frobnicate")))

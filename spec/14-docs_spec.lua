@@ -11,7 +11,7 @@ end
 
 describe("documentation", function()
   local sources = read("lua/nomba/oauth.lua") .. read("lua/nomba/oauth/store.lua") ..
-                  read("lua/nomba/oauth/resty.lua")
+                  read("lua/nomba/oauth/resty.lua") .. read("lua/nomba/oauth/webhook.lua")
 
   local lines = {}
   for line in (sources .. "\n"):gmatch("(.-)\n") do lines[#lines + 1] = line end
@@ -41,6 +41,7 @@ describe("documentation", function()
     "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close",
     "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify",
     "M.memory", "M.shdict", "M.redis", "M.request", "M.keep_fresh",
+    "M.verify", "M.sign", "M.dedupe", "M.webhook",
   } do
     it("documents " .. name, function()
       assert.is_string(doc_block(name), name .. " has no doc comment")
@@ -53,6 +54,12 @@ describe("documentation", function()
       assert.is_string(block, name)
       assert.is_true(block:find("nil, err", 1, true) ~= nil or block:find("@treturn[2] nil", 1, true) ~= nil,
                      name .. " does not document its failure shape")
+    end
+  end)
+
+  it("documents both return shapes of webhook verification and dedupe", function()
+    for _, name in ipairs { "M.verify", "M.dedupe" } do
+      assert.matches("@treturn[2] nil", doc_block(name), 1, true)
     end
   end)
 

@@ -217,6 +217,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     client_open(L);
     seal_open(L);
     url_open(L);
+    webhook_open(L);
     pkce_open(L);
     return 1;
 }

@@ -62,7 +62,7 @@ NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN char *nomba_strndup(const char *s, size_t n);   /* malloc'd copy or NULL */
 
 /* Operations, as named in errors and events. */
-enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP__N };
+enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP__N };
 NOMBA_HIDDEN extern const char *const nomba_op_names[];
 NOMBA_HIDDEN int nomba_checkop(lua_State *L, int idx);
 
@@ -208,6 +208,11 @@ NOMBA_HIDDEN int json_scan(const char *p, size_t n, const char *const *names, in
                            json_span *top, json_span *data, int *has_data);
 NOMBA_HIDDEN int json_string(const json_span *s, sbuf *out);   /* 1, 0 not a string, -1 OOM */
 NOMBA_HIDDEN int json_number(const json_span *s, double *out);  /* a number, or a string of one */
+
+/* webhook.c */
+NOMBA_HIDDEN int  webhook_check(const char *key, size_t kn, const char *msg, size_t mn,
+                                const char *sig, size_t sn);   /* 1: the signature holds */
+NOMBA_HIDDEN void webhook_open(lua_State *L);
 
 /* seal.c */
 NOMBA_HIDDEN void seal_open(lua_State *L);

@@ -48,4 +48,18 @@ function M.balance()
   ngx.say(cjson.encode(cjson.decode(res.body) or {}))
 end
 
+-- Nomba's webhook: a delivery is granted once, fleet-wide, and only when
+-- its signature holds. Read only the signed fields (see the README).
+function M.webhook()
+  return resty.webhook {
+    key = os.getenv("NOMBA_WEBHOOK_KEY"),
+    store = oauth.store.shdict(ngx.shared.nomba),
+    handler = function(event)
+      local tx = event.data and event.data.transaction or {}
+      ngx.log(ngx.NOTICE, "nomba ", event.event_type, " ", tostring(tx.transactionId))
+      return true                                   -- false or a raise: 500, Nomba delivers again
+    end,
+  }
+end
+
 return M

@@ -252,6 +252,7 @@ function M.new(opts)
 end
 
 M.store = require "nomba.oauth.store"
+M.webhook = require "nomba.oauth.webhook"
 
 -- One attempt, events, retries -----------------------------------------------
 

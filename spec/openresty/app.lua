@@ -101,6 +101,25 @@ routes["/hostile"] = function()
   json { ok = t ~= nil, kind = err and err.kind, message = err and err.message, pid = ngx.worker.pid() }
 end
 
+-- a Nomba webhook receiver: each requestId granted once across the workers
+routes["/webhook"] = function()
+  local store = cfg.redis_port and redis_store(cfg.redis_port) or oauth.store.shdict(ngx.shared.nomba)
+  return resty.webhook {
+    key = cfg.webhook_key or "sim-webhook-key-0001", store = store,
+    handler = function(event)
+      if event.data.transaction.type == "fail_me" then error("the handler failed") end
+      ngx.shared.test:incr("granted:" .. event.requestId, 1, 0)
+      ngx.shared.test:incr("granted", 1, 0)
+      return true
+    end,
+  }
+end
+
+routes["/granted"] = function()
+  local id = ngx.var.arg_id
+  ngx.say(id and (ngx.shared.test:get("granted:" .. id) or 0) or (ngx.shared.test:get("granted") or 0))
+end
+
 routes["/master/issue"] = function()
   local t, err = master_client:issue()
   if not t then ngx.status = 500; ngx.say(tostring(err)) return end

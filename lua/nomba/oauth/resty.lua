@@ -348,4 +348,69 @@ function M.keep_fresh(client, opts)
   return true
 end
 
+-- The raw body of the request being served: in memory, or from the file
+-- nginx buffered it to; nil when it is larger than max.
+local function raw_body(max)
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if body then return #body <= max and body or nil end
+  local path = ngx.req.get_body_file()
+  if not path then return "" end
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  body = f:read(max + 1)
+  f:close()
+  if body and #body > max then return nil end
+  return body or ""
+end
+
+local function answer(status, t)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(require("cjson.safe").encode(t))
+  return ngx.exit(status)
+end
+
+--- Receives a Nomba webhook in a content handler: reads the raw body
+-- (also when nginx buffered it to a file), verifies it, processes each
+-- `requestId` once across everything that shares `store`, calls
+-- `handler(event)`, and answers itself: 200 when processed (or a
+-- duplicate), 401 when verification failed, 400 for a body that is not a
+-- JSON event or has no requestId, 413 for a body over `max_body`, 500 when
+-- the store failed or the handler raised or returned false (the dedupe
+-- mark is then removed, so Nomba's next delivery is processed).
+-- @tparam table opts `key` (the signature key), `handler` (function(event)),
+--   `store` (optional, for deduplication), `ttl` (seconds a requestId is
+--   remembered, default 86400), `max_age` (default 300), `max_body`
+--   (bytes, default 1 MiB)
+function M.webhook(opts)
+  local webhook = require "nomba.oauth.webhook"
+  if type(opts) ~= "table" or type(opts.handler) ~= "function" then
+    error("nomba.oauth.resty.webhook: opts.handler must be a function", 2)
+  end
+  local max = opts.max_body or 1048576
+  local body = raw_body(max)
+  if not body then return answer(413, { error = "too_large" }) end
+  local event, err = webhook.verify { key = opts.key, body = body, headers = ngx.req.get_headers(100),
+                                      max_age = opts.max_age }
+  if not event then return answer(err.reason == "bad_json" and 400 or 401, { error = err.reason }) end
+  local id = event.requestId
+  if opts.store then
+    if type(id) ~= "string" or id == "" then return answer(400, { error = "no_request_id" }) end
+    local first, derr = webhook.dedupe(opts.store, id, opts.ttl)
+    if first == nil then
+      ngx.log(ngx.ERR, "nomba.oauth webhook: ", tostring(derr))
+      return answer(500, { error = "store" })
+    end
+    if not first then return answer(200, { ok = true, duplicate = true }) end
+  end
+  local ok, res = pcall(opts.handler, event)
+  if not ok or res == false then
+    if not ok then ngx.log(ngx.ERR, "nomba.oauth webhook handler: ", tostring(res)) end
+    if opts.store then pcall(opts.store.delete, opts.store, webhook.dedupe_key(id)) end
+    return answer(500, { error = "handler" })
+  end
+  return answer(200, { ok = true })
+end
+
 return setmetatable(M, { __call = function(_, req) return M.request(req) end })

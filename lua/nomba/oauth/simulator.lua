@@ -361,6 +361,14 @@ function Sim:control(path, body)
   return v
 end
 
+--- Makes the simulator send a signed webhook delivery to `opts.url`
+-- (`http://127.x.x.x:PORT/path`): `event_type`, `key` (default the
+-- simulator's `webhook_key`), `duplicate` (deliver twice), `stale`/`future`
+-- (a timestamp an hour off), `tamper` (change a signed field after signing).
+-- @tparam table opts
+-- @treturn table `{event = ..., statuses = {...}}`, or nil and a message
+function Sim:webhook(opts) return self:control("/_sim/webhook", opts) end
+
 --- Queues a fault for the next request(s) to an endpoint.
 -- @tparam table spec endpoint ("issue", "refresh", "revoke", "authorize",
 --   "protected"), status, body (string or table), headers, delay, body_delay,

@@ -59,6 +59,13 @@ function Memory:delete(key)
   return true
 end
 
+--- Sets key only when it is absent: true when it was set, false when it
+-- was there (webhook deduplication). Every built-in store has it.
+function Memory:add(key, value, ttl)
+  if self:get(key) ~= nil then return false end
+  return self:set(key, value, ttl)
+end
+
 function Memory:lock(key, ttl)
   if self:get(key) ~= nil then return false end
   return self:set(key, owner_id(), ttl)
@@ -104,6 +111,14 @@ function Shdict:delete(key)
   check_key(key)
   self.dict:delete(self.prefix .. key)
   return true
+end
+
+function Shdict:add(key, value, ttl)
+  check_key(key)
+  local ok, err = self.dict:add(self.prefix .. key, value, ttl or 0)
+  if ok then return true end
+  if err == "exists" then return false end
+  return nil, err
 end
 
 function Shdict:lock(key, ttl)
@@ -246,6 +261,16 @@ function Redis:delete(key)
     local v, err = r:del(self.prefix .. key)
     if v == nil and err then return nil, err end
     return true
+  end)
+end
+
+function Redis:add(key, value, ttl)
+  check_key(key)
+  return with_conn(self, function(r)
+    local v, err = r:set(self.prefix .. key, value, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
+    if redis_ok(v) then return true end
+    if v == nil and err then return nil, err end
+    return false
   end)
 end
 

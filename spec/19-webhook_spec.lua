@@ -1,0 +1,285 @@
+-- Webhooks: Nomba's signature verified in C against a vector computed with
+-- the openssl CLI, every refusal reason, a bit flipped in each signed
+-- field, deduplication across processes (Redis) and nginx workers (shared
+-- dict), and the simulator delivering to the resty helper end to end.
+local oauth = require "nomba.oauth"
+local core = require "nomba.oauth.core"
+local cjson = require "cjson"
+local H = require "helpers"
+
+local webhook = oauth.webhook
+local LUA = arg and arg[-1] or "lua5.4"
+local KEY = "whsec-test-key-0001"
+local TS = "2024-01-01T00:00:00Z"
+local T0 = 1704067200
+
+local function event()
+  return {
+    event_type = "payment_success", requestId = "d0b6b1b6-4c1a-4a0e-9d7f-1f1a2b3c4d5e",
+    data = {
+      merchant = { userId = "user-1", walletId = "wallet-1", walletBalance = 100 },
+      transaction = { transactionId = "API-VACT_TRA-0001", type = "vact_transfer",
+                      time = "2024-01-01T00:00:00Z", responseCode = "", transactionAmount = 1500 },
+    },
+  }
+end
+
+local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+-- base64(HMAC-SHA256) by the openssl command line tool.
+local function openssl_sig(key, msg)
+  local p = io.popen("printf '%s' " .. q(msg) .. " | env -u LD_PRELOAD openssl dgst -sha256 -hmac " .. q(key) ..
+                     " -binary | base64")
+  local out = p:read("*l")
+  p:close()
+  return out
+end
+
+local function verify(body, headers, extra)
+  local o = { key = KEY, body = body, headers = headers, now = T0 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return webhook.verify(o)
+end
+
+local function reason(body, headers, extra)
+  local ev, err = verify(body, headers, extra)
+  assert.is_nil(ev)
+  H.assert_error(err, { kind = "webhook", op = "webhook" })
+  return err.reason
+end
+
+describe("webhooks", function()
+  it("signs and verifies like the openssl CLI", function()
+    local e = event()
+    local msg = "payment_success:d0b6b1b6-4c1a-4a0e-9d7f-1f1a2b3c4d5e:user-1:wallet-1:API-VACT_TRA-0001:" ..
+                "vact_transfer:2024-01-01T00:00:00Z::" .. TS
+    local want = openssl_sig(KEY, msg)
+    assert.are.equal(44, #want)
+    local h, body = webhook.sign { key = KEY, event = e, timestamp = TS }
+    assert.are.equal(want, h["nomba-signature"])
+    assert.are.equal(want, h["nomba-sig-value"])
+    assert.are.same({ "HmacSHA256", "1.0.0", TS },
+                    { h["nomba-signature-algorithm"], h["nomba-signature-version"], h["nomba-timestamp"] })
+    local got = assert(verify(body, h))
+    assert.are.equal("API-VACT_TRA-0001", got.data.transaction.transactionId)
+    -- a hand-made delivery with the openssl signature verifies too
+    assert.is_table(verify(cjson.encode(e), {
+      ["Nomba-Signature"] = want, ["Nomba-Timestamp"] = TS,
+      ["Nomba-Signature-Algorithm"] = "HmacSHA256", ["Nomba-Signature-Version"] = "1.0.0" }))
+  end)
+
+  it("matches header names in any case, falls back to nomba-sig-value, accepts a hex digest", function()
+    local h, body = webhook.sign { key = KEY, event = event(), timestamp = TS }
+    local upper, lower = {}, {}
+    for k, v in pairs(h) do upper[k:upper()] = v lower[k] = v end
+    assert.is_table(verify(body, upper))
+    lower["nomba-signature"] = nil
+    assert.is_table(verify(body, lower))
+    local raw = core.webhook_sign(KEY, "x")
+    assert.is_true(core.webhook_verify(KEY, "x", raw))
+    assert.are.equal(openssl_sig(KEY, "x"), raw)
+    local p = io.popen("printf x | env -u LD_PRELOAD openssl dgst -sha256 -hmac " .. q(KEY) .. " -r")
+    local hexdigest = p:read("*l"):match("^(%x+)")
+    p:close()
+    assert.are.equal(64, #hexdigest)
+    assert.is_true(core.webhook_verify(KEY, "x", hexdigest))
+    assert.is_true(core.webhook_verify(KEY, "x", hexdigest:upper()))
+  end)
+
+  it("refuses with a reason: every one of them", function()
+    local h, body = webhook.sign { key = KEY, event = event(), timestamp = TS }
+    local function without(name)
+      local t = {}
+      for k, v in pairs(h) do if k ~= name then t[k] = v end end
+      return t
+    end
+    local function with(name, value)
+      local t = without(name)
+      t[name] = value
+      return t
+    end
+    local both = without("nomba-signature")
+    both["nomba-sig-value"] = nil
+    assert.are.equal("missing_header", reason(body, both))
+    assert.are.equal("missing_header", reason(body, without("nomba-timestamp")))
+    assert.are.equal("missing_header", reason(body, without("nomba-signature-algorithm")))
+    assert.are.equal("missing_header", reason(body, without("nomba-signature-version")))
+    assert.are.equal("missing_header", reason(body, with("nomba-timestamp", "yesterday")))
+    assert.are.equal("unknown_algorithm", reason(body, with("nomba-signature-algorithm", "HmacSHA1")))
+    assert.are.equal("unknown_version", reason(body, with("nomba-signature-version", "2.0.0")))
+    assert.are.equal("bad_json", reason("not json", h))
+    assert.are.equal("bad_json", reason("[1,2]", h))
+    assert.are.equal("bad_signature", reason(body, h, { key = "another key" }))
+    assert.are.equal("bad_signature", reason(body, with("nomba-signature", "short")))
+    assert.are.equal("bad_signature", reason(body, with("nomba-signature", h["nomba-signature"]:sub(1, 43) .. "A")))
+    assert.are.equal("stale", reason(body, h, { now = T0 + 301 }))
+    assert.are.equal("future", reason(body, h, { now = T0 - 301 }))
+    assert.is_table(verify(body, h, { now = T0 + 299 }))
+    assert.are.equal("stale", reason(body, h, { now = T0 + 61, max_age = 60 }))
+    -- the key never shows
+    local _, err = verify(body, with("nomba-signature", "x"))
+    assert.is_nil(tostring(err):find(KEY, 1, true))
+  end)
+
+  it("a bit flipped in any signed field or the timestamp breaks the signature", function()
+    local h, body = webhook.sign { key = KEY, event = event(), timestamp = TS }
+    local paths = {
+      { "event_type" }, { "requestId" }, { "data", "merchant", "userId" }, { "data", "merchant", "walletId" },
+      { "data", "transaction", "transactionId" }, { "data", "transaction", "type" },
+      { "data", "transaction", "time" }, { "data", "transaction", "responseCode" },
+    }
+    local function flip(s)
+      if s == "" then return "\1" end
+      local b = s:byte(1)
+      return string.char(b % 2 == 0 and b + 1 or b - 1) .. s:sub(2)
+    end
+    for _, path in ipairs(paths) do
+      local e = cjson.decode(body)
+      local t = e
+      for i = 1, #path - 1 do t = t[path[i]] end
+      t[path[#path]] = flip(t[path[#path]])
+      assert.are.equal("bad_signature", reason(cjson.encode(e), h), table.concat(path, "."))
+    end
+    local t = {}
+    for k, v in pairs(h) do t[k] = v end
+    t["nomba-timestamp"] = "2024-01-01T00:00:01Z"
+    assert.are.equal("bad_signature", reason(body, t))
+    -- a field outside the eight is not signed: it still verifies. Handlers
+    -- must read only the signed fields, or re-fetch the transaction.
+    local e = cjson.decode(body)
+    e.data.transaction.transactionAmount = 1000000
+    assert.are.equal(1000000, verify(cjson.encode(e), h).data.transaction.transactionAmount)
+  end)
+
+  it("raises on misuse, naming the argument", function()
+    assert.has_error(function() webhook.verify { body = "{}", headers = {} } end,
+                     "nomba.oauth.webhook.verify: key must be a non-empty string")
+    assert.has_error(function() webhook.verify { key = "k", headers = {} } end,
+                     "nomba.oauth.webhook.verify: body must be a string")
+    assert.has_error(function() webhook.dedupe(oauth.store.memory(), nil) end)
+    assert.has_error(function() webhook.dedupe({}, "id") end)
+  end)
+
+  it("dedupes with every store kind", function()
+    local s = oauth.store.memory()
+    assert.is_true(webhook.dedupe(s, "a", 60))
+    assert.is_false(webhook.dedupe(s, "a", 60))
+    assert.is_true(webhook.dedupe(s, "b", 60))
+    local broken = oauth.store.memory()
+    broken.add = function() error("down") end
+    local first, err = webhook.dedupe(broken, "a")
+    assert.is_nil(first)
+    assert.are.equal("store", err.reason)
+  end)
+
+  it("dedupes across 4 processes on Redis: one winner per requestId", function()
+    local redis = assert(H.redis())
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+      package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
+      local oauth = require "nomba.oauth"
+      local r = require("redis").connect("127.0.0.1", tonumber(arg[1]))
+      local store = oauth.store.redis(r, { timeout = 2 })
+      local won = 0
+      for i = 1, 50 do if oauth.webhook.dedupe(store, "req-" .. i, 60) then won = won + 1 end end
+      io.write(won)
+    ]])
+    f:close()
+    local procs = {}
+    for i = 1, 4 do procs[i] = io.popen(LUA .. " " .. script .. " " .. redis.port) end
+    local total = 0
+    for i = 1, 4 do
+      total = total + tonumber(procs[i]:read("*a"))
+      procs[i]:close()
+    end
+    os.remove(script)
+    redis.cleanup()
+    assert.are.equal(50, total)
+  end)
+
+  describe("delivered by the simulator to nginx (resty.webhook, 4 workers)", function()
+    local a, sim
+    setup(function()
+      sim = H.sim()
+      a = H.openresty_app { workers = 4 }
+    end)
+    teardown(function() if a then a:stop() end end)
+    before_each(H.reset)
+
+    local function granted(id)
+      return tonumber((H.sh("curl -s '" .. a.url .. "/granted" .. (id and ("?id=" .. id) or "") .. "'")))
+    end
+
+    it("grants a signed event once, even when delivered twice", function()
+      local before = granted()
+      local r = assert(sim:webhook { url = a.url .. "/webhook", duplicate = true })
+      assert.are.same({ 200, 200 }, r.statuses)
+      assert.are.equal(1, granted(r.event.requestId))
+      assert.are.equal(before + 1, granted())
+    end)
+
+    it("refuses tampered, stale, future and foreign-key deliveries with 401", function()
+      local before = granted()
+      for _, o in ipairs { { tamper = true }, { stale = true }, { future = true }, { key = "not-the-key" } } do
+        o.url = a.url .. "/webhook"
+        local r = assert(sim:webhook(o))
+        assert.are.same({ 401 }, r.statuses, cjson.encode(o))
+      end
+      assert.are.equal(before, granted())
+    end)
+
+    it("answers 400 for a body that is not JSON, 500 when the handler fails (and then accepts the retry)", function()
+      local h = webhook.sign { key = "sim-webhook-key-0001", event = event() }
+      local args = {}
+      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
+      local code = H.sh("curl -s -o /dev/null -w '%{http_code}' -X POST --data-binary 'nope' " ..
+                        table.concat(args, " ") .. " " .. a.url .. "/webhook")
+      assert.are.equal("400", code)
+      local r = assert(sim:webhook { url = a.url .. "/webhook", transaction_type = "fail_me", request_id = "retry-1" })
+      assert.are.same({ 500 }, r.statuses)
+      r = assert(sim:webhook { url = a.url .. "/webhook", request_id = "retry-1" })
+      assert.are.same({ 200 }, r.statuses)
+      assert.are.equal(1, granted("retry-1"))
+    end)
+
+    it("a large body buffered to a temp file by nginx still verifies", function()
+      local e = event()
+      e.requestId = "big-1"
+      e.data.padding = ("p"):rep(200000)              -- over client_body_buffer_size: nginx writes a file
+      local h, body = webhook.sign { key = "sim-webhook-key-0001", event = e }
+      local file = os.tmpname()
+      local f = assert(io.open(file, "w"))
+      f:write(body)
+      f:close()
+      local args = {}
+      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
+      local code = H.sh("curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' " ..
+                        "--data-binary @" .. file .. " " .. table.concat(args, " ") .. " " .. a.url .. "/webhook")
+      os.remove(file)
+      assert.are.equal("200", code)
+      assert.are.equal(1, granted("big-1"))
+    end)
+
+    it("dedupes 40 concurrent deliveries of one event across the 4 workers", function()
+      local h, body = webhook.sign { key = "sim-webhook-key-0001", event = event() }
+      local file = os.tmpname()
+      local f = assert(io.open(file, "w"))
+      f:write(body)
+      f:close()
+      local args = {}
+      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
+      local urls = {}
+      for i = 1, 40 do
+        urls[i] = "-o /dev/null -w '%{http_code}\\n' -X POST --data-binary @" .. file .. " " ..
+                  table.concat(args, " ") .. " " .. a.url .. "/webhook"
+      end
+      local out = H.sh("curl -s --parallel --parallel-max 20 " .. table.concat(urls, " --next -s ") .. " 2>/dev/null")
+      os.remove(file)
+      local ok = 0
+      for c in out:gmatch("%d+") do if c == "200" then ok = ok + 1 end end
+      assert.are.equal(40, ok)
+      assert.are.equal(1, granted(event().requestId))
+    end)
+  end)
+end)
