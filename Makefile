@@ -126,6 +126,7 @@ bench: all jit-module
 	@mkdir -p $(BENCH_BIN)
 	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/pkce_c bench/pkce_c.c $(DEPS_LIBS)
 	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/curl_loop bench/curl_loop.c $(DEPS_LIBS)
+	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/webhook_c bench/webhook_c.c $(DEPS_LIBS)
 	BENCH_BIN=$(BENCH_BIN) $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) bench/bench.lua
 
 # ---- quality gates ---------------------------------------------------------
