@@ -346,8 +346,12 @@ describe("hardening", function()
       local c = H.client()
       local secret = sim.client.client_secret
       local cases = {
-        { "refresh", a.refresh_token, function() return c:refresh(a.refresh_token) end },
-        { "refresh", a.refresh_token:sub(1, -2), function() return c:refresh(a.refresh_token) end },
+        { "refresh", a.refresh_token, function()
+          return c:refresh { refresh_token = a.refresh_token, access_token = a.access_token } end },
+        { "refresh", a.refresh_token:sub(1, -2), function()
+          return c:refresh { refresh_token = a.refresh_token, access_token = a.access_token } end },
+        { "refresh", a.access_token, function()
+          return c:refresh { refresh_token = a.refresh_token, access_token = a.access_token } end },
         { "revoke", a.access_token, function() return c:revoke(a.access_token) end },
         { "issue", secret:sub(1, -2), function() return c:issue() end },
         { "issue", secret:sub(1, 10) .. "\1" .. secret:sub(12), function() return c:issue() end },

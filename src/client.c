@@ -37,7 +37,7 @@ static void free_str(char **s)
  * capacity is zero before it is freed, and remember the verdict. */
 static void test_check_wiped(client *c)
 {
-    sbuf *bufs[13];
+    sbuf *bufs[14];
     int i;
     size_t k;
     bufs[0] = &c->secret;
@@ -50,11 +50,12 @@ static void test_check_wiped(client *c)
     bufs[7] = &c->store_aes;
     bufs[8] = &c->seal_pt;
     bufs[9] = &c->seal_ct;
-    bufs[10] = &c->req_secret;
+    bufs[10] = &c->req_secret[0];
     bufs[11] = &c->scratch[0];
     bufs[12] = &c->scratch[1];
+    bufs[13] = &c->req_secret[1];
     c->test_wiped = 1;
-    for (i = 0; i < 13; i++) {
+    for (i = 0; i < 14; i++) {
         sbuf_wipe(bufs[i]);
         for (k = 0; bufs[i]->p != NULL && k < bufs[i]->cap; k++)
             if (bufs[i]->p[k] != 0)
@@ -83,7 +84,8 @@ void client_cleanup(client *c)
     sbuf_free(&c->store_aes);
     sbuf_free(&c->seal_pt);
     sbuf_free(&c->seal_ct);
-    sbuf_free(&c->req_secret);
+    sbuf_free(&c->req_secret[0]);
+    sbuf_free(&c->req_secret[1]);
     sbuf_free(&c->scratch[0]);
     sbuf_free(&c->scratch[1]);
     free_str(&c->account_id);
@@ -636,7 +638,7 @@ static int client_answer(lua_State *L)
         return err_return(L, c, &e);
     }
     r = proto_interpret(L, 1, c, op, &m, body, n);
-    sbuf_wipe(&c->req_secret);
+    proto_forget_secrets(c);
     return r;
 }
 

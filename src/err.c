@@ -59,7 +59,7 @@ static size_t run_in(const char *p, size_t n, const sbuf *s)
 #define ECHO_MIN 8
 static size_t echoed(const client *c, const char *p, size_t n)
 {
-    const sbuf *cands[4];
+    const sbuf *cands[5];
     size_t best = 0;
     int k;
     if (c == NULL)
@@ -67,8 +67,9 @@ static size_t echoed(const client *c, const char *p, size_t n)
     cands[0] = &c->secret;
     cands[1] = &c->access;
     cands[2] = &c->refresh;
-    cands[3] = &c->req_secret;
-    for (k = 0; k < 4; k++) {
+    cands[3] = &c->req_secret[0];
+    cands[4] = &c->req_secret[1];
+    for (k = 0; k < 5; k++) {
         size_t need = cands[k]->n < ECHO_MIN ? cands[k]->n : ECHO_MIN, r;
         if (cands[k]->n < 4)
             continue;

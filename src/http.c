@@ -524,7 +524,7 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode r
             msg = "the answer's headers are too large";
         }
         sbuf_wipe(&c->resp);
-        sbuf_wipe(&c->req_secret);
+        proto_forget_secrets(c);
         err_init(&e, kind, op, msg);
         e.retryable = retryable;
         e.status = status > 0 ? status : 0;
@@ -538,7 +538,7 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode r
     }
     r = proto_interpret(L, cidx, c, op, &c->meta, c->resp.p ? c->resp.p : "", c->resp.n);
     sbuf_wipe(&c->resp);
-    sbuf_wipe(&c->req_secret);
+    proto_forget_secrets(c);
     return r;
 }
 
@@ -727,7 +727,7 @@ void http_abort(client *c)
     c->bearer_node.next = NULL;
     proto_request_done(c);
     sbuf_wipe(&c->resp);
-    sbuf_wipe(&c->req_secret);
+    proto_forget_secrets(c);
 }
 
 /* The sockets an event loop should watch: {{fd =, read =, write =}, ...},

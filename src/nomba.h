@@ -99,7 +99,8 @@ typedef struct client {
     /* secrets */
     sbuf secret, access, refresh;
     sbuf reqbody, bearer_hdr, resp; /* per-request buffers, reused, wiped */
-    sbuf req_secret;        /* the secret value the request in progress carries,
+    sbuf req_secret[2];     /* the secret values the request in progress carries
+                             * (a token, a verifier; a refresh's explicit bearer),
                              * redacted from its answer's messages */
     sbuf store_ikm, store_aes;      /* store_key option; the derived AES key */
     sbuf seal_pt, seal_ct;          /* sealing scratch, wiped after use */
@@ -144,6 +145,7 @@ NOMBA_HIDDEN int proto_build(lua_State *L, int cidx, client *c, int op, int argi
 NOMBA_HIDDEN int proto_interpret(lua_State *L, int cidx, client *c, int op,
                                  const nomba_answer_meta *m, const char *body, size_t n);
 NOMBA_HIDDEN void proto_request_done(client *c);
+NOMBA_HIDDEN void proto_forget_secrets(client *c);   /* wipes req_secret once answered */
 NOMBA_HIDDEN void proto_open(lua_State *L);
 
 /* http.c: one attempt over the client's libcurl handle. */

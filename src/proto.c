@@ -47,6 +47,12 @@ void proto_open(lua_State *L)
     lua_pop(L, 2);
 }
 
+void proto_forget_secrets(client *c)
+{
+    sbuf_wipe(&c->req_secret[0]);
+    sbuf_wipe(&c->req_secret[1]);
+}
+
 /* Wipes the request buffers, unless a non-blocking transfer still sends
  * them (its end, or its abort, wipes them). */
 void proto_request_done(client *c)
@@ -164,7 +170,7 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
     if (c->in_flight)
         return config_error(L, c, op, "a non-blocking transfer is in flight: finish it with step() or wait()");
     proto_request_done(c);
-    sbuf_wipe(&c->req_secret);
+    proto_forget_secrets(c);
     (void)cidx;
     n = snprintf(rq->url, sizeof rq->url, "%s%s", c->base_url, c->paths[op]);
     if (n < 0 || (size_t)n >= sizeof rq->url)
@@ -188,9 +194,22 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
         if (secret == NULL || secret_len == 0)
             return config_error(L, c, op, "there is no refresh token to use");
         secret_name = "refresh_token";
-        if (c->access.n > 0) {
-            if (!sbuf_adds(&c->bearer_hdr, "Authorization: Bearer ") ||
-                !sbuf_add(&c->bearer_hdr, c->access.p, c->access.n))
+        {
+            /* Nomba's refresh needs the session's access token (an expired
+             * one will do) as its bearer: the given one, else the kept one */
+            size_t bn = 0;
+            const char *b = arg_string(L, argidx, "access_token", &bn);
+            if (b != NULL && bn > 0) {
+                if (!sbuf_set(&c->req_secret[1], b, bn))
+                    return luaL_error(L, "nomba.oauth: out of memory");
+            } else if (c->access.n > 0) {
+                b = c->access.p;
+                bn = c->access.n;
+            } else {
+                return config_error(L, c, op, "a refresh needs the session's access token (an expired one "
+                                    "will do) as its bearer: refresh{refresh_token = ..., access_token = ...}");
+            }
+            if (!sbuf_adds(&c->bearer_hdr, "Authorization: Bearer ") || !sbuf_add(&c->bearer_hdr, b, bn))
                 return luaL_error(L, "nomba.oauth: out of memory");
             rq->bearer = 1;
         }
@@ -219,7 +238,7 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
         return config_error(L, c, op, "this operation sends no request");
     }
 
-    if (secret != NULL && secret != c->secret.p && !sbuf_set(&c->req_secret, secret, secret_len))
+    if (secret != NULL && secret != c->secret.p && !sbuf_set(&c->req_secret[0], secret, secret_len))
         return luaL_error(L, "nomba.oauth: out of memory");
     open = body_open(L, c, op, argidx, &on, &fresh);
     if (open == NULL)

@@ -415,15 +415,28 @@ function Client:issue()
   return request(self, check_client(self, "issue"), "issue")
 end
 
---- Refreshes with the kept (or the given) refresh token; the client keeps the new token.
--- @tparam[opt] string refresh_token
--- @treturn table token, or `nil, err`
+--- Refreshes the session; the client keeps the new token. Nomba needs the
+-- refresh token and, as the bearer, the session's access token (an
+-- expired one will do): the kept ones, or the ones given, e.g. saved by
+-- an earlier process: `client:refresh{refresh_token = rt, access_token = at}`.
+-- Without any access token it fails at once (`config`), sending nothing.
+-- @tparam[opt] string|table refresh_token a refresh token, or `{refresh_token =, access_token =}`
+-- @treturn table token
+-- @treturn[2] nil
+-- @treturn[2] Error err
 function Client:refresh(refresh_token)
   local st = check_client(self, "refresh")
-  if refresh_token ~= nil and (type(refresh_token) ~= "string" or refresh_token == "") then
+  local rt, at = refresh_token, nil
+  if type(refresh_token) == "table" then
+    rt, at = refresh_token.refresh_token, refresh_token.access_token
+  end
+  if rt ~= nil and (type(rt) ~= "string" or rt == "") then
     error("nomba.oauth: bad argument #1 to 'refresh' (refresh_token must be a non-empty string)", 2)
   end
-  return request(self, st, "refresh", { refresh_token = refresh_token })
+  if at ~= nil and (type(at) ~= "string" or not at:match("^[\33-\126]+$")) then
+    error("nomba.oauth: bad argument #1 to 'refresh' (access_token must be a non-empty string of visible ASCII)", 2)
+  end
+  return request(self, st, "refresh", { refresh_token = rt, access_token = at })
 end
 
 --- Revokes the kept (or the given) access token. A kept one is dropped.

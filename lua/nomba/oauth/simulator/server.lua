@@ -120,7 +120,11 @@ local function load(key)
   return v and cjson.decode(v)
 end
 
-local function issue_pair(client)
+-- A pair belongs to a session: issue starts one, refresh continues it. An
+-- access token record outlives its expiry (a day) because an expired access
+-- token is still the bearer a refresh of the same session needs.
+local function issue_pair(client, session)
+  session = session or random_text(16)
   local lifetime = setting("lifetime")
   local t = now()
   local payload = b64url(cjson.encode({ sub = client.client_id, iat = math.floor(t),
@@ -129,8 +133,9 @@ local function issue_pair(client)
                  b64url(random_text(96))
   local refresh = "01h" .. random_text(37)
   store("at:" .. access, { client_id = client.client_id, account_id = client.account_id,
-                           exp = t + lifetime }, lifetime + 60)
-  store("rt:" .. refresh, { client_id = client.client_id, account_id = client.account_id }, 86400)
+                           exp = t + lifetime, session = session }, lifetime + 86400)
+  store("rt:" .. refresh, { client_id = client.client_id, account_id = client.account_id,
+                           session = session }, 86400)
   dict:incr("count:issued", 1, 0)
   local data = { businessId = client.business_id, access_token = access, refresh_token = refresh }
   if setting("expires_in") then
@@ -198,17 +203,17 @@ function handlers.refresh(body, account)
   if not rt or rt.account_id ~= account then
     return fail(401, "401", "Refresh token is invalid, expired or revoked")
   end
+  -- as Nomba: the session's access token (expired is fine) is the bearer
   local b = bearer()
-  if b then
-    local at = load("at:" .. b)
-    if at and at.client_id ~= rt.client_id then
-      return fail(401, "401", "Bearer token belongs to another client")
-    end
+  if not b then return fail(401, "401", "Authorization: Bearer <access_token> is required") end
+  local at = load("at:" .. b)
+  if not at or at.session ~= rt.session then
+    return fail(401, "401", "The bearer token does not belong to this session")
   end
   dict:delete("rt:" .. body.refresh_token)             -- retired on use
   local client = find_client(rt.client_id)
   if not client then return fail(401, "401", "Unknown client") end
-  return issue_pair(client)
+  return issue_pair(client, rt.session)
 end
 
 function handlers.revoke(body, account)
