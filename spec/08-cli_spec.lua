@@ -4,12 +4,14 @@ local H = require "helpers"
 
 local LUA = arg and arg[-1] or "lua5.4"
 
+local CACHE
+
 local function run(args, env, stdin)
   local sim = H.sim()
   local vars = {
     NOMBA_ACCOUNT_ID = sim.client.account_id, NOMBA_CLIENT_ID = sim.client.client_id,
     NOMBA_CLIENT_SECRET = sim.client.client_secret, NOMBA_BASE_URL = sim.url,
-    NOMBA_CAFILE = sim.cafile,
+    NOMBA_CAFILE = sim.cafile, XDG_CACHE_HOME = CACHE,
   }
   for k, v in pairs(env or {}) do vars[k] = v end
   local parts = {}
@@ -28,7 +30,11 @@ local function run(args, env, stdin)
 end
 
 describe("nomba-oauth CLI", function()
-  before_each(H.reset)
+  before_each(function()
+    H.reset()
+    CACHE = io.popen("mktemp -d /tmp/nomba-cli-cache.XXXXXX"):read("*l")   -- each test its own session cache
+  end)
+  after_each(function() os.execute("rm -rf " .. CACHE) end)
 
   it("issue prints a redacted token", function()
     local code, out = run("issue")
@@ -117,6 +123,38 @@ describe("nomba-oauth CLI", function()
     assert.matches("bad_signature", err3)
     assert.is_nil(err3:find("other", 1, true))
     assert.are.equal(2, (run("webhook verify", nil, delivery)))
+  end)
+
+  it("token and headers reuse one cached session: ten runs, one issue", function()
+    local first
+    for i = 1, 10 do
+      local code, out, err = run("token --show-secrets")
+      assert.are.equal(0, code, err)
+      first = first or out
+      assert.are.equal(first, out, "run " .. i)
+    end
+    assert.are.equal(1, H.count("issue"))
+    local code, out = run("headers --json --show-secrets")
+    assert.are.equal(0, code)
+    assert.are.equal("Bearer " .. first:gsub("%s+$", ""), cjson.decode(out).Authorization)
+    assert.are.equal(1, H.count("issue"))
+    -- the cache is sealed: the token is not in it
+    local p = io.popen("cat " .. CACHE .. "/nomba-oauth/* 2>/dev/null")
+    local raw = p:read("*a")
+    p:close()
+    assert.matches("n1%.", raw)
+    assert.is_nil(raw:find(first:sub(1, 40), 1, true))
+    assert.matches("^drwx%-%-%-%-%-%-", io.popen("ls -ld " .. CACHE .. "/nomba-oauth"):read("*l"))
+    -- revoke drops the cached session: the next run logs in again
+    assert.are.equal(0, (run("revoke")))
+    assert.are.equal(1, H.count("revoke"))
+    local c2, out2 = run("token --show-secrets")
+    assert.are.equal(0, c2)
+    assert.are_not.equal(first, out2)
+    assert.are.equal(2, H.count("issue"))
+    -- --no-cache logs in every time
+    for _ = 1, 3 do assert.are.equal(0, (run("token --no-cache"))) end
+    assert.are.equal(5, H.count("issue"))
   end)
 
   it("exit code 2 on usage errors", function()

@@ -1,8 +1,9 @@
--- One process of a fleet (spec/13-redis): calls token() in a loop for a
--- while, sharing the token through Redis (or alone, with "alone"), checks
+-- One process of a fleet (spec/13-redis, spec/20-session): calls token() in
+-- a loop for a while, sharing the token through Redis (or a directory, with
+-- "file:DIR"; or alone, with "alone"), checks
 -- every token it gets, and prints a JSON summary. Never raises: a raise is
 -- a failure of the library and ends the process with status 3.
---   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone]
+--   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone | file:DIR]
 local url, cafile, rhost, rport, seconds, mode = arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), arg[6]
 package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
 local oauth = require "nomba.oauth"
@@ -13,7 +14,9 @@ local simulator = require "nomba.oauth.simulator"
 local summary = { calls = 0, ok = 0, failures = 0, store_errors = 0, kinds = {} }
 local ok, err = pcall(function()
   local store
-  if mode ~= "alone" then
+  if mode and mode:sub(1, 5) == "file:" then
+    store = oauth.store.file(mode:sub(6))
+  elseif mode ~= "alone" then
     local redis = require "redis"
     -- reconnects when Redis went away, so the fleet rejoins when it is back
     local conn

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <math.h>
 #include <stdio.h>
 #include "nomba.h"
 
@@ -642,6 +643,99 @@ static int client_answer(lua_State *L)
     return r;
 }
 
+/* A token field of a saved table: a string of visible ASCII, or NULL when
+ * absent; raises naming the option otherwise. */
+static const char *seed_string(lua_State *L, const char *field, size_t *n, int required)
+{
+    const char *s;
+    size_t i;
+    lua_getfield(L, 2, field);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        if (required)
+            luaL_error(L, "nomba.oauth.new: option 'token' has no %s", field);
+        return NULL;
+    }
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "nomba.oauth.new: option 'token' has a %s that is not a string", field);
+    s = lua_tolstring(L, -1, n);
+    for (i = 0; i < *n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            luaL_error(L, "nomba.oauth.new: option 'token' has a %s outside visible ASCII", field);
+    lua_pop(L, 1);   /* the string stays alive in the table */
+    return *n ? s : NULL;
+}
+
+/* core.seed(client, token): starts from a saved token table (the shape
+ * issue() returns). An expired one is kept for its refresh: its access
+ * token is the bearer the refresh needs. */
+static int client_seed(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    size_t an = 0, rn = 0;
+    const char *at, *rt;
+    double at_wall, left, lifetime;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    at = seed_string(L, "access_token", &an, 1);
+    rt = seed_string(L, "refresh_token", &rn, 0);
+    if (at == NULL)
+        return luaL_error(L, "nomba.oauth.new: option 'token' has an empty access_token");
+    lua_getfield(L, 2, "expires_at");
+    at_wall = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER || !(at_wall > 0 && at_wall < 1e11))
+        return luaL_error(L, "nomba.oauth.new: option 'token' needs expires_at (Unix seconds)");
+    lua_getfield(L, 2, "expires_in");
+    lifetime = lua_tonumber(L, -1);
+    lua_pop(L, 2);
+    left = at_wall - nt_wall();
+    if (!(left <= NOMBA_MAX_LIFETIME))
+        return luaL_error(L, "nomba.oauth.new: option 'token' expires more than a year from now");
+    if (!(lifetime > 0 && lifetime <= NOMBA_MAX_LIFETIME))
+        lifetime = left > 0 ? left : 0;
+    if (c->closed)
+        return 0;
+    if (!sbuf_set(&c->access, at, an) || (rt != NULL && !sbuf_set(&c->refresh, rt, rn)))
+        return luaL_error(L, "nomba.oauth: out of memory");
+    lua_getfield(L, 2, "business_id");
+    free(c->business_id);
+    c->business_id = lua_type(L, -1) == LUA_TSTRING ? nomba_strndup(lua_tostring(L, -1),
+                                                                    lua_rawlen(L, -1)) : NULL;
+    lua_pop(L, 1);
+    c->lifetime = lifetime;
+    c->expires_wall = at_wall;
+    c->expires_mono = left > 0 ? nt_mono() + left : 0;
+    if (left > 0)
+        client_set_token(L, 1, c);
+    return 0;
+}
+
+/* core.kept(client): the kept token as a token table (for on_token), or
+ * nothing when none is kept. */
+static int client_kept(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    if (c->closed || c->access.n == 0)
+        return 0;
+    lua_createtable(L, 0, 6);
+    lua_pushlstring(L, c->access.p, c->access.n);
+    lua_setfield(L, -2, "access_token");
+    if (c->refresh.n > 0) {
+        lua_pushlstring(L, c->refresh.p, c->refresh.n);
+        lua_setfield(L, -2, "refresh_token");
+    }
+    lua_pushnumber(L, floor(c->expires_wall));
+    lua_setfield(L, -2, "expires_at");
+    lua_pushinteger(L, (lua_Integer)floor(c->lifetime));
+    lua_setfield(L, -2, "expires_in");
+    if (c->business_id != NULL) {
+        lua_pushstring(L, c->business_id);
+        lua_setfield(L, -2, "business_id");
+    }
+    lua_pushliteral(L, "Bearer");
+    lua_setfield(L, -2, "token_type");
+    return 1;
+}
+
 /* client:invalidate(): never hand out the kept access token again. Its
  * bytes stay (wiped on close) because a refresh sends it as the bearer. */
 static int client_invalidate(lua_State *L)
@@ -653,17 +747,21 @@ static int client_invalidate(lua_State *L)
 }
 
 /* core.drop(client[, access_token]): after a successful revoke, forget the
- * kept token when it is the one revoked (or when none was named). */
+ * kept token when it is the one revoked (or when none was named); returns
+ * whether it did. */
 static int client_drop(lua_State *L)
 {
     client *c = client_check(L, 1);
     size_t n = 0;
     const char *t = luaL_optlstring(L, 2, NULL, &n);
-    if (c->closed)
-        return 0;
-    if (t == NULL || (n == c->access.n && n > 0 && memcmp(t, c->access.p, n) == 0))
+    int dropped = 0;
+    if (!c->closed && c->access.n > 0 &&
+        (t == NULL || (n == c->access.n && memcmp(t, c->access.p, n) == 0))) {
         client_drop_token(L, 1, c);
-    return 0;
+        dropped = 1;
+    }
+    lua_pushboolean(L, dropped);
+    return 1;
 }
 
 static int client_close(lua_State *L)
@@ -745,6 +843,8 @@ void client_open(lua_State *L)
         {"request", client_request},
         {"answer", client_answer},
         {"drop", client_drop},
+        {"seed", client_seed},
+        {"kept", client_kept},
         {"nb_start", client_nb_start},
         {"nb_progress", client_nb_progress},
         {"nb_wait", client_nb_wait},

@@ -218,6 +218,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     seal_open(L);
     url_open(L);
     webhook_open(L);
+    filestore_open(L);
     pkce_open(L);
     return 1;
 }

@@ -283,9 +283,16 @@ static int put_utf8(sbuf *out, unsigned long cp)
     return sbuf_add(out, b, k);
 }
 
+/* Four hex digits read_string has already checked. */
 static unsigned long hex4(const char *q)
 {
-    return (unsigned long)(hexval(q[0]) << 12 | hexval(q[1]) << 8 | hexval(q[2]) << 4 | hexval(q[3]));
+    unsigned long v = 0;
+    int i;
+    for (i = 0; i < 4; i++) {
+        int h = hexval(q[i]);
+        v = v << 4 | (unsigned long)(h < 0 ? 0 : h);
+    }
+    return v;
 }
 
 int json_string(const json_span *s, sbuf *out)
@@ -352,12 +359,16 @@ static int number_of(const char *p, size_t n, double *out)
     char tmp[64], *end;
     const char *dp = localeconv()->decimal_point;
     size_t i;
+    memset(&r, 0, sizeof r);
     r.p = p;
     r.end = p + n;
     if (n == 0 || n >= sizeof tmp || !read_number(&r) || r.p != r.end)
         return 0;
-    for (i = 0; i < n; i++)
-        tmp[i] = (p[i] == '.' && dp != NULL && dp[0] != '\0') ? dp[0] : p[i];
+    for (i = 0; i < n; i++) {
+        tmp[i] = p[i];
+        if (p[i] == '.' && dp != NULL && dp[0] != '\0')
+            tmp[i] = dp[0];
+    }
     tmp[n] = '\0';
     *out = strtod(tmp, &end);
     return end == tmp + n;

@@ -211,6 +211,9 @@ NOMBA_HIDDEN int json_scan(const char *p, size_t n, const char *const *names, in
 NOMBA_HIDDEN int json_string(const json_span *s, sbuf *out);   /* 1, 0 not a string, -1 OOM */
 NOMBA_HIDDEN int json_number(const json_span *s, double *out);  /* a number, or a string of one */
 
+/* filestore.c */
+NOMBA_HIDDEN void filestore_open(lua_State *L);
+
 /* webhook.c */
 NOMBA_HIDDEN int  webhook_check(const char *key, size_t kn, const char *msg, size_t mn,
                                 const char *sig, size_t sn);   /* 1: the signature holds */

@@ -378,15 +378,14 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
     const json_span *in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_NUMBER);
     sbuf *new_at = &c->scratch[0], *new_rt = &c->scratch[1];
     sbuf b = {NULL, 0, 0};
-    double lifetime, now_wall = nt_wall(), server_now = now_wall, t;
+    double lifetime = 0, now_wall = nt_wall(), server_now = now_wall, t = 0;
     const char *why = NULL;
-    int r;
 
     if (in == NULL)
         in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_STRING);
     if (at == NULL)
         return protocol_error(L, c, op, m->status, "the answer has no access_token");
-    if ((r = take_string(at, new_at)) < 0 || take_string(rt, new_rt) < 0 || take_string(biz, &b) < 0) {
+    if (take_string(at, new_at) < 0 || take_string(rt, new_rt) < 0 || take_string(biz, &b) < 0) {
         sbuf_wipe(new_at);
         sbuf_wipe(new_rt);
         sbuf_free(&b);
@@ -409,7 +408,8 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
             sbuf_free(&e);
             if (!ok)
                 why = "the answer's expiresAt is not an ISO 8601 time";
-            lifetime = t - server_now;
+            else
+                lifetime = t - server_now;
         } else if (in != NULL) {
             if (!json_number(in, &lifetime))
                 why = "the answer's expires_in is not a number";

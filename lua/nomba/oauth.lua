@@ -127,7 +127,7 @@ local OPTIONS = {
   cafile = "string", capath = "string", pinned_pubkey = "string", proxy = "string",
   user_agent = "string", max_response_bytes = "number", paths = "table",
   on_event = "function", store = "table", store_key = "string", transport = "function",
-  nonblocking = "boolean",
+  nonblocking = "boolean", token = "table", on_token = "function",
 }
 
 -- A misuse found while checking options; new() re-raises it at the caller.
@@ -237,8 +237,12 @@ function M.new(opts)
     error(o, 0)
   end
   local state = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
-                  retries = o.retries, timeout = o.timeout, store = o.store }
+                  retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token }
   local client = core.new(o, state)
+  if o.token then
+    local seeded, why = pcall(core.seed, client, o.token)
+    if not seeded then error(why, 2) end
+  end
   if o.store then
     if o.store_key then core.set_store_key(client, o.store_key) end
     state.skey = core.store_id(client)
@@ -271,6 +275,14 @@ local sleep = ngx_sleep or core.sleep
 local function emit(st, ev)
   local f = st.on_event
   if f then pcall(f, ev) end
+end
+
+-- on_token: the application's hook, called with every token the client
+-- adopts (issued, refreshed, exchanged, or newer from the store). It
+-- receives secrets by design; an error inside it is swallowed.
+local function adopted(st, tok)
+  local f = st.on_token
+  if f and tok then pcall(f, tok) end
 end
 
 -- One HTTP attempt through the configured transport.
@@ -327,6 +339,7 @@ local function request(self, st, op, args)
                elapsed = now() - t0, kind = e and e.kind, code = e and e.code })
     if res ~= nil then
       hot_clear(self)
+      if op == "issue" or op == "refresh" or op == "exchange" then adopted(st, res) end
       return res
     end
     err = e
@@ -394,7 +407,10 @@ local function read_shared(self, st)
   local blob
   blob, failed = store_call(st, "get", st.skey)
   if failed then return nil end
-  if blob then core.adopt(self, aad, blob) end
+  if blob and core.adopt(self, aad, blob) then
+    hot_clear(self)
+    adopted(st, core.kept(self))
+  end
   return aad
 end
 
@@ -447,14 +463,15 @@ function Client:revoke(access_token)
   if access_token ~= nil and (type(access_token) ~= "string" or access_token == "") then
     error("nomba.oauth: bad argument #1 to 'revoke' (access_token must be a non-empty string)", 2)
   end
+  if st.store then read_shared(self, st) end      -- the shared token may be the one revoked
   local ok, err = request(self, st, "revoke", { access_token = access_token })
   if ok then
-    if st.store and access_token == nil then
-      -- a new generation first: a copy of the old sealed value never opens again
+    if core.drop(self, access_token) and st.store then
+      -- the shared token is gone: a new generation first, so a copy of its
+      -- sealed value never opens again
       store_call(st, "set", st.gkey, core.pkce.verifier(43))
       store_call(st, "delete", st.skey)
     end
-    core.drop(self, access_token)
     hot_clear(self)
   end
   return ok, err
@@ -696,6 +713,7 @@ nb_finish = function(self, st, job, res, err)
   if res ~= nil then
     if job.op == "revoke" then core.drop(self, job.args.access_token) end
     hot_clear(self)
+    if job.op == "issue" or job.op == "refresh" then adopted(st, res) end
   end
   if job.callback then pcall(job.callback, res, err) end
 end

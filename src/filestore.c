@@ -1,0 +1,239 @@
+/*
+ * filestore.c: the file system under oauth.store.file, for every process
+ * of one host (nomba/oauth/store.lua holds the store's logic).
+ *
+ *   core.fs_dir(path)               -> path | nil, why   (creates it 0700; refuses a
+ *                                      symlink, another owner, group/other write)
+ *   core.fs_read(dir, name, max)    -> content | nil     (nil: absent, unreadable or over max)
+ *   core.fs_write(dir, name, data)  -> true | nil, why   (temporary file 0600, fsync,
+ *                                      atomic rename, fsync of the directory)
+ *   core.fs_remove(dir, name)       -> true
+ *   core.fs_trylock(dir, name)      -> lock | false | nil, why   (flock LOCK_EX|LOCK_NB)
+ *   core.fs_lockwait(dir, name)     -> lock | nil, why   (flock LOCK_EX, held briefly)
+ *   core.fs_unlock(lock)            -> true   (also its __gc)
+ *
+ * Names are [A-Za-z0-9._:-], at most 200 bytes, not starting with '.'.
+ * Every file is opened O_NOFOLLOW | O_CLOEXEC. A lock is an flock() on a
+ * lock file: the kernel releases it when its holder dies, so a crashed
+ * holder never blocks the others.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include "nomba.h"
+
+#define NAME_MAX_LEN 200
+#define LOCK_MT "nomba.oauth.FileLock"
+
+static const char *check_name(lua_State *L, int idx)
+{
+    size_t n, i;
+    const char *s = luaL_checklstring(L, idx, &n);
+    if (n == 0 || n > NAME_MAX_LEN || s[0] == '.')
+        luaL_argerror(L, idx, "bad store file name");
+    for (i = 0; i < n; i++) {
+        char ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
+            luaL_argerror(L, idx, "bad store file name");
+    }
+    return s;
+}
+
+static int path_of(lua_State *L, char *out, size_t cap, const char *suffix)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    const char *name = check_name(L, 2);
+    int n = snprintf(out, cap, "%s/%s%s", dir, name, suffix);
+    return n > 0 && (size_t)n < cap;
+}
+
+static int fail_errno(lua_State *L, const char *what)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s: %s", what, strerror(errno));
+    return 2;
+}
+
+static int fs_dir(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    struct stat st;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return fail_errno(L, "cannot create the store directory");
+    if (lstat(dir, &st) != 0)
+        return fail_errno(L, "cannot stat the store directory");
+    lua_pushnil(L);
+    if (S_ISLNK(st.st_mode))
+        lua_pushliteral(L, "the store directory is a symbolic link");
+    else if (!S_ISDIR(st.st_mode))
+        lua_pushliteral(L, "the store directory is not a directory");
+    else if (st.st_uid != geteuid())
+        lua_pushliteral(L, "the store directory belongs to another user");
+    else if (st.st_mode & (S_IWGRP | S_IWOTH))
+        lua_pushliteral(L, "the store directory is writable by other users");
+    else {
+        lua_pop(L, 1);
+        lua_pushvalue(L, 1);
+        return 1;
+    }
+    return 2;
+}
+
+static int fs_read(lua_State *L)
+{
+    char path[4096];
+    lua_Integer max = luaL_checkinteger(L, 3);
+    luaL_Buffer b;
+    int fd;
+    ssize_t r;
+    size_t total = 0;
+    if (!path_of(L, path, sizeof path, ""))
+        return 0;
+    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    luaL_buffinit(L, &b);
+    for (;;) {
+        char chunk[4096];
+        r = read(fd, chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        total += (size_t)r;
+        if ((lua_Integer)total > max) {
+            close(fd);
+            return 0;
+        }
+        luaL_addlstring(&b, chunk, (size_t)r);
+    }
+    close(fd);
+    if (r < 0)
+        return 0;
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return 0;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 1;
+}
+
+static int fs_write(lua_State *L)
+{
+    char path[4096], tmp[4200];
+    size_t n;
+    const char *data = luaL_checklstring(L, 3, &n);
+    int fd, dfd, ok;
+    if (!path_of(L, path, sizeof path, ""))
+        return luaL_error(L, "nomba.oauth.store.file: path too long");
+    (void)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail_errno(L, "cannot write the store file");
+    ok = write_all(fd, data, n) && fsync(fd) == 0;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        int e = errno;
+        (void)unlink(tmp);
+        errno = e;
+        return fail_errno(L, "cannot write the store file");
+    }
+    dfd = open(luaL_checkstring(L, 1), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int fs_remove(lua_State *L)
+{
+    char path[4096];
+    if (path_of(L, path, sizeof path, ""))
+        (void)unlink(path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int lock_file(lua_State *L, int how)
+{
+    char path[4096];
+    int fd;
+    if (!path_of(L, path, sizeof path, ".lock"))
+        return luaL_error(L, "nomba.oauth.store.file: path too long");
+    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail_errno(L, "cannot open the lock file");
+    while (flock(fd, how) != 0) {
+        if (errno == EINTR)
+            continue;
+        close(fd);
+        if (errno == EWOULDBLOCK) {
+            lua_pushboolean(L, 0);
+            return 1;
+        }
+        return fail_errno(L, "cannot lock");
+    }
+    *(int *)lua_newuserdata(L, sizeof(int)) = fd;
+    luaL_getmetatable(L, LOCK_MT);
+    lua_setmetatable(L, -2);
+    return 1;
+}
+
+static int fs_trylock(lua_State *L)
+{
+    return lock_file(L, LOCK_EX | LOCK_NB);
+}
+
+static int fs_lockwait(lua_State *L)
+{
+    return lock_file(L, LOCK_EX);
+}
+
+/* Closing the descriptor releases the flock; a lock object that is
+ * collected without unlock releases it too. */
+static int fs_unlock(lua_State *L)
+{
+    int *fd = (int *)luaL_checkudata(L, 1, LOCK_MT);
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+void filestore_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"fs_dir", fs_dir},
+        {"fs_read", fs_read},
+        {"fs_write", fs_write},
+        {"fs_remove", fs_remove},
+        {"fs_trylock", fs_trylock},
+        {"fs_lockwait", fs_lockwait},
+        {"fs_unlock", fs_unlock},
+        {NULL, NULL}
+    };
+    luaL_newmetatable(L, LOCK_MT);
+    lua_pushcfunction(L, fs_unlock);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_setfuncs(L, funcs, 0);
+}
