@@ -41,7 +41,7 @@ describe("documentation", function()
     "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close",
     "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify",
     "M.memory", "M.shdict", "M.redis", "M.request", "M.keep_fresh",
-    "M.verify", "M.sign", "M.dedupe", "M.webhook",
+    "M.verify", "M.sign", "M.dedupe", "M.webhook", "M.file",
   } do
     it("documents " .. name, function()
       assert.is_string(doc_block(name), name .. " has no doc comment")

@@ -1,0 +1,198 @@
+-- One Nomba session across restarts and processes: a client started from a
+-- saved token, the on_token hook, and the file store shared by the
+-- processes of one host (permissions, torn files, a killed lock holder, 8
+-- processes making one issue).
+local oauth = require "nomba.oauth"
+local core = require "nomba.oauth.core"
+local cjson = require "cjson"
+local H = require "helpers"
+
+local LUA = arg and arg[-1] or "lua5.4"
+
+local function tmpdir()
+  return io.popen("mktemp -d /tmp/nomba-session.XXXXXX"):read("*l")
+end
+
+local function mode_of(path)
+  return io.popen("stat -c %a " .. path):read("*l")
+end
+
+describe("sessions", function()
+  local sim
+  before_each(function()
+    sim = H.sim()
+    H.reset()
+  end)
+
+  describe("token = saved", function()
+    it("starts from a saved token: token() makes no request", function()
+      local saved = assert(H.client():issue())
+      local c = H.client { token = saved }
+      assert.are.equal(saved.access_token, c:token())
+      assert.are.equal(1, H.count("issue"))
+      assert.are.equal(200, H.protected(c:headers()))
+    end)
+
+    it("refreshes a saved token when due, with its access token as the bearer", function()
+      assert(sim:config { lifetime = 2 })
+      local saved = assert(H.client():issue())
+      H.sleep(2.1)                                -- expired: kept for its refresh
+      local c = H.client { token = saved }
+      local tok = assert(c:token())
+      assert.are_not.equal(saved.access_token, tok)
+      assert.are.equal(1, H.count("issue"))
+      assert.are.equal(1, H.count("refresh"))
+      assert.are.equal("Bearer " .. saved.access_token, H.log("refresh")[1].headers.Authorization)
+    end)
+
+    it("refuses a malformed saved token, naming the option", function()
+      local o = sim:client_options()
+      for _, bad in ipairs {
+        { refresh_token = "r", expires_at = os.time() + 60 },
+        { access_token = "a\r\nb", expires_at = os.time() + 60 },
+        { access_token = "abc" },
+        { access_token = "abc", expires_at = 1e300 },
+      } do
+        o.token = bad
+        local ok, err = pcall(oauth.new, o)
+        assert.is_false(ok)
+        assert.matches("option 'token'", tostring(err))
+      end
+    end)
+  end)
+
+  describe("on_token", function()
+    it("fires once per adoption, swallowing errors", function()
+      local seen = {}
+      local hook = function(t)
+        seen[#seen + 1] = t.access_token
+        error("the application's hook failed")
+      end
+      local store = oauth.store.memory()
+      local a = H.client { on_token = hook, store = store }
+      local t1 = assert(a:token())                    -- issue
+      assert.are.same({ t1 }, seen)
+      assert.are.equal(t1, a:token())                 -- nothing new
+      assert.are.equal(1, #seen)
+      local t2 = assert(a:refresh()).access_token     -- refresh
+      assert.are.same({ t1, t2 }, seen)
+      local got = {}
+      local b = H.client { store = store, on_token = function(t) got[#got + 1] = t end }
+      b:invalidate()
+      local r = a:refresh()                          -- a publishes nothing here (explicit call)
+      assert(r)
+      assert(b:token())                               -- b adopts from the store
+      assert.are.equal(1, #got)
+      assert.is_string(got[1].refresh_token)
+    end)
+  end)
+
+  describe("oauth.store.file", function()
+    local dir
+    before_each(function() dir = tmpdir() .. "/store" end)
+    after_each(function() os.execute("rm -rf " .. dir:gsub("/store$", "")) end)
+
+    it("implements the store contract, 0700 directory and 0600 files", function()
+      local s = oauth.store.file(dir)
+      assert.are.equal("700", mode_of(dir))
+      assert.is_nil(s:get("k"))
+      assert.is_true(s:set("k", "v1", 60))
+      assert.are.equal("v1", s:get("k"))
+      assert.are.equal("600", mode_of(dir .. "/k"))
+      assert.is_true(s:set("k", "v2"))
+      assert.are.equal("v2", s:get("k"))
+      assert.is_true(s:set("e", "x", 0.2))
+      H.sleep(0.3)
+      assert.is_nil(s:get("e"))
+      assert.is_true(s:delete("k"))
+      assert.is_nil(s:get("k"))
+      assert.is_true(s:lock("l", 5))
+      local other = oauth.store.file(dir)
+      assert.is_false(other:lock("l", 5))
+      assert.is_true(s:unlock("l"))
+      assert.is_true(other:lock("l", 5))
+      assert.is_true(other:unlock("l"))
+      assert.is_true(s:add("once", "1", 60))
+      assert.is_false(other:add("once", "1", 60))
+    end)
+
+    it("refuses a directory others can write, another user's, or a symlink", function()
+      local base = dir:gsub("/store$", "")
+      os.execute("mkdir -p " .. base .. "/open && chmod 777 " .. base .. "/open")
+      assert.has_error(function() oauth.store.file(base .. "/open") end)
+      os.execute("mkdir -p " .. base .. "/real && chmod 700 " .. base .. "/real && ln -s " ..
+                 base .. "/real " .. base .. "/link")
+      assert.has_error(function() oauth.store.file(base .. "/link") end)
+      os.execute("mkdir -p " .. base .. "/theirs && chmod 700 " .. base .. "/theirs && chown nobody " ..
+                 base .. "/theirs 2>/dev/null")
+      if io.popen("stat -c %U " .. base .. "/theirs"):read("*l") == "nobody" then
+        assert.has_error(function() oauth.store.file(base .. "/theirs") end)
+      end
+    end)
+
+    it("treats torn, garbage and foreign files as a miss", function()
+      local s = oauth.store.file(dir)
+      local c = H.client { store = s }
+      local key = core.store_id(c)
+      for _, junk in ipairs { "", "garbage", "123", "0\nnot-sealed", "0\nn1.AAAA" } do
+        local f = assert(io.open(dir .. "/" .. key, "w"))
+        f:write(junk)
+        f:close()
+        assert.is_string(c:token())
+        c:invalidate()
+      end
+      -- a value sealed by another client (another secret) does not open
+      local o = sim:client_options { store = s }
+      o.client_secret = nil
+      o.store_key = ("z"):rep(32)
+      local pk = oauth.new(o)
+      assert.is_nil((pk:token()))                  -- a PKCE client cannot issue, and adopts nothing
+    end)
+
+    it("a killed lock holder never blocks the others", function()
+      local s = oauth.store.file(dir)
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(([[
+        local s = require("nomba.oauth").store.file(%q)
+        assert(s:lock("held", 600))
+        io.write("locked\n") io.stdout:flush()
+        require("nomba.oauth.core").sleep(600)
+      ]]):format(dir))
+      f:close()
+      local p = io.popen(LUA .. " " .. script .. " & echo $!")
+      local pid = p:read("*l")
+      assert.are.equal("locked", p:read("*l"))      -- the holder has it
+      assert.is_false(s:lock("held", 600))
+      os.execute("kill -KILL " .. pid)
+      p:close()
+      os.remove(script)
+      local got = false
+      for _ = 1, 100 do
+        got = s:lock("held", 600)
+        if got then break end
+        H.sleep(0.02)
+      end
+      assert.is_true(got)
+    end)
+
+    it("8 processes on one host share one session: one issue", function()
+      assert(sim:config { lifetime = 4 })
+      local procs = {}
+      for i = 1, 8 do
+        procs[i] = io.popen(("%s spec/fleet_worker.lua '%s' '%s' - 0 5 file:%s 2>&1"):format(
+          LUA, sim.url, sim.cafile, dir))
+      end
+      for i = 1, 8 do
+        local out = procs[i]:read("*a")
+        assert(procs[i]:close(), out)
+        local summary = assert(cjson.decode(out:match("{.*}$") or "null"), out)
+        assert.are.equal(0, summary.failures, out)
+        assert.is_true(summary.final_valid)
+      end
+      assert.are.equal(1, H.count("issue"))
+      -- 5 s with 4 s tokens renewed 2 s before expiry: a refresh or two for all 8, not 8 each
+      assert.is_true(H.count("refresh") <= 3, "refreshes: " .. H.count("refresh"))
+    end)
+  end)
+end)
