@@ -207,6 +207,18 @@ describe("webhooks", function()
     teardown(function() if a then a:stop() end end)
     before_each(H.reset)
 
+    -- curl's arguments for one POST of a signed delivery, its body in a file
+    local function delivery(h, body)
+      local file = os.tmpname()
+      local f = assert(io.open(file, "w"))
+      f:write(body)
+      f:close()
+      local args = { "-X POST -H 'Content-Type: application/json' --data-binary @" .. file }
+      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
+      args[#args + 1] = a.url .. "/webhook"
+      return table.concat(args, " "), function() os.remove(file) end
+    end
+
     local function granted(id)
       return tonumber((H.sh("curl -s '" .. a.url .. "/granted" .. (id and ("?id=" .. id) or "") .. "'")))
     end
@@ -230,11 +242,9 @@ describe("webhooks", function()
     end)
 
     it("answers 400 for a body that is not JSON, 500 when the handler fails (and then accepts the retry)", function()
-      local h = webhook.sign { key = "sim-webhook-key-0001", event = event() }
-      local args = {}
-      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
-      local code = H.sh("curl -s -o /dev/null -w '%{http_code}' -X POST --data-binary 'nope' " ..
-                        table.concat(args, " ") .. " " .. a.url .. "/webhook")
+      local args, done = delivery(webhook.sign { key = "sim-webhook-key-0001", event = event() }, "nope")
+      local code = H.sh("curl -s -o /dev/null -w '%{http_code}' " .. args)
+      done()
       assert.are.equal("400", code)
       local r = assert(sim:webhook { url = a.url .. "/webhook", transaction_type = "fail_me", request_id = "retry-1" })
       assert.are.same({ 500 }, r.statuses)
@@ -247,35 +257,19 @@ describe("webhooks", function()
       local e = event()
       e.requestId = "big-1"
       e.data.padding = ("p"):rep(200000)              -- over client_body_buffer_size: nginx writes a file
-      local h, body = webhook.sign { key = "sim-webhook-key-0001", event = e }
-      local file = os.tmpname()
-      local f = assert(io.open(file, "w"))
-      f:write(body)
-      f:close()
-      local args = {}
-      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
-      local code = H.sh("curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' " ..
-                        "--data-binary @" .. file .. " " .. table.concat(args, " ") .. " " .. a.url .. "/webhook")
-      os.remove(file)
+      local args, done = delivery(webhook.sign { key = "sim-webhook-key-0001", event = e })
+      local code = H.sh("curl -s -o /dev/null -w '%{http_code}' " .. args)
+      done()
       assert.are.equal("200", code)
       assert.are.equal(1, granted("big-1"))
     end)
 
     it("dedupes 40 concurrent deliveries of one event across the 4 workers", function()
-      local h, body = webhook.sign { key = "sim-webhook-key-0001", event = event() }
-      local file = os.tmpname()
-      local f = assert(io.open(file, "w"))
-      f:write(body)
-      f:close()
-      local args = {}
-      for k, v in pairs(h) do args[#args + 1] = "-H " .. q(k .. ": " .. v) end
+      local args, done = delivery(webhook.sign { key = "sim-webhook-key-0001", event = event() })
       local urls = {}
-      for i = 1, 40 do
-        urls[i] = "-o /dev/null -w '%{http_code}\\n' -X POST --data-binary @" .. file .. " " ..
-                  table.concat(args, " ") .. " " .. a.url .. "/webhook"
-      end
+      for i = 1, 40 do urls[i] = "-o /dev/null -w '%{http_code}\\n' " .. args end
       local out = H.sh("curl -s --parallel --parallel-max 20 " .. table.concat(urls, " --next -s ") .. " 2>/dev/null")
-      os.remove(file)
+      done()
       local ok = 0
       for c in out:gmatch("%d+") do if c == "200" then ok = ok + 1 end end
       assert.are.equal(40, ok)

@@ -709,15 +709,19 @@ static int client_seed(lua_State *L)
     return 0;
 }
 
-/* core.kept(client): the kept token as a token table (for on_token), or
- * nothing when none is kept. */
-static int client_kept(lua_State *L)
+/* Pushes the kept token as a token table (the shape issue() returns). The
+ * access token is the hot path's Lua string when there is one: no second
+ * copy. */
+void client_push_token(lua_State *L, int cidx, const client *c)
 {
-    client *c = client_check(L, 1);
-    if (c->closed || c->access.n == 0)
-        return 0;
     lua_createtable(L, 0, 6);
-    lua_pushlstring(L, c->access.p, c->access.n);
+    nomba_getuv(L, cidx);
+    lua_rawgeti(L, -1, UV_TOKEN);
+    lua_remove(L, -2);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        lua_pushlstring(L, c->access.p, c->access.n);
+    }
     lua_setfield(L, -2, "access_token");
     if (c->refresh.n > 0) {
         lua_pushlstring(L, c->refresh.p, c->refresh.n);
@@ -733,6 +737,16 @@ static int client_kept(lua_State *L)
     }
     lua_pushliteral(L, "Bearer");
     lua_setfield(L, -2, "token_type");
+}
+
+/* core.kept(client): the kept token as a token table (for on_token), or
+ * nothing when none is kept. */
+static int client_kept(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    if (c->closed || c->access.n == 0)
+        return 0;
+    client_push_token(L, 1, c);
     return 1;
 }
 

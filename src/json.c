@@ -35,17 +35,6 @@ static void skip_ws(reader *r)
         r->p++;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* A string at r->p (on its opening quote): *s and *n span its inside. */
 static int read_string(reader *r, const char **s, size_t *n)
 {
@@ -60,7 +49,7 @@ static int read_string(reader *r, const char **s, size_t *n)
             if (*q == 'u') {
                 int i;
                 for (i = 1; i <= 4; i++)
-                    if (q + i >= r->end || hexval(q[i]) < 0)
+                    if (q + i >= r->end || nomba_hexval(q[i]) < 0)
                         return 0;
                 q += 4;
             } else if (strchr("\"\\/bfnrt", *q) == NULL || *q == '\0') {
@@ -289,7 +278,7 @@ static unsigned long hex4(const char *q)
     unsigned long v = 0;
     int i;
     for (i = 0; i < 4; i++) {
-        int h = hexval(q[i]);
+        int h = nomba_hexval(q[i]);
         v = v << 4 | (unsigned long)(h < 0 ? 0 : h);
     }
     return v;

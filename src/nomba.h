@@ -60,6 +60,7 @@ NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the bytes, keep capacity */
 NOMBA_HIDDEN void sbuf_free(sbuf *b);   /* zero and free */
 NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN char *nomba_strndup(const char *s, size_t n);   /* malloc'd copy or NULL */
+NOMBA_HIDDEN int   nomba_hexval(int ch);                     /* 0..15, or -1 */
 
 /* Operations, as named in errors and events. */
 enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP__N };
@@ -136,6 +137,7 @@ typedef struct client {
 NOMBA_HIDDEN client *client_check(lua_State *L, int idx);
 NOMBA_HIDDEN void client_cleanup(client *c);
 NOMBA_HIDDEN void client_set_token(lua_State *L, int cidx, client *c);
+NOMBA_HIDDEN void client_push_token(lua_State *L, int cidx, const client *c);
 NOMBA_HIDDEN void client_drop_token(lua_State *L, int cidx, client *c);
 NOMBA_HIDDEN void client_open(lua_State *L);
 

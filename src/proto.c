@@ -443,25 +443,7 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
     c->expires_wall = now_wall + lifetime;
     client_set_token(L, cidx, c);              /* pushes nothing; the hot path's strings */
 
-    lua_createtable(L, 0, 6);
-    nomba_getuv(L, cidx);
-    lua_rawgeti(L, -1, UV_TOKEN);              /* the same Lua string, no second copy */
-    lua_setfield(L, -3, "access_token");
-    lua_pop(L, 1);
-    if (c->refresh.n > 0) {
-        lua_pushlstring(L, c->refresh.p, c->refresh.n);
-        lua_setfield(L, -2, "refresh_token");
-    }
-    lua_pushnumber(L, floor(c->expires_wall));
-    lua_setfield(L, -2, "expires_at");
-    lua_pushinteger(L, (lua_Integer)floor(lifetime));
-    lua_setfield(L, -2, "expires_in");
-    if (c->business_id != NULL) {
-        lua_pushstring(L, c->business_id);
-        lua_setfield(L, -2, "business_id");
-    }
-    lua_pushliteral(L, "Bearer");
-    lua_setfield(L, -2, "token_type");
+    client_push_token(L, cidx, c);
     lua_pushnil(L);
     lua_pushinteger(L, (lua_Integer)m->status);
     return 3;

@@ -49,17 +49,6 @@ static int b64val(unsigned char ch)
     return -1;
 }
 
-static int hexval(unsigned char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* The 32 raw bytes of a signature, or 0. Base64: exactly 43 symbols and
  * one '=' with the unused bits zero (the one canonical form). */
 static int decode_sig(const char *s, size_t n, unsigned char out[MAC])
@@ -85,7 +74,7 @@ static int decode_sig(const char *s, size_t n, unsigned char out[MAC])
     }
     if (n == 64) {
         for (i = 0; i < MAC; i++) {
-            int hi = hexval((unsigned char)s[2 * i]), lo = hexval((unsigned char)s[2 * i + 1]);
+            int hi = nomba_hexval((unsigned char)s[2 * i]), lo = nomba_hexval((unsigned char)s[2 * i + 1]);
             if (hi < 0 || lo < 0)
                 return 0;
             out[i] = (unsigned char)(hi << 4 | lo);

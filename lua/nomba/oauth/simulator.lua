@@ -242,6 +242,9 @@ function M.spawn_nginx(opts)
     end
     last = out
     if not out:find("in use", 1, true) or opts.port then break end
+    -- the port was taken: the next attempt starts with a clean error log,
+    -- so callers that check the log never see this attempt's [emerg] lines
+    os.remove(dir .. "/error.log")
   end
   if not opts.dir then run("rm -rf " .. sh_quote(dir)) end
   return nil, "nginx did not start: " .. tostring(last)
