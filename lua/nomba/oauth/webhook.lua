@@ -21,22 +21,14 @@
 local core = require "nomba.oauth.core"
 local json = require("cjson.safe").new()
 
-local type, pairs, tostring, error, tonumber = type, pairs, tostring, error, tonumber
-local floor, abs, fmt, lower = math.floor, math.abs, string.format, string.lower
+local type, pairs, ipairs, tostring, error, tonumber = type, pairs, ipairs, tostring, error, tonumber
+local floor, abs, fmt, lower, concat = math.floor, math.abs, string.format, string.lower, table.concat
 
 local M = {}
 
 local ALGORITHM, VERSION = "HmacSHA256", "1.0.0"
 local MAX_AGE = 300                  -- seconds a delivery may be off the local clock
 local DEDUPE_TTL = 86400
-
--- The signed fields, in the order Nomba joins them.
-local FIELDS = {
-  { "event_type" }, { "requestId" },
-  { "data", "merchant", "userId" }, { "data", "merchant", "walletId" },
-  { "data", "transaction", "transactionId" }, { "data", "transaction", "type" },
-  { "data", "transaction", "time" }, { "data", "transaction", "responseCode" },
-}
 
 -- A field as Nomba's signer writes it into the message: a missing field or
 -- null is "", a number in JavaScript's shortest form.
@@ -54,18 +46,17 @@ local function text(v)
   return ""
 end
 
-local function message(event, timestamp)
-  local parts = {}
-  for i, path in ipairs(FIELDS) do
-    local v = event
-    for _, k in ipairs(path) do
-      if type(v) ~= "table" then v = nil break end
-      v = v[k]
-    end
-    parts[i] = text(v)
-  end
-  parts[#parts + 1] = timestamp
-  return table.concat(parts, ":")
+-- The signed message: eight fields, in the order Nomba joins them, and the
+-- timestamp.
+local function message(e, timestamp)
+  local d = type(e.data) == "table" and e.data or nil
+  local m = d and type(d.merchant) == "table" and d.merchant or nil
+  local t = d and type(d.transaction) == "table" and d.transaction or nil
+  return concat({
+    text(e.event_type), text(e.requestId),
+    text(m and m.userId), text(m and m.walletId),
+    text(t and t.transactionId), text(t and t.type), text(t and t.time), text(t and t.responseCode),
+    timestamp }, ":")
 end
 
 local function fail(reason, msg)
@@ -74,9 +65,23 @@ local function fail(reason, msg)
   return nil, err
 end
 
--- Header values by lower-case name (the first of several).
+-- Header values by lower-case name (the first of several): as given when
+-- the names are lower-case already (nginx's), else a lower-cased copy.
+local WANTED = { "nomba-signature", "nomba-sig-value", "nomba-timestamp", "nomba-signature-algorithm",
+                 "nomba-signature-version" }
 local function lowered(headers)
-  local h = {}
+  local h, lower_already = {}, true
+  for k in pairs(headers) do
+    if type(k) == "string" and k ~= lower(k) then lower_already = false break end
+  end
+  if lower_already then
+    for _, name in ipairs(WANTED) do
+      local v = headers[name]
+      if type(v) == "table" then v = v[1] end
+      h[name] = type(v) == "string" and v or nil
+    end
+    return h
+  end
   for k, v in pairs(headers) do
     if type(k) == "string" then
       if type(v) == "table" then v = v[1] end
