@@ -90,7 +90,7 @@ end
 function H.redis(binds)
   local dir = io.popen("mktemp -d /tmp/nomba-redis.XXXXXX"):read("*l")
   for _ = 1, 20 do
-    local port = math.random(20000, 59999)
+    local port = simulator.free_port()
     local cmd = ("env -u LD_PRELOAD redis-server --port %d --bind %s --save '' --appendonly no " ..
                  "--daemonize yes --pidfile %s/redis.pid --dir %s --logfile %s/redis.log"):format(
                  port, table.concat(binds or { "127.0.0.1" }, " "), dir, dir, dir)

@@ -194,6 +194,18 @@ end
 local Nginx = {}
 Nginx.__index = Nginx
 
+--- A random port for a test server, below the kernel's ephemeral range:
+-- a port in that range may be the local end of any outgoing connection of
+-- this host (keep-alive clients, curl), and then listening on it fails.
+-- @treturn number port
+function M.free_port()
+  local f = io.open("/proc/sys/net/ipv4/ip_local_port_range")
+  local low = f and tonumber((f:read("*l") or ""):match("^(%d+)"))
+  if f then f:close() end
+  if not low or low < 12000 then return math.random(20000, 59999) end
+  return math.random(10000, low - 1)
+end
+
 --- Runs an nginx with the Lua module from a generated configuration.
 -- @tparam table opts `http` (the inside of the http block; `${port}` and
 --   `${dir}` are filled in), `workers` (default 1), `port` (default: a free
@@ -220,7 +232,7 @@ function M.spawn_nginx(opts)
   for _, name in ipairs(opts.env or {}) do env[#env + 1] = "env " .. name .. ";" end
   local last
   for _ = 1, 20 do
-    local port = opts.port or math.random(20000, 59999)
+    local port = opts.port or M.free_port()
     local vars = {
       workers = opts.workers or 1, dir = dir, port = port, ndk = ndk or "", lua = lua,
       user = is_root and "user root root;" or "", log_level = opts.log_level or "warn",
