@@ -276,9 +276,8 @@ do
   for i = 1, N do keep[i]:close() end
   collectgarbage()
   results.memory = { lua_heap_bytes_per_client = heap, rss_bytes_per_client = rss }
-  -- the target allows the page each client's secret buffer takes (whole pages, kept out of core dumps)
   row("memory per idle client (Lua heap)", fmt(heap, 0), "bytes", "RSS per client (heap + C)", fmt(rss, 0),
-      nil, "< 8192", rss < 8192)
+      nil, "< 4096", rss < 4096)
 
   -- descriptors a live client holds after a request (all close-on-exec)
   local function open_fds()

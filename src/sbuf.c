@@ -4,16 +4,40 @@
  * Invariant: bytes that leave use are zeroed (OPENSSL_cleanse) before
  * the memory is reused for something shorter, reallocated or freed.
  * Growing never uses realloc, which could leave a copy behind in freed
- * memory: it allocates, copies, wipes and frees the old block. Buffers are
- * whole pages marked MADV_DONTDUMP, so no core dump holds a secret.
+ * memory: it allocates, copies, wipes and frees the old block. Buffers live
+ * in pages marked MADV_DONTDUMP, so no core dump holds a secret.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <openssl/crypto.h>
 #include "nomba.h"
 
+/*
+ * Secret memory is kept out of core dumps (MADV_DONTDUMP), which works on
+ * whole pages. Small buffers (64 B to 2 KiB, powers of two) are carved from
+ * 64 KiB regions of such pages and kept on a free list per size once
+ * released (wiped first), so an idle client's secret costs 64 bytes, not a
+ * page. Larger buffers take whole pages of their own. The regions are never
+ * returned to the system. Under AddressSanitizer every buffer is a plain
+ * malloc, so ASan still sees every overflow.
+ */
+#define SLAB_MIN 64
+#define SLAB_MAX 2048
+#define SLAB_CLASSES 6
+#define SLAB_REGION 65536
+
+#if defined(__SANITIZE_ADDRESS__)
+#define NOMBA_NO_SLAB 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NOMBA_NO_SLAB 1
+#endif
+#endif
+
+#ifndef NOMBA_NO_SLAB
 static size_t page_size(void)
 {
     static size_t pg;
@@ -24,38 +48,117 @@ static size_t page_size(void)
     return pg;
 }
 
-/* Whole pages, kept out of core dumps (MADV_DONTDUMP): a secret never
- * shares a page with memory a dump would include. */
+static pthread_mutex_t slab_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t slab_once = PTHREAD_ONCE_INIT;
+static void *slab_free[SLAB_CLASSES];
+static char *slab_next;
+static size_t slab_left;
+
+/* fork() from another thread must not leave the lock held in the child */
+static void slab_prepare(void) { pthread_mutex_lock(&slab_lock); }
+static void slab_release_lock(void) { pthread_mutex_unlock(&slab_lock); }
+static void slab_init(void) { (void)pthread_atfork(slab_prepare, slab_release_lock, slab_release_lock); }
+
+static int slab_class(size_t cap)
+{
+    int k = 0;
+    size_t sz = SLAB_MIN;
+    while (sz < cap) {
+        sz <<= 1;
+        k++;
+    }
+    return k;
+}
+
+static char *slab_get(size_t cap)
+{
+    int k = slab_class(cap);
+    char *p = NULL;
+    pthread_once(&slab_once, slab_init);
+    pthread_mutex_lock(&slab_lock);
+    if (slab_free[k] != NULL) {
+        void *next;
+        p = (char *)slab_free[k];
+        memcpy(&next, p, sizeof next);
+        slab_free[k] = next;
+        memset(p, 0, sizeof next);
+    } else {
+        if (slab_left < cap) {
+            void *r = mmap(NULL, SLAB_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (r != MAP_FAILED) {
+#ifdef MADV_DONTDUMP
+                (void)madvise(r, SLAB_REGION, MADV_DONTDUMP);
+#endif
+                slab_next = (char *)r;
+                slab_left = SLAB_REGION;
+            }
+        }
+        if (slab_left >= cap) {
+            p = slab_next;
+            slab_next += cap;
+            slab_left -= cap;
+        }
+    }
+    pthread_mutex_unlock(&slab_lock);
+    return p;
+}
+
+static void slab_put(char *p, size_t cap)
+{
+    int k = slab_class(cap);
+    void *next;
+    pthread_mutex_lock(&slab_lock);
+    next = slab_free[k];
+    memcpy(p, &next, sizeof next);
+    slab_free[k] = p;
+    pthread_mutex_unlock(&slab_lock);
+}
+#endif
+
 static char *secret_alloc(size_t cap)
 {
+#ifdef NOMBA_NO_SLAB
+    return (char *)malloc(cap);
+#else
     void *p = NULL;
+    if (cap <= SLAB_MAX)
+        return slab_get(cap);
     if (posix_memalign(&p, page_size(), cap) != 0)
         return NULL;
 #ifdef MADV_DONTDUMP
     (void)madvise(p, cap, MADV_DONTDUMP);
 #endif
     return (char *)p;
+#endif
 }
 
 static void secret_release(char *p, size_t cap)
 {
     OPENSSL_cleanse(p, cap);
+#ifdef NOMBA_NO_SLAB
+    free(p);
+#else
+    if (cap <= SLAB_MAX) {
+        slab_put(p, cap);
+        return;
+    }
 #ifdef MADV_DODUMP
     (void)madvise(p, cap, MADV_DODUMP);   /* the heap reuses these pages for anything */
 #endif
     free(p);
+#endif
 }
 
 int sbuf_reserve(sbuf *b, size_t extra)
 {
-    size_t need, cap, pg = page_size();
+    size_t need, cap;
     char *p;
     if (extra > ((size_t)-1) / 2 - b->n)
         return 0;
     need = b->n + extra + 1;
     if (need <= b->cap)
         return 1;
-    cap = b->cap ? b->cap : pg;
+    cap = b->cap ? b->cap : SLAB_MIN;
     while (cap < need)
         cap *= 2;
     p = secret_alloc(cap);

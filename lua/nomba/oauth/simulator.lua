@@ -25,11 +25,12 @@ M.CLIENT = {
   business_id = "01a10aeb-d989-460a-bbde-9842f2b4320f",
 }
 
---- The answer of /fixed/v1/auth/token/issue: a token valid until 2099.
+--- The answer of /fixed/v1/auth/token/issue, served by nginx alone: a token
+-- valid for 30 minutes from whenever it is received.
 M.FIXED_ANSWER = '{"code":"00","description":"Success","data":{' ..
   '"businessId":"01a10aeb-d989-460a-bbde-9842f2b4320f","access_token":"eyJhbGciOiJIUzI1NiJ9.' ..
   ("eyJzdWIiOiJmaXhlZCJ9"):rep(16) .. '.' .. ("c2lnbmF0dXJl"):rep(4) .. '",' ..
-  '"refresh_token":"01h4gdx2tctxfjgacbdwrcvs5d1688473602892","expiresAt":"2099-01-01T00:00:00Z"}}'
+  '"refresh_token":"01h4gdx2tctxfjgacbdwrcvs5d1688473602892","expires_in":1800}}'
 
 local Sim = {}
 Sim.__index = Sim
