@@ -5,6 +5,7 @@
 #   make test            build, start the simulator, run the busted suite, stop it
 #   make test-runtimes   the suite under LuaJIT, a smoke run under 5.1, 5.2, 5.3
 #   make demo            start the simulator and run examples/client_credentials.lua
+#   make env             the exports to run examples and the CLI from the checkout (eval "$(make -s env)")
 #   make lint            luacheck on all Lua
 #   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
 #   make examples        runs every example against the simulator
@@ -54,7 +55,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -65,6 +66,13 @@ $(BUILD)/obj/%.o: src/%.c src/nomba.h src/compat.h
 $(MODULE): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LIBFLAG) $(LDFLAGS) -o $@ $(OBJS) $(DEPS_LIBS)
+
+# The exports that run the examples and the CLI from this checkout:
+#   eval "$(make -s env)"
+env:
+	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
+	@echo 'export LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"'
+	@echo 'nomba-oauth() { $(LUA_BIN) "$(CURDIR)/bin/nomba-oauth" "$$@"; }'
 
 # Installs what a fresh Debian 12 machine lacks (as root), or says what to install.
 deps:

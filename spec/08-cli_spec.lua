@@ -157,6 +157,52 @@ describe("nomba-oauth CLI", function()
     assert.are.equal(5, H.count("issue"))
   end)
 
+  it("--version, help, JSON errors under --json, ISO expiry, a clear message for a missing secret", function()
+    local code, out = run("--version")
+    assert.are.equal(0, code)
+    assert.are.equal(require("nomba.oauth")._VERSION .. "\n", out)
+    local c2, out2 = run("help webhook")
+    assert.are.equal(0, c2)
+    assert.matches("usage: nomba%-oauth webhook verify", out2)
+    local c3, _, err3 = run("issue --json", { NOMBA_CLIENT_SECRET = "wrong" })
+    assert.are.equal(1, c3)
+    local e = cjson.decode(err3)
+    assert.are.same({ "api", 401, "01", "issue" }, { e.error.kind, e.error.status, e.error.code, e.error.op })
+    local c4, out4 = run("issue")
+    assert.are.equal(0, c4)
+    assert.matches("expires_at%s+%d+ %(%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ%)", out4)
+    local _, out5 = run("issue --json")
+    assert.matches('"expires_at":%d+[,}]', out5)              -- a whole number, not 1795836599.0
+    assert.matches('"expires_at_iso":"%d%d%d%d%-', out5)
+    local c6, _, err6 = run("token", { NOMBA_CLIENT_SECRET = "" })
+    assert.are.equal(2, c6)
+    assert.matches("set NOMBA_CLIENT_SECRET", err6)
+  end)
+
+  it("simulate stops nginx and removes its directory on SIGTERM", function()
+    local port = require("nomba.oauth.simulator").free_port()
+    local p = io.popen(LUA .. " bin/nomba-oauth simulate --port " .. port .. " 2>&1 & echo $!")
+    local pid = p:read("*l")
+    local banner = p:read("*l")
+    local nginx_pid = banner and banner:match("%(pid (%d+)%)")
+    assert.is_string(nginx_pid, tostring(banner))
+    local dir = p:read("*l"):match("CA file:%s+(.*)/ca%.crt$")
+    assert.is_string(dir)
+    os.execute("kill -TERM " .. pid)
+    local gone = false
+    for _ = 1, 100 do
+      if not os.execute("kill -0 " .. nginx_pid .. " 2>/dev/null") then gone = true break end
+      H.sleep(0.05)
+    end
+    p:close()
+    assert.is_true(gone, "nginx outlived the simulate command")
+    for _ = 1, 40 do
+      if not io.open(dir .. "/ca.crt") then break end
+      H.sleep(0.05)
+    end
+    assert.is_nil(io.open(dir .. "/ca.crt"), "the simulator's directory is still there")
+  end)
+
   it("exit code 2 on usage errors", function()
     assert.are.equal(2, (run("")))
     assert.are.equal(2, (run("frobnicate")))
