@@ -9,7 +9,7 @@
  *                                      atomic rename, fsync of the directory)
  *   core.fs_remove(dir, name)       -> true
  *   core.fs_trylock(dir, name)      -> lock | false | nil, why   (flock LOCK_EX|LOCK_NB)
- *   core.fs_lockwait(dir, name)     -> lock | nil, why   (flock LOCK_EX, held briefly)
+ *   core.fs_lockwait(dir, name, s)  -> lock | nil, why   (waits at most s seconds)
  *   core.fs_unlock(lock)            -> true   (also its __gc)
  *
  * Names are [A-Za-z0-9._:-], at most 200 bytes, not starting with '.'.
@@ -25,6 +25,7 @@
 #include <unistd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include "nomba.h"
 
 #define NAME_MAX_LEN 200
@@ -202,9 +203,26 @@ static int fs_trylock(lua_State *L)
     return lock_file(L, LOCK_EX | LOCK_NB);
 }
 
+/* The lock, waited for up to `seconds` (argument 3): a holder that hangs
+ * (stopped, say) never blocks the caller past that. */
 static int fs_lockwait(lua_State *L)
 {
-    return lock_file(L, LOCK_EX);
+    double deadline = nt_mono() + luaL_checknumber(L, 3);
+    struct timespec pause = {0, 2000000};   /* 2 ms */
+    for (;;) {
+        int r = lock_file(L, LOCK_EX | LOCK_NB);
+        if (!lua_isboolean(L, -1) || nt_mono() >= deadline)
+            break;
+        lua_pop(L, r);
+        (void)nanosleep(&pause, NULL);
+    }
+    if (lua_isboolean(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_pushliteral(L, "the store's lock was held past the deadline");
+        return 2;
+    }
+    return lua_gettop(L) - 3;
 }
 
 /* Closing the descriptor releases the flock; a lock object that is

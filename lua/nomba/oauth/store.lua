@@ -336,6 +336,13 @@ function M.file(dir)
 end
 
 -- A value on disk: "<expiry>\n<value>", expiry in wall-clock seconds (0: none).
+--- Bounds the wait for the lock `add` takes (seconds; default 5). A client
+-- that uses this store calls it with its own `timeout`.
+-- @tparam number seconds
+function File:set_timeout(seconds)
+  self.timeout = seconds
+end
+
 function File:get(key)
   check_key(key)
   local raw = core.fs_read(self.dir, file_name(key), FILE_MAX)
@@ -378,7 +385,7 @@ end
 
 function File:add(key, value, ttl)
   check_key(key)
-  local lk, err = core.fs_lockwait(self.dir, "add")   -- held for one read and one write
+  local lk, err = core.fs_lockwait(self.dir, "add", self.timeout or 5)   -- held for one read and one write
   if not lk then return nil, err end
   local first = self:get(key) == nil
   local ok, werr = true, nil
