@@ -264,6 +264,15 @@ describe("hardening", function()
       end)
     end
 
+    it("an explicit bearer with CR/LF never reaches a header: refresh raises, the builder refuses", function()
+      local c = H.client()
+      assert.has_error(function() c:refresh { refresh_token = "r", access_token = "a\r\nX-Injected: yes" } end)
+      local r, err = core.perform(c, "refresh", { refresh_token = "r", access_token = "a\r\nX: y" }, 1)
+      assert.is_nil(r)
+      H.assert_error(err, { kind = "config", op = "refresh" })
+      assert.are.equal(0, H.count("refresh"))
+    end)
+
     it("a control byte in an auth code is a protocol error", function()
       assert(sim:fault { endpoint = "authorize", status = 200,
                          body = answer('{"auth_code":"ab\\ncd"}') })

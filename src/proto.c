@@ -200,6 +200,11 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
             size_t bn = 0;
             const char *b = arg_string(L, argidx, "access_token", &bn);
             if (b != NULL && bn > 0) {
+                size_t i;
+                for (i = 0; i < bn; i++)      /* it goes into a header line */
+                    if ((unsigned char)b[i] <= 0x20 || (unsigned char)b[i] >= 0x7f)
+                        return config_error(L, c, op, "the access_token to send as bearer has bytes "
+                                            "outside visible ASCII");
                 if (!sbuf_set(&c->req_secret[1], b, bn))
                     return luaL_error(L, "nomba.oauth: out of memory");
             } else if (c->access.n > 0) {
