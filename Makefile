@@ -17,6 +17,9 @@
 #   make gc-stress       100,000 clients created and dropped; RSS and fds flat
 #   make analyze         clang build, cppcheck, clang-tidy
 #   make fuzz            libFuzzer harnesses, FUZZ_TIME seconds each (default 60)
+#   make embed-demo      examples/embed/host.c: a C program with a Lua 5.4 state per thread
+#   make tsan            that host and the module under ThreadSanitizer, 8 threads, then
+#                        1,000 states made and closed with RSS and fds flat
 #
 # Honours CFLAGS, LDFLAGS, LUA_INCDIR, LIBFLAG and pkg-config. Never links -llua.
 
@@ -55,7 +58,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -139,7 +142,7 @@ bench: all jit-module
 
 # ---- quality gates ---------------------------------------------------------
 
-check: test lint analyze asan valgrind gc-stress fuzz
+check: test lint analyze asan valgrind gc-stress tsan fuzz
 
 ASAN_BUILD := build/$(LUA)-asan
 ASAN_LIB   := $(shell gcc -print-file-name=libasan.so)
@@ -199,6 +202,34 @@ fuzz:
 	run verifier & a=$$!; run answer & b=$$!; wait $$a || status=1; wait $$b || status=1; \
 	run url & a=$$!; run webhook & b=$$!; wait $$a || status=1; wait $$b || status=1; \
 	exit $$status
+
+# ---- embedding: a C host with a Lua 5.4 state per thread --------------------
+
+# The host links Lua 5.4 (an embedding program does; the module never does).
+EMBED_CFLAGS := -O2 -g $(WARN) -std=c11 -I/usr/include/lua5.4
+EMBED_LIBS   := -llua5.4 -lpthread
+EMBED_RUN     = dir=$$(mktemp -d) && \
+  LUA_PATH="$(CURDIR)/lua/?.lua;;" LUA_CPATH="$(CURDIR)/$(1)/?.so;;" $(2) \
+  lua5.4 tools/with-simulator.lua sh -c '$(1)/host -t $(3) -n 300 -S file:'"$$dir"'/session && \
+    $(1)/host -t $(3) -c 1000 -s examples/embed/churn.lua $(4)'; \
+  st=$$?; rm -rf "$$dir"; exit $$st
+
+# build/5.4/host and the module it loads (spec/21-embed runs them too)
+embed-host:
+	$(MAKE) -s all LUA=5.4
+	$(CC) $(EMBED_CFLAGS) examples/embed/host.c -o build/5.4/host $(EMBED_LIBS)
+
+embed-demo: deps embed-host
+	@$(call EMBED_RUN,build/5.4,,4)
+
+# Any ThreadSanitizer report ends the host with status 66 and fails this.
+# RSS is judged by embed-demo: TSan's allocator keeps memory for its history.
+TSAN_BUILD := build/5.4-tsan
+tsan: deps
+	$(MAKE) -s all LUA=5.4 BUILD=$(TSAN_BUILD) CC=clang CFLAGS="-O1 -g" \
+	  EXTRA_CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread"
+	clang $(EMBED_CFLAGS) -O1 -fsanitize=thread examples/embed/host.c -o $(TSAN_BUILD)/host $(EMBED_LIBS)
+	@$(call EMBED_RUN,$(TSAN_BUILD),TSAN_OPTIONS="halt_on_error=1 exitcode=66 second_deadlock_stack=1",8,-r -1)
 
 clean:
 	rm -rf build

@@ -96,8 +96,14 @@ static void attach_share(lua_State *L, int cidx, client *c, CURL *h)
  * answers with tokens) leave nothing behind. This takes effect only when
  * this module initialises libcurl first in the process; a host that
  * called curl_global_init before keeps libcurl's plain allocator
- * (curl_wipes says which happened). */
+ * (curl_wipes says which happened). The flag is written by every thread
+ * that allocates through libcurl, hence the atomic stores. */
 static int curl_wipes;
+
+static void mark_wiping(void)
+{
+    __atomic_store_n(&curl_wipes, 1, __ATOMIC_RELAXED);
+}
 
 static void wiping_free(void *p)
 {
@@ -109,7 +115,7 @@ static void wiping_free(void *p)
 
 static void *wiping_malloc(size_t n)
 {
-    curl_wipes = 1;
+    mark_wiping();
     return malloc(n);
 }
 
@@ -139,7 +145,7 @@ static char *wiping_strdup(const char *s)
 
 static void *wiping_calloc(size_t a, size_t b)
 {
-    curl_wipes = 1;
+    mark_wiping();
     return calloc(a, b);
 }
 
@@ -157,7 +163,7 @@ static void curl_init_once(void)
 
 int http_curl_wipes(void)
 {
-    return curl_wipes;
+    return __atomic_load_n(&curl_wipes, __ATOMIC_RELAXED);
 }
 
 void http_global_init(void)

@@ -38,12 +38,15 @@
 #endif
 
 #ifndef NOMBA_NO_SLAB
+/* Cached on first use; threads that race to fill it store the same value. */
 static size_t page_size(void)
 {
-    static size_t pg;
+    static size_t cached;
+    size_t pg = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (pg == 0) {
         long v = sysconf(_SC_PAGESIZE);
         pg = v > 0 ? (size_t)v : 4096;
+        __atomic_store_n(&cached, pg, __ATOMIC_RELAXED);
     }
     return pg;
 }
