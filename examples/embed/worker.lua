@@ -10,6 +10,7 @@
 -- host_stop() is the host's: true once it wants the thread to finish.
 
 local oauth = require "nomba.oauth"
+-- luacheck: read globals host_stop
 
 local thread, tokens, store_spec = ...
 
