@@ -11,6 +11,7 @@
 #   make examples        runs every example against the simulator
 #   make docs            the LDoc API reference in docs/
 #   make rock            luarocks lint, offline install for 5.1, 5.3, 5.4 and LuaJIT, luarocks pack
+#   make release VERSION=x.y.z   the release rockspec and source rock (tools/release.sh)
 #   make check           every quality gate below, after make test
 #   make asan            the suite under AddressSanitizer + UBSan
 #   make valgrind        tools/lifecycle.lua under valgrind (leaks and errors)
@@ -58,7 +59,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -117,6 +118,7 @@ docs:
 ROCKSPEC := rockspec/nomba-oauth-scm-1.rockspec
 rock:
 	luarocks lint $(ROCKSPEC)
+	sh tools/release.sh --lint
 	@for v in 5.1 5.3 5.4; do \
 	  tree=$$(mktemp -d); \
 	  luarocks --lua-version=$$v --tree $$tree make --deps-mode=none $(ROCKSPEC) >/dev/null || exit 1; \
@@ -129,8 +131,11 @@ rock:
 	rm -rf nomba src/*.o
 	@# a source rock of the committed tree: the rockspec pointed at this repository
 	@mkdir -p build/rock
-	sed 's|url = "git+file:///nomba-oauth"|url = "git+file://$(CURDIR)"|' $(ROCKSPEC) > build/rock/nomba-oauth-scm-1.rockspec
+	sed 's|^  url = "git+https://.*",$$|  url = "git+file://$(CURDIR)",|' $(ROCKSPEC) > build/rock/nomba-oauth-scm-1.rockspec
 	cd build/rock && luarocks pack nomba-oauth-scm-1.rockspec >/dev/null && ls -l nomba-oauth-scm-1.src.rock
+
+release:
+	sh tools/release.sh $(VERSION)
 
 BENCH_BIN := $(CURDIR)/build/bench
 bench: all jit-module

@@ -1,8 +1,10 @@
 rockspec_format = "3.0"
 package = "nomba-oauth"
 version = "scm-1"
+-- The repository's public address is written once, as the homepage below;
+-- tools/release.sh derives a release's source.url from it.
 source = {
-  url = "git+file:///nomba-oauth",
+  url = "git+https://github.com/nomba-oauth/nomba-oauth.git",
 }
 description = {
   summary = "OAuth 2.0 tokens for the Nomba API: issue, keep, refresh, revoke; PKCE helpers",
@@ -12,6 +14,8 @@ client:token() before every Nomba call, and never think about expiry,
 refresh, retries or clock skew again. Secrets live in C memory and are wiped
 on close; TLS verification is always on. Ships a Nomba simulator (nginx +
 Lua) for offline development and tests.]],
+  homepage = "https://github.com/nomba-oauth/nomba-oauth",
+  issues_url = "https://github.com/nomba-oauth/nomba-oauth/issues",
   license = "MIT",
   labels = { "oauth", "nomba", "payments", "pkce" },
 }
@@ -49,6 +53,9 @@ build = {
     bin = { ["nomba-oauth"] = "bin/nomba-oauth" },
   },
 }
+-- `luarocks test` runs the Makefile's suite: it builds the test build of the
+-- module (with its test hooks) and starts the simulator the specs need.
 test = {
-  type = "busted",
+  type = "command",
+  command = "make test",
 }

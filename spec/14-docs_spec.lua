@@ -1,5 +1,6 @@
--- Every public name of shared/API.md has a doc comment, and the version is
--- the same everywhere.
+-- Every public name of the API has a doc comment, the version is the same
+-- everywhere, LDoc renders Markdown, the README points only at files of the
+-- repository, and make release checks what it must.
 local oauth = require "nomba.oauth"
 
 local function read(path)
@@ -70,5 +71,88 @@ describe("documentation", function()
     assert.matches("## " .. v:gsub("%.", "%%."), read("CHANGELOG.md"))
     assert.matches('#define NOMBA_VERSION%s+"' .. v:gsub("%.", "%%.") .. '"', read("src/nomba.h"))
     assert.matches("version = \"scm%-1\"", read("rockspec/nomba-oauth-scm-1.rockspec"))
+  end)
+
+  local function sh(cmd)
+    local p = io.popen("env -u LD_PRELOAD sh -c " .. ("'" .. cmd:gsub("'", "'\\''") .. "'") .. " 2>&1; echo status=$?")
+    local out = p:read("*a")
+    p:close()
+    return out, tonumber(out:match("status=(%d+)%s*$"))
+  end
+
+  it("renders Markdown in the LDoc pages: no raw backticks or # headings", function()
+    local dir = io.popen("mktemp -d /tmp/nomba-ldoc.XXXXXX"):read("*l")
+    local out, status = sh("ldoc -d " .. dir .. " . && ls " .. dir .. "/topics " .. dir .. "/modules")
+    assert.equals(0, status, out)
+    assert.not_matches("falling back to text", out, 1, true)
+    local pages = 0
+    for name in out:gmatch("([%w%._]+%.html)") do
+      local sub = name:find("^nomba") and "/modules/" or "/topics/"
+      local html = read(dir .. sub .. name)
+      pages = pages + 1
+      assert.is_nil(html:find("`", 1, true), name .. " has a raw backtick")
+      assert.is_nil(html:find("\n#+ ") or html:find(">#+ "), name .. " has a raw # heading")
+    end
+    os.execute("rm -rf " .. dir)
+    assert.is_true(pages >= 8, "pages rendered: " .. pages)   -- 5 modules, README, API, NOMBA_API
+  end)
+
+  it("points only at files of the repository", function()
+    for _, doc in ipairs { "README.md", "docs/API.md", "docs/NOMBA_API.md" } do
+      local text = read(doc)
+      assert.is_nil(text:find("shared/", 1, true), doc .. " mentions shared/")
+      for target in text:gmatch("%]%(([^)#]+)[^)]*%)") do
+        if not target:find("^https?://") then
+          local base = doc:match("^(.*/)") or ""
+          local f = io.open(base .. target)
+          assert.is_truthy(f, doc .. " links to a missing file: " .. target)
+          f:close()
+        end
+      end
+      for path in text:gmatch("`((%a[%w_%-]*)/[%w_%-%./]+%.%a+)`") do
+        if path:find("^examples/") or path:find("^docs/") or path:find("^spec/") or path:find("^tools/") or
+           path:find("^lua/") or path:find("^bench/") or path:find("^src/") then
+          local f = io.open(path)
+          assert.is_truthy(f, doc .. " names a missing file: " .. path)
+          f:close()
+        end
+      end
+    end
+  end)
+
+  it("make release checks the version, CHANGELOG and tag, then packs a source rock", function()
+    local dir = io.popen("mktemp -d /tmp/nomba-release.XXXXXX"):read("*l")
+    local git = "git -c user.name=ci -c user.email=ci@localhost -c advice.detachedHead=false "
+    local out, status = sh("git clone -q . " .. dir .. "/r")
+    assert.equals(0, status, out)
+    local r = "cd " .. dir .. "/r && "
+    local v = oauth._VERSION:match("(%d+%.%d+%.%d+)$")
+    out, status = sh(r .. "sh tools/release.sh 9.9.9")
+    assert.equals(1, status)
+    assert.matches("src/nomba.h says " .. v .. ", not 9.9.9", out, 1, true)
+    -- a release needs its CHANGELOG heading
+    sh(r .. "sed -i '0,/^## .*/s//## Unreleased/' CHANGELOG.md && " .. git .. "commit -qam wip")
+    out, status = sh(r .. "sh tools/release.sh " .. v)
+    assert.equals(1, status)
+    assert.matches("the first heading of CHANGELOG.md is '## Unreleased'", out, 1, true)
+    sh(r .. "sed -i '0,/^## .*/s//## " .. v .. " (2026-11-28)/' CHANGELOG.md && " .. git .. "commit -qam release")
+    out, status = sh(r .. "sh tools/release.sh " .. v)
+    assert.equals(1, status)
+    assert.matches("there is no tag v" .. v, out, 1, true)
+    sh(r .. git .. "tag -a v" .. v .. " -m v" .. v)
+    out, status = sh(r .. "sh tools/release.sh " .. v)
+    assert.equals(0, status, out)
+    local spec = read(dir .. "/r/build/release/nomba-oauth-" .. v .. "-1.rockspec")
+    assert.matches('version = "' .. v .. '-1"', spec, 1, true)
+    assert.matches('tag = "v' .. v .. '"', spec, 1, true)
+    assert.matches('url = "git+https://', spec, 1, true)
+    -- the source rock carries the published rockspec and the tagged sources
+    out, status = sh("unzip -l " .. dir .. "/r/build/release/nomba-oauth-" .. v .. "-1.src.rock")
+    assert.equals(0, status, out)
+    assert.matches("nomba-oauth-" .. v .. "-1.rockspec", out, 1, true)
+    assert.matches("src/client.c", out, 1, true)
+    out = sh("unzip -p " .. dir .. "/r/build/release/nomba-oauth-" .. v .. "-1.src.rock nomba-oauth-" .. v .. "-1.rockspec")
+    assert.matches('url = "git+https://', out, 1, true)
+    os.execute("rm -rf " .. dir)
   end)
 end)
