@@ -9,7 +9,7 @@
 #   make lint            luacheck on all Lua
 #   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
 #   make examples        runs every example against the simulator
-#   make docs            the LDoc API reference in docs/
+#   make docs            the LDoc API reference in build/docs/ (Markdown through lua-discount)
 #   make rock            luarocks lint, offline install for 5.1, 5.3, 5.4 and LuaJIT, luarocks pack
 #   make release VERSION=x.y.z   the release rockspec and source rock (tools/release.sh)
 #   make check           every quality gate below, after make test
@@ -113,7 +113,7 @@ examples: all
 
 docs:
 	ldoc -q .
-	@echo "API reference: docs/index.html"
+	@echo "API reference: build/docs/index.html"
 
 ROCKSPEC := rockspec/nomba-oauth-scm-1.rockspec
 rock:
