@@ -5,6 +5,7 @@
 #   make test            build, start the simulator, run the busted suite, stop it
 #   make test-runtimes   the suite under LuaJIT, a smoke run under 5.1, 5.2, 5.3
 #   make demo            start the simulator and run examples/client_credentials.lua
+#   make openresty-demo  examples/openresty/ in a real nginx against the simulator
 #   make env             the exports to run examples and the CLI from the checkout (eval "$(make -s env)")
 #   make lint            luacheck on all Lua
 #   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
@@ -59,7 +60,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -101,6 +102,9 @@ test: deps all test-build jit-module
 
 demo: deps all
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) examples/client_credentials.lua
+
+openresty-demo: deps jit-module
+	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) tools/openresty-demo.lua
 
 lint:
 	luacheck lua spec bin/nomba-oauth examples tools bench

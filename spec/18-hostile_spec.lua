@@ -125,5 +125,32 @@ describe("hostile answers", function()
       assert.matches("resolving", r.message, 1, true)
       assert.is_nil(a:error_log():find("%[alert%]"))
     end)
+
+    it("bounds name resolution by connect_timeout, not by the whole timeout", function()
+      local host = remote_name()
+      local r = hostile("timeout=20&connect_timeout=0.5&base_url=https://" .. host .. ":" .. sim.port)
+      assert.is_false(r.ok)
+      assert.are.equal("timeout", r.kind, r.message)
+      assert.matches("resolving", r.message, 1, true)
+      -- the 20 s deadline of the attempt was not the one that ended it
+      assert.is_true(r.elapsed < 10, "resolving took " .. r.elapsed .. " s")
+    end)
+  end)
+
+  describe("OpenResty without a resolver", function()
+    local a
+    setup(function() a = H.openresty_app {} end)
+    teardown(function() if a then a:stop() end end)
+
+    it("fails at once with a config error naming the resolver directive", function()
+      local host = remote_name()
+      local out = sh("curl -s --max-time 60 '" .. a.url .. "/hostile?timeout=20&base_url=https://" ..
+                     host .. ":" .. sim.port .. "'")
+      local r = assert(cjson.decode(out), out)
+      assert.is_false(r.ok)
+      assert.are.equal("config", r.kind, r.message)
+      assert.matches("resolver", r.message, 1, true)
+      assert.is_true(r.elapsed < 10, "took " .. r.elapsed .. " s")
+    end)
   end)
 end)

@@ -96,9 +96,13 @@ end
 routes["/hostile"] = function()
   local args = ngx.req.get_uri_args()
   local c = oauth.new(options { transport = resty, timeout = tonumber(args.timeout) or 1,
+                                connect_timeout = tonumber(args.connect_timeout),
                                 base_url = args.base_url or cfg.url })
+  local t0 = ngx.now()
   local t, err = c:issue()
-  json { ok = t ~= nil, kind = err and err.kind, message = err and err.message, pid = ngx.worker.pid() }
+  ngx.update_time()
+  json { ok = t ~= nil, kind = err and err.kind, message = err and err.message, pid = ngx.worker.pid(),
+         elapsed = ngx.now() - t0 }
 end
 
 -- a Nomba webhook receiver: each requestId granted once across the workers

@@ -233,6 +233,10 @@ function M.request(req)
   local ok, err = connect(sock, host, port, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
   if not ok then
     sock:close()
+    if type(err) == "string" and err:find("no resolver defined", 1, true) then
+      return fail("config", op, "nginx has no resolver for " .. host .. ": add a `resolver` directive " ..
+        "to the http block (the nameserver of /etc/resolv.conf, e.g. `resolver 127.0.0.53 ipv6=off;`)", false)
+    end
     return io_fail(op, "connect", err)
   end
   if verify and sock:getreusedtimes() == 0 then
