@@ -154,6 +154,18 @@ describe("non-blocking mode", function()
     assert.is_false(c:wait(0.1))               -- nothing in flight: returns at once
   end)
 
+  it("start(op, callback): the callback may come right after the operation", function()
+    local c = H.client { nonblocking = true }
+    local result
+    assert.is_true(c:start("issue", function(r) result = r end))
+    while c:step() do c:wait(0.1) end
+    assert.matches("^eyJ", result.access_token)
+    local revoked
+    assert.is_true(c:start("revoke", function(r) revoked = r end))
+    while c:step() do c:wait(0.1) end
+    assert.is_true(revoked)
+  end)
+
   it("refuses a second transfer while one is in flight", function()
     assert(sim:fault { endpoint = "issue", delay = 0.3, pass = true })
     local c = H.client { nonblocking = true }
@@ -182,4 +194,27 @@ describe("non-blocking mode", function()
     collectgarbage()
     collectgarbage()
   end)
+
+  -- examples/luv_loop.lua and examples/cqueues_loop.lua: the adapters wait on
+  -- client:sockets() and step only when woken, through a slow issue and refresh
+  for _, loop_name in ipairs { "luv", "cqueues" } do
+    it("drives the client from " .. loop_name .. " without polling; the loop never stalls", function()
+      assert(sim:fault { endpoint = "issue", delay = 0.5, pass = true })
+      assert(sim:fault { endpoint = "refresh", delay = 0.3, pass = true })
+      local o = sim:client_options()
+      local env = ("NOMBA_ACCOUNT_ID=%s NOMBA_CLIENT_ID=%s NOMBA_CLIENT_SECRET=%s NOMBA_BASE_URL=%s NOMBA_CAFILE=%s")
+        :format(o.account_id, o.client_id, o.client_secret, o.base_url, o.cafile)
+      local out = H.sh(env .. " " .. (arg and arg[-1] or "lua5.4") .. " examples/" .. loop_name ..
+                       "_loop.lua 2>&1; echo status=$?")
+      assert.matches("status=0", out, 1, true)
+      local ticks, gap, steps = out:match(loop_name .. ": (%d+) ticks of 10 ms, longest gap ([%d%.]+) ms, (%d+) step")
+      assert.is_truthy(ticks, out)
+      ticks, gap, steps = tonumber(ticks), tonumber(gap), tonumber(steps)
+      assert.matches("issued true, refreshed true", out, 1, true)
+      assert.is_true(ticks >= 50, "only " .. ticks .. " ticks")    -- 0.8 s of renewals at 10 ms
+      assert.is_true(gap < 50, "the loop stalled for " .. gap .. " ms")
+      -- woken by sockets and libcurl's timer only: a poller would step every tick
+      assert.is_true(steps < ticks / 4, steps .. " steps for " .. ticks .. " ticks")
+    end)
+  end
 end)

@@ -806,6 +806,7 @@ function Client:start(op, token, callback)
   if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then
     error("nomba.oauth: bad argument #1 to 'start' (\"issue\", \"refresh\" or \"revoke\" expected)", 2)
   end
+  if callback == nil and type(token) == "function" then token, callback = nil, token end  -- start(op, cb)
   if token ~= nil and type(token) ~= "string" then
     error("nomba.oauth: bad argument #2 to 'start' (string expected)", 2)
   end
