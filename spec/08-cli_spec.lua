@@ -122,6 +122,12 @@ describe("nomba-oauth CLI", function()
     assert.are.equal(1, c3)
     assert.matches("bad_signature", err3)
     assert.is_nil(err3:find("other", 1, true))
+    -- under --json the refusal is a JSON object too
+    local c4, _, err4 = run("webhook verify --key-env WH_KEY --json", { WH_KEY = "other" }, delivery)
+    assert.are.equal(1, c4)
+    local e = cjson.decode(err4).error
+    assert.are.equal("webhook", e.kind)
+    assert.are.equal("bad_signature", e.reason)
     assert.are.equal(2, (run("webhook verify", nil, delivery)))
   end)
 
@@ -155,6 +161,31 @@ describe("nomba-oauth CLI", function()
     -- --no-cache logs in every time
     for _ = 1, 3 do assert.are.equal(0, (run("token --no-cache"))) end
     assert.are.equal(5, H.count("issue"))
+  end)
+
+  it("documents every flag and environment variable in help and the README", function()
+    local f = assert(io.open("bin/nomba-oauth"))
+    local src = f:read("*a")
+    f:close()
+    f = assert(io.open("README.md"))
+    local readme = f:read("*a")
+    f:close()
+    local _, help = run("help")
+    local flags, vars = 0, 0
+    for flag in src:gmatch('a == "(%-%-[%w%-]+)"') do
+      flags = flags + 1
+      assert.is_truthy(help:find(flag, 1, true), "help lacks " .. flag)
+      assert.is_truthy(readme:find(flag, 1, true), "the README lacks " .. flag)
+    end
+    local names = { "NOMBA_SIM_NGINX", "NOMBA_REFRESH_TOKEN" }
+    for name in src:gmatch('getenv%("([%w_]+)"%)') do names[#names + 1] = name end
+    for name in src:gmatch('"(NOMBA_[%w_]+)"') do names[#names + 1] = name end
+    for _, name in ipairs(names) do
+      vars = vars + 1
+      assert.is_truthy(help:find(name, 1, true), "help lacks " .. name)
+      assert.is_truthy(readme:find("`" .. name .. "`", 1, true), "the README lacks " .. name)
+    end
+    assert.is_true(flags >= 14 and vars >= 8, flags .. " flags, " .. vars .. " variables")
   end)
 
   it("--version, help, JSON errors under --json, ISO expiry, a clear message for a missing secret", function()
