@@ -104,6 +104,7 @@ void client_cleanup(client *c)
     }
     c->expires_mono = 0;
     c->lifetime = 0;
+    c->gen++;
     c->closed = 1;
 }
 
@@ -123,6 +124,7 @@ static void uv_clear_token(lua_State *L, int cidx)
 /* After c->access changed: refresh the Lua strings of the hot path. */
 void client_set_token(lua_State *L, int cidx, client *c)
 {
+    c->gen++;
     nomba_getuv(L, cidx);
     lua_pushlstring(L, c->access.p, c->access.n);
     lua_rawseti(L, -2, UV_TOKEN);
@@ -141,6 +143,7 @@ void client_drop_token(lua_State *L, int cidx, client *c)
     free_str(&c->business_id);
     c->expires_mono = 0;
     c->lifetime = 0;
+    c->gen++;
     uv_clear_token(L, cidx);
 }
 
@@ -299,14 +302,58 @@ static int client_fresh(lua_State *L)
     client *c = (client *)lua_touserdata(L, 1);
     if (c == NULL || !luaL_testudata(L, 1, NOMBA_CLIENT_MT))
         return luaL_argerror(L, 1, "nomba.oauth.Client expected");
+    int window = lua_isnoneornil(L, 2);
     if (c->closed || c->expires_mono <= 0 ||
-        c->expires_mono - nt_mono_coarse() <= (lua_isnoneornil(L, 2) ? skew_of(c) : lua_tonumber(L, 2)))
+        c->expires_mono - nt_mono_coarse() <= (window ? skew_of(c) : lua_tonumber(L, 2)))
         return 0;
     nomba_getuv(L, 1);
     lua_rawgeti(L, -1, UV_TOKEN);
     lua_rawgeti(L, -2, UV_BEARER);
     lua_rawgeti(L, -3, UV_ACCOUNT);
-    return 3;
+    if (!window)
+        return 3;
+    lua_pushnumber(L, c->expires_mono - skew_of(c));   /* fresh until, on nt_mono_coarse's clock */
+    lua_pushinteger(L, (lua_Integer)c->gen);
+    return 5;
+}
+
+/* core.genp(client): the address of the client's token generation, for the
+ * LuaJIT hot path's FFI check (valid while the client lives). */
+static int client_genp(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    lua_pushlightuserdata(L, (void *)&c->gen);
+    return 1;
+}
+
+/* core.remaining(client): seconds the kept token is still valid, or 0. */
+static int client_remaining(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    double left = !c->closed && c->expires_mono > 0 ? c->expires_mono - nt_mono() : 0;
+    lua_pushnumber(L, left > 0 ? left : 0);
+    return 1;
+}
+
+/* core.has(client, what): whether the client holds a "secret", a "refresh"
+ * token or an "access" token. */
+static int client_has(lua_State *L)
+{
+    static const char *const what[] = {"secret", "refresh", "access", NULL};
+    client *c = client_check(L, 1);
+    const sbuf *b[3];
+    b[0] = &c->secret;
+    b[1] = &c->refresh;
+    b[2] = &c->access;
+    lua_pushboolean(L, !c->closed && b[luaL_checkoption(L, 2, NULL, what)]->n > 0);
+    return 1;
+}
+
+/* core.closed(client) */
+static int client_closed(lua_State *L)
+{
+    lua_pushboolean(L, client_check(L, 1)->closed);
+    return 1;
 }
 
 #if LUA_VERSION_NUM >= 503
@@ -756,6 +803,7 @@ static int client_invalidate(lua_State *L)
 {
     client *c = client_check(L, 1);
     c->expires_mono = 0;
+    c->gen++;
     uv_clear_token(L, 1);
     return 0;
 }
@@ -849,6 +897,10 @@ void client_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"new", client_new},
         {"fresh", client_fresh},
+        {"genp", client_genp},
+        {"remaining", client_remaining},
+        {"has", client_has},
+        {"closed", client_closed},
         {"is_client", client_is},
         {"install_fast_paths", client_install_fast},
         {"info", client_info},

@@ -111,6 +111,7 @@ typedef struct client {
     double expires_mono;    /* 0 when there is no usable token */
     double lifetime;        /* seconds the kept token was issued for */
     double expires_wall;    /* local wall clock, corrected for skew */
+    unsigned int gen;       /* bumped whenever the kept token changes (LuaJIT's hot-path copy checks it) */
     /* libcurl */
     CURL *curl;             /* owned by curl_pid */
     CURLM *multi;           /* the non-blocking mode's, same owner */

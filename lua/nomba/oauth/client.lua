@@ -1,0 +1,175 @@
+--- The methods of a client (metatable `nomba.oauth.Client`): the
+-- operations, and the non-blocking mode's step, wait, start and sockets.
+-- `token`, `headers` (nomba.oauth.hot), `invalidate` and `close` (C) are
+-- the others. Each method checks its arguments (a misuse raises, naming
+-- the argument) and hands the operation to the engine.
+-- @submodule nomba.oauth
+local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+local engine = require "nomba.oauth.engine"
+local token = require "nomba.oauth.token"
+local drivers = require "nomba.oauth.drivers"
+
+local type, error, ipairs = type, error, ipairs
+local math_max, math_floor = math.max, math.floor
+local state_of, new_error, now = core.state, core.error, runtime.now
+
+local Client = core.methods
+
+local function check_client(self, method)
+  if not core.is_client(self) then
+    error("nomba.oauth: bad self to '" .. method .. "' (use client:" .. method .. "(...))", 3)
+  end
+  return state_of(self)
+end
+
+local function run(self, st, op, args)
+  return engine.run(self, st, engine.job(self, st, op, args))
+end
+
+--- Issues a token with the client credentials; the client keeps it.
+-- @treturn table token `{access_token, refresh_token, expires_at, expires_in, business_id, token_type}`
+-- @treturn[2] nil
+-- @treturn[2] Error err
+function Client:issue()
+  return run(self, check_client(self, "issue"), "issue")
+end
+
+--- Refreshes the session; the client keeps the new token. Nomba needs the
+-- refresh token and, as the bearer, the session's access token (an
+-- expired one will do): the kept ones, or the ones given, e.g. saved by
+-- an earlier process: `client:refresh{refresh_token = rt, access_token = at}`.
+-- Without any access token it fails at once (`config`), sending nothing.
+-- @tparam[opt] string|table refresh_token a refresh token, or `{refresh_token =, access_token =}`
+-- @treturn table token
+-- @treturn[2] nil
+-- @treturn[2] Error err
+function Client:refresh(refresh_token)
+  local st = check_client(self, "refresh")
+  local rt, at = refresh_token, nil
+  if type(refresh_token) == "table" then
+    rt, at = refresh_token.refresh_token, refresh_token.access_token
+  end
+  if rt ~= nil and (type(rt) ~= "string" or rt == "") then
+    error("nomba.oauth: bad argument #1 to 'refresh' (refresh_token must be a non-empty string)", 2)
+  end
+  if at ~= nil and (type(at) ~= "string" or not at:match("^[\33-\126]+$")) then
+    error("nomba.oauth: bad argument #1 to 'refresh' (access_token must be a non-empty string of visible ASCII)", 2)
+  end
+  return run(self, st, "refresh", { refresh_token = rt, access_token = at })
+end
+
+--- Revokes the kept (or the given) access token. A kept one is dropped,
+-- from the client and from its store.
+-- @tparam[opt] string access_token
+-- @treturn boolean true, or `nil, err`
+function Client:revoke(access_token)
+  local st = check_client(self, "revoke")
+  if access_token ~= nil and (type(access_token) ~= "string" or access_token == "") then
+    error("nomba.oauth: bad argument #1 to 'revoke' (access_token must be a non-empty string)", 2)
+  end
+  return run(self, st, "revoke", { access_token = access_token })
+end
+
+--- PKCE step 2: sends the code challenge, returns the auth code.
+-- @tparam table opts `code_challenge` (required), `code_challenge_method`
+--   ("S256" default, or "plain"), `redirect_uri`, `state`, `scope`
+-- @treturn string auth_code, or `nil, err`
+function Client:authorize(opts)
+  local st = check_client(self, "authorize")
+  if type(opts) ~= "table" then
+    error("nomba.oauth: bad argument #1 to 'authorize' (table expected)", 2)
+  end
+  if type(opts.code_challenge) ~= "string" or opts.code_challenge == "" then
+    error("nomba.oauth: bad argument #1 to 'authorize' (code_challenge is required)", 2)
+  end
+  local m = opts.code_challenge_method
+  if m ~= nil and m ~= "S256" and m ~= "plain" then
+    error("nomba.oauth: bad argument #1 to 'authorize'" ..
+          " (code_challenge_method must be \"S256\" or \"plain\")", 2)
+  end
+  for _, k in ipairs { "redirect_uri", "state", "scope" } do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      error("nomba.oauth: bad argument #1 to 'authorize' (" .. k .. " must be a string)", 2)
+    end
+  end
+  return run(self, st, "authorize", opts)
+end
+
+--- PKCE step 4: exchanges the auth code and the verifier for a token; the client keeps it.
+-- @tparam string auth_code
+-- @tparam string code_verifier
+-- @treturn table token, or `nil, err`
+function Client:exchange(auth_code, code_verifier)
+  local st = check_client(self, "exchange")
+  if type(auth_code) ~= "string" or auth_code == "" then
+    error("nomba.oauth: bad argument #1 to 'exchange' (auth_code must be a non-empty string)", 2)
+  end
+  if type(code_verifier) ~= "string" or not core.pkce_valid(code_verifier) then
+    error("nomba.oauth: bad argument #2 to 'exchange'" ..
+          " (code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~])", 2)
+  end
+  return run(self, st, "exchange", { auth_code = auth_code, code_verifier = code_verifier })
+end
+
+-- The non-blocking mode (libcurl's multi interface) ------------------------------
+
+--- Never blocks: starts a due renewal if none is in flight, advances the
+-- transfer, finishes it (keeping the new token, firing events, scheduling a
+-- retry after a retryable failure). With a store, the shared token is read
+-- first and the lock tried without waiting.
+-- @treturn boolean true while work is in flight (a transfer, a retry timer, a look at the store)
+function Client:step()
+  return token.step(self, check_client(self, "step"))
+end
+
+--- Blocks up to `seconds` until the transfer in flight can make progress (or
+-- a retry timer is due); returns at once when nothing is in flight.
+-- @tparam number seconds
+-- @treturn boolean true while work is in flight
+function Client:wait(seconds)
+  local st = check_client(self, "wait")
+  if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
+    error("nomba.oauth: bad argument #1 to 'wait' (seconds must be a non-negative number)", 2)
+  end
+  return engine.wait(self, st, seconds)
+end
+
+--- Starts an explicit issue, refresh or revoke without waiting; step()
+-- finishes it and then calls `callback(result)` or `callback(nil, err)`.
+-- @tparam string op "issue", "refresh" or "revoke"
+-- @tparam[opt] string tok the refresh token (refresh) or access token (revoke)
+-- @tparam[opt] function callback (may come right after `op`)
+-- @treturn boolean true, or `nil, err` (kind "pending" when a transfer is in flight)
+function Client:start(op, tok, callback)
+  local st = check_client(self, "start")
+  if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then
+    error("nomba.oauth: bad argument #1 to 'start' (\"issue\", \"refresh\" or \"revoke\" expected)", 2)
+  end
+  if callback == nil and type(tok) == "function" then tok, callback = nil, tok end  -- start(op, cb)
+  if tok ~= nil and type(tok) ~= "string" then
+    error("nomba.oauth: bad argument #2 to 'start' (string expected)", 2)
+  end
+  if callback ~= nil and type(callback) ~= "function" then
+    error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
+  end
+  if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
+  if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
+  local args = op == "refresh" and { refresh_token = tok } or op == "revoke" and { access_token = tok } or nil
+  return engine.begin(self, st, engine.job(self, st, op, args, { callback = callback }))
+end
+
+--- The sockets libcurl watches for the transfer in flight, for an external
+-- event loop (epoll, luv, cqueues): `{{fd = n, read = bool, write = bool}, ...}`,
+-- and the milliseconds until `step()` is due anyway (-1: no timer).
+-- @treturn table sockets
+-- @treturn number timeout_ms
+function Client:sockets()
+  local st = check_client(self, "sockets")
+  local socks, ms = drivers.multi.sockets(self)
+  local at = st.nb and st.nb.retry_at or (not st.nb and st.wake_at)
+  if at then ms = math_max(0, math_floor((at - now()) * 1000)) end
+  return socks, ms
+end
+
+return Client

@@ -1,0 +1,57 @@
+--- The drivers: each carries one attempt of an operation and decides
+-- nothing. Every driver goes through the C core's request builder and
+-- answer interpreter, so the wire contract is written once.
+--   easy       libcurl's easy interface, blocking (the default)
+--   transport  a Lua function (the OpenResty cosocket transport, or yours)
+--   multi      libcurl's multi interface, never blocking (nonblocking = true)
+-- An attempt returns `result` or `nil, err`, then the HTTP status.
+-- (Private to nomba.oauth.)
+local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+
+local type, tostring, getmetatable = type, tostring, getmetatable
+local new_error, Error = core.error, core.Error
+
+local D = {}
+
+--- libcurl easy: the C core builds, sends, waits and interprets.
+function D.easy(self, st, op, args)
+  return core.perform(self, op, args, st.timeout)
+end
+
+--- A Lua transport: gets `{op, method, url, headers, body, timeout,
+-- connect_timeout, max_response_bytes}`, returns `{status, headers, body}`
+-- or `nil, message` (or a typed error). May yield (cosockets do).
+function D.transport(self, st, op, args)
+  local req, err = core.request(self, op, args)
+  if not req then return nil, err end
+  local ok, resp, msg = runtime.pcall_y(st.transport, req)
+  req.body = nil
+  if not ok then
+    return nil, new_error("transport", op, "the transport raised an error", { retryable = true })
+  end
+  if resp == nil then
+    if getmetatable(msg) == Error then return nil, msg end   -- the transport typed it
+    msg = tostring(msg or "the transport failed")
+    local lower = msg:lower()
+    local kind = (lower:find("timeout", 1, true) or lower:find("timed out", 1, true)) and "timeout" or "transport"
+    return nil, new_error(kind, op, msg, { retryable = true })
+  end
+  if type(resp) ~= "table" or type(resp.status) ~= "number" then
+    return nil, new_error("protocol", op, "the transport returned no status")
+  end
+  if resp.body ~= nil and type(resp.body) ~= "string" then
+    return nil, new_error("protocol", op, "the transport returned a body that is not a string")
+  end
+  return core.answer(self, op, resp.status, resp.headers, resp.body)
+end
+
+--- libcurl multi: start an attempt, advance it, wait for it, list its sockets.
+D.multi = {
+  start = core.nb_start,        -- (client, op, args, timeout) -> true | nil, err
+  progress = core.nb_progress,  -- (client) -> nil (none) | false (running) | true, res, err, status
+  wait = core.nb_wait,          -- (client, seconds)
+  sockets = core.nb_sockets,    -- (client) -> {{fd, read, write}, ...}, ms
+}
+
+return D

@@ -1,0 +1,138 @@
+--- The options of oauth.new: their types, their defaults (written here and
+-- nowhere else: the C core and the OpenResty transport take them from the
+-- normalized options) and their checks. (Private to nomba.oauth.)
+local core = require "nomba.oauth.core"
+
+local type, pairs, ipairs, tostring, error, setmetatable, getmetatable =
+  type, pairs, ipairs, tostring, error, setmetatable, getmetatable
+
+local LIMITS = core.LIMITS      -- the bounds on numbers, written once in C (nomba.h)
+
+local O = {
+  PRODUCTION_URL = "https://api.nomba.com",
+  SANDBOX_URL = "https://sandbox.nomba.com",
+}
+
+--- The defaults of every option that has one.
+O.DEFAULTS = {
+  timeout = 10,                 -- seconds per attempt
+  connect_timeout = 5,
+  retries = 2,                  -- extra attempts on transient failures
+  refresh_skew = 300,           -- renew when fewer seconds remain
+  max_response_bytes = 65536,
+  user_agent = "nomba-oauth-lua/" .. core._VERSION:match("[%d%.]+$"),
+  paths = {
+    issue = "/v1/auth/token/issue",
+    refresh = "/v1/auth/token/refresh",
+    revoke = "/v1/auth/token/revoke",
+    authorize = "/v1/auth/token/authorize",
+  },
+}
+
+local TYPES = {
+  account_id = "string", client_id = "string", client_secret = "string",
+  base_url = "string", sandbox = "boolean", timeout = "number",
+  connect_timeout = "number", retries = "number", refresh_skew = "number",
+  cafile = "string", capath = "string", pinned_pubkey = "string", proxy = "string",
+  user_agent = "string", max_response_bytes = "number", paths = "table",
+  on_event = "function", store = "table", store_key = "string", transport = "function",
+  nonblocking = "boolean", token = "table", on_token = "function", log = "function",
+}
+
+-- A misuse found while checking options; oauth.new re-raises it at its caller.
+O.Misuse = {}
+
+local function bad(name, msg)
+  error(setmetatable({ "nomba.oauth.new: option '" .. name .. "' " .. msg }, O.Misuse), 0)
+end
+
+local function printable(name, v)
+  if v:find("[%z\1-\31\127]") then bad(name, "must not contain control characters") end
+end
+
+local function callable(v)
+  local mt = type(v) == "table" and getmetatable(v)
+  return mt and mt.__call ~= nil
+end
+
+-- A number of seconds (or bytes) with a default, finite and within [lo, hi]
+-- (NaN fails every comparison), optionally an integer.
+local function number(o, k, lo, hi, integer, unit)
+  local v = o[k]
+  if v == nil then v = O.DEFAULTS[k] end
+  if not (v >= lo and v <= hi) or (integer and v % 1 ~= 0) then
+    bad(k, integer and ("must be an integer from %d to %d"):format(lo, hi)
+                    or ("must be a number of %s from %g to %g"):format(unit, lo, hi))
+  end
+  o[k] = v
+end
+
+--- Checks and completes the options of oauth.new; raises (an O.Misuse) on
+-- a misuse, naming the option. Returns a new table.
+function O.normalize(opts)
+  if type(opts) ~= "table" then
+    error(setmetatable({ "nomba.oauth.new: bad argument #1 (options table expected, got " ..
+                         type(opts) .. ")" }, O.Misuse), 0)
+  end
+  local o = {}
+  for k, v in pairs(opts) do
+    local want = TYPES[k]
+    if not want then bad(tostring(k), "is unknown") end
+    local ok = type(v) == want or (want == "function" and callable(v)) or (k == "log" and v == false)
+    if not ok then bad(k, "must be a " .. want .. " (got " .. type(v) .. ")") end
+    o[k] = v
+  end
+  for _, k in ipairs { "account_id", "client_id" } do
+    if o[k] == nil or o[k] == "" then bad(k, "is required") end
+    printable(k, o[k])
+  end
+  if #o.account_id > LIMITS.account_id then
+    bad("account_id", ("must be at most %d bytes"):format(LIMITS.account_id))
+  end
+  if o.client_secret == "" then bad("client_secret", "must not be empty") end
+  if o.store ~= nil then
+    for _, m in ipairs { "get", "set", "delete", "lock", "unlock" } do
+      if o.store[m] == nil then bad("store", "has no '" .. m .. "' method") end
+    end
+    if not o.client_secret and not o.store_key then
+      bad("store_key", "is required for a client without client_secret that uses a store")
+    end
+  end
+  if o.store_key ~= nil and #o.store_key < 16 then bad("store_key", "must be at least 16 bytes") end
+  if o.nonblocking and o.transport then
+    bad("nonblocking", "works with the default libcurl transport (remove transport)")
+  end
+  if o.base_url and o.sandbox then bad("sandbox", "conflicts with base_url: give one") end
+  o.base_url = (o.base_url or (o.sandbox and O.SANDBOX_URL or O.PRODUCTION_URL)):gsub("/+$", "")
+  o.sandbox = nil
+  printable("base_url", o.base_url)
+  -- judged on libcurl's own parse (the parser that connects): no user info,
+  -- query or fragment; plain http only to a loopback host
+  local parts, why = core.url(o.base_url)
+  if not parts then bad("base_url", why) end
+  number(o, "timeout", 0.001, LIMITS.timeout, false, "seconds")
+  number(o, "connect_timeout", 0.001, LIMITS.timeout, false, "seconds")
+  number(o, "refresh_skew", 0, LIMITS.lifetime, false, "seconds")
+  number(o, "retries", 0, 10, true)
+  number(o, "max_response_bytes", 256, LIMITS.response, true)
+  if o.proxy ~= nil then printable("proxy", o.proxy) end
+  if o.pinned_pubkey and not o.pinned_pubkey:match("^sha256//[%w%+/=;]+") then
+    bad("pinned_pubkey", "must look like \"sha256//BASE64\"")
+  end
+  o.user_agent = o.user_agent or O.DEFAULTS.user_agent
+  printable("user_agent", o.user_agent)
+  local paths = {}
+  for k, v in pairs(O.DEFAULTS.paths) do paths[k] = v end
+  for k, v in pairs(o.paths or {}) do
+    if not O.DEFAULTS.paths[k] then bad("paths", "has an unknown key '" .. tostring(k) .. "'") end
+    if type(v) ~= "string" or v:sub(1, 1) ~= "/" then
+      bad("paths", "." .. k .. " must be a string starting with '/'")
+    end
+    printable("paths", v)
+    paths[k] = v
+  end
+  o.paths = paths
+  return o
+end
+
+return O

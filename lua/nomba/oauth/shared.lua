@@ -1,0 +1,105 @@
+--- One token shared through a store: reading it, publishing it sealed,
+-- the lock, and the generation a revoke renews. A store is treated as
+-- hostile: whatever it does becomes a `store_error` event and never reaches
+-- the caller. (Private to nomba.oauth.)
+local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+local events = require "nomba.oauth.events"
+
+local type, pcall, tostring = type, pcall, tostring
+local pcall_y = runtime.pcall_y
+
+local S = {}
+
+-- What each store method may answer: anything else is a store error.
+local ANSWERS = {
+  get = function(v) return v == nil or v == false or type(v) == "string" end,
+  lock = function(v) return type(v) == "boolean" end,
+}
+
+-- tostring() of anything, even a value whose __tostring raises or returns
+-- a non-string.
+local function safe_text(v)
+  local ok, s = pcall(tostring, v)
+  if ok and type(s) == "string" then return s end
+  return "(an error value that cannot be printed)"
+end
+
+--- Calls a store method. Any misbehaviour (nil, err; a raise; an answer of
+-- the wrong type; an error value that raises when printed) becomes a
+-- store_error event and the second result `true`.
+function S.call(st, method, ...)
+  local store = st.store
+  local ok, v, err = pcall_y(function(...) return store[method](store, ...) end, ...)
+  local why
+  if not ok then
+    why = safe_text(v)
+  elseif v == nil and err ~= nil then
+    why = safe_text(err)
+  elseif ANSWERS[method] and not ANSWERS[method](v) then
+    why = method .. " answered a " .. type(v)
+  else
+    return v or nil, false
+  end
+  events.emit(st, { op = "store", ok = false, kind = "store_error", method = method,
+                    message = #why > 200 and why:sub(1, 200) .. "..." or why })
+  return nil, true
+end
+
+--- The keys of a client's shared token, its lock and its generation.
+function S.keys(self, st)
+  st.skey = core.store_id(self)
+  st.lkey = st.skey .. ":lock"
+  st.gkey = st.skey .. ":gen"       -- the generation a revoke renews
+end
+
+-- The associated data a sealed value is bound to: the store key and the
+-- generation, so a revoked token written back never opens.
+local function aad(st, gen)
+  if gen == nil then return st.skey end
+  return st.skey .. "#" .. gen
+end
+
+--- Reads the shared token and adopts it when it opens and is newer.
+-- Returns the associated data (for publishing), or nil when the store failed.
+function S.read(self, st)
+  local gen, failed = S.call(st, "get", st.gkey)
+  if failed then return nil end
+  local ad = aad(st, gen)
+  local blob
+  blob, failed = S.call(st, "get", st.skey)
+  if failed then return nil end
+  if blob and core.adopt(self, ad, blob) then events.adopted(st, core.kept(self)) end
+  return ad
+end
+
+--- The end of a renewal under the lock `{ad =, before =}`: publishes the
+-- kept token, sealed, when the renewal made it newer than it was before,
+-- then releases the lock. Only the first call for a lock does anything.
+function S.release(self, st, lock, renewed)
+  if lock.released then return end
+  lock.released = true
+  local left = core.remaining(self)
+  if renewed and lock.ad and left > lock.before then
+    local sealed = core.seal(self, lock.ad)
+    if sealed then S.call(st, "set", st.skey, sealed, left) end
+  end
+  S.call(st, "unlock", st.lkey)
+end
+
+--- Tries the renewal lock once, for `ttl` seconds: true, false (another
+-- holder), or nil when the store failed.
+function S.lock(st, ttl)
+  local got, failed = S.call(st, "lock", st.lkey, ttl)
+  if failed then return nil end
+  return got == true
+end
+
+--- After the shared token was revoked: a new generation first, so that a
+-- copy of its sealed value never opens again, then the value goes.
+function S.revoked(st)
+  S.call(st, "set", st.gkey, core.pkce.verifier(43))
+  S.call(st, "delete", st.skey)
+end
+
+return S
