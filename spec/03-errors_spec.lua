@@ -241,3 +241,52 @@ describe("events", function()
     assert(c:issue())
   end)
 end)
+
+describe("log", function()
+  before_each(H.reset)
+
+  it("failed attempts are warnings, a renewal that leaves no token an error; never a secret", function()
+    local lines = {}
+    local function log(level, message) lines[#lines + 1] = { level, message } end
+    local sim = H.sim()
+    assert(sim:fault { endpoint = "issue", status = 503, times = 2 })
+    local c = H.client { retries = 1, log = log }
+    local tok, err = c:token()
+    assert.is_nil(tok)
+    assert.are.equal("http", err.kind)
+    assert.are.same({ "warn", "nomba.oauth: issue attempt 1 failed: http, HTTP 503" }, lines[1])
+    assert.are.same({ "warn", "nomba.oauth: issue attempt 2 failed: http, HTTP 503" }, lines[2])
+    assert.are.equal("error", lines[3][1])
+    assert.matches("^nomba%.oauth: renewal failed %(.*HTTP 503.*%); no valid token$", lines[3][2])
+    assert.are.equal(3, #lines)
+    -- a renewal that fails while the kept token is still valid: a warning
+    local t = assert(c:issue())
+    assert(sim:fault { endpoint = "refresh", status = 500, times = 1 })
+    local kept = assert(c:refresh())               -- works: a fresh pair
+    assert.are_not.equal(t.access_token, kept.access_token)
+    lines = {}
+    local secret = sim.client.client_secret
+    assert(sim:fault { endpoint = "refresh", status = 503, times = 5 })
+    assert(sim:fault { endpoint = "issue", status = 503, times = 5 })
+    -- a saved token with 100 s left of 1000: inside the refresh window
+    c = H.client { retries = 0, log = log, token = { access_token = kept.access_token,
+      refresh_token = kept.refresh_token, expires_at = os.time() + 100, expires_in = 1000 } }
+    assert.are.equal(kept.access_token, c:token())   -- the renewal fails: the kept token
+    assert.are.equal("warn", lines[#lines][1])
+    assert.matches("the kept token expires in %d+ s$", lines[#lines][2])
+    for _, l in ipairs(lines) do
+      assert.is_nil(l[2]:find(secret, 1, true))
+      assert.is_nil(l[2]:find(kept.access_token, 1, true))
+      assert.is_nil(l[2]:find(kept.refresh_token, 1, true))
+    end
+  end)
+
+  it("is silent by default outside OpenResty; log = false is accepted; an error inside log is swallowed", function()
+    assert(H.sim():fault { endpoint = "issue", status = 503, times = 2 })
+    local _, err = H.client { log = false }:issue()
+    assert.are.equal("http", err.kind)
+    local _, err2 = H.client { log = function() error("boom") end }:issue()
+    assert.are.equal("http", err2.kind)
+    assert.has_error(function() H.client { log = 42 } end, "nomba.oauth.new: option 'log' must be a function (got number)")
+  end)
+end)

@@ -166,6 +166,22 @@ describe("OpenResty", function()
     assert.are.equal(1, H.count("refresh"))
   end)
 
+  it("writes failures to nginx's error log by default, never a secret", function()
+    a = app { workers = 1, config = { keep_fresh = 0.3 } }
+    H.sleep(0.5)
+    assert.are.equal(200, (get(a, "/token")))
+    assert(sim:fault { endpoint = "refresh", status = 503, times = 100 })
+    assert(sim:fault { endpoint = "issue", status = 503, times = 100 })
+    assert(sim:config { lifetime = 4 })
+    get(a, "/invalidate")                      -- no valid token: the timer's renewals fail
+    H.sleep(1.5)
+    local log = a:error_log()
+    assert.matches("%[warn%][^\n]*nomba%.oauth: refresh attempt 1 failed: http, HTTP 503", log)
+    assert.matches("%[error%][^\n]*nomba%.oauth: renewal failed %(", log)
+    assert.is_nil(log:find(sim.client.client_secret, 1, true))
+    assert.is_nil(log:find("eyJ", 1, true))
+  end)
+
   it("a client made in init_by_lua works in every worker, and survives reload", function()
     a = app { workers = 4, config = { master_issue = true } }
     assert.are.equal(1, H.count("issue"))      -- the master's own request

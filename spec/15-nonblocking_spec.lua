@@ -1,6 +1,7 @@
 -- The non-blocking mode on libcurl's multi interface: a game loop never
 -- stalls, faults end in the same typed errors as the blocking path, retries
 -- are timers, token() yields inside a coroutine, close and GC mid-transfer.
+local oauth = require "nomba.oauth"
 local core = require "nomba.oauth.core"
 local H = require "helpers"
 
@@ -95,6 +96,56 @@ describe("non-blocking mode", function()
       assert.are.equal(1, H.count("issue"))
     end)
   end
+
+  -- the same rows through a renewal under a memory store's lock: the store
+  -- is read, the lock tried without waiting, and released after the fault
+  for _, row in ipairs(ROWS) do
+    it("with a store, ends a renewal fault in the blocking path's error and frees the lock: " .. row[1], function()
+      local f = row[2]
+      f.endpoint, f.times = "issue", 1
+      assert(sim:fault(f))
+      local _, blocking = H.client { timeout = 0.4 }:issue()
+      H.sleep(0.5)
+      H.reset()
+      assert(sim:fault(f))
+      local store = oauth.store.memory()
+      local c = H.client { timeout = 0.4, nonblocking = true, store = store }
+      local tok, err = c:token { wait = false }
+      assert.is_nil(tok)
+      assert.are.equal("pending", err.kind)
+      loop(c, function()
+        tok, err = c:token { wait = false }
+        return err.kind ~= "pending"
+      end, 3, 0.005)
+      for _, k in ipairs { "kind", "op", "status", "code", "retryable", "retry_after" } do
+        assert.are.same(blocking[k], err[k], row[1] .. ": " .. k)
+      end
+      assert.are.equal(1, H.count("issue"))
+      assert.is_true(store:lock(core.store_id(c) .. ":lock", 1), "the renewal kept the store's lock")
+    end)
+  end
+
+  it("with a store, clients share one renewal: one issue, one token, and a busy lock waits on a timer", function()
+    assert(sim:fault { endpoint = "issue", delay = 0.3, pass = true })
+    local store = oauth.store.memory()
+    local a = H.client { nonblocking = true, store = store }
+    local b = H.client { nonblocking = true, store = store }
+    assert.are.equal("pending", select(2, a:token { wait = false }).kind)   -- a holds the lock
+    assert.are.equal("pending", select(2, b:token { wait = false }).kind)   -- b looks again later
+    local _, ms = b:sockets()
+    assert.is_true(ms >= 0 and ms <= 200, "b's next look at the store in " .. ms .. " ms")
+    local ta, tb
+    loop(a, function()
+      b:step()
+      ta, tb = a:token { wait = false }, b:token { wait = false }
+      return ta and tb
+    end, 3)
+    assert.matches("^eyJ", ta)
+    assert.are.equal(ta, tb)
+    assert.are.equal(1, H.count("issue"))
+    assert.is_false(a:step())
+    assert.is_false(b:step())
+  end)
 
   it("retries on a timer, never a sleep", function()
     assert(sim:fault { endpoint = "issue", status = 503, body = "busy", content_type = "text/plain" })

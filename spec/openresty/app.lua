@@ -59,6 +59,11 @@ routes["/token"] = function()
   ngx.say(t)
 end
 
+routes["/invalidate"] = function()
+  client:invalidate()
+  ngx.say("ok")
+end
+
 routes["/headers"] = function()
   local h, err = client:headers()
   if not h then ngx.status = 500; ngx.say(tostring(err)) return end

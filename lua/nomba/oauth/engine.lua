@@ -84,7 +84,7 @@ local function log_renewal(self, st, err)
   local left = core.remaining(self)
   local msg = "nomba.oauth: renewal failed (" .. tostring(err) .. "); "
   if left > 0 then
-    events.log(st, left < 60 and "error" or "warn", msg .. ("the kept token expires in %d s"):format(left))
+    events.log(st, left < 60 and "error" or "warn", msg .. ("the kept token expires in %d s"):format(math.floor(left)))
   else
     events.log(st, "error", msg .. "no valid token")
   end

@@ -34,6 +34,8 @@
 
 local ngx = ngx
 local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local tonumber, tostring, pairs, pcall, type, setmetatable = tonumber, tostring, pairs, pcall, type, setmetatable
 local concat, lower, find, fmt = table.concat, string.lower, string.find, string.format
@@ -41,8 +43,6 @@ local new_error = core.error
 
 local M = { _VERSION = core._VERSION }
 
-local COSOCKET_PHASES = { rewrite = true, access = true, content = true, timer = true,
-                          ssl_cert = true, ssl_session_fetch = true, preread = true }
 
 local POOL_SIZE, KEEPALIVE_MS, PIECE = 16, 60000, 16384
 local MAX_HEADERS = core.LIMITS.headers
@@ -213,8 +213,8 @@ end
 -- @return `{status, headers, body}`, or `nil, err`
 function M.request(req)
   local op = req.op
-  local phase = ngx.get_phase()
-  if not COSOCKET_PHASES[phase] then
+  local may, phase = runtime.cosockets()
+  if not may then
     return fail("config", op, "cosockets are not available in the " .. phase .. " phase; get the token " ..
       "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
       " from init_worker_by_lua and read the shared token", false)
@@ -226,8 +226,8 @@ function M.request(req)
   local u, why = core.url(req.url)
   if not u then return fail("config", op, "bad URL: " .. tostring(why), false) end
   local host, port, verify = u.host, u.port, u.scheme == "https"
-  local deadline = now() + (req.timeout or 10)
-  local connect_deadline = math.min(deadline, now() + (req.connect_timeout or 5))
+  local deadline = now() + (req.timeout or DEFAULTS.timeout)
+  local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
   local sock = ngx.socket.tcp()
   local pool = fmt("nomba-oauth:%s:%d:%s", host, port, verify and "verify" or "plain")
   local ok, err = connect(sock, host, port, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
@@ -296,7 +296,7 @@ function M.request(req)
     end
   until status >= 200
   local body
-  local max = req.max_response_bytes or 65536
+  local max = req.max_response_bytes or DEFAULTS.max_response_bytes
   local te, cl = headers["transfer-encoding"], tonumber(headers["content-length"] or "")
   if te and find(lower(te), "chunked", 1, true) then
     body, err = r:chunked(max)
