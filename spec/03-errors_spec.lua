@@ -287,6 +287,7 @@ describe("log", function()
     assert.are.equal("http", err.kind)
     local _, err2 = H.client { log = function() error("boom") end }:issue()
     assert.are.equal("http", err2.kind)
-    assert.has_error(function() H.client { log = 42 } end, "nomba.oauth.new: option 'log' must be a function (got number)")
+    assert.has_error(function() H.client { log = 42 } end,
+                     "nomba.oauth.new: option 'log' must be a function (got number)")
   end)
 end)
