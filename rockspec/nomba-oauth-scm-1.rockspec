@@ -49,7 +49,7 @@ build = {
     ["nomba.oauth.simulator"] = "lua/nomba/oauth/simulator.lua",
     ["nomba.oauth.simulator.server"] = "lua/nomba/oauth/simulator/server.lua",
     ["nomba.oauth.core"] = {
-      sources = { "src/core.c", "src/client.c", "src/proto.c", "src/http.c", "src/err.c",
+      sources = { "src/core.c", "src/client.c", "src/token.c", "src/proto.c", "src/http.c", "src/err.c", "src/codec.c",
                   "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/json.c",
                   "src/webhook.c", "src/filestore.c" },
       defines = { "_GNU_SOURCE" },

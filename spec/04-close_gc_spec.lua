@@ -41,16 +41,16 @@ describe("closing", function()
   end)
 
   it("wipes the secret and tokens on close (test build hook)", function()
-    if not core._test_wiped then
+    if not core._test.wiped then
       pending("the module was built without NOMBA_TEST_HOOKS (make test builds it with them)")
       return
     end
     local c = H.client()
     assert(c:issue())
     assert(c:refresh())
-    assert.is_false((core._test_wiped(c)))
+    assert.is_false((core._test.wiped(c)))
     c:close()
-    local wiped, checked = core._test_wiped(c)
+    local wiped, checked = core._test.wiped(c)
     assert.is_true(wiped)
     -- secret, access, refresh, request body, bearer header, response, request
     -- secret, and the two buffers new tokens pass through

@@ -112,14 +112,14 @@ describe("oauth.pkce", function()
   it("a forked child never draws its parent's verifier", function()
     -- a C fork: the child inherits the whole process, OpenSSL state included
     local core = require "nomba.oauth.core"
-    if not core._test_fork_verifiers then
+    if not core._test.fork_verifiers then
       pending("the module was built without NOMBA_TEST_HOOKS (make test builds it with them)")
       return
     end
     -- the parent has drawn before forking, so its random pool holds unused
     -- bytes the child inherits: the child must not use them
     for _ = 1, 20 do
-      local parent, child, wipeonfork = core._test_fork_verifiers()
+      local parent, child, wipeonfork = core._test.fork_verifiers()
       assert.are.equal(43, #parent)
       assert.are.equal(43, #child)
       assert.are_not.equal(parent, child)

@@ -63,6 +63,9 @@ describe("fault matrix (issue)", function()
   before_each(function()
     sim = H.sim()
     H.reset()
+    -- each row's first attempt on a fresh connection (the clients of a Lua
+    -- state share their connections: see the case after the matrix)
+    assert.is_true(require("nomba.oauth.core")._test.close_idle())
   end)
 
   for _, row in ipairs(MATRIX) do
@@ -91,6 +94,17 @@ describe("fault matrix (issue)", function()
       assert.is_string(assert(c:token()))
     end)
   end
+
+  it("clients share connections: a dropped pooled connection is re-sent once by libcurl", function()
+    local a = H.client {}
+    assert(a:issue())                          -- leaves a keep-alive connection in the pool
+    assert(sim:fault { endpoint = "issue", drop = true, times = 1 })
+    local events = {}
+    local b = H.client { retries = 0, on_event = function(ev) events[#events + 1] = ev end }
+    assert(b:issue())                          -- rides a's connection; the server drops it
+    assert.are.equal(1, #events)               -- one attempt of ours ...
+    assert.are.equal(3, H.count("issue"))      -- ... libcurl re-sent it on a fresh connection
+  end)
 
   it("a refresh fault keeps the valid token, for every row", function()
     for _, row in ipairs(MATRIX) do

@@ -14,7 +14,7 @@ describe("memory", function()
   before_each(H.reset)
 
   it("holds no secret anywhere after close and collection", function()
-    if not core._test_wiping_alloc then
+    if not core._test.wiping_alloc then
       error("run with the test build (make test builds it with NOMBA_TEST_HOOKS)")
     end
     local sim = H.sim()

@@ -66,4 +66,34 @@ static inline void *nomba_testudata(lua_State *L, int ud, const char *tname)
 
 #endif
 
+/* libcurl and OpenSSL version switches, in one place. */
+#include <openssl/opensslv.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+
+/* OpenSSL 3: SHA-256 fetched once (an implicit fetch per digest costs);
+ * before 3, the built-in one (NULL here: the caller falls back to it). */
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#define nomba_fetch_sha256() EVP_MD_fetch(NULL, "SHA256", NULL)
+#define nomba_free_md(md) EVP_MD_free(md)
+#else
+#define nomba_fetch_sha256() ((EVP_MD *)NULL)
+#define nomba_free_md(md) ((void)(md))
+#endif
+
+/* OpenSSL 3 can wipe each TLS record's plaintext once it is read. */
+#ifdef SSL_OP_CLEANSE_PLAINTEXT
+#define NOMBA_SSL_CLEANSE SSL_OP_CLEANSE_PLAINTEXT
+#else
+#define NOMBA_SSL_CLEANSE 0
+#endif
+
+#if LIBCURL_VERSION_NUM >= 0x075500       /* CURLOPT_PROTOCOLS_STR: libcurl 7.85 */
+#define nomba_set_protocols(h, http) \
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, (http) ? "http,https" : "https")
+#else
+#define nomba_set_protocols(h, http) \
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long)((http) ? CURLPROTO_HTTP | CURLPROTO_HTTPS : CURLPROTO_HTTPS))
+#endif
+
 #endif

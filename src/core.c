@@ -50,11 +50,7 @@ static int core_hygiene(lua_State *L)
     lua_createtable(L, 0, 3);
     lua_pushboolean(L, http_curl_wipes());
     lua_setfield(L, -2, "curl_frees_wiped");
-#ifdef SSL_OP_CLEANSE_PLAINTEXT
-    lua_pushboolean(L, 1);
-#else
-    lua_pushboolean(L, 0);
-#endif
+    lua_pushboolean(L, NOMBA_SSL_CLEANSE != 0);
     lua_setfield(L, -2, "tls_plaintext_cleansed");
 #ifdef MADV_DONTDUMP
     lua_pushboolean(L, 1);
@@ -78,7 +74,8 @@ static int core_parse_time(lua_State *L)
     return 0;
 }
 
-/* core.retry_after(value[, now]): seconds to wait, or nil. */
+#ifdef NOMBA_TEST_HOOKS
+/* core._test.retry_after(value[, now]): seconds to wait, or nil. */
 static int core_retry_after(lua_State *L)
 {
     size_t n;
@@ -91,7 +88,6 @@ static int core_retry_after(lua_State *L)
     return 0;
 }
 
-#ifdef NOMBA_TEST_HOOKS
 #include <string.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
@@ -184,19 +180,26 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"time", core_time},
         {"sleep", core_sleep},
         {"parse_time", core_parse_time},
-        {"retry_after", core_retry_after},
         {"hygiene", core_hygiene},
-#ifdef NOMBA_TEST_HOOKS
-        {"_test_fork", test_fork},
-        {"_test_exit", test_exit},
-        {"_test_wait", test_wait},
-        {"_test_nofile", test_nofile},
-        {"_test_wiping_alloc", test_wiping_alloc},
-#endif
         {NULL, NULL}
     };
+#ifdef NOMBA_TEST_HOOKS
+    static const luaL_Reg test[] = {
+        {"retry_after", core_retry_after},
+        {"fork", test_fork},
+        {"exit", test_exit},
+        {"wait", test_wait},
+        {"nofile", test_nofile},
+        {"wiping_alloc", test_wiping_alloc},
+        {NULL, NULL}
+    };
+#endif
     http_global_init();
     luaL_newlib(L, funcs);
+#ifdef NOMBA_TEST_HOOKS
+    luaL_newlib(L, test);               /* core._test: only in the test build */
+    lua_setfield(L, -2, "_test");
+#endif
     lua_pushliteral(L, "nomba.oauth " NOMBA_VERSION);
     lua_setfield(L, -2, "_VERSION");
     lua_createtable(L, 0, 5);           /* core.LIMITS: nomba.h's bounds, for the Lua layer */
@@ -221,6 +224,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     http_open(L);
     proto_open(L);
     client_open(L);
+    token_open(L);
     seal_open(L);
     url_open(L);
     webhook_open(L);

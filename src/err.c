@@ -64,11 +64,11 @@ static size_t echoed(const client *c, const char *p, size_t n)
     int k;
     if (c == NULL)
         return 0;
-    cands[0] = &c->secret;
-    cands[1] = &c->access;
-    cands[2] = &c->refresh;
-    cands[3] = &c->req_secret[0];
-    cands[4] = &c->req_secret[1];
+    cands[0] = &c->tok.secret;
+    cands[1] = &c->tok.access;
+    cands[2] = &c->tok.refresh;
+    cands[3] = &c->at.req_secret[0];
+    cands[4] = &c->at.req_secret[1];
     for (k = 0; k < 5; k++) {
         size_t need = cands[k]->n < ECHO_MIN ? cands[k]->n : ECHO_MIN, r;
         if (cands[k]->n < 4)

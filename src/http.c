@@ -1,32 +1,47 @@
 /*
- * http.c: one HTTP attempt over the client's own libcurl easy handle.
+ * http.c: libcurl, one pool per Lua state.
  *
- * The handle is made lazily and reused, so consecutive requests ride one
- * keep-alive TLS connection. It belongs to the process that made it: after
- * fork() a child abandons the inherited handle (never cleans it up, never
- * uses it: the parent still owns the connection) and makes its own.
+ * Every client of a Lua state runs its transfers on the state's pool: one
+ * multi handle (whose connection cache holds the keep-alive TLS
+ * connections to Nomba, so a thousand clients talking to one host use a
+ * handful of connections), a share handle for TLS sessions and DNS, and a
+ * few spare easy handles. A client borrows an easy handle for one attempt
+ * and gives it back: an idle client holds no handle and no descriptor.
+ * The blocking driver (core.perform) and the non-blocking one (core.nb_*)
+ * run the same transfer the same way, on libcurl's socket API
+ * (CURLMOPT_SOCKETFUNCTION): the blocking one waits with poll(2) on the
+ * transfer's own sockets, the non-blocking one hands them to the caller.
  *
- * All clients of one Lua state share one libcurl share handle for TLS
- * sessions and DNS, so a new client's first request resumes a session
- * instead of a full handshake (libcurl only resumes a session between
- * matching TLS settings: CA, pin, verification). The share is made when
- * the module is opened, before any client, so it is finalized after all of
- * them; it is cleaned up only when no handle is attached.
+ * The pool is made when the module is opened, before any client, and is
+ * reference-counted by the clients attached to it, so it outlives every
+ * one of them whatever order lua_close finalizes them in. It belongs to
+ * the process that made it: after fork() a child abandons the parent's
+ * handles (never cleans them up, never uses them) and makes its own; a
+ * transfer the parent had in flight is the parent's.
  *
  * Callbacks are plain C that only copy bytes: no Lua is ever called while
  * libcurl runs, so no Lua error can cross it. TLS peer and host
  * verification are always on; nothing here can turn them off, and no
  * verbose or debug trace is ever enabled.
+ *
+ *   core.perform(client, op, args, timeout)  -> result, nil, status | nil, err, status
+ *   core.nb_start(client, op, args, timeout) -> true | nil, err
+ *   core.nb_progress(client) -> nil (nothing in flight) | false (running)
+ *                               | true, result, nil, status | true, nil, err, status
+ *   core.nb_wait(client, seconds)  -> nothing
+ *   core.nb_sockets(client)        -> {{fd =, read =, write =}, ...}, ms
  */
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
+#include <poll.h>
+#include <math.h>
 #include <pthread.h>
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <dlfcn.h>
 #include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <malloc.h>
@@ -35,61 +50,23 @@
 #include "nomba.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static const char share_key = 's';   /* registry key of the share box */
+static const char pool_key = 'p';   /* registry key of the state's pool box */
 
-struct share_box {
-    CURLSH *sh;
-    int attached;           /* easy handles of this process using it */
+#define POOL_SPARE 4                /* idle easy handles a pool keeps */
+
+struct http_pool {
+    int refs;                       /* the registry's box + every client attached */
+    pid_t pid;                      /* the process that made the handles */
+    CURLM *multi;                   /* made on first use */
+    CURLSH *share;                  /* TLS sessions and DNS */
+    struct curl_slist *headers;     /* the headers every request carries */
+    CURL *spare[POOL_SPARE];        /* idle easy handles ... */
+    unsigned long spare_owner[POOL_SPARE];  /* ... and the client each was set up for */
+    int nspare;
+    double timer;                   /* when the multi wants to run again (monotonic), or -1 */
+    unsigned long serials;          /* hands out client serials */
+    int active;                     /* transfers in the multi */
 };
-
-static int share__gc(lua_State *L)
-{
-    share_box *b = (share_box *)lua_touserdata(L, 1);
-    if (b != NULL && b->sh != NULL && b->attached == 0) {
-        curl_share_cleanup(b->sh);
-        b->sh = NULL;
-    }
-    return 0;
-}
-
-void http_open(lua_State *L)
-{
-    share_box *b = (share_box *)lua_newuserdata(L, sizeof *b);
-    b->attached = 0;
-    b->sh = curl_share_init();
-    if (b->sh != NULL) {
-        curl_share_setopt(b->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
-        curl_share_setopt(b->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    }
-    lua_createtable(L, 0, 1);
-    lua_pushcfunction(L, share__gc);
-    lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);
-    lua_pushlightuserdata(L, (void *)&share_key);
-    lua_insert(L, -2);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-}
-
-/* Attaches the state's share to a new handle; the client's user value keeps
- * the share alive as long as the client. */
-static void attach_share(lua_State *L, int cidx, client *c, CURL *h)
-{
-    share_box *b;
-    lua_pushlightuserdata(L, (void *)&share_key);
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    b = (share_box *)lua_touserdata(L, -1);
-    if (b == NULL || b->sh == NULL) {
-        lua_pop(L, 1);
-        return;
-    }
-    nomba_getuv(L, cidx);
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "_share");
-    lua_pop(L, 2);
-    curl_easy_setopt(h, CURLOPT_SHARE, b->sh);
-    b->attached++;
-    c->share = b;
-}
 
 /* libcurl's memory, wiped when it is freed: its request buffers (which
  * hold the client secret and bearer headers) and its receive buffer (the
@@ -175,12 +152,52 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     client *c = (client *)ud;
     size_t n = size * nmemb;
-    if (c->resp.n + n > c->max_response) {
-        c->overflow = OVERFLOW_BODY;
+    if (c->at.resp.n + n > c->cfg.max_response) {
+        c->at.overflow = OVERFLOW_BODY;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
-    if (!sbuf_add(&c->resp, p, n))
+    if (!sbuf_add(&c->at.resp, p, n))
         return 0;
+    return n;
+}
+
+/* Copies the value of "Name: value\r\n" into dst when the name matches. */
+static void take_header(const char *p, size_t n, const char *name, char *dst, size_t cap)
+{
+    size_t k = strlen(name), i;
+    if (n <= k || p[k] != ':' || !codec_name_is(p, k, name))
+        return;
+    p += k + 1;
+    n -= k + 1;
+    while (n > 0 && (*p == ' ' || *p == '\t'))
+        p++, n--;
+    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n' || p[n - 1] == ' '))
+        n--;
+    if (n >= cap)
+        n = cap - 1;
+    for (i = 0; i < n; i++)
+        dst[i] = p[i];
+    dst[n] = '\0';
+}
+
+static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
+{
+    client *c = (client *)ud;
+    size_t n = size * nmemb;
+    nomba_answer_meta *m = &c->at.meta;
+    c->at.header_bytes += n;
+    if (c->at.header_bytes > NOMBA_MAX_HEADERS) {
+        c->at.overflow = OVERFLOW_HEADERS;
+        return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
+    }
+    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        /* a new response (after 1xx or a retry inside libcurl): start over */
+        m->date[0] = m->retry_after[0] = m->content_type[0] = '\0';
+        return n;
+    }
+    take_header(p, n, "date", m->date, sizeof m->date);
+    take_header(p, n, "retry-after", m->retry_after, sizeof m->retry_after);
+    take_header(p, n, "content-type", m->content_type, sizeof m->content_type);
     return n;
 }
 
@@ -277,152 +294,9 @@ static CURLcode on_ssl_ctx(CURL *h, void *ctx, void *ud)
 {
     (void)h;
     (void)ud;
-#ifdef SSL_OP_CLEANSE_PLAINTEXT
-    SSL_CTX_set_options((SSL_CTX *)ctx, SSL_OP_CLEANSE_PLAINTEXT);
-#else
-    (void)ctx;
-#endif
+    if (NOMBA_SSL_CLEANSE != 0)
+        SSL_CTX_set_options((SSL_CTX *)ctx, NOMBA_SSL_CLEANSE);
     return CURLE_OK;
-}
-
-/* Copies the value of "Name: value\r\n" into dst when the name matches. */
-static void take_header(const char *p, size_t n, const char *name, char *dst, size_t cap)
-{
-    size_t k = strlen(name), i;
-    if (n <= k || p[k] != ':' || strncasecmp(p, name, k) != 0)
-        return;
-    p += k + 1;
-    n -= k + 1;
-    while (n > 0 && (*p == ' ' || *p == '\t'))
-        p++, n--;
-    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n' || p[n - 1] == ' '))
-        n--;
-    if (n >= cap)
-        n = cap - 1;
-    for (i = 0; i < n; i++)
-        dst[i] = p[i];
-    dst[n] = '\0';
-}
-
-static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
-{
-    client *c = (client *)ud;
-    size_t n = size * nmemb;
-    nomba_answer_meta *m = &c->meta;
-    c->header_bytes += n;
-    if (c->header_bytes > NOMBA_MAX_HEADERS) {
-        c->overflow = OVERFLOW_HEADERS;
-        return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
-    }
-    if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-        /* a new response (after 1xx or a retry inside libcurl): start over */
-        m->date[0] = m->retry_after[0] = m->content_type[0] = '\0';
-        return n;
-    }
-    take_header(p, n, "date", m->date, sizeof m->date);
-    take_header(p, n, "retry-after", m->retry_after, sizeof m->retry_after);
-    take_header(p, n, "content-type", m->content_type, sizeof m->content_type);
-    return n;
-}
-
-void http_release(client *c)
-{
-    if (c->curl != NULL && c->curl_pid == getpid()) {
-        http_abort(c);
-        if (c->multi != NULL)
-            curl_multi_cleanup(c->multi);
-        curl_easy_cleanup(c->curl);
-        curl_slist_free_all(c->base_headers);
-        if (c->share != NULL)
-            c->share->attached--;
-    }
-    /* else inherited across fork: abandoned, the parent owns it (and the
-     * share stays marked in use, so this process never cleans it up) */
-    c->in_flight = 0;
-    c->curl = NULL;
-    c->multi = NULL;
-    c->base_headers = NULL;
-    c->share = NULL;
-}
-
-static struct curl_slist *add_header(struct curl_slist *l, const char *h, int *ok)
-{
-    struct curl_slist *n = curl_slist_append(l, h);
-    if (n == NULL) {
-        *ok = 0;
-        return l;
-    }
-    return n;
-}
-
-/* Makes the handle and sets everything that stays the same per client. */
-static CURL *handle_of(lua_State *L, int cidx, client *c)
-{
-    CURL *h;
-    struct curl_slist *hdrs = NULL;
-    char acct[sizeof "accountId: " + NOMBA_MAX_ACCOUNT_ID];
-    int ok = 1;
-
-    if (c->curl != NULL && c->curl_pid != getpid())
-        http_release(c);             /* forked: abandon the parent's handle */
-    if (c->curl != NULL)
-        return c->curl;
-    http_global_init();
-    h = curl_easy_init();
-    if (h == NULL)
-        return NULL;
-    (void)snprintf(acct, sizeof acct, "accountId: %s", c->account_id);
-    hdrs = add_header(hdrs, "Content-Type: application/json", &ok);
-    hdrs = add_header(hdrs, "Accept: application/json", &ok);
-    hdrs = add_header(hdrs, acct, &ok);
-    hdrs = add_header(hdrs, "Expect:", &ok);
-    if (!ok) {
-        curl_slist_free_all(hdrs);
-        curl_easy_cleanup(h);
-        return NULL;
-    }
-#if LIBCURL_VERSION_NUM >= 0x075500
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, c->allow_http ? "http,https" : "https");
-#else
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS,
-                     (long)(c->allow_http ? CURLPROTO_HTTP | CURLPROTO_HTTPS : CURLPROTO_HTTPS));
-#endif
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-    curl_easy_setopt(h, CURLOPT_POST, 1L);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, c->user_agent);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->connect_timeout * 1000));
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->errbuf);
-    if (c->cafile)
-        curl_easy_setopt(h, CURLOPT_CAINFO, c->cafile);
-    if (c->capath)
-        curl_easy_setopt(h, CURLOPT_CAPATH, c->capath);
-    if (c->pinned_pubkey)
-        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, c->pinned_pubkey);
-    /* a proxy only when the proxy option names one: "" makes libcurl
-     * ignore http_proxy, https_proxy and ALL_PROXY; "env" opts in to them */
-    if (c->proxy == NULL)
-        curl_easy_setopt(h, CURLOPT_PROXY, "");
-    else if (strcmp(c->proxy, "env") != 0)
-        curl_easy_setopt(h, CURLOPT_PROXY, c->proxy);
-    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
-    curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
-    c->curl = h;
-    c->performed = 0;
-    c->url_op = 0;
-    c->curl_pid = getpid();
-    c->base_headers = hdrs;
-    attach_share(L, cidx, c, h);
-    return h;
 }
 
 /* What kind of failure a libcurl code is. */
@@ -468,69 +342,362 @@ static const char *kind_of(CURLcode rc, int *retryable)
     }
 }
 
-/* Points the handle at one request. The bearer header, when there is one,
- * is a list node in the client in front of the shared headers, so its only
- * copy stays in bearer_hdr, wiped after the attempt. */
-static CURL *setup(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
+/* ---- the pool -------------------------------------------------------------- */
+
+/* libcurl tells which sockets a transfer waits on and how; each is noted
+ * in the client whose transfer it is (CURLOPT_PRIVATE). No fd_set: no
+ * limit at fd 1023. */
+static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
 {
-    CURL *h = handle_of(L, cidx, c);
-    struct curl_slist *hdrs;
-    if (h == NULL)
+    client *c = NULL;
+    int i, slot = -1;
+    (void)ud;
+    (void)sockp;
+    if (curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&c) != CURLE_OK || c == NULL)
+        return 0;                   /* libcurl's own (closing a cached connection) */
+    for (i = 0; i < c->xfer.nsocks; i++)
+        if (c->xfer.socks[i].fd == (int)fd)
+            slot = i;
+    if (what == CURL_POLL_REMOVE) {
+        if (slot >= 0)
+            c->xfer.socks[slot] = c->xfer.socks[--c->xfer.nsocks];
+        return 0;
+    }
+    if (slot < 0) {
+        if (c->xfer.nsocks == NB_MAX_SOCKS)
+            return -1;              /* never: one transfer uses at most two */
+        slot = c->xfer.nsocks++;
+    }
+    c->xfer.socks[slot].fd = (int)fd;
+    c->xfer.socks[slot].what = what;
+    return 0;
+}
+
+static int on_timer(CURLM *m, long ms, void *ud)
+{
+    http_pool *p = (http_pool *)ud;
+    (void)m;
+    p->timer = ms < 0 ? -1 : nt_mono() + (double)ms / 1000;
+    return 0;
+}
+
+/* A child of fork() abandons its parent's handles: the parent still owns
+ * them and their connections. */
+static void pool_adopt_process(http_pool *p)
+{
+    if (p->pid == getpid())
+        return;
+    p->multi = NULL;
+    p->share = NULL;
+    p->headers = NULL;
+    p->nspare = 0;
+    p->timer = -1;
+    p->pid = getpid();
+}
+
+static void pool_unref(http_pool *p)
+{
+    int i;
+    if (--p->refs > 0)
+        return;
+    if (p->pid == getpid()) {
+        for (i = 0; i < p->nspare; i++)
+            curl_easy_cleanup(p->spare[i]);
+        if (p->multi != NULL)
+            curl_multi_cleanup(p->multi);
+        if (p->share != NULL)
+            curl_share_cleanup(p->share);
+        curl_slist_free_all(p->headers);
+    }
+    free(p);
+}
+
+static int pool__gc(lua_State *L)
+{
+    http_pool **box = (http_pool **)lua_touserdata(L, 1);
+    if (box != NULL && *box != NULL) {
+        pool_unref(*box);
+        *box = NULL;
+    }
+    return 0;
+}
+
+/* The multi handle, the share and the common headers, made on first use. */
+static int pool_ready(http_pool *p)
+{
+    pool_adopt_process(p);
+    if (p->multi != NULL)
+        return 1;
+    if (p->headers == NULL) {
+        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+        struct curl_slist *h2 = h ? curl_slist_append(h, "Accept: application/json") : NULL;
+        struct curl_slist *h3 = h2 ? curl_slist_append(h2, "Expect:") : NULL;
+        if (h3 == NULL) {
+            curl_slist_free_all(h);
+            return 0;
+        }
+        p->headers = h3;
+    }
+    if (p->share == NULL && (p->share = curl_share_init()) != NULL) {
+        curl_share_setopt(p->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+        curl_share_setopt(p->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    }
+    {
+        fd_snapshot before;         /* the multi's wake-up socketpair: close-on-exec */
+        snapshot_fds(&before);
+        p->multi = curl_multi_init();
+        cloexec_new_fds(&before);
+    }
+    if (p->multi == NULL)
+        return 0;
+    curl_multi_setopt(p->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(p->multi, CURLMOPT_TIMERDATA, p);
+    p->timer = -1;
+    return 1;
+}
+
+/* Sets up an easy handle for a client: everything that stays the same
+ * between its attempts. */
+static void configure(CURL *h, http_pool *p, client *c)
+{
+    nomba_set_protocols(h, c->cfg.allow_http);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, c->cfg.user_agent);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->cfg.connect_timeout * 1000));
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+    if (c->cfg.cafile)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->cfg.cafile);
+    if (c->cfg.capath)
+        curl_easy_setopt(h, CURLOPT_CAPATH, c->cfg.capath);
+    if (c->cfg.pinned_pubkey)
+        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, c->cfg.pinned_pubkey);
+    /* a proxy only when the proxy option names one: "" makes libcurl
+     * ignore http_proxy, https_proxy and ALL_PROXY; "env" opts in to them */
+    if (c->cfg.proxy == NULL)
+        curl_easy_setopt(h, CURLOPT_PROXY, "");
+    else if (strcmp(c->cfg.proxy, "env") != 0)
+        curl_easy_setopt(h, CURLOPT_PROXY, c->cfg.proxy);
+    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
+    curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
+    if (p->share != NULL)
+        curl_easy_setopt(h, CURLOPT_SHARE, p->share);
+}
+
+/* An easy handle for the client's attempt: a spare one it used last (set
+ * up already), else any spare one set up afresh, else a new one. */
+static CURL *borrow(http_pool *p, client *c)
+{
+    int i, pick = -1;
+    CURL *h;
+    for (i = 0; i < p->nspare; i++)
+        if (p->spare_owner[i] == c->xfer.serial)
+            pick = i;
+    if (pick >= 0) {
+        h = p->spare[pick];
+        p->spare[pick] = p->spare[--p->nspare];
+        p->spare_owner[pick] = p->spare_owner[p->nspare];
+        return h;
+    }
+    if (p->nspare > 0) {
+        h = p->spare[--p->nspare];
+        curl_easy_reset(h);
+    } else if ((h = curl_easy_init()) == NULL) {
         return NULL;
-    hdrs = c->base_headers;
-    if (rq->bearer) {
-        c->bearer_node.data = c->bearer_hdr.p;
-        c->bearer_node.next = hdrs;
-        hdrs = &c->bearer_node;
     }
-    memset(&c->meta, 0, sizeof c->meta);
-    sbuf_wipe(&c->resp);
-    c->overflow = 0;
-    c->header_bytes = 0;
-    c->errbuf[0] = '\0';
-    if (c->url_op != op + 1) {          /* the URL of an op never changes */
-        curl_easy_setopt(h, CURLOPT_URL, rq->url);
-        c->url_op = op + 1;
-    }
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->reqbody.p);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->reqbody.n);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
+    configure(h, p, c);
     return h;
 }
 
-/* After a transfer: wipes what held secrets and pushes the result, or
- * nil and the typed error, then the HTTP status (3 values). */
-static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode rc)
+/* Gives the handle back: nothing in it points at the client any more. */
+static void give_back(http_pool *p, client *c, CURL *h)
+{
+    curl_easy_setopt(h, CURLOPT_PRIVATE, NULL);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, NULL);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, NULL);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, p->headers);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+    if (p->nspare < POOL_SPARE && p->pid == getpid()) {
+        p->spare[p->nspare] = h;
+        p->spare_owner[p->nspare++] = c->xfer.serial;
+    } else {
+        curl_easy_cleanup(h);
+    }
+}
+
+/* Starts the client's attempt (built by proto_build) on the pool's multi
+ * handle; 0 when it could not (out of memory). */
+static int start(client *c, double timeout)
+{
+    http_pool *p = c->xfer.pool;
+    struct curl_slist *hdrs;
+    CURL *h;
+    int running;
+    if (!pool_ready(p) || (h = borrow(p, c)) == NULL)
+        return 0;
+    c->xfer.hdr_account.data = c->cfg.account_hdr;
+    c->xfer.hdr_account.next = p->headers;
+    hdrs = &c->xfer.hdr_account;
+    if (c->at.bearer_hdr.n > 0) {
+        /* the bearer's only copy stays in the attempt's buffer */
+        c->xfer.hdr_bearer.data = c->at.bearer_hdr.p;
+        c->xfer.hdr_bearer.next = hdrs;
+        hdrs = &c->xfer.hdr_bearer;
+    }
+    c->xfer.errbuf[0] = '\0';
+    curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)c);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->xfer.errbuf);
+    curl_easy_setopt(h, CURLOPT_URL, c->at.url);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->at.body.p);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->at.body.n);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
+    c->xfer.h = h;
+    c->xfer.pid = getpid();
+    c->xfer.done = 0;
+    c->xfer.nsocks = 0;
+    if (curl_multi_add_handle(p->multi, h) != CURLM_OK) {
+        c->xfer.h = NULL;
+        give_back(p, c, h);
+        return 0;
+    }
+    p->active++;
+    (void)curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);   /* never blocks */
+    return 1;
+}
+
+/* Notes every transfer of the pool that ended. */
+static void collect(http_pool *p)
+{
+    CURLMsg *m;
+    int left = 0;
+    while ((m = curl_multi_info_read(p->multi, &left)) != NULL) {
+        client *x = NULL;
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x) == CURLE_OK && x != NULL) {
+            x->xfer.done = 1;
+            x->xfer.rc = m->data.result;
+        }
+    }
+}
+
+/* Advances the client's transfer without blocking: its sockets (libcurl
+ * checks each one itself), then the pool's due timers. */
+static void advance(client *c)
+{
+    http_pool *p = c->xfer.pool;
+    int i, n = c->xfer.nsocks, running = 0;
+    int fds[NB_MAX_SOCKS];
+    for (i = 0; i < n; i++)
+        fds[i] = c->xfer.socks[i].fd;
+    for (i = 0; i < n && !c->xfer.done; i++)
+        (void)curl_multi_socket_action(p->multi, (curl_socket_t)fds[i], 0, &running);
+    (void)curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    collect(p);
+}
+
+/* Waits up to `seconds` for one of the client's sockets or the pool's
+ * timer, then acts on what is ready (and on due timers); never longer. */
+static void wait_for(client *c, double seconds)
+{
+    http_pool *p = c->xfer.pool;
+    struct pollfd fds[NB_MAX_SOCKS];
+    int i, n = c->xfer.nsocks, r, running = 0;
+    double until = nt_mono() + seconds;
+    long ms;
+    if (p->timer >= 0 && p->timer < until)
+        until = p->timer;
+    ms = (long)ceil((until - nt_mono()) * 1000);
+    if (ms < 0)
+        ms = 0;
+    for (i = 0; i < n; i++) {
+        int what = c->xfer.socks[i].what;
+        fds[i].fd = c->xfer.socks[i].fd;
+        fds[i].events = (short)((what == CURL_POLL_IN || what == CURL_POLL_INOUT ? POLLIN : 0) |
+                                (what == CURL_POLL_OUT || what == CURL_POLL_INOUT ? POLLOUT : 0));
+        fds[i].revents = 0;
+    }
+    r = poll(fds, (nfds_t)n, (int)ms);
+    for (i = 0; r > 0 && i < n; i++) {
+        int mask = (fds[i].revents & POLLIN ? CURL_CSELECT_IN : 0) |
+                   (fds[i].revents & POLLOUT ? CURL_CSELECT_OUT : 0) |
+                   (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL) ? CURL_CSELECT_ERR : 0);
+        if (mask != 0)
+            (void)curl_multi_socket_action(p->multi, (curl_socket_t)fds[i].fd, mask, &running);
+    }
+    if (r <= 0 || (p->timer >= 0 && p->timer <= nt_mono()))
+        (void)curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    collect(p);
+}
+
+/* Ends the client's transfer: the handle leaves the multi and goes back. */
+static void stop(client *c)
+{
+    http_pool *p = c->xfer.pool;
+    CURL *h = c->xfer.h;
+    if (h == NULL)
+        return;
+    c->xfer.h = NULL;
+    if (c->xfer.pid == getpid() && p->pid == getpid() && p->multi != NULL) {
+        curl_multi_remove_handle(p->multi, h);
+        p->active--;
+        give_back(p, c, h);
+    }
+    /* else the parent's (fork): abandoned */
+    c->xfer.nsocks = 0;
+    c->xfer.done = 0;
+    c->xfer.hdr_bearer.data = NULL;
+    c->xfer.hdr_bearer.next = NULL;
+}
+
+/* Whether the transfer in flight was started by another process (this is a
+ * child of fork): the child forgets it, and wipes its own copies. */
+static int stolen(client *c)
+{
+    if (c->xfer.h == NULL || c->xfer.pid == getpid())
+        return 0;
+    stop(c);
+    attempt_end(c);
+    return 1;
+}
+
+/* After a transfer: pushes the result, or nil and the typed error, then
+ * the HTTP status (3 values), and ends the attempt. */
+static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
 {
     long status = 0;
     nomba_err e;
     int r;
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, c->base_headers);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
-    proto_request_done(c);
-    c->bearer_node.data = NULL;
-    c->bearer_node.next = NULL;
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-    c->meta.status = status;
-
+    if (c->xfer.h != NULL)
+        curl_easy_getinfo(c->xfer.h, CURLINFO_RESPONSE_CODE, &status);
+    stop(c);
+    c->at.meta.status = status;
     if (rc != CURLE_OK) {
-        const char *msg = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
+        const char *msg = c->xfer.errbuf[0] ? c->xfer.errbuf : curl_easy_strerror(rc);
         int retryable;
         const char *kind = kind_of(rc, &retryable);
-        if (c->overflow == OVERFLOW_BODY) {
+        if (c->at.overflow == OVERFLOW_BODY) {
             kind = "protocol";
             retryable = 0;
             msg = "the answer exceeds max_response_bytes";
-        } else if (c->overflow == OVERFLOW_HEADERS ||
-                   (rc == CURLE_OUT_OF_MEMORY && c->header_bytes > 0)) {
+        } else if (c->at.overflow == OVERFLOW_HEADERS ||
+                   (rc == CURLE_OUT_OF_MEMORY && c->at.header_bytes > 0)) {
             /* libcurl refuses one header line over 100 KiB as "out of memory" */
             kind = "protocol";
             retryable = 0;
             msg = "the answer's headers are too large";
         }
-        sbuf_wipe(&c->resp);
-        proto_forget_secrets(c);
         err_init(&e, kind, op, msg);
         e.retryable = retryable;
         e.status = status > 0 ? status : 0;
@@ -540,133 +707,95 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURL *h, CURLcode r
             lua_pushinteger(L, (lua_Integer)status);
         else
             lua_pushnil(L);
+        attempt_end(c);
         return 3;
     }
-    r = proto_interpret(L, cidx, c, op, &c->meta, c->resp.p ? c->resp.p : "", c->resp.n);
-    sbuf_wipe(&c->resp);
-    proto_forget_secrets(c);
+    r = proto_interpret(L, cidx, c, op, &c->at.meta, c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
+    attempt_end(c);
     return r;
 }
 
-int http_perform(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
+/* Leaves the pool (cleanup): a transfer in flight is dropped. */
+void http_release(client *c)
 {
-    CURL *h = setup(L, cidx, c, op, rq, timeout);
-    CURLcode rc;
-    if (h == NULL)
-        return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
-    if (!c->performed) {            /* the first perform makes the handle's own multi */
-        fd_snapshot before;
-        snapshot_fds(&before);
-        rc = curl_easy_perform(h);
-        cloexec_new_fds(&before);
-        c->performed = 1;
-    } else {
-        rc = curl_easy_perform(h);
-    }
-    return finish(L, cidx, c, op, h, rc);
+    if (c->xfer.pool == NULL)
+        return;
+    stop(c);
+    pool_unref(c->xfer.pool);
+    c->xfer.pool = NULL;
 }
 
-/* ---- the non-blocking mode (curl_multi, socket API) ---------------------- */
+/* ---- bindings -------------------------------------------------------------- */
 
-/* libcurl tells which sockets the transfer waits on and how (no fd_set, so
- * no limit at fd 1023); sockets() lists them for an event loop. */
-static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
+static int closed_error(lua_State *L, int op)
 {
-    client *c = (client *)ud;
-    int i, slot = -1;
-    (void)e;
-    (void)sockp;
-    for (i = 0; i < c->nb_nsocks; i++)
-        if (c->nb_socks[i].fd == (int)fd)
-            slot = i;
-    if (what == CURL_POLL_REMOVE) {
-        if (slot >= 0)
-            c->nb_socks[slot] = c->nb_socks[--c->nb_nsocks];
-        return 0;
+    return err_simple(L, "closed", op, "the client is closed");
+}
+
+/* Begins and builds the attempt of op; 0, or its pushed error count. */
+static int prepare(lua_State *L, client *c, int op)
+{
+    int r;
+    (void)stolen(c);
+    if ((r = attempt_begin(L, c, op)) != 0 || (r = proto_build(L, c, op, 3)) != 0) {
+        if (!c->at.in_flight)
+            attempt_end(c);
+        return r;
     }
-    if (slot < 0) {
-        if (c->nb_nsocks == NB_MAX_SOCKS)
-            return -1;              /* never: one transfer uses at most two */
-        slot = c->nb_nsocks++;
-    }
-    c->nb_socks[slot].fd = (int)fd;
-    c->nb_socks[slot].what = what;
     return 0;
 }
 
-static int on_timer(CURLM *m, long ms, void *ud)
+static int http_perform(lua_State *L)
 {
-    client *c = (client *)ud;
-    (void)m;
-    c->nb_timer = ms < 0 ? -1 : nt_mono() + (double)ms / 1000;
-    return 0;
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    double timeout = luaL_optnumber(L, 4, c->cfg.timeout);
+    int r;
+    if (c->closed)
+        return closed_error(L, op);
+    lua_settop(L, 4);
+    if ((r = prepare(L, c, op)) != 0)
+        return r;
+    if (!start(c, timeout)) {
+        attempt_end(c);
+        return luaL_error(L, "nomba.oauth: cannot start a libcurl transfer (out of memory)");
+    }
+    while (!c->xfer.done)
+        wait_for(c, 1.0);
+    return finish(L, 1, c, op, c->xfer.rc);
 }
 
-/* Whether the transfer in flight was started by another process (this is a
- * child of fork): then it is the parent's, and this process must not touch
- * its handles. The child forgets it; its own copies of the buffers are
- * wiped. */
-static int stolen(client *c)
+static int http_nb_start(lua_State *L)
 {
-    if (!c->in_flight || c->curl_pid == getpid())
-        return 0;
-    http_release(c);
-    c->bearer_node.data = NULL;
-    c->bearer_node.next = NULL;
-    proto_request_done(c);
-    sbuf_wipe(&c->resp);
-    c->nb_nsocks = 0;
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    double timeout = luaL_optnumber(L, 4, c->cfg.timeout);
+    int r;
+    if (c->closed)
+        return closed_error(L, op);
+    lua_settop(L, 4);
+    if ((r = prepare(L, c, op)) != 0)
+        return r;
+    if (!start(c, timeout)) {
+        attempt_end(c);
+        return luaL_error(L, "nomba.oauth: cannot start a libcurl transfer (out of memory)");
+    }
+    c->at.in_flight = op + 1;       /* the attempt stays begun until the transfer ends */
+    lua_pushboolean(L, 1);
     return 1;
 }
 
-static CURLM *multi_of(client *c)
+static int http_nb_progress(lua_State *L)
 {
-    if (c->multi == NULL) {
-        fd_snapshot before;
-        snapshot_fds(&before);
-        c->multi = curl_multi_init();
-        cloexec_new_fds(&before);
-        if (c->multi == NULL)
-            return NULL;
-        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-        curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-        curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    client *c = client_check(L, 1);
+    int op, r;
+    if (c->closed || !c->at.in_flight) {
+        lua_pushnil(L);
+        return 1;
     }
-    return c->multi;
-}
-
-/* Starts a transfer without waiting; 0, or pushes nil and an error (2). */
-int http_start(lua_State *L, int cidx, client *c, int op, nomba_request *rq, double timeout)
-{
-    CURL *h = setup(L, cidx, c, op, rq, timeout);
-    int running = 0;
-    if (h == NULL)
-        return luaL_error(L, "nomba.oauth: cannot create a libcurl handle (out of memory)");
-    if (multi_of(c) == NULL)
-        return luaL_error(L, "nomba.oauth: cannot create a libcurl multi handle");
-    c->nb_nsocks = 0;
-    c->nb_timer = -1;
-    if (curl_multi_add_handle(c->multi, h) != CURLM_OK)
-        return luaL_error(L, "nomba.oauth: curl_multi_add_handle failed");
-    c->in_flight = op + 1;
-    (void)curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);   /* never blocks */
-    return 0;
-}
-
-/* Advances the transfer without blocking: pushes false while it runs, or
- * true and its three results once it is done. */
-int http_progress(lua_State *L, int cidx, client *c)
-{
-    int running = 0, left = 0, op, r, i, n;
-    int fds[NB_MAX_SOCKS];
-    CURLMsg *m;
-    CURLcode rc = CURLE_OK;
-    int done = 0;
-    if (c->in_flight && c->curl_pid != getpid()) {
+    op = c->at.in_flight - 1;
+    if (stolen(c)) {
         nomba_err e;
-        op = c->in_flight - 1;
-        (void)stolen(c);
         err_init(&e, "transport", op, "the transfer in flight belongs to the parent process (fork)");
         e.retryable = 1;
         lua_pushboolean(L, 1);
@@ -675,79 +804,40 @@ int http_progress(lua_State *L, int cidx, client *c)
         lua_pushnil(L);
         return 4;
     }
-    if (!c->in_flight || c->multi == NULL) {
-        lua_pushnil(L);
-        return 1;
-    }
-    /* libcurl checks each socket itself (mask 0), then runs due timers */
-    n = c->nb_nsocks;
-    for (i = 0; i < n; i++)
-        fds[i] = c->nb_socks[i].fd;
-    for (i = 0; i < n; i++)
-        (void)curl_multi_socket_action(c->multi, (curl_socket_t)fds[i], 0, &running);
-    (void)curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    while ((m = curl_multi_info_read(c->multi, &left)) != NULL) {
-        if (m->msg == CURLMSG_DONE && m->easy_handle == c->curl) {
-            rc = m->data.result;
-            done = 1;
-        }
-    }
-    if (!done) {
+    if (!c->xfer.done)
+        advance(c);
+    if (!c->xfer.done) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    curl_multi_remove_handle(c->multi, c->curl);
-    op = c->in_flight - 1;
-    c->in_flight = 0;
-    c->nb_nsocks = 0;
-    r = finish(L, cidx, c, op, c->curl, rc);    /* its results are the top r values */
+    c->at.in_flight = 0;
+    r = finish(L, 1, c, op, c->xfer.rc);
     lua_pushboolean(L, 1);
     lua_insert(L, -(r + 1));
     return r + 1;
 }
 
-/* Blocks up to `seconds` until the transfer's sockets have something. */
-void http_wait(client *c, double seconds)
+static int http_nb_wait(lua_State *L)
 {
-    int n = 0;
-    if (stolen(c) || !c->in_flight || c->multi == NULL || !(seconds > 0))
-        return;
-    if (seconds > NOMBA_MAX_TIMEOUT)
-        seconds = NOMBA_MAX_TIMEOUT;
-    (void)curl_multi_poll(c->multi, NULL, 0, (int)(seconds * 1000), &n);
+    client *c = client_check(L, 1);
+    double seconds = luaL_checknumber(L, 2);
+    if (c->closed || stolen(c) || c->xfer.h == NULL || c->xfer.done || !(seconds > 0))
+        return 0;
+    wait_for(c, seconds > NOMBA_MAX_TIMEOUT ? NOMBA_MAX_TIMEOUT : seconds);
+    return 0;
 }
 
-/* Drops a transfer in flight and wipes what it held. */
-void http_abort(client *c)
+static int http_nb_sockets(lua_State *L)
 {
-    if (!c->in_flight)
-        return;
-    if (c->multi != NULL && c->curl != NULL && c->curl_pid == getpid()) {
-        curl_multi_remove_handle(c->multi, c->curl);
-        curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, c->base_headers);
-        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, NULL);
-    }
-    c->in_flight = 0;
-    c->nb_nsocks = 0;
-    c->bearer_node.data = NULL;
-    c->bearer_node.next = NULL;
-    proto_request_done(c);
-    sbuf_wipe(&c->resp);
-    proto_forget_secrets(c);
-}
-
-/* The sockets an event loop should watch: {{fd =, read =, write =}, ...},
- * and the milliseconds until step() is due anyway (-1: no timer). */
-int http_sockets(lua_State *L, client *c)
-{
-    int i;
+    client *c = client_check(L, 1);
     long ms = -1;
+    int i;
     lua_newtable(L);
-    if (!stolen(c) && c->in_flight) {
-        for (i = 0; i < c->nb_nsocks; i++) {
-            int what = c->nb_socks[i].what;
+    if (!c->closed && !stolen(c) && c->xfer.h != NULL) {
+        for (i = 0; i < c->xfer.nsocks; i++) {
+            int what = c->xfer.socks[i].what;
             lua_createtable(L, 0, 3);
-            lua_pushinteger(L, c->nb_socks[i].fd);
+            lua_pushinteger(L, c->xfer.socks[i].fd);
             lua_setfield(L, -2, "fd");
             lua_pushboolean(L, what == CURL_POLL_IN || what == CURL_POLL_INOUT);
             lua_setfield(L, -2, "read");
@@ -755,12 +845,97 @@ int http_sockets(lua_State *L, client *c)
             lua_setfield(L, -2, "write");
             lua_rawseti(L, -2, i + 1);
         }
-        if (c->nb_timer >= 0) {
-            double left = (c->nb_timer - nt_mono()) * 1000;
+        if (c->xfer.done) {
+            ms = 0;
+        } else if (c->xfer.pool->timer >= 0) {
+            double left = (c->xfer.pool->timer - nt_mono()) * 1000;
             ms = left <= 0 ? 0 : left >= NOMBA_MAX_TIMEOUT * 1000 ? (long)(NOMBA_MAX_TIMEOUT * 1000)
                                                                   : (long)left + 1;
         }
     }
     lua_pushinteger(L, ms);
     return 2;
+}
+
+#ifdef NOMBA_TEST_HOOKS
+/* core._test.close_idle(): closes the pool's idle connections (a new multi
+ * handle) when no transfer is in flight; whether it did. For specs that
+ * need a client's first request on a fresh connection. */
+static int http_test_close_idle(lua_State *L)
+{
+    http_pool **box;
+    http_pool *p;
+    int i;
+    lua_pushlightuserdata(L, (void *)&pool_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    box = (http_pool **)lua_touserdata(L, -1);
+    p = box != NULL ? *box : NULL;
+    if (p == NULL || p->active > 0 || p->pid != getpid()) {
+        lua_pushboolean(L, 0);
+        lua_pushinteger(L, p != NULL ? p->active : -1);
+        return 2;
+    }
+    for (i = 0; i < p->nspare; i++)
+        curl_easy_cleanup(p->spare[i]);
+    p->nspare = 0;
+    if (p->multi != NULL)
+        curl_multi_cleanup(p->multi);
+    p->multi = NULL;
+    p->timer = -1;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+#endif
+
+/* Attaches a new client to the state's pool (core.new calls it). */
+void http_attach(lua_State *L, int cidx, client *c)
+{
+    http_pool **box;
+    lua_pushlightuserdata(L, (void *)&pool_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    box = (http_pool **)lua_touserdata(L, -1);
+    if (box == NULL || *box == NULL)
+        luaL_error(L, "nomba.oauth: the libcurl pool is gone");
+    nomba_getuv(L, cidx);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, UV_POOL);
+    lua_pop(L, 2);
+    c->xfer.pool = *box;
+    c->xfer.pool->refs++;
+    c->xfer.serial = ++c->xfer.pool->serials;
+}
+
+/* Makes the state's pool (before any client) and adds the bindings to the
+ * module table on top of the stack. */
+void http_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"perform", http_perform},
+        {"nb_start", http_nb_start},
+        {"nb_progress", http_nb_progress},
+        {"nb_wait", http_nb_wait},
+        {"nb_sockets", http_nb_sockets},
+        {NULL, NULL}
+    };
+    http_pool **box = (http_pool **)lua_newuserdata(L, sizeof *box);
+    *box = (http_pool *)calloc(1, sizeof **box);
+    if (*box == NULL)
+        luaL_error(L, "nomba.oauth: out of memory");
+    (*box)->refs = 1;
+    (*box)->pid = getpid();
+    (*box)->timer = -1;
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, pool__gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_pushlightuserdata(L, (void *)&pool_key);
+    lua_insert(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    luaL_setfuncs(L, funcs, 0);
+#ifdef NOMBA_TEST_HOOKS
+    lua_getfield(L, -1, "_test");
+    lua_pushcfunction(L, http_test_close_idle);
+    lua_setfield(L, -2, "close_idle");
+    lua_pop(L, 1);
+#endif
 }

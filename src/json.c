@@ -49,7 +49,7 @@ static int read_string(reader *r, const char **s, size_t *n)
             if (*q == 'u') {
                 int i;
                 for (i = 1; i <= 4; i++)
-                    if (q + i >= r->end || nomba_hexval(q[i]) < 0)
+                    if (q + i >= r->end || codec_hexval(q[i]) < 0)
                         return 0;
                 q += 4;
             } else if (strchr("\"\\/bfnrt", *q) == NULL || *q == '\0') {
@@ -278,7 +278,7 @@ static unsigned long hex4(const char *q)
     unsigned long v = 0;
     int i;
     for (i = 0; i < 4; i++) {
-        int h = nomba_hexval(q[i]);
+        int h = codec_hexval(q[i]);
         v = v << 4 | (unsigned long)(h < 0 ? 0 : h);
     }
     return v;

@@ -2,7 +2,19 @@
  * nomba.h: what the C files of nomba.oauth.core share.
  *
  * Everything declared here has hidden visibility; the only exported
- * symbol of the module is luaopen_nomba_oauth_core.
+ * symbol of the module is luaopen_nomba_oauth_core. src/README.md lists
+ * every core.* entry with its arguments and its one return shape.
+ *
+ * The files, one concept each, and what each may call (never a file
+ * above it in this list, so there are no circles):
+ *   sbuf.c codec.c timeparse.c json.c url.c err.c   leaves
+ *   token.c     the kept token: keep, drop, the hot path      -> leaves
+ *   seal.c      the token sealed for a shared store           -> token
+ *   proto.c     the wire contract and the attempt's buffers   -> token
+ *   http.c      libcurl, one pool per Lua state               -> proto, token
+ *   client.c    the userdata: new, close, __gc, __tostring    -> http, proto, token
+ *   pkce.c webhook.c filestore.c                              -> leaves
+ *   core.c      the module: luaopen, clocks, test hooks       -> every *_open
  *
  * Invariants of a client (struct client):
  *   - the userdata is zeroed and given its metatable before anything
@@ -11,10 +23,10 @@
  *     request body that held one, the response that held one) lives
  *     in memory owned by the client and is wiped with OPENSSL_cleanse
  *     before it is freed or reused;
- *   - client_cleanup() serves close, __gc and __close and is safe to
- *     call any number of times;
- *   - the libcurl handle belongs to the process that created it
- *     (curl_pid); a child of fork() abandons it and makes its own.
+ *   - cleanup serves close, __gc and __close and is safe to call any
+ *     number of times;
+ *   - libcurl's handles belong to the process that made them; a child
+ *     of fork() abandons its parent's and makes its own.
  */
 #ifndef NOMBA_H
 #define NOMBA_H
@@ -43,8 +55,7 @@
 #define UV_TOKEN   1   /* access token as a Lua string (hot path) */
 #define UV_BEARER  2   /* "Bearer <token>" */
 #define UV_ACCOUNT 3   /* account id */
-
-typedef struct share_box share_box;
+#define UV_POOL    4   /* the libcurl pool the client uses (keeps it alive) */
 
 /* A growable byte buffer that may hold a secret: always wiped. */
 typedef struct {
@@ -60,7 +71,12 @@ NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the bytes, keep capacity */
 NOMBA_HIDDEN void sbuf_free(sbuf *b);   /* zero and free */
 NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN char *nomba_strndup(const char *s, size_t n);   /* malloc'd copy or NULL */
-NOMBA_HIDDEN int   nomba_hexval(int ch);                     /* 0..15, or -1 */
+
+/* codec.c: base64 (standard and url-safe), hex digits, header names. */
+NOMBA_HIDDEN size_t codec_b64_encode(const unsigned char *in, size_t n, char *out, int url);
+NOMBA_HIDDEN long   codec_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap, int url);
+NOMBA_HIDDEN int    codec_hexval(int ch);                    /* 0..15, or -1 */
+NOMBA_HIDDEN int    codec_name_is(const char *s, size_t n, const char *lower);
 
 /* Operations, as named in errors and events. */
 enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP__N };
@@ -75,91 +91,102 @@ typedef struct {
     char content_type[96];  /* the Content-Type header, or "" */
 } nomba_answer_meta;
 
-/* A request prepared for one attempt. Its body and bearer header live
- * in client-owned buffers (reqbody, bearer_hdr), so nothing leaks if a
- * Lua error interrupts; proto_request_done() wipes them. */
-typedef struct {
-    char url[1024];
-    int bearer;             /* bearer_hdr holds "Authorization: Bearer ..." */
-} nomba_request;
-
-
 enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
 #define NB_MAX_SOCKS 4          /* sockets of one transfer (happy eyeballs: 2) */
 
-typedef struct client {
-    int closed;
-    /* configuration */
+/* The configuration: fixed once core.new returns. */
+typedef struct {
     char *account_id, *client_id, *base_url;
-    char *paths[OP__N];     /* path per op (issue, refresh, revoke, authorize) */
-    char *body_open[OP__N]; /* cached non-secret JSON body start, per op */
+    char *paths[OP__N];     /* path per op (exchange uses issue's) */
+    char *account_hdr;      /* "accountId: <account_id>" */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
     double timeout, connect_timeout, refresh_skew;
     size_t max_response;
     int allow_http;         /* base_url is http:// on a loopback host */
-    /* secrets */
+} client_config;
+
+/* The secrets and the kept token (token.c is the only writer). */
+typedef struct {
     sbuf secret, access, refresh;
-    sbuf reqbody, bearer_hdr, resp; /* per-request buffers, reused, wiped */
-    sbuf req_secret[2];     /* the secret values the request in progress carries
-                             * (a token, a verifier; a refresh's explicit bearer),
-                             * redacted from its answer's messages */
-    sbuf store_ikm, store_aes;      /* store_key option; the derived AES key */
-    sbuf seal_pt, seal_ct;          /* sealing scratch, wiped after use */
-    sbuf scratch[2];                /* an answer's new tokens, before they are kept */
     char *business_id;
-    /* token clock: monotonic seconds */
-    double expires_mono;    /* 0 when there is no usable token */
+    double expires_mono;    /* monotonic seconds; 0 when there is no usable token */
     double lifetime;        /* seconds the kept token was issued for */
     double expires_wall;    /* local wall clock, corrected for skew */
     unsigned int gen;       /* bumped whenever the kept token changes (LuaJIT's hot-path copy checks it) */
-    /* libcurl */
-    CURL *curl;             /* owned by curl_pid */
-    CURLM *multi;           /* the non-blocking mode's, same owner */
-    int performed;          /* the easy handle has made its own multi (curl_easy_perform) */
-    int in_flight;          /* 1 + the op of a non-blocking transfer, or 0 */
-    struct { int fd, what; } nb_socks[NB_MAX_SOCKS];  /* its sockets (CURL_POLL_*) */
-    int nb_nsocks;
-    double nb_timer;        /* when libcurl wants to run again (monotonic), or -1 */
-    struct curl_slist bearer_node;  /* the bearer header in front of base_headers */
-    pid_t curl_pid;
-    int url_op;             /* 1 + the op whose URL the handle holds, or 0 */
-    struct curl_slist *base_headers;  /* same owner */
-    struct share_box *share;/* the state's share handle, when attached */
+} token_state;
+
+/* One attempt: the request as built and the answer as read. proto.c owns
+ * it: attempt_begin() and attempt_end() are the only places that start and
+ * end one, and attempt_end() wipes every buffer that held a secret. */
+typedef struct {
+    char url[1024];
+    sbuf body, bearer_hdr, resp;    /* bearer_hdr: "Authorization: Bearer ..." or empty */
+    sbuf req_secret[2];     /* the secret values the request carries (a token, a verifier;
+                             * a refresh's explicit bearer), redacted from its answer's messages */
+    sbuf scratch[2];        /* an answer's new tokens, before they are kept */
+    char *body_open[OP__N]; /* the cached non-secret start of a body, per op */
     nomba_answer_meta meta;
     int overflow;           /* OVERFLOW_BODY or OVERFLOW_HEADERS: the answer was cut */
     size_t header_bytes;    /* of the answer being read */
+    int in_flight;          /* 1 + the op of a non-blocking attempt, or 0 */
+} attempt;
+
+/* libcurl: what a client holds of the Lua state's pool (http.c). */
+typedef struct http_pool http_pool;
+typedef struct {
+    http_pool *pool;        /* the Lua state's libcurl pool (refcounted) */
+    CURL *h;                /* an easy handle, borrowed for the attempt in flight */
+    pid_t pid;              /* the process that borrowed it */
+    int done;               /* the multi handle said the transfer ended ... */
+    CURLcode rc;            /* ... with this */
+    struct { int fd, what; } socks[NB_MAX_SOCKS];   /* its sockets (CURL_POLL_*) */
+    int nsocks;
+    struct curl_slist hdr_bearer, hdr_account;      /* header nodes in front of the pool's */
+    unsigned long serial;   /* this client, for the pool's handle reuse */
     char errbuf[256];       /* CURL_ERROR_SIZE */
+} transfer;
+
+/* Sealing for a shared store (seal.c). */
+typedef struct {
+    sbuf ikm, aes;          /* store_key option; the derived AES key */
+    sbuf pt, ct;            /* scratch, wiped after use */
+} sealing;
+
+typedef struct client {
+    int closed;
+    client_config cfg;
+    token_state tok;
+    attempt at;
+    transfer xfer;
+    sealing seal;
 #ifdef NOMBA_TEST_HOOKS
     int test_wiped, test_checked;   /* verdict of the last cleanup */
 #endif
 } client;
 
-/* client.c */
+/* client.c: the userdata's life. */
 NOMBA_HIDDEN client *client_check(lua_State *L, int idx);
-NOMBA_HIDDEN void client_cleanup(client *c);
-NOMBA_HIDDEN void client_set_token(lua_State *L, int cidx, client *c);
-NOMBA_HIDDEN void client_push_token(lua_State *L, int cidx, const client *c);
-NOMBA_HIDDEN void client_drop_token(lua_State *L, int cidx, client *c);
 NOMBA_HIDDEN void client_open(lua_State *L);
 
-/* proto.c: building requests and interpreting answers (sans-I/O). */
-NOMBA_HIDDEN int proto_build(lua_State *L, int cidx, client *c, int op, int argidx,
-                             nomba_request *rq);
-NOMBA_HIDDEN int proto_interpret(lua_State *L, int cidx, client *c, int op,
-                                 const nomba_answer_meta *m, const char *body, size_t n);
-NOMBA_HIDDEN void proto_request_done(client *c);
-NOMBA_HIDDEN void proto_forget_secrets(client *c);   /* wipes req_secret once answered */
+/* token.c: the kept token; the only code that changes it. */
+NOMBA_HIDDEN int  token_keep(lua_State *L, int cidx, client *c, sbuf *access, sbuf *refresh,
+                             const char *biz, size_t bizlen, double lifetime, double left);
+NOMBA_HIDDEN void token_drop(lua_State *L, int cidx, client *c);
+NOMBA_HIDDEN void token_push(lua_State *L, int cidx, const client *c);
+NOMBA_HIDDEN void token_forget(client *c);   /* wipes and frees every secret (cleanup) */
+NOMBA_HIDDEN void token_open(lua_State *L);
+
+/* proto.c: the wire contract (sans-I/O) and the attempt's buffers. */
+NOMBA_HIDDEN int  attempt_begin(lua_State *L, client *c, int op);   /* 0, or pushes nil, err */
+NOMBA_HIDDEN void attempt_end(client *c);
+NOMBA_HIDDEN void attempt_free(client *c);
+NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */
+NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op,
+                                  const nomba_answer_meta *m, const char *body, size_t n);
 NOMBA_HIDDEN void proto_open(lua_State *L);
 
-/* http.c: one attempt over the client's libcurl handle. */
-NOMBA_HIDDEN int http_perform(lua_State *L, int cidx, client *c, int op,
-                              nomba_request *rq, double timeout);
-NOMBA_HIDDEN int http_start(lua_State *L, int cidx, client *c, int op,
-                            nomba_request *rq, double timeout);
-NOMBA_HIDDEN int http_progress(lua_State *L, int cidx, client *c);
-NOMBA_HIDDEN void http_wait(client *c, double seconds);
-NOMBA_HIDDEN void http_abort(client *c);
-NOMBA_HIDDEN int http_sockets(lua_State *L, client *c);
+/* http.c: libcurl, one pool per Lua state. */
+NOMBA_HIDDEN void http_attach(lua_State *L, int cidx, client *c);
 NOMBA_HIDDEN void http_release(client *c);
 NOMBA_HIDDEN void http_global_init(void);
 NOMBA_HIDDEN int  http_curl_wipes(void);   /* libcurl frees through our wiping free */

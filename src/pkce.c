@@ -47,9 +47,7 @@ typedef struct {
 static int state__gc(lua_State *L)
 {
     pkce_state *st = (pkce_state *)luaL_checkudata(L, 1, STATE_MT);
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    EVP_MD_free(st->fetched);
-#endif
+    nomba_free_md(st->fetched);
     st->fetched = NULL;
     st->md = NULL;
     if (st->pool != NULL) {
@@ -70,10 +68,8 @@ static void state_push(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
-#if OPENSSL_VERSION_NUMBER >= 0x30000000L
-    st->fetched = EVP_MD_fetch(NULL, "SHA256", NULL);
+    st->fetched = nomba_fetch_sha256();
     st->md = st->fetched;
-#endif
     if (st->md == NULL)
         st->md = EVP_sha256();
     page = mmap(NULL, sizeof(rand_pool), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -120,33 +116,6 @@ static int take_random(pkce_state *st, unsigned char *out, size_t n)
     return 1;
 }
 
-static const char b64url[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/* base64url without padding; out needs 4 * ceil(n / 3) bytes. */
-static size_t b64url_encode(const unsigned char *in, size_t n, char *out)
-{
-    size_t i, o = 0;
-    for (i = 0; i + 2 < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8 | in[i + 2];
-        out[o++] = b64url[v >> 18];
-        out[o++] = b64url[(v >> 12) & 63];
-        out[o++] = b64url[(v >> 6) & 63];
-        out[o++] = b64url[v & 63];
-    }
-    if (n - i == 1) {
-        unsigned v = (unsigned)in[i] << 16;
-        out[o++] = b64url[v >> 18];
-        out[o++] = b64url[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        unsigned v = (unsigned)in[i] << 16 | (unsigned)in[i + 1] << 8;
-        out[o++] = b64url[v >> 18];
-        out[o++] = b64url[(v >> 12) & 63];
-        out[o++] = b64url[(v >> 6) & 63];
-    }
-    return o;
-}
-
 /* RFC 7636 section 4.1: 43..128 characters of [A-Za-z0-9-._~]. */
 int pkce_valid_verifier(const char *s, size_t n)
 {
@@ -178,7 +147,7 @@ static int make_verifier(pkce_state *st, char *out, int len)
     size_t nbytes = ((size_t)len * 6 + 7) / 8;
     if (!take_random(st, raw, nbytes))
         return 0;
-    b64url_encode(raw, nbytes, enc);
+    codec_b64_encode(raw, nbytes, enc, 1);
     memcpy(out, enc, (size_t)len);
     OPENSSL_cleanse(raw, nbytes);
     OPENSSL_cleanse(enc, (size_t)len + 4);
@@ -194,7 +163,7 @@ static int s256(const EVP_MD *alg, const char *v, size_t n, char *out)
         ERR_clear_error();
         return 0;
     }
-    b64url_encode(md, 32, out);
+    codec_b64_encode(md, 32, out, 1);
     return 1;
 }
 
@@ -289,7 +258,7 @@ static int pkce_valid(lua_State *L)
 
 #ifdef NOMBA_TEST_HOOKS
 #include <sys/wait.h>
-/* core._test_fork_verifiers(): a verifier drawn in this process and one
+/* core._test.fork_verifiers(): a verifier drawn in this process and one
  * drawn in a child forked right now. Compiled only into the test build. */
 static int pkce_test_fork(lua_State *L)
 {
@@ -348,11 +317,12 @@ void pkce_open(lua_State *L)
     lua_pushcfunction(L, pkce_valid);
     lua_setfield(L, -2, "pkce_valid");
 #ifdef NOMBA_TEST_HOOKS
-    lua_getfield(L, -1, "pkce");
+    lua_getfield(L, -1, "_test");
+    lua_getfield(L, -2, "pkce");
     lua_getfield(L, -1, "pair");
-    lua_getupvalue(L, -1, 1);
+    lua_getupvalue(L, -1, 1);               /* module, _test, pkce, pair, state */
     lua_pushcclosure(L, pkce_test_fork, 1);
-    lua_setfield(L, -4, "_test_fork_verifiers");
-    lua_pop(L, 2);
+    lua_setfield(L, -4, "fork_verifiers");
+    lua_pop(L, 3);
 #endif
 }

@@ -1,17 +1,26 @@
 /*
- * proto.c: the Nomba wire contract, without I/O.
+ * proto.c: the Nomba wire contract, without I/O, and the attempt's buffers.
  *
  * proto_build() turns an operation into a URL, a JSON body and maybe a
  * bearer header; proto_interpret() turns (status, headers, body) into a
- * result or a typed error and updates the kept token. Both transports,
- * libcurl in C and any Lua transport, go through these two functions, so
+ * result or a typed error, and keeps a new token (token_keep). Every
+ * driver, libcurl in C and any Lua transport, goes through these two, so
  * the contract is written once.
+ *
+ * An attempt's buffers (c->at) start with attempt_begin() and end with
+ * attempt_end(), which wipes everything that held a secret: the only two
+ * places that do. A non-blocking attempt stays begun until its transfer
+ * ends or is aborted.
  *
  * JSON is lua-cjson's, through a private instance (cjson.safe.new()) kept
  * in the registry, so other code's cjson settings never change ours. A
  * secret never becomes a Lua string on the libcurl path: cjson encodes the
  * non-secret fields, and the secret is appended in C into a client-owned
- * buffer that is wiped after the attempt.
+ * buffer.
+ *
+ *   core.request(client, op, args) -> {op, method, url, headers, body, timeout,
+ *                                      connect_timeout, max_response_bytes[, proxy]} | nil, err
+ *   core.answer(client, op, status, headers, body) -> result, nil, status | nil, err, status
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,38 +38,50 @@ static void push_json_fn(lua_State *L, const char *name)
     lua_remove(L, -2);
 }
 
-void proto_open(lua_State *L)
+/* Starts an attempt: refused while a non-blocking one is in flight. */
+int attempt_begin(lua_State *L, client *c, int op)
 {
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson.safe");
-    if (lua_pcall(L, 1, 1, 0) != 0)
-        luaL_error(L, "nomba.oauth.core needs lua-cjson (require 'cjson.safe' failed: %s)",
-                   lua_tostring(L, -1));
-    lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "decode_max_depth");
-    lua_pushinteger(L, 32);
-    lua_call(L, 1, 0);
-    lua_pushlightuserdata(L, (void *)&json_key);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 2);
+    nomba_err e;
+    if (c->at.in_flight) {
+        err_init(&e, "config", op, "a non-blocking transfer is in flight: finish it with step() or wait()");
+        return err_return(L, c, &e);
+    }
+    attempt_end(c);
+    return 0;
 }
 
-void proto_forget_secrets(client *c)
+/* Ends an attempt: every buffer that held a secret is wiped. */
+void attempt_end(client *c)
 {
-    sbuf_wipe(&c->req_secret[0]);
-    sbuf_wipe(&c->req_secret[1]);
+    sbuf_wipe(&c->at.body);
+    sbuf_wipe(&c->at.bearer_hdr);
+    sbuf_wipe(&c->at.resp);
+    sbuf_wipe(&c->at.req_secret[0]);
+    sbuf_wipe(&c->at.req_secret[1]);
+    sbuf_wipe(&c->at.scratch[0]);
+    sbuf_wipe(&c->at.scratch[1]);
+    memset(&c->at.meta, 0, sizeof c->at.meta);
+    c->at.overflow = 0;
+    c->at.header_bytes = 0;
+    c->at.in_flight = 0;
 }
 
-/* Wipes the request buffers, unless a non-blocking transfer still sends
- * them (its end, or its abort, wipes them). */
-void proto_request_done(client *c)
+/* Wipes and frees the attempt's buffers (cleanup). */
+void attempt_free(client *c)
 {
-    if (c->in_flight)
-        return;
-    sbuf_wipe(&c->reqbody);
-    sbuf_wipe(&c->bearer_hdr);
+    int i;
+    attempt_end(c);
+    sbuf_free(&c->at.body);
+    sbuf_free(&c->at.bearer_hdr);
+    sbuf_free(&c->at.resp);
+    for (i = 0; i < 2; i++) {
+        sbuf_free(&c->at.req_secret[i]);
+        sbuf_free(&c->at.scratch[i]);
+    }
+    for (i = 0; i < OP__N; i++) {
+        free(c->at.body_open[i]);
+        c->at.body_open[i] = NULL;
+    }
 }
 
 static int config_error(lua_State *L, client *c, int op, const char *msg)
@@ -121,24 +142,24 @@ static char *encode_open(lua_State *L, size_t *n)
 static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t *n, int *fresh)
 {
     *fresh = 0;
-    if (c->body_open[op] != NULL) {
-        *n = strlen(c->body_open[op]);
-        return c->body_open[op];
+    if (c->at.body_open[op] != NULL) {
+        *n = strlen(c->at.body_open[op]);
+        return c->at.body_open[op];
     }
     lua_createtable(L, 0, 6);
     switch (op) {
     case OP_ISSUE:
         set_field(L, "grant_type", "client_credentials");
-        set_field(L, "client_id", c->client_id);
+        set_field(L, "client_id", c->cfg.client_id);
         break;
     case OP_REFRESH:
         set_field(L, "grant_type", "refresh_token");
         break;
     case OP_REVOKE:
-        set_field(L, "clientId", c->client_id);
+        set_field(L, "clientId", c->cfg.client_id);
         break;
     case OP_AUTHORIZE:
-        set_field(L, "client_id", c->client_id);
+        set_field(L, "client_id", c->cfg.client_id);
         set_field(L, "code_challenge_method", "S256");
         copy_arg(L, argidx, "code_challenge");
         copy_arg(L, argidx, "code_challenge_method");
@@ -148,7 +169,7 @@ static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t
         break;
     default: /* OP_EXCHANGE */
         set_field(L, "grant_type", "authorization_code");
-        set_field(L, "client_id", c->client_id);
+        set_field(L, "client_id", c->cfg.client_id);
         copy_arg(L, argidx, "auth_code");
         break;
     }
@@ -156,40 +177,36 @@ static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t
         *fresh = 1;
         return encode_open(L, n);
     }
-    c->body_open[op] = encode_open(L, n);
-    return c->body_open[op];
+    c->at.body_open[op] = encode_open(L, n);
+    return c->at.body_open[op];
 }
 
-int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_request *rq)
+/* Builds the request of op into the attempt's buffers (after
+ * attempt_begin): 0, or pushes nil and a config error (2). */
+int proto_build(lua_State *L, client *c, int op, int argidx)
 {
     const char *secret_name = NULL, *secret = NULL, *open;
     size_t secret_len = 0, on, unused;
     int n, fresh, ok;
 
-    memset(rq, 0, sizeof *rq);
-    if (c->in_flight)
-        return config_error(L, c, op, "a non-blocking transfer is in flight: finish it with step() or wait()");
-    proto_request_done(c);
-    proto_forget_secrets(c);
-    (void)cidx;
-    n = snprintf(rq->url, sizeof rq->url, "%s%s", c->base_url, c->paths[op]);
-    if (n < 0 || (size_t)n >= sizeof rq->url)
+    n = snprintf(c->at.url, sizeof c->at.url, "%s%s", c->cfg.base_url, c->cfg.paths[op]);
+    if (n < 0 || (size_t)n >= sizeof c->at.url)
         return config_error(L, c, op, "base_url and path are too long");
 
     switch (op) {
     case OP_ISSUE:
-        if (c->secret.n == 0)
+        if (c->tok.secret.n == 0)
             return config_error(L, c, op,
                 "issue needs client_secret; this is a PKCE client: use authorize and exchange");
         secret_name = "client_secret";
-        secret = c->secret.p;
-        secret_len = c->secret.n;
+        secret = c->tok.secret.p;
+        secret_len = c->tok.secret.n;
         break;
     case OP_REFRESH:
         secret = arg_string(L, argidx, "refresh_token", &secret_len);
-        if (secret == NULL && c->refresh.n > 0) {
-            secret = c->refresh.p;
-            secret_len = c->refresh.n;
+        if (secret == NULL && c->tok.refresh.n > 0) {
+            secret = c->tok.refresh.p;
+            secret_len = c->tok.refresh.n;
         }
         if (secret == NULL || secret_len == 0)
             return config_error(L, c, op, "there is no refresh token to use");
@@ -205,25 +222,24 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
                     if ((unsigned char)b[i] <= 0x20 || (unsigned char)b[i] >= 0x7f)
                         return config_error(L, c, op, "the access_token to send as bearer has bytes "
                                             "outside visible ASCII");
-                if (!sbuf_set(&c->req_secret[1], b, bn))
+                if (!sbuf_set(&c->at.req_secret[1], b, bn))
                     return luaL_error(L, "nomba.oauth: out of memory");
-            } else if (c->access.n > 0) {
-                b = c->access.p;
-                bn = c->access.n;
+            } else if (c->tok.access.n > 0) {
+                b = c->tok.access.p;
+                bn = c->tok.access.n;
             } else {
                 return config_error(L, c, op, "a refresh needs the session's access token (an expired one "
                                     "will do) as its bearer: refresh{refresh_token = ..., access_token = ...}");
             }
-            if (!sbuf_adds(&c->bearer_hdr, "Authorization: Bearer ") || !sbuf_add(&c->bearer_hdr, b, bn))
+            if (!sbuf_adds(&c->at.bearer_hdr, "Authorization: Bearer ") || !sbuf_add(&c->at.bearer_hdr, b, bn))
                 return luaL_error(L, "nomba.oauth: out of memory");
-            rq->bearer = 1;
         }
         break;
     case OP_REVOKE:
         secret = arg_string(L, argidx, "access_token", &secret_len);
-        if (secret == NULL && c->access.n > 0) {
-            secret = c->access.p;
-            secret_len = c->access.n;
+        if (secret == NULL && c->tok.access.n > 0) {
+            secret = c->tok.access.p;
+            secret_len = c->tok.access.n;
         }
         if (secret == NULL || secret_len == 0)
             return config_error(L, c, op, "there is no access token to revoke");
@@ -243,19 +259,19 @@ int proto_build(lua_State *L, int cidx, client *c, int op, int argidx, nomba_req
         return config_error(L, c, op, "this operation sends no request");
     }
 
-    if (secret != NULL && secret != c->secret.p && !sbuf_set(&c->req_secret[0], secret, secret_len))
+    if (secret != NULL && secret != c->tok.secret.p && !sbuf_set(&c->at.req_secret[0], secret, secret_len))
         return luaL_error(L, "nomba.oauth: out of memory");
     open = body_open(L, c, op, argidx, &on, &fresh);
     if (open == NULL)
         return config_error(L, c, op, "could not encode the request");
-    ok = sbuf_add(&c->reqbody, open, on);
+    ok = sbuf_add(&c->at.body, open, on);
     if (ok && secret_name != NULL)
-        ok = (on <= 1 || sbuf_adds(&c->reqbody, ",")) &&
-             sbuf_adds(&c->reqbody, "\"") && sbuf_adds(&c->reqbody, secret_name) &&
-             sbuf_adds(&c->reqbody, "\":\"") &&
-             sbuf_add_json_string(&c->reqbody, secret, secret_len) &&
-             sbuf_adds(&c->reqbody, "\"");
-    ok = ok && sbuf_adds(&c->reqbody, "}");
+        ok = (on <= 1 || sbuf_adds(&c->at.body, ",")) &&
+             sbuf_adds(&c->at.body, "\"") && sbuf_adds(&c->at.body, secret_name) &&
+             sbuf_adds(&c->at.body, "\":\"") &&
+             sbuf_add_json_string(&c->at.body, secret, secret_len) &&
+             sbuf_adds(&c->at.body, "\"");
+    ok = ok && sbuf_adds(&c->at.body, "}");
     if (fresh)
         free((void *)open);
     if (!ok)
@@ -352,12 +368,6 @@ static int protocol_error(lua_State *L, client *c, int op, long status, const ch
     return fail(L, c, &e, status);
 }
 
-static void swap_sbuf(sbuf *a, sbuf *b)
-{
-    sbuf t = *a;
-    *a = *b;
-    *b = t;
-}
 
 /* Unescapes a string member into dst; 1, 0 when absent, -1 out of memory. */
 static int take_string(const json_span *v, sbuf *dst)
@@ -381,10 +391,11 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
     const json_span *biz = pick(a->d, F_BUSINESSID, F_BUSINESS_ID, J_STRING);
     const json_span *exp = pick(a->d, F_EXPIRESAT, F_EXPIRY, J_STRING);
     const json_span *in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_NUMBER);
-    sbuf *new_at = &c->scratch[0], *new_rt = &c->scratch[1];
+    sbuf *new_at = &c->at.scratch[0], *new_rt = &c->at.scratch[1];
     sbuf b = {NULL, 0, 0};
     double lifetime = 0, now_wall = nt_wall(), server_now = now_wall, t = 0;
     const char *why = NULL;
+    int ok;
 
     if (in == NULL)
         in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_STRING);
@@ -409,7 +420,7 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
             server_now = t;
         if (exp != NULL) {
             sbuf e = {NULL, 0, 0};
-            int ok = json_string(exp, &e) > 0 && nt_iso8601(e.p, e.n, &t);
+            ok = json_string(exp, &e) > 0 && nt_iso8601(e.p, e.n, &t);
             sbuf_free(&e);
             if (!ok)
                 why = "the answer's expiresAt is not an ISO 8601 time";
@@ -434,21 +445,13 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
     }
 
     /* keep it: the new buffers become the kept ones; the old are wiped */
-    swap_sbuf(&c->access, new_at);
-    sbuf_wipe(new_at);
-    if (rt != NULL) {
-        swap_sbuf(&c->refresh, new_rt);
-        sbuf_wipe(new_rt);
-    }
-    free(c->business_id);
-    c->business_id = biz != NULL ? nomba_strndup(b.p ? b.p : "", b.n) : NULL;
+    ok = token_keep(L, cidx, c, new_at, rt != NULL ? new_rt : NULL,
+                    biz != NULL ? (b.p ? b.p : "") : NULL, b.n, lifetime, lifetime);
+    sbuf_wipe(new_rt);
     sbuf_free(&b);
-    c->lifetime = lifetime;
-    c->expires_mono = nt_mono() + lifetime;
-    c->expires_wall = now_wall + lifetime;
-    client_set_token(L, cidx, c);              /* pushes nothing; the hot path's strings */
-
-    client_push_token(L, cidx, c);
+    if (!ok)
+        return luaL_error(L, "nomba.oauth: out of memory");
+    token_push(L, cidx, c);
     lua_pushnil(L);
     lua_pushinteger(L, (lua_Integer)m->status);
     return 3;
@@ -577,4 +580,149 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op,
         e.retry_after = retry_after_of(m);
         return fail(L, c, &e, st);
     }
+}
+
+/* ---- the Lua side of the contract: requests for a Lua transport ---------- */
+
+/* core.request(client, op, args): the request a Lua transport carries. The
+ * body becomes a Lua string: that is the price of a custom transport. */
+static int proto_request(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    int r;
+    if (c->closed)
+        return err_simple(L, "closed", op, "the client is closed");
+    lua_settop(L, 3);
+    if ((r = attempt_begin(L, c, op)) != 0 || (r = proto_build(L, c, op, 3)) != 0) {
+        attempt_end(c);
+        return r;
+    }
+    lua_createtable(L, 0, 9);
+    lua_pushliteral(L, "POST");
+    lua_setfield(L, -2, "method");
+    lua_pushstring(L, c->at.url);
+    lua_setfield(L, -2, "url");
+    lua_pushlstring(L, c->at.body.p, c->at.body.n);
+    lua_setfield(L, -2, "body");
+    lua_createtable(L, 0, 5);
+    lua_pushliteral(L, "application/json");
+    lua_setfield(L, -2, "Content-Type");
+    lua_pushliteral(L, "application/json");
+    lua_setfield(L, -2, "Accept");
+    lua_pushstring(L, c->cfg.account_id);
+    lua_setfield(L, -2, "accountId");
+    lua_pushstring(L, c->cfg.user_agent);
+    lua_setfield(L, -2, "User-Agent");
+    if (c->at.bearer_hdr.n > 0) {
+        /* "Authorization: Bearer x" -> "Bearer x" */
+        const char *v = c->at.bearer_hdr.p + sizeof "Authorization: " - 1;
+        lua_pushlstring(L, v, c->at.bearer_hdr.n - (sizeof "Authorization: " - 1));
+        lua_setfield(L, -2, "Authorization");
+    }
+    lua_setfield(L, -2, "headers");
+    lua_pushnumber(L, c->cfg.timeout);
+    lua_setfield(L, -2, "timeout");
+    lua_pushnumber(L, c->cfg.connect_timeout);
+    lua_setfield(L, -2, "connect_timeout");
+    lua_pushinteger(L, (lua_Integer)c->cfg.max_response);
+    lua_setfield(L, -2, "max_response_bytes");
+    lua_pushstring(L, nomba_op_names[op]);
+    lua_setfield(L, -2, "op");
+    if (c->cfg.proxy != NULL) {
+        lua_pushstring(L, c->cfg.proxy);
+        lua_setfield(L, -2, "proxy");
+    }
+    /* the secrets stay until the answer: its messages are redacted of them */
+    sbuf_wipe(&c->at.body);
+    sbuf_wipe(&c->at.bearer_hdr);
+    return 1;
+}
+
+/* Copies a header's value from a Lua table (any case of the name; a value
+ * may be a list: its first entry). */
+static void meta_header(lua_State *L, int t, const char *name, char *dst, size_t cap)
+{
+    dst[0] = '\0';
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) {
+        size_t kn;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
+        if (k != NULL && codec_name_is(k, kn, name)) {
+            if (lua_istable(L, -1))
+                lua_rawgeti(L, -1, 1);
+            else
+                lua_pushvalue(L, -1);
+            if (lua_type(L, -1) == LUA_TSTRING) {
+                size_t n;
+                const char *v = lua_tolstring(L, -1, &n);
+                if (n >= cap)
+                    n = cap - 1;
+                memcpy(dst, v, n);
+                dst[n] = '\0';
+            }
+            lua_pop(L, 3);
+            return;
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* core.answer(client, op, status, headers, body): interprets an answer a
+ * Lua transport received, exactly as the libcurl path does, and ends the
+ * attempt. */
+static int proto_answer(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    nomba_answer_meta m;
+    size_t n = 0;
+    const char *body;
+    int r;
+    if (c->closed)
+        return err_simple(L, "closed", op, "the client is closed");
+    memset(&m, 0, sizeof m);
+    m.status = (long)luaL_checkinteger(L, 3);
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        meta_header(L, 4, "date", m.date, sizeof m.date);
+        meta_header(L, 4, "retry-after", m.retry_after, sizeof m.retry_after);
+        meta_header(L, 4, "content-type", m.content_type, sizeof m.content_type);
+    }
+    body = luaL_optlstring(L, 5, "", &n);
+    if (n > c->cfg.max_response) {
+        nomba_err e;
+        err_init(&e, "protocol", op, "the answer exceeds max_response_bytes");
+        e.status = m.status;
+        r = err_return(L, c, &e);
+    } else {
+        r = proto_interpret(L, 1, c, op, &m, body, n);
+    }
+    if (!c->at.in_flight)
+        attempt_end(c);
+    return r;
+}
+
+void proto_open(lua_State *L)
+{
+    static const luaL_Reg funcs[] = {
+        {"request", proto_request},
+        {"answer", proto_answer},
+        {NULL, NULL}
+    };
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson.safe");
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        luaL_error(L, "nomba.oauth.core needs lua-cjson (require 'cjson.safe' failed: %s)",
+                   lua_tostring(L, -1));
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode_max_depth");
+    lua_pushinteger(L, 32);
+    lua_call(L, 1, 0);
+    lua_pushlightuserdata(L, (void *)&json_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 2);
+    luaL_setfuncs(L, funcs, 0);
 }

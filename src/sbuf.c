@@ -238,17 +238,6 @@ void sbuf_free(sbuf *b)
     b->cap = 0;
 }
 
-int nomba_hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 char *nomba_strndup(const char *s, size_t n)
 {
     char *d = malloc(n + 1);

@@ -36,59 +36,28 @@
 #define TAG 16
 #define PREFIX "n1."
 
-static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
+/* base64url of n bytes, appended to out. */
 static int b64_add(sbuf *out, const unsigned char *in, size_t n)
 {
-    size_t i;
-    char q[4];
-    for (i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-        size_t k = n - i >= 3 ? 4 : n - i + 1;
-        if (i + 1 < n)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        q[0] = b64[v >> 18];
-        q[1] = b64[(v >> 12) & 63];
-        q[2] = b64[(v >> 6) & 63];
-        q[3] = b64[v & 63];
-        if (!sbuf_add(out, q, k))
-            return 0;
-    }
+    if (!sbuf_reserve(out, 4 * ((n + 2) / 3)))
+        return 0;
+    out->n += codec_b64_encode(in, n, out->p + out->n, 1);
+    out->p[out->n] = '\0';
     return 1;
 }
 
-static int b64_val(char ch)
-{
-    const char *p = ch ? strchr(b64, ch) : NULL;
-    return p ? (int)(p - b64) : -1;
-}
-
-/* Decodes canonical base64url (no padding) into out; 0 on a bad character,
- * an impossible length or unused bits that are not zero (so each byte
- * string has exactly one encoding that opens). */
+/* Decodes canonical base64url (no padding) into out; 0 on anything else,
+ * so each byte string has exactly one encoding that opens. */
 static int b64_dec(sbuf *out, const char *s, size_t n)
 {
-    size_t i;
-    unsigned acc = 0;
-    int bits = 0;
-    if (n % 4 == 1)
+    long got;
+    if (!sbuf_reserve(out, n * 3 / 4 + 3))
         return 0;
-    for (i = 0; i < n; i++) {
-        int v = b64_val(s[i]);
-        if (v < 0)
-            return 0;
-        acc = (acc << 6) | (unsigned)v;
-        bits += 6;
-        if (bits >= 8) {
-            unsigned char byte = (unsigned char)(acc >> (bits - 8));
-            bits -= 8;
-            if (!sbuf_add(out, (const char *)&byte, 1))
-                return 0;
-        }
-    }
-    return (acc & ((1u << bits) - 1)) == 0;
+    got = codec_b64_decode(s, n, (unsigned char *)out->p + out->n, out->cap - out->n, 1);
+    if (got < 0)
+        return 0;
+    out->n += (size_t)got;
+    return 1;
 }
 
 /* The AES key, derived once per client from its secret or store_key. */
@@ -97,12 +66,12 @@ static int derive_key(client *c, const char *ikm, size_t ikmlen)
     EVP_PKEY_CTX *k;
     size_t outlen = 32;
     int ok;
-    if (c->store_aes.n == 32)
+    if (c->seal.aes.n == 32)
         return 1;
     k = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
     if (k == NULL)
         return 0;
-    if (!sbuf_reserve(&c->store_aes, 32)) {
+    if (!sbuf_reserve(&c->seal.aes, 32)) {
         EVP_PKEY_CTX_free(k);
         return 0;
     }
@@ -111,19 +80,19 @@ static int derive_key(client *c, const char *ikm, size_t ikmlen)
          EVP_PKEY_CTX_set1_hkdf_salt(k, (const unsigned char *)"nomba-oauth store v1", 20) > 0 &&
          EVP_PKEY_CTX_set1_hkdf_key(k, (const unsigned char *)ikm, (int)ikmlen) > 0 &&
          EVP_PKEY_CTX_add1_hkdf_info(k, (const unsigned char *)"aes-256-gcm token", 17) > 0 &&
-         EVP_PKEY_derive(k, (unsigned char *)c->store_aes.p, &outlen) > 0 && outlen == 32;
+         EVP_PKEY_derive(k, (unsigned char *)c->seal.aes.p, &outlen) > 0 && outlen == 32;
     EVP_PKEY_CTX_free(k);
     ERR_clear_error();
-    c->store_aes.n = ok ? 32 : 0;
+    c->seal.aes.n = ok ? 32 : 0;
     return ok;
 }
 
 static int key_of(lua_State *L, client *c)
 {
-    if (c->secret.n > 0)
-        return derive_key(c, c->secret.p, c->secret.n);
-    if (c->store_ikm.n > 0)
-        return derive_key(c, c->store_ikm.p, c->store_ikm.n);
+    if (c->tok.secret.n > 0)
+        return derive_key(c, c->tok.secret.p, c->tok.secret.n);
+    if (c->seal.ikm.n > 0)
+        return derive_key(c, c->seal.ikm.p, c->seal.ikm.n);
     (void)L;
     return 0;
 }
@@ -175,25 +144,25 @@ static int seal_token(lua_State *L)
     const char *aad = luaL_checklstring(L, 2, &aadlen);
     unsigned char nonce[NONCE], tag[TAG];
     unsigned char version = 1;
-    sbuf *pt = &c->seal_pt, *ct = &c->seal_ct;
+    sbuf *pt = &c->seal.pt, *ct = &c->seal.ct;
     int ok;
-    if (c->closed || c->access.n == 0 || c->expires_mono <= 0 || !key_of(L, c))
+    if (c->closed || c->tok.access.n == 0 || c->tok.expires_mono <= 0 || !key_of(L, c))
         return 0;
     sbuf_wipe(pt);
     sbuf_wipe(ct);
     {
-        double left = c->expires_mono - nt_mono();
+        double left = c->tok.expires_mono - nt_mono();
         double at = nt_wall() + left;
         ok = sbuf_add(pt, (const char *)&version, 1) &&
              sbuf_add(pt, (const char *)&at, sizeof at) &&
-             sbuf_add(pt, (const char *)&c->lifetime, sizeof c->lifetime) &&
-             put_field(pt, c->access.p, c->access.n) &&
-             put_field(pt, c->refresh.p, c->refresh.n) &&
-             put_field(pt, c->business_id, c->business_id ? strlen(c->business_id) : 0);
+             sbuf_add(pt, (const char *)&c->tok.lifetime, sizeof c->tok.lifetime) &&
+             put_field(pt, c->tok.access.p, c->tok.access.n) &&
+             put_field(pt, c->tok.refresh.p, c->tok.refresh.n) &&
+             put_field(pt, c->tok.business_id, c->tok.business_id ? strlen(c->tok.business_id) : 0);
     }
     n = pt->n;
     ok = ok && RAND_bytes(nonce, NONCE) == 1 && sbuf_reserve(ct, n + 16) &&
-         gcm(1, (const unsigned char *)c->store_aes.p, nonce, (const unsigned char *)aad, aadlen,
+         gcm(1, (const unsigned char *)c->seal.aes.p, nonce, (const unsigned char *)aad, aadlen,
              (const unsigned char *)pt->p, n, (unsigned char *)ct->p, tag);
     sbuf_wipe(pt);
     if (!ok) {
@@ -229,7 +198,7 @@ static int adopt_token(lua_State *L)
     size_t aadlen, sn, n;
     const char *aad = luaL_checklstring(L, 2, &aadlen);
     const char *s = luaL_optlstring(L, 3, NULL, &sn);
-    sbuf *raw = &c->seal_ct, *pt = &c->seal_pt;
+    sbuf *raw = &c->seal.ct, *pt = &c->seal.pt;
     const unsigned char *p, *e, *f[3];
     uint32_t flen[3];
     double at, lifetime, left;
@@ -245,7 +214,7 @@ static int adopt_token(lua_State *L)
         goto done;
     n = raw->n - NONCE - TAG;
     if (!sbuf_reserve(pt, n + 16) ||
-        !gcm(0, (const unsigned char *)c->store_aes.p, (const unsigned char *)raw->p,
+        !gcm(0, (const unsigned char *)c->seal.aes.p, (const unsigned char *)raw->p,
              (const unsigned char *)aad, aadlen, (const unsigned char *)raw->p + NONCE, n,
              (unsigned char *)pt->p, (unsigned char *)raw->p + NONCE + n))
         goto done;
@@ -275,23 +244,21 @@ static int adopt_token(lua_State *L)
      * the very token this client invalidated (after a 401 elsewhere) */
     if (p != e || flen[0] == 0 || !(left > 0) || !(lifetime > 0) ||
         left > NOMBA_MAX_LIFETIME || lifetime > NOMBA_MAX_LIFETIME ||
-        (c->expires_mono > 0 && nt_mono() + left <= c->expires_mono + 0.5) ||
-        (c->expires_mono <= 0 && c->access.n == flen[0] &&
-         memcmp(c->access.p, f[0], flen[0]) == 0))
+        (c->tok.expires_mono > 0 && nt_mono() + left <= c->tok.expires_mono + 0.5) ||
+        (c->tok.expires_mono <= 0 && c->tok.access.n == flen[0] &&
+         memcmp(c->tok.access.p, f[0], flen[0]) == 0))
         goto done;
-    if (!sbuf_set(&c->access, (const char *)f[0], flen[0]) ||
-        !sbuf_set(&c->refresh, (const char *)f[1], flen[1]))
+    if (!sbuf_set(&c->at.scratch[0], (const char *)f[0], flen[0]) ||
+        !sbuf_set(&c->at.scratch[1], (const char *)f[1], flen[1]) ||
+        !token_keep(L, 1, c, &c->at.scratch[0], &c->at.scratch[1],
+                    flen[2] ? (const char *)f[2] : NULL, flen[2], lifetime, left))
         goto done;
-    free(c->business_id);
-    c->business_id = flen[2] ? nomba_strndup((const char *)f[2], flen[2]) : NULL;
-    c->lifetime = lifetime;
-    c->expires_mono = nt_mono() + left;
-    c->expires_wall = at;
-    client_set_token(L, 1, c);
     ok = 1;
 done:
     sbuf_wipe(raw);
     sbuf_wipe(pt);
+    sbuf_wipe(&c->at.scratch[0]);
+    sbuf_wipe(&c->at.scratch[1]);
     lua_pushboolean(L, ok);
     return 1;
 }
@@ -302,9 +269,9 @@ static int set_store_key(lua_State *L)
     client *c = client_check(L, 1);
     size_t n;
     const char *k = luaL_checklstring(L, 2, &n);
-    if (!sbuf_set(&c->store_ikm, k, n))
+    if (!sbuf_set(&c->seal.ikm, k, n))
         return luaL_error(L, "nomba.oauth: out of memory");
-    sbuf_wipe(&c->store_aes);
+    sbuf_wipe(&c->seal.aes);
     return 0;
 }
 
@@ -321,9 +288,9 @@ static int store_id(lua_State *L)
         return 0;
     x = EVP_MD_CTX_new();
     if (x == NULL || EVP_DigestInit_ex(x, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(x, c->base_url, strlen(c->base_url) + 1) != 1 ||
-        EVP_DigestUpdate(x, c->account_id, strlen(c->account_id) + 1) != 1 ||
-        EVP_DigestUpdate(x, c->client_id, strlen(c->client_id)) != 1 ||
+        EVP_DigestUpdate(x, c->cfg.base_url, strlen(c->cfg.base_url) + 1) != 1 ||
+        EVP_DigestUpdate(x, c->cfg.account_id, strlen(c->cfg.account_id) + 1) != 1 ||
+        EVP_DigestUpdate(x, c->cfg.client_id, strlen(c->cfg.client_id)) != 1 ||
         EVP_DigestFinal_ex(x, md, &mdlen) != 1) {
         EVP_MD_CTX_free(x);
         ERR_clear_error();

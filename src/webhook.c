@@ -34,47 +34,16 @@ static int hmac(const char *key, size_t kn, const char *msg, size_t mn, unsigned
     return ok;
 }
 
-static int b64val(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
-    return -1;
-}
-
-/* The 32 raw bytes of a signature, or 0. Base64: exactly 43 symbols and
- * one '=' with the unused bits zero (the one canonical form). */
+/* The 32 raw bytes of a signature, or 0: canonical standard base64 (44
+ * characters with its one '='), or 64 hex digits. */
 static int decode_sig(const char *s, size_t n, unsigned char out[MAC])
 {
     size_t i;
-    if (n == 44 && s[43] == '=') {
-        unsigned acc = 0;
-        int bits = 0;
-        size_t o = 0;
-        for (i = 0; i < 43; i++) {
-            int v = b64val((unsigned char)s[i]);
-            if (v < 0)
-                return 0;
-            acc = (acc << 6) | (unsigned)v;
-            bits += 6;
-            if (bits >= 8) {
-                bits -= 8;
-                out[o++] = (unsigned char)(acc >> bits);
-                acc &= (1u << bits) - 1;
-            }
-        }
-        return o == MAC && acc == 0;
-    }
+    if (n == 44)
+        return codec_b64_decode(s, n, out, MAC, 0) == MAC;
     if (n == 64) {
         for (i = 0; i < MAC; i++) {
-            int hi = nomba_hexval((unsigned char)s[2 * i]), lo = nomba_hexval((unsigned char)s[2 * i + 1]);
+            int hi = codec_hexval((unsigned char)s[2 * i]), lo = codec_hexval((unsigned char)s[2 * i + 1]);
             if (hi < 0 || lo < 0)
                 return 0;
             out[i] = (unsigned char)(hi << 4 | lo);
@@ -114,12 +83,12 @@ static int webhook_sign(lua_State *L)
     const char *msg = luaL_checklstring(L, 2, &mn);
     unsigned char mac[MAC];
     char out[64];
-    int n;
+    size_t n;
     if (!hmac(key, kn, msg, mn, mac))
         return luaL_error(L, "nomba.oauth: HMAC-SHA256 failed");
-    n = EVP_EncodeBlock((unsigned char *)out, mac, MAC);
+    n = codec_b64_encode(mac, MAC, out, 0);
     OPENSSL_cleanse(mac, sizeof mac);
-    lua_pushlstring(L, out, (size_t)n);
+    lua_pushlstring(L, out, n);
     return 1;
 }
 

@@ -136,7 +136,7 @@ for _, body in ipairs {
 end
 
 -- fork: a child abandons the parent's handles, blocking and non-blocking
-if core._test_fork then
+if core._test.fork then
   local fc = client { nonblocking = true }
   assert(fc:token())
   assert(sim:fault { endpoint = "issue", delay = 0.3, pass = true })
@@ -147,7 +147,7 @@ if core._test_fork then
   -- the child reports through a file: under valgrind its exit status also
   -- counts the handles it abandons on purpose (they are the parent's)
   local verdict = os.tmpname()
-  local pid = core._test_fork()
+  local pid = core._test.fork()
   if pid == 0 then
     local ok = blocking:issue() ~= nil
     fc:step()
@@ -156,10 +156,10 @@ if core._test_fork then
     local f = io.open(verdict, "w")
     f:write(ok and "ok" or "failed")
     f:close()
-    core._test_exit(0)
+    core._test.exit(0)
   end
   while fc:step() do fc:wait(0.05) end
-  core._test_wait(pid)
+  core._test.wait(pid)
   local f = assert(io.open(verdict))
   assert(f:read("*a") == "ok", "the child could not issue on its own handle")
   f:close()

@@ -6,12 +6,12 @@
 -- The secret arrives in two halves (argv), so its whole never stands in
 -- memory but where the library puts it. Every needle is kept as two halves
 -- for the same reason. Unless "plain" is given, the Lua state's allocator
--- wipes what it frees (core._test_wiping_alloc): the caller's own strings
+-- wipes what it frees (core._test.wiping_alloc): the caller's own strings
 -- then vanish when collected, and what is found is what the library left.
 -- Prints one line per needle: "name count".
 local core = require "nomba.oauth.core"
 local url, cafile, account, client_id, head, tail, mode = (table.unpack or unpack)(arg)
-if mode ~= "plain" then core._test_wiping_alloc() end
+if mode ~= "plain" then core._test.wiping_alloc() end
 local oauth = require "nomba.oauth"
 
 local needles = {}
