@@ -894,8 +894,10 @@ void http_attach(lua_State *L, int cidx, client *c)
     lua_pushlightuserdata(L, (void *)&pool_key);
     lua_rawget(L, LUA_REGISTRYINDEX);
     box = (http_pool **)lua_touserdata(L, -1);
-    if (box == NULL || *box == NULL)
+    if (box == NULL || *box == NULL) {
         luaL_error(L, "nomba.oauth: the libcurl pool is gone");
+        return;
+    }
     nomba_getuv(L, cidx);
     lua_pushvalue(L, -2);
     lua_rawseti(L, -2, UV_POOL);
@@ -917,13 +919,17 @@ void http_open(lua_State *L)
         {"nb_sockets", http_nb_sockets},
         {NULL, NULL}
     };
-    http_pool **box = (http_pool **)lua_newuserdata(L, sizeof *box);
-    *box = (http_pool *)calloc(1, sizeof **box);
-    if (*box == NULL)
+    http_pool *p = (http_pool *)calloc(1, sizeof *p);
+    http_pool **box;
+    if (p == NULL) {
         luaL_error(L, "nomba.oauth: out of memory");
-    (*box)->refs = 1;
-    (*box)->pid = getpid();
-    (*box)->timer = -1;
+        return;
+    }
+    p->refs = 1;
+    p->pid = getpid();
+    p->timer = -1;
+    box = (http_pool **)lua_newuserdata(L, sizeof(http_pool *));
+    *box = p;
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, pool__gc);
     lua_setfield(L, -2, "__gc");
