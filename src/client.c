@@ -88,8 +88,10 @@ static void cleanup(client *c)
     free_str(&c->cfg.pinned_pubkey);
     free_str(&c->cfg.proxy);
     free_str(&c->cfg.user_agent);
-    for (i = 0; i < OP__N; i++)
+    for (i = 0; i < OP__N; i++) {
         free_str(&c->cfg.paths[i]);
+        free_str(&c->cfg.urls[i]);
+    }
     c->closed = 1;
 }
 
@@ -161,6 +163,10 @@ static void check_urls(lua_State *L, client *c)
             url_free(&base);
             luaL_error(L, "nomba.oauth: option 'paths' (%s) must stay on base_url's scheme, host and port",
                        nomba_op_names[i]);
+        }
+        if ((c->cfg.urls[i] = nomba_strndup(full, (size_t)n)) == NULL) {
+            url_free(&base);
+            luaL_error(L, "nomba.oauth: out of memory");
         }
     }
     url_free(&base);

@@ -98,6 +98,7 @@ enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
 typedef struct {
     char *account_id, *client_id, *base_url;
     char *paths[OP__N];     /* path per op (exchange uses issue's) */
+    char *urls[OP__N];      /* base_url + path, per op with a path */
     char *account_hdr;      /* "accountId: <account_id>" */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
     double timeout, connect_timeout, refresh_skew;
@@ -119,7 +120,7 @@ typedef struct {
  * it: attempt_begin() and attempt_end() are the only places that start and
  * end one, and attempt_end() wipes every buffer that held a secret. */
 typedef struct {
-    char url[1024];
+    const char *url;        /* the op's URL (the configuration's) */
     sbuf body, bearer_hdr, resp;    /* bearer_hdr: "Authorization: Bearer ..." or empty */
     sbuf req_secret[2];     /* the secret values the request carries (a token, a verifier;
                              * a refresh's explicit bearer), redacted from its answer's messages */

@@ -187,11 +187,11 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
 {
     const char *secret_name = NULL, *secret = NULL, *open;
     size_t secret_len = 0, on, unused;
-    int n, fresh, ok;
+    int fresh, ok;
 
-    n = snprintf(c->at.url, sizeof c->at.url, "%s%s", c->cfg.base_url, c->cfg.paths[op]);
-    if (n < 0 || (size_t)n >= sizeof c->at.url)
-        return config_error(L, c, op, "base_url and path are too long");
+    c->at.url = c->cfg.urls[op];
+    if (c->at.url == NULL)
+        return config_error(L, c, op, "this operation has no URL");
 
     switch (op) {
     case OP_ISSUE:
