@@ -81,4 +81,5 @@ local out = {
   rss_bytes_per_client = (rss_kib() - rss0) * 1024 / N,
   cpu_seconds = cpu,
 }
+out.clients_alive = #clients          -- every client is still held, idle, with its token
 print(cjson.encode(out))
