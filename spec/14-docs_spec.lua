@@ -12,7 +12,8 @@ end
 
 describe("documentation", function()
   local sources = read("lua/nomba/oauth.lua") .. read("lua/nomba/oauth/client.lua") ..
-                  read("lua/nomba/oauth/store.lua") ..
+                  read("lua/nomba/oauth/store.lua") .. read("lua/nomba/oauth/store/redis.lua") ..
+                  read("lua/nomba/oauth/store/file.lua") ..
                   read("lua/nomba/oauth/resty.lua") .. read("lua/nomba/oauth/webhook.lua")
 
   local lines = {}

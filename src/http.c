@@ -732,15 +732,26 @@ static int closed_error(lua_State *L, int op)
     return err_simple(L, "closed", op, "the client is closed");
 }
 
-/* Begins and builds the attempt of op; 0, or its pushed error count. */
-static int prepare(lua_State *L, client *c, int op)
+/* Begins, builds and starts the attempt of op (argument 2) on the pool:
+ * 0, or the count of what it pushed (nil and an error). */
+static int launch(lua_State *L, client *c, int *op)
 {
+    double timeout;
     int r;
+    *op = nomba_checkop(L, 2);
+    timeout = luaL_optnumber(L, 4, c->cfg.timeout);
+    if (c->closed)
+        return closed_error(L, *op);
+    lua_settop(L, 4);
     (void)stolen(c);
-    if ((r = attempt_begin(L, c, op)) != 0 || (r = proto_build(L, c, op, 3)) != 0) {
+    if ((r = attempt_begin(L, c, *op)) != 0 || (r = proto_build(L, c, *op, 3)) != 0) {
         if (!c->at.in_flight)
             attempt_end(c);
         return r;
+    }
+    if (!start(c, timeout)) {
+        attempt_end(c);
+        return luaL_error(L, "nomba.oauth: cannot start a libcurl transfer (out of memory)");
     }
     return 0;
 }
@@ -748,18 +759,9 @@ static int prepare(lua_State *L, client *c, int op)
 static int http_perform(lua_State *L)
 {
     client *c = client_check(L, 1);
-    int op = nomba_checkop(L, 2);
-    double timeout = luaL_optnumber(L, 4, c->cfg.timeout);
-    int r;
-    if (c->closed)
-        return closed_error(L, op);
-    lua_settop(L, 4);
-    if ((r = prepare(L, c, op)) != 0)
+    int op, r = launch(L, c, &op);
+    if (r != 0)
         return r;
-    if (!start(c, timeout)) {
-        attempt_end(c);
-        return luaL_error(L, "nomba.oauth: cannot start a libcurl transfer (out of memory)");
-    }
     while (!c->xfer.done)
         wait_for(c, 1.0);
     return finish(L, 1, c, op, c->xfer.rc);
@@ -768,18 +770,9 @@ static int http_perform(lua_State *L)
 static int http_nb_start(lua_State *L)
 {
     client *c = client_check(L, 1);
-    int op = nomba_checkop(L, 2);
-    double timeout = luaL_optnumber(L, 4, c->cfg.timeout);
-    int r;
-    if (c->closed)
-        return closed_error(L, op);
-    lua_settop(L, 4);
-    if ((r = prepare(L, c, op)) != 0)
+    int op, r = launch(L, c, &op);
+    if (r != 0)
         return r;
-    if (!start(c, timeout)) {
-        attempt_end(c);
-        return luaL_error(L, "nomba.oauth: cannot start a libcurl transfer (out of memory)");
-    }
     c->at.in_flight = op + 1;       /* the attempt stays begun until the transfer ends */
     lua_pushboolean(L, 1);
     return 1;

@@ -87,16 +87,22 @@ int token_keep(lua_State *L, int cidx, client *c, sbuf *access, sbuf *refresh,
     return 1;
 }
 
-/* Drops the kept token: wipes it and forgets its clock. */
-void token_drop(lua_State *L, int cidx, client *c)
+/* No kept token any more: its business id and clocks go, the generation moves. */
+static void forget_clock(client *c)
 {
-    sbuf_wipe(&c->tok.access);
-    sbuf_wipe(&c->tok.refresh);
     free(c->tok.business_id);
     c->tok.business_id = NULL;
     c->tok.expires_mono = 0;
     c->tok.lifetime = 0;
     c->tok.gen++;
+}
+
+/* Drops the kept token: wipes it and forgets its clock. */
+void token_drop(lua_State *L, int cidx, client *c)
+{
+    sbuf_wipe(&c->tok.access);
+    sbuf_wipe(&c->tok.refresh);
+    forget_clock(c);
     uv_token(L, cidx, c, 0);
 }
 
@@ -106,11 +112,7 @@ void token_forget(client *c)
     sbuf_free(&c->tok.secret);
     sbuf_free(&c->tok.access);
     sbuf_free(&c->tok.refresh);
-    free(c->tok.business_id);
-    c->tok.business_id = NULL;
-    c->tok.expires_mono = 0;
-    c->tok.lifetime = 0;
-    c->tok.gen++;
+    forget_clock(c);
 }
 
 /* Pushes the kept token as a token table (the shape issue() returns). The

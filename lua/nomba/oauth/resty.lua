@@ -44,140 +44,18 @@ local new_error = core.error
 local M = { _VERSION = core._VERSION }
 
 
-local POOL_SIZE, KEEPALIVE_MS, PIECE = 16, 60000, 16384
-local MAX_HEADERS = core.LIMITS.headers
+local POOL_SIZE, KEEPALIVE_MS = 16, 60000
 
 local function fail(kind, op, msg, retryable)
   return nil, new_error(kind, op or "token", msg, { retryable = retryable })
 end
 
-local function now()
-  ngx.update_time()
-  return ngx.now()
-end
+local readers = require "nomba.oauth.resty.reader"
+local now, reader, bound = readers.now, readers.reader, readers.bound
 
 -- A host libcurl would not resolve through DNS.
 local function literal(host)
   return host == "localhost" or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:sub(1, 1) == "["
-end
-
--- Reads an answer off a cosocket within one deadline, in pieces of at most
--- PIECE bytes, never holding more than the caps allow.
-local Reader = {}
-Reader.__index = Reader
-
-local function reader(sock, deadline)
-  return setmetatable({ sock = sock, deadline = deadline, buf = "" }, Reader)
-end
-
--- Sets the socket's timeout to what is left of the deadline; false when
--- nothing is left.
-local function bound(sock, deadline)
-  local left = deadline - now()
-  if left <= 0 then return false end
-  sock:settimeout(math.max(1, math.floor(left * 1000)))
-  return true
-end
-
--- One more piece into the buffer (at most max bytes).
-function Reader:fill(max)
-  if not bound(self.sock, self.deadline) then return nil, "timeout" end
-  local data, err = self.sock:receiveany(math.min(max or PIECE, PIECE))
-  if not data then return nil, err end
-  self.buf = self.buf .. data
-  return true
-end
-
--- The header block (up to the empty line), at most MAX_HEADERS bytes.
-function Reader:head()
-  while true do
-    local e = find(self.buf, "\r\n\r\n", 1, true)
-    if e then
-      local head = self.buf:sub(1, e + 1)
-      self.buf = self.buf:sub(e + 4)
-      return head
-    end
-    if #self.buf > MAX_HEADERS then return nil, "headers too large" end
-    local ok, err = self:fill(MAX_HEADERS + 4 - #self.buf)
-    if not ok then return nil, err end
-  end
-end
-
--- One line (without CRLF) of at most max bytes.
-function Reader:line(max)
-  while true do
-    local e = find(self.buf, "\r\n", 1, true)
-    if e then
-      local line = self.buf:sub(1, e - 1)
-      self.buf = self.buf:sub(e + 2)
-      return line
-    end
-    if #self.buf > max then return nil, "line too long" end
-    local ok, err = self:fill()
-    if not ok then return nil, err end
-  end
-end
-
--- Exactly n bytes.
-function Reader:take(n)
-  local parts, got = {}, 0
-  if #self.buf > 0 then
-    local k = math.min(n, #self.buf)
-    parts[1], got = self.buf:sub(1, k), k
-    self.buf = self.buf:sub(k + 1)
-  end
-  while got < n do
-    if not bound(self.sock, self.deadline) then return nil, "timeout" end
-    local data, err = self.sock:receiveany(math.min(n - got, PIECE))
-    if not data then return nil, err end
-    parts[#parts + 1] = data
-    got = got + #data
-  end
-  return concat(parts)
-end
-
--- A chunked body, refused as soon as it passes max bytes.
-function Reader:chunked(max)
-  local parts, total = {}, 0
-  while true do
-    local line, err = self:line(1024)
-    if not line then return nil, err end
-    local size = tonumber(line:match("^%s*(%x+)%s*;?.*$") or "", 16)
-    if not size then return nil, "bad chunk size" end
-    if size == 0 then
-      repeat                                   -- trailers up to the empty line
-        line, err = self:line(MAX_HEADERS)
-        if not line then return nil, err end
-      until line == ""
-      return concat(parts)
-    end
-    total = total + size
-    if total > max then return nil, "too big" end
-    local data
-    data, err = self:take(size)
-    if not data then return nil, err end
-    parts[#parts + 1] = data
-    local crlf
-    crlf, err = self:take(2)
-    if crlf ~= "\r\n" then return nil, err or "bad chunk end" end
-  end
-end
-
--- A body that ends when the server closes, refused as soon as it passes max.
-function Reader:until_closed(max)
-  local parts, total = { self.buf }, #self.buf
-  self.buf = ""
-  while true do
-    if total > max then return nil, "too big" end
-    if not bound(self.sock, self.deadline) then return nil, "timeout" end
-    local data, err = self.sock:receiveany(PIECE)
-    if not data then
-      if err == "closed" then return concat(parts) end
-      return nil, err
-    end
-    parts[#parts + 1] = data
-    total = total + #data
-  end
 end
 
 -- Connects within the deadline. nginx's resolver waits for its own
@@ -206,28 +84,10 @@ local function io_fail(op, what, err)
   return fail(timeout and "timeout" or "transport", op, what .. ": " .. tostring(err), true)
 end
 
---- Carries one request (the transport function of nomba.oauth). One
--- deadline, `timeout` seconds, bounds the whole attempt: resolving,
--- connecting, TLS, sending and every read.
--- @tparam table req `{op, method, url, headers, body, timeout, connect_timeout, max_response_bytes}`
--- @return `{status, headers, body}`, or `nil, err`
-function M.request(req)
-  local op = req.op
-  local may, phase = runtime.cosockets()
-  if not may then
-    return fail("config", op, "cosockets are not available in the " .. phase .. " phase; get the token " ..
-      "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
-      " from init_worker_by_lua and read the shared token", false)
-  end
-  if req.proxy ~= nil then
-    return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false)
-  end
-  -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
-  local u, why = core.url(req.url)
-  if not u then return fail("config", op, "bad URL: " .. tostring(why), false) end
+-- A connected (and, for https, TLS-verified) socket for the request's
+-- host, within the deadlines; or nil and the error.
+local function open(op, u, deadline, connect_deadline)
   local host, port, verify = u.host, u.port, u.scheme == "https"
-  local deadline = now() + (req.timeout or DEFAULTS.timeout)
-  local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
   local sock = ngx.socket.tcp()
   local pool = fmt("nomba-oauth:%s:%d:%s", host, port, verify and "verify" or "plain")
   local ok, err = connect(sock, host, port, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
@@ -253,29 +113,30 @@ function M.request(req)
       return fail("tls", op, "TLS handshake: " .. tostring(e or "failed"), false)
     end
   end
+  return sock
+end
+
+-- The request's bytes: request line, headers, body.
+local function encode(req, u)
+  local verify = u.scheme == "https"
   local path = u.path
   local q = req.url:match("%?[^#]*")
   if q then path = path .. q end
   local lines = { fmt("%s %s HTTP/1.1", req.method or "POST", path),
-                  "Host: " .. ((port == 443 and verify) and host or host .. ":" .. port),
+                  "Host: " .. ((u.port == 443 and verify) and u.host or u.host .. ":" .. u.port),
                   "Connection: keep-alive",
                   "Content-Length: " .. #(req.body or "") }
   for k, v in pairs(req.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
   lines[#lines + 1] = ""
   lines[#lines + 1] = req.body or ""
-  local sent
-  if bound(sock, deadline) then
-    sent, err = sock:send(concat(lines, "\r\n"))
-  else
-    err = "timeout"
-  end
-  if not sent then
-    sock:close()
-    return io_fail(op, "send", err)
-  end
+  return concat(lines, "\r\n")
+end
 
+-- Reads the answer: `{status, headers, body}` or nil and the error; the
+-- socket goes back to the pool when it can carry another request.
+local function receive(op, sock, deadline, max)
   local r = reader(sock, deadline)
-  local status, headers
+  local status, headers, err
   repeat                                       -- past any 1xx
     local head
     head, err = r:head()
@@ -296,7 +157,6 @@ function M.request(req)
     end
   until status >= 200
   local body
-  local max = req.max_response_bytes or DEFAULTS.max_response_bytes
   local te, cl = headers["transfer-encoding"], tonumber(headers["content-length"] or "")
   if te and find(lower(te), "chunked", 1, true) then
     body, err = r:chunked(max)
@@ -324,6 +184,42 @@ function M.request(req)
     sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
   end
   return { status = status, headers = headers, body = body }
+end
+
+--- Carries one request (the transport function of nomba.oauth). One
+-- deadline, `timeout` seconds, bounds the whole attempt: resolving,
+-- connecting, TLS, sending and every read.
+-- @tparam table req `{op, method, url, headers, body, timeout, connect_timeout, max_response_bytes}`
+-- @return `{status, headers, body}`, or `nil, err`
+function M.request(req)
+  local op = req.op
+  local may, phase = runtime.cosockets()
+  if not may then
+    return fail("config", op, "cosockets are not available in the " .. phase .. " phase; get the token " ..
+      "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
+      " from init_worker_by_lua and read the shared token", false)
+  end
+  if req.proxy ~= nil then
+    return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false)
+  end
+  -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
+  local u, why = core.url(req.url)
+  if not u then return fail("config", op, "bad URL: " .. tostring(why), false) end
+  local deadline = now() + (req.timeout or DEFAULTS.timeout)
+  local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
+  local sock, err = open(op, u, deadline, connect_deadline)
+  if not sock then return nil, err end
+  local sent
+  if bound(sock, deadline) then
+    sent, err = sock:send(encode(req, u))
+  else
+    err = "timeout"
+  end
+  if not sent then
+    sock:close()
+    return io_fail(op, "send", err)
+  end
+  return receive(op, sock, deadline, req.max_response_bytes or DEFAULTS.max_response_bytes)
 end
 
 --- Keeps a client's token fresh from an ngx.timer, so request handlers never
