@@ -43,6 +43,7 @@ build = {
     ["nomba.oauth.token"] = "lua/nomba/oauth/token.lua",
     ["nomba.oauth.hot"] = "lua/nomba/oauth/hot.lua",
     ["nomba.oauth.client"] = "lua/nomba/oauth/client.lua",
+    ["nomba.oauth.request"] = "lua/nomba/oauth/request.lua",
     ["nomba.oauth.store"] = "lua/nomba/oauth/store.lua",
     ["nomba.oauth.store.common"] = "lua/nomba/oauth/store/common.lua",
     ["nomba.oauth.store.redis"] = "lua/nomba/oauth/store/redis.lua",

@@ -19,7 +19,7 @@
 #define MSG_MAX 240
 
 const char *const nomba_op_names[] = {
-    "issue", "refresh", "revoke", "authorize", "exchange", "token", "webhook", NULL
+    "issue", "refresh", "revoke", "authorize", "exchange", "token", "webhook", "request", NULL
 };
 
 int nomba_checkop(lua_State *L, int idx)

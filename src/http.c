@@ -152,7 +152,7 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     client *c = (client *)ud;
     size_t n = size * nmemb;
-    if (c->at.resp.n + n > c->cfg.max_response) {
+    if (c->at.resp.n + n > c->at.max_response) {
         c->at.overflow = OVERFLOW_BODY;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
@@ -193,8 +193,11 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         /* a new response (after 1xx or a retry inside libcurl): start over */
         m->date[0] = m->retry_after[0] = m->content_type[0] = '\0';
+        sbuf_wipe(&c->at.head);
         return n;
     }
+    if (c->at.method != NULL && !sbuf_add(&c->at.head, p, n))
+        return 0;
     take_header(p, n, "date", m->date, sizeof m->date);
     take_header(p, n, "retry-after", m->retry_after, sizeof m->retry_after);
     take_header(p, n, "content-type", m->content_type, sizeof m->content_type);
@@ -429,14 +432,13 @@ static int pool_ready(http_pool *p)
     if (p->multi != NULL)
         return 1;
     if (p->headers == NULL) {
-        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-        struct curl_slist *h2 = h ? curl_slist_append(h, "Accept: application/json") : NULL;
-        struct curl_slist *h3 = h2 ? curl_slist_append(h2, "Expect:") : NULL;
-        if (h3 == NULL) {
+        struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
+        struct curl_slist *h2 = h ? curl_slist_append(h, "Expect:") : NULL;
+        if (h2 == NULL) {
             curl_slist_free_all(h);
             return 0;
         }
-        p->headers = h3;
+        p->headers = h2;
     }
     if (p->share == NULL && (p->share = curl_share_init()) != NULL) {
         curl_share_setopt(p->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
@@ -533,6 +535,29 @@ static void give_back(http_pool *p, client *c, CURL *h)
     }
 }
 
+/* The method and body: the token operations POST; an API call uses its
+ * method, and one that is not idempotent never rides a reused connection
+ * (libcurl re-sends a request once when a reused connection turns out
+ * closed, which must never happen to a payment). */
+static void set_method(CURL *h, client *c)
+{
+    const char *m = c->at.method;
+    int get = m != NULL && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 ||
+                            ((strcmp(m, "DELETE") == 0 || strcmp(m, "OPTIONS") == 0) && c->at.body.n == 0));
+    curl_easy_setopt(h, CURLOPT_NOBODY, (long)(m != NULL && strcmp(m, "HEAD") == 0));
+    if (get) {
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->at.body.p ? c->at.body.p : "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->at.body.n);
+    }
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
+                     m != NULL && strcmp(m, "GET") != 0 && strcmp(m, "POST") != 0 && strcmp(m, "HEAD") != 0
+                         ? m : NULL);
+    curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, (long)c->at.fresh_connect);
+}
+
 /* Starts the client's attempt (built by proto_build) on the pool's multi
  * handle; 0 when it could not (out of memory). */
 static int start(client *c, double timeout)
@@ -543,9 +568,15 @@ static int start(client *c, double timeout)
     int running;
     if (!pool_ready(p) || (h = borrow(p, c)) == NULL)
         return 0;
-    c->xfer.hdr_account.data = c->cfg.account_hdr;
-    c->xfer.hdr_account.next = p->headers;
-    hdrs = &c->xfer.hdr_account;
+    if (c->at.method != NULL) {
+        hdrs = c->at.extra;                 /* an API call: its own lines */
+    } else {
+        c->xfer.hdr_ctype.data = (char *)"Content-Type: application/json";
+        c->xfer.hdr_ctype.next = p->headers;
+        c->xfer.hdr_account.data = c->cfg.account_hdr;
+        c->xfer.hdr_account.next = &c->xfer.hdr_ctype;
+        hdrs = &c->xfer.hdr_account;
+    }
     if (c->at.bearer_hdr.n > 0) {
         /* the bearer's only copy stays in the attempt's buffer */
         c->xfer.hdr_bearer.data = c->at.bearer_hdr.p;
@@ -558,8 +589,7 @@ static int start(client *c, double timeout)
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->xfer.errbuf);
     curl_easy_setopt(h, CURLOPT_URL, c->at.url);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->at.body.p);
-    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->at.body.n);
+    set_method(h, c);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
     c->xfer.h = h;
@@ -679,10 +709,27 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
     long status = 0;
     nomba_err e;
     int r;
-    if (c->xfer.h != NULL)
+    long sent_bytes = 0;
+    if (c->xfer.h != NULL) {
         curl_easy_getinfo(c->xfer.h, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(c->xfer.h, CURLINFO_REQUEST_SIZE, &sent_bytes);
+    }
     stop(c);
     c->at.meta.status = status;
+    if (rc == CURLE_OK && op == OP_REQUEST) {
+        /* an API call's answer goes to the Lua interpreter as it came */
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, status);
+        lua_setfield(L, -2, "status");
+        lua_pushlstring(L, c->at.head.p ? c->at.head.p : "", c->at.head.n);
+        lua_setfield(L, -2, "head");
+        lua_pushlstring(L, c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
+        lua_setfield(L, -2, "body");
+        lua_pushnil(L);
+        lua_pushinteger(L, status);
+        attempt_end(c);
+        return 3;
+    }
     if (rc != CURLE_OK) {
         const char *msg = c->xfer.errbuf[0] ? c->xfer.errbuf : curl_easy_strerror(rc);
         int retryable;
@@ -703,6 +750,15 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
         e.status = status > 0 ? status : 0;
         lua_pushnil(L);
         err_push(L, c, &e);
+        if (op == OP_REQUEST) {
+            /* whether the request may have reached the server: not when
+             * the connection (or its TLS) never came up */
+            int never = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+                        rc == CURLE_COULDNT_RESOLVE_PROXY || strcmp(kind, "tls") == 0 ||
+                        strcmp(kind, "config") == 0 || sent_bytes == 0;
+            lua_pushboolean(L, !never);
+            lua_setfield(L, -2, "maybe_sent");
+        }
         if (status > 0)
             lua_pushinteger(L, (lua_Integer)status);
         else

@@ -79,7 +79,8 @@ NOMBA_HIDDEN int    codec_hexval(int ch);                    /* 0..15, or -1 */
 NOMBA_HIDDEN int    codec_name_is(const char *s, size_t n, const char *lower);
 
 /* Operations, as named in errors and events. */
-enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP__N };
+enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP_REQUEST,
+                OP__N };
 NOMBA_HIDDEN extern const char *const nomba_op_names[];
 NOMBA_HIDDEN int nomba_checkop(lua_State *L, int idx);
 
@@ -120,8 +121,15 @@ typedef struct {
  * it: attempt_begin() and attempt_end() are the only places that start and
  * end one, and attempt_end() wipes every buffer that held a secret. */
 typedef struct {
-    const char *url;        /* the op's URL (the configuration's) */
-    sbuf body, bearer_hdr, resp;    /* bearer_hdr: "Authorization: Bearer ..." or empty */
+    const char *url;        /* the op's URL (the configuration's, or req_url) */
+    sbuf body, bearer_hdr, resp;
+    /* OP_REQUEST, an authorized API call: */
+    char *req_url;          /* its URL */
+    const char *method;     /* its method (a static string) */
+    struct curl_slist *extra;   /* its header lines: accountId, Content-Type, the caller's */
+    sbuf head;              /* the answer's header lines */
+    int fresh_connect;      /* never on a reused connection (not idempotent) */
+    size_t max_response;    /* this attempt's cap on the body */    /* bearer_hdr: "Authorization: Bearer ..." or empty */
     sbuf req_secret[2];     /* the secret values the request carries (a token, a verifier;
                              * a refresh's explicit bearer), redacted from its answer's messages */
     sbuf scratch[2];        /* an answer's new tokens, before they are kept */
@@ -142,7 +150,7 @@ typedef struct {
     CURLcode rc;            /* ... with this */
     struct { int fd, what; } socks[NB_MAX_SOCKS];   /* its sockets (CURL_POLL_*) */
     int nsocks;
-    struct curl_slist hdr_bearer, hdr_account;      /* header nodes in front of the pool's */
+    struct curl_slist hdr_bearer, hdr_account, hdr_ctype;   /* header nodes in front of the pool's */
     unsigned long serial;   /* this client, for the pool's handle reuse */
     char errbuf[256];       /* CURL_ERROR_SIZE */
 } transfer;

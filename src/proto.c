@@ -24,6 +24,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <math.h>
 #include <stdio.h>
 #include "nomba.h"
@@ -60,10 +61,18 @@ void attempt_end(client *c)
     sbuf_wipe(&c->at.req_secret[1]);
     sbuf_wipe(&c->at.scratch[0]);
     sbuf_wipe(&c->at.scratch[1]);
+    sbuf_wipe(&c->at.head);
     memset(&c->at.meta, 0, sizeof c->at.meta);
     c->at.overflow = 0;
     c->at.header_bytes = 0;
     c->at.in_flight = 0;
+    free(c->at.req_url);
+    c->at.req_url = NULL;
+    curl_slist_free_all(c->at.extra);
+    c->at.extra = NULL;
+    c->at.method = NULL;
+    c->at.fresh_connect = 0;
+    c->at.max_response = c->cfg.max_response;
 }
 
 /* Wipes and frees the attempt's buffers (cleanup). */
@@ -74,6 +83,7 @@ void attempt_free(client *c)
     sbuf_free(&c->at.body);
     sbuf_free(&c->at.bearer_hdr);
     sbuf_free(&c->at.resp);
+    sbuf_free(&c->at.head);
     for (i = 0; i < 2; i++) {
         sbuf_free(&c->at.req_secret[i]);
         sbuf_free(&c->at.scratch[i]);
@@ -181,6 +191,92 @@ static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t
     return c->at.body_open[op];
 }
 
+/* An authorized API call (OP_REQUEST). The Lua layer checked the caller's
+ * arguments and gives: method, url, lines (header lines), body, fresh,
+ * max_response. Here: the URL must stay on the base URL's scheme, host and
+ * port (judged by libcurl's parser), header lines carry no line breaks,
+ * and the bearer is the kept access token (its only copy stays in C). */
+static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", NULL};
+
+static int build_request(lua_State *L, client *c, int argidx)
+{
+    url_parts base, u;
+    const char *url, *why, *body;
+    size_t n, i, bn = 0;
+    int m, same;
+    if (!lua_istable(L, argidx))
+        return config_error(L, c, OP_REQUEST, "no request");
+    lua_getfield(L, argidx, "method");
+    m = lua_type(L, -1) == LUA_TSTRING ? luaL_checkoption(L, -1, NULL, METHODS) : 0;
+    lua_pop(L, 1);
+    c->at.method = METHODS[m];
+    url = arg_string(L, argidx, "url", &n);
+    if (url == NULL || c->tok.access.n == 0)
+        return config_error(L, c, OP_REQUEST, url == NULL ? "no URL" : "there is no access token to send");
+    if ((why = url_split(c->cfg.base_url, &base, 0)) != NULL)
+        return config_error(L, c, OP_REQUEST, why);
+    why = url_split(url, &u, 1);
+    same = why == NULL && strcasecmp(u.scheme, base.scheme) == 0 && strcasecmp(u.host, base.host) == 0 &&
+           u.port == base.port;
+    if (why == NULL)
+        url_free(&u);
+    url_free(&base);
+    if (!same)
+        return config_error(L, c, OP_REQUEST, "the URL must stay on base_url's scheme, host and port");
+    if ((c->at.req_url = nomba_strndup(url, n)) == NULL)
+        return luaL_error(L, "nomba.oauth: out of memory");
+    c->at.url = c->at.req_url;
+    lua_getfield(L, argidx, "lines");
+    for (i = 1; lua_istable(L, -1); i++) {
+        struct curl_slist *next;
+        const char *line;
+        size_t ln;
+        lua_rawgeti(L, -1, (int)i);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            break;
+        }
+        line = lua_tolstring(L, -1, &ln);
+        if (strlen(line) != ln || strpbrk(line, "\r\n") != NULL) {
+            lua_pop(L, 2);
+            return config_error(L, c, OP_REQUEST, "a header line has a line break or NUL");
+        }
+        next = curl_slist_append(c->at.extra, line);
+        lua_pop(L, 1);
+        if (next == NULL) {
+            lua_pop(L, 1);
+            return luaL_error(L, "nomba.oauth: out of memory");
+        }
+        c->at.extra = next;
+    }
+    lua_pop(L, 1);
+    {
+        struct curl_slist *next = curl_slist_append(c->at.extra, "Accept: application/json");
+        if (next != NULL)
+            c->at.extra = next;
+        next = next ? curl_slist_append(c->at.extra, "Expect:") : NULL;
+        if (next == NULL)
+            return luaL_error(L, "nomba.oauth: out of memory");
+        c->at.extra = next;
+    }
+    body = arg_string(L, argidx, "body", &bn);
+    if (body != NULL && !sbuf_add(&c->at.body, body, bn))
+        return luaL_error(L, "nomba.oauth: out of memory");
+    lua_getfield(L, argidx, "fresh");
+    c->at.fresh_connect = lua_toboolean(L, -1);
+    lua_getfield(L, argidx, "max_response");
+    if (lua_type(L, -1) == LUA_TNUMBER) {
+        double mr = lua_tonumber(L, -1);
+        if (mr >= 256 && mr <= NOMBA_MAX_RESPONSE)
+            c->at.max_response = (size_t)mr;
+    }
+    lua_pop(L, 2);
+    if (!sbuf_adds(&c->at.bearer_hdr, "Authorization: Bearer ") ||
+        !sbuf_add(&c->at.bearer_hdr, c->tok.access.p, c->tok.access.n))
+        return luaL_error(L, "nomba.oauth: out of memory");
+    return 0;
+}
+
 /* Builds the request of op into the attempt's buffers (after
  * attempt_begin): 0, or pushes nil and a config error (2). */
 int proto_build(lua_State *L, client *c, int op, int argidx)
@@ -189,6 +285,8 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
     size_t secret_len = 0, on, unused;
     int fresh, ok;
 
+    if (op == OP_REQUEST)
+        return build_request(L, c, argidx);
     c->at.url = c->cfg.urls[op];
     if (c->at.url == NULL)
         return config_error(L, c, op, "this operation has no URL");
@@ -599,21 +697,36 @@ static int proto_request(lua_State *L)
         return r;
     }
     lua_createtable(L, 0, 9);
-    lua_pushliteral(L, "POST");
+    lua_pushstring(L, c->at.method != NULL ? c->at.method : "POST");
     lua_setfield(L, -2, "method");
     lua_pushstring(L, c->at.url);
     lua_setfield(L, -2, "url");
-    lua_pushlstring(L, c->at.body.p, c->at.body.n);
+    lua_pushlstring(L, c->at.body.p ? c->at.body.p : "", c->at.body.n);
     lua_setfield(L, -2, "body");
     lua_createtable(L, 0, 5);
     lua_pushliteral(L, "application/json");
-    lua_setfield(L, -2, "Content-Type");
-    lua_pushliteral(L, "application/json");
     lua_setfield(L, -2, "Accept");
-    lua_pushstring(L, c->cfg.account_id);
-    lua_setfield(L, -2, "accountId");
     lua_pushstring(L, c->cfg.user_agent);
     lua_setfield(L, -2, "User-Agent");
+    if (op == OP_REQUEST) {
+        const struct curl_slist *l;
+        for (l = c->at.extra; l != NULL; l = l->next) {     /* "Name: value" */
+            const char *colon = strchr(l->data, ':');
+            if (colon == NULL)
+                continue;
+            lua_pushlstring(L, l->data, (size_t)(colon - l->data));
+            colon++;
+            while (*colon == ' ')
+                colon++;
+            lua_pushstring(L, colon);
+            lua_rawset(L, -3);
+        }
+    } else {
+        lua_pushliteral(L, "application/json");
+        lua_setfield(L, -2, "Content-Type");
+        lua_pushstring(L, c->cfg.account_id);
+        lua_setfield(L, -2, "accountId");
+    }
     if (c->at.bearer_hdr.n > 0) {
         /* "Authorization: Bearer x" -> "Bearer x" */
         const char *v = c->at.bearer_hdr.p + sizeof "Authorization: " - 1;
@@ -625,7 +738,7 @@ static int proto_request(lua_State *L)
     lua_setfield(L, -2, "timeout");
     lua_pushnumber(L, c->cfg.connect_timeout);
     lua_setfield(L, -2, "connect_timeout");
-    lua_pushinteger(L, (lua_Integer)c->cfg.max_response);
+    lua_pushinteger(L, (lua_Integer)c->at.max_response);
     lua_setfield(L, -2, "max_response_bytes");
     lua_pushstring(L, nomba_op_names[op]);
     lua_setfield(L, -2, "op");

@@ -103,7 +103,8 @@ function M.new(opts)
   if log == nil then log = events.default_log elseif log == false then log = nil end
   local state = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
                   retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token,
-                  log = log }
+                  log = log, base_url = o.base_url, account_id = o.account_id,
+                  max_response = o.max_response_bytes }
   local client = core.new(o, state)
   if o.token then
     local seeded, why = pcall(core.seed, client, o.token)

@@ -59,6 +59,18 @@ routes["/token"] = function()
   ngx.say(t)
 end
 
+-- client:request on cosockets; then the token is revoked elsewhere and the
+-- next call renews (the 401 path) and still answers
+routes["/request"] = function()
+  local res, err = client:request { path = "/v1/accounts/balance" }
+  if not res then return json { error = tostring(err) } end
+  local other = oauth.new(options { transport = resty })
+  assert(other:revoke(client:token()))
+  local res2, err2 = client:request { path = "/v1/accounts/balance" }
+  json { status = res.status, balance = res.data.balance, after_revoke = res2 and res2.status,
+         error = err2 and tostring(err2) }
+end
+
 routes["/invalidate"] = function()
   client:invalidate()
   ngx.say("ok")

@@ -9,6 +9,7 @@ local runtime = require "nomba.oauth.runtime"
 local engine = require "nomba.oauth.engine"
 local token = require "nomba.oauth.token"
 local drivers = require "nomba.oauth.drivers"
+local request = require "nomba.oauth.request"
 
 local type, error, ipairs = type, error, ipairs
 local math_max, math_floor = math.max, math.floor
@@ -112,6 +113,25 @@ function Client:exchange(auth_code, code_verifier)
   return run(self, st, "exchange", { auth_code = auth_code, code_verifier = code_verifier })
 end
 
+--- An authorized call to any Nomba API, with the client's token and
+-- accountId. A 401 renews the token once and makes the call once more; a
+-- transient failure is retried only when the call is idempotent (GET, HEAD,
+-- PUT, DELETE, OPTIONS, or `idempotent = true`) or provably never left.
+-- @tparam table opts `method` ("GET"), `path` ("/v1/..." or a URL on
+--   base_url), `query` (table), `json` (table) or `body` (string) with
+--   `content_type`, `headers` (table), `account_id`, `idempotent`,
+--   `timeout`, `max_response_bytes`
+-- @treturn table res `{status, headers, body, json, code, data, rate_limit}`
+-- @treturn[2] nil
+-- @treturn[2] Error err (`kind` "http" or "api" with `err.response`; "timeout"
+--   with `err.maybe_sent`; "rate_limited" with `retry_after`; ...)
+function Client:request(opts)
+  local st = check_client(self, "request")
+  local args, info = request.check(st, opts, st.base_url, st.account_id)
+  if core.closed(self) then return nil, new_error("closed", "request", "the client is closed") end
+  return request.call(self, st, args, info)
+end
+
 -- The non-blocking mode (libcurl's multi interface) ------------------------------
 
 --- Never blocks: starts a due renewal if none is in flight, advances the
@@ -135,16 +155,26 @@ function Client:wait(seconds)
   return engine.wait(self, st, seconds)
 end
 
---- Starts an explicit issue, refresh or revoke without waiting; step()
--- finishes it and then calls `callback(result)` or `callback(nil, err)`.
--- @tparam string op "issue", "refresh" or "revoke"
--- @tparam[opt] string tok the refresh token (refresh) or access token (revoke)
+--- Starts an explicit issue, refresh, revoke or API request without waiting;
+-- step() finishes it and then calls `callback(result)` or `callback(nil, err)`.
+-- @tparam string op "issue", "refresh", "revoke" or "request"
+-- @tparam[opt] string|table tok the refresh token (refresh), access token
+--   (revoke), or the options of `request`
 -- @tparam[opt] function callback (may come right after `op`)
 -- @treturn boolean true, or `nil, err` (kind "pending" when a transfer is in flight)
 function Client:start(op, tok, callback)
   local st = check_client(self, "start")
+  if op == "request" then
+    if callback ~= nil and type(callback) ~= "function" then
+      error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
+    end
+    local args, info = request.check(st, tok, st.base_url, st.account_id)
+    if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
+    if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
+    return request.start(self, st, args, info, callback)
+  end
   if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then
-    error("nomba.oauth: bad argument #1 to 'start' (\"issue\", \"refresh\" or \"revoke\" expected)", 2)
+    error("nomba.oauth: bad argument #1 to 'start' (\"issue\", \"refresh\", \"revoke\" or \"request\" expected)", 2)
   end
   if callback == nil and type(tok) == "function" then tok, callback = nil, tok end  -- start(op, cb)
   if tok ~= nil and type(tok) ~= "string" then

@@ -15,16 +15,17 @@ local new_error, Error = core.error, core.Error
 local D = {}
 
 --- libcurl easy: the C core builds, sends, waits and interprets.
-function D.easy(self, st, op, args)
-  return core.perform(self, op, args, st.timeout)
+function D.easy(self, st, op, args, timeout)
+  return core.perform(self, op, args, timeout or st.timeout)
 end
 
 --- A Lua transport: gets `{op, method, url, headers, body, timeout,
 -- connect_timeout, max_response_bytes}`, returns `{status, headers, body}`
 -- or `nil, message` (or a typed error). May yield (cosockets do).
-function D.transport(self, st, op, args)
+function D.transport(self, st, op, args, timeout)
   local req, err = core.request(self, op, args)
   if not req then return nil, err end
+  if timeout then req.timeout = timeout end
   local ok, resp, msg = runtime.pcall_y(st.transport, req)
   req.body = nil
   if not ok then
@@ -42,6 +43,9 @@ function D.transport(self, st, op, args)
   end
   if resp.body ~= nil and type(resp.body) ~= "string" then
     return nil, new_error("protocol", op, "the transport returned a body that is not a string")
+  end
+  if op == "request" then                -- an API call's answer: interpreted in Lua (request.lua)
+    return { status = resp.status, headers = resp.headers, body = resp.body or "" }, nil, resp.status
   end
   return core.answer(self, op, resp.status, resp.headers, resp.body)
 end

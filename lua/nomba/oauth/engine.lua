@@ -18,7 +18,7 @@ local events = require "nomba.oauth.events"
 local shared = require "nomba.oauth.shared"
 local drivers = require "nomba.oauth.drivers"
 
-local math_random, math_min, math_max, tostring = math.random, math.min, math.max, tostring
+local math_random, math_min, math_max, tostring, pairs = math.random, math.min, math.max, tostring, pairs
 local now, new_error = runtime.now, core.error
 
 local E = {}
@@ -32,7 +32,10 @@ E.RETRY_AFTER_CAP = 30
 -- `callback`.
 function E.job(self, st, op, args, how)
   local job = { op = op, args = args, attempt = 1 }
-  if how then job.renewal, job.lock, job.callback = how.renewal, how.lock, how.callback end
+  if how then
+    job.renewal, job.lock, job.callback = how.renewal, how.lock, how.callback
+    job.interpret, job.resend, job.timeout, job.event = how.interpret, how.resend, how.timeout, how.event
+  end
   -- the shared token may be the one revoked: read it first
   if op == "revoke" and st.store then shared.read(self, st) end
   return job
@@ -56,14 +59,20 @@ end
 --- After an attempt: "done", res, err; "retry", seconds; or "again" (the
 -- job changed: start it at once).
 function E.after(self, st, job, res, err, status, elapsed)
+  -- an API call's raw answer becomes its result or its error here
+  if job.interpret and res ~= nil then res, err = job.interpret(res) end
   -- closed and config errors come before anything is sent
   local sent = res ~= nil or (err.kind ~= "closed" and err.kind ~= "config")
   if sent then
-    events.emit(st, { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
-                      elapsed = elapsed, kind = err and err.kind, code = err and err.code })
+    local ev = { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
+                 elapsed = elapsed, kind = err and err.kind, code = err and err.code }
+    for k, v in pairs(job.event or {}) do ev[k] = v end
+    events.emit(st, ev)
   end
   if res ~= nil then return "done", res end
-  if sent and err.retryable and job.attempt <= st.retries then
+  -- job.resend(err): whether this failure may be retried (an API call that
+  -- is not idempotent is retried only when it provably never left)
+  if sent and err.retryable and job.attempt <= st.retries and (not job.resend or job.resend(err)) then
     local wait = backoff(err, job.attempt)
     if wait then
       job.attempt = job.attempt + 1
@@ -115,7 +124,7 @@ function E.run(self, st, job)
   local attempt = st.transport and drivers.transport or drivers.easy
   while true do
     local t0 = now()
-    local res, err, status = attempt(self, st, job.op, job.args)
+    local res, err, status = attempt(self, st, job.op, job.args, job.timeout)
     local what, a, b = E.after(self, st, job, res, err, status, now() - t0)
     if what == "done" then return E.finish(self, st, job, a, b) end
     if what == "retry" then runtime.sleep(a) end
@@ -142,7 +151,7 @@ end
 function E.begin(self, st, job)
   job.t0 = now()
   st.nb = job
-  local ok, err = drivers.multi.start(self, job.op, job.args, st.timeout)
+  local ok, err = drivers.multi.start(self, job.op, job.args, job.timeout or st.timeout)
   if not ok then
     settle(self, st, job, nil, err, nil)
     if st.nb ~= job then return nil, err end

@@ -23,6 +23,7 @@ M.CLIENT = {
   client_id = "sim-client-0001",
   client_secret = "sim-secret-not-for-production-0001",
   business_id = "01a10aeb-d989-460a-bbde-9842f2b4320f",
+  sub_accounts = { "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d" },   -- sub-accounts its token may act for
 }
 
 --- The answer of /fixed/v1/auth/token/issue, served by nginx alone: a token

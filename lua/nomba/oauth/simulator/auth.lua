@@ -1,7 +1,7 @@
 --- The simulator's token endpoints (inside nginx): issue (client credentials
 -- and the PKCE authorization_code grant), refresh (which retires the refresh
 -- token it was given and needs the session's access token as bearer),
--- revoke, authorize, and a protected endpoint that checks a bearer token.
+-- revoke and authorize.
 local cjson = require "cjson.safe"
 local ngx = ngx
 local S = require "nomba.oauth.simulator.state"
@@ -144,14 +144,5 @@ function handlers.authorize(body, account)
                         data = { auth_code = code, state = body.state } })
 end
 
-function handlers.protected(_, account)
-  local b = bearer()
-  local at = b and load("at:" .. b)
-  if not at or at.exp <= now() or at.account_id ~= account then
-    return fail(401, "401", "Unauthorized")
-  end
-  return respond(200, { code = "00", description = "Success",
-                        data = { balance = "1000.00", currency = "NGN" } })
-end
 
 return handlers

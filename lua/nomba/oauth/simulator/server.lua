@@ -26,6 +26,7 @@ local cjson = require "cjson.safe"
 local ngx = ngx
 local S = require "nomba.oauth.simulator.state"
 local handlers = require "nomba.oauth.simulator.auth"
+local resources = require "nomba.oauth.simulator.resources"
 local faults = require "nomba.oauth.simulator.faults"
 local send_webhook = require "nomba.oauth.simulator.webhooks"
 local setting, now, fail, store, load, clients = S.setting, S.now, S.fail, S.store, S.load, S.clients
@@ -40,7 +41,13 @@ local ENDPOINTS = {
   ["/v1/auth/token/revoke"] = "revoke",
   ["/v1/auth/token/authorize"] = "authorize",
   ["/v1/accounts/balance"] = "protected",
+  ["/v1/checkout/order"] = "order",
+  ["/v1/transactions/accounts"] = "transactions",
 }
+
+-- The method each endpoint takes (the token endpoints: POST).
+local METHOD = { protected = "GET", order = "POST", transactions = "GET" }
+for name, h in pairs(resources) do handlers[name] = h end
 
 -- Control API -------------------------------------------------------------
 
@@ -61,7 +68,7 @@ local function control(path, body)
     q[#q + 1] = body
     store("faults:" .. ep, q)
   elseif path == "/_sim/clear_faults" then
-    for ep in pairs({ issue = 1, refresh = 1, revoke = 1, authorize = 1, protected = 1 }) do
+    for _, ep in pairs(ENDPOINTS) do
       S.dict:delete("faults:" .. ep)
     end
   elseif path == "/_sim/config" then
@@ -116,6 +123,7 @@ local function log_request(endpoint, raw)
   for k, v in pairs(ngx.req.get_headers(50, true)) do headers[k] = v end
   local n = S.dict:incr("log:n", 1, 0)
   store("log:" .. n, { endpoint = endpoint, method = ngx.req.get_method(), path = ngx.var.uri,
+                       uri = ngx.var.request_uri,
                        headers = headers, body = raw, time = ngx.now(),
                        connection = tonumber(ngx.var.connection) })
   S.dict:incr("count:" .. endpoint, 1, 0)
@@ -148,20 +156,22 @@ function M.handle()
   end
   log_request(endpoint, raw)
   local f = faults.take(endpoint)
-  if f and f.pass then                                  -- only a delay, then a normal answer
+  if f and (f.pass or f.after) then                     -- a delay, then the normal processing
     if f.delay and f.delay > 0 then ngx.sleep(f.delay) end
+    ngx.ctx.drop_answer = f.after                       -- after: processed, then no answer
   elseif f then
     return faults.play(f)
   end
-  if endpoint ~= "protected" and ngx.req.get_method() ~= "POST" then
-    return fail(405, "02", "Use POST")
+  local want = METHOD[endpoint] or "POST"
+  if ngx.req.get_method() ~= want then
+    return fail(405, "02", "Use " .. want)
   end
   local account = ngx.var.http_accountid
   if not account or account == "" then
     return fail(400, "02", "The accountId header is required")
   end
   local body = {}
-  if endpoint ~= "protected" then
+  if want == "POST" then
     local ctype = ngx.var.http_content_type or ""
     if not ctype:find("application/json", 1, true) then
       return fail(400, "02", "Content-Type must be application/json")

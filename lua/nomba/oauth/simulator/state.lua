@@ -19,7 +19,7 @@ function S.bind()
   S.dict = ngx.shared.sim
 end
 
-S.DEFAULTS = { lifetime = 1800, clock_offset = 0, code_lifetime = 60,
+S.DEFAULTS = { rate_limit = 40,  lifetime = 1800, clock_offset = 0, code_lifetime = 60,
                    omit_date = false, expires_in = false, webhook_key = "sim-webhook-key-0001" }
 
 function S.setting(name)
@@ -69,6 +69,7 @@ end
 
 -- Answers with the server's clock (shifted by clock_offset) in Date.
 function S.respond(status, obj, extra_headers)
+  if ngx.ctx.drop_answer then return ngx.exit(444) end   -- a fault: processed, then the line goes dead
   ngx.status = status
   ngx.header["Content-Type"] = "application/json"
   if not S.setting("omit_date") then

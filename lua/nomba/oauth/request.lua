@@ -1,0 +1,286 @@
+--- Authorized calls to any Nomba API (`client:request`): the arguments, the
+-- answer's interpretation and the policy of the operation "request".
+--   * 401: the token that was sent is invalidated (only while the client
+--     still holds it), renewed through the normal path (single-flight, the
+--     store's lock), and the call is made once more. Never a loop.
+--   * No double charge: a transient failure is retried for GET, HEAD, PUT,
+--     DELETE, OPTIONS or `idempotent = true`; any other call only when it
+--     provably never left (the connection never came up, or 429/503 with
+--     Retry-After, which Nomba answers before processing). It never rides
+--     a reused connection (libcurl would re-send it once on a fresh one).
+--   * Rate limits: X-Rate-Limit-{Limit,Remaining,Window} become
+--     `res.rate_limit`; after `remaining = 0` the next call waits out the
+--     window, or fails with `rate_limited` where it cannot wait.
+-- (Private to nomba.oauth.)
+local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+local engine = require "nomba.oauth.engine"
+local options = require "nomba.oauth.options"
+
+local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
+local sort, concat = table.sort, table.concat
+local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
+
+local cjson = require("cjson.safe").new()
+cjson.decode_max_depth(64)
+
+local R = {}
+
+local METHODS = { GET = true, HEAD = true, POST = true, PUT = true, PATCH = true, DELETE = true, OPTIONS = true }
+local IDEMPOTENT = { GET = true, HEAD = true, PUT = true, DELETE = true, OPTIONS = true }
+-- headers that belong to the client or to HTTP itself
+local RESERVED = { authorization = true, accountid = true, host = true, ["content-length"] = true,
+                   ["transfer-encoding"] = true, connection = true, expect = true, ["content-type"] = true }
+
+local function bad(what)
+  error("nomba.oauth: bad argument #1 to 'request' (" .. what .. ")", 4)
+end
+
+local function urlencode(v)
+  return (tostring(v):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+-- "?k=v&..." with the keys sorted, or "".
+local function query_of(q)
+  if q == nil then return "" end
+  if type(q) ~= "table" then bad("query must be a table") end
+  local keys = {}
+  for k, v in pairs(q) do
+    if type(k) ~= "string" then bad("query keys must be strings") end
+    local tv = type(v)
+    if tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
+      bad("query." .. k .. " must be a string or number")
+    end
+    if tv == "number" and v ~= v then bad("query." .. k .. " must not be NaN") end
+    keys[#keys + 1] = k
+  end
+  sort(keys)
+  local parts = {}
+  for i, k in ipairs(keys) do parts[i] = urlencode(k) .. "=" .. urlencode(q[k]) end
+  return #parts > 0 and "?" .. concat(parts, "&") or ""
+end
+
+--- Checks the arguments of client:request (raising on a misuse, naming it)
+-- and returns the arguments of the C core and what the policy needs.
+function R.check(st, opts, base_url, account)
+  if type(opts) ~= "table" then bad("table expected") end
+  local method = opts.method or "GET"
+  if type(method) ~= "string" or not METHODS[method:upper()] then
+    bad("method must be GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")
+  end
+  method = method:upper()
+  local path = opts.path
+  if type(path) ~= "string" or path == "" or path:find("[%z\1-\32\127]") then
+    bad("path must be a string without spaces or control characters")
+  end
+  local url
+  if path:sub(1, 1) == "/" then
+    url = base_url .. path
+  elseif path:match("^https?://") then
+    url = path                              -- the C core checks it stays on base_url's host
+    local u = core.url(path:match("^[^?#]*"))
+    if not u then bad("path is not a usable URL") end
+    local b = core.url(base_url)
+    if u.scheme ~= b.scheme or u.host:lower() ~= b.host:lower() or u.port ~= b.port then
+      bad("an absolute path must be on base_url's scheme, host and port")
+    end
+  else
+    bad("path must start with '/' or be a URL on base_url")
+  end
+  local q = query_of(opts.query)
+  if q ~= "" then url = url .. (url:find("?", 1, true) and "&" .. q:sub(2) or q) end
+  local body, ctype = opts.body, opts.content_type
+  if opts.json ~= nil then
+    if body ~= nil then bad("give json or body, not both") end
+    if type(opts.json) ~= "table" then bad("json must be a table") end
+    local err
+    body, err = cjson.encode(opts.json)
+    if not body then bad("json cannot be encoded: " .. tostring(err)) end
+    ctype = ctype or "application/json"
+  elseif body ~= nil and type(body) ~= "string" then
+    bad("body must be a string")
+  end
+  if body ~= nil and ctype == nil then ctype = "application/json" end
+  if ctype ~= nil and (type(ctype) ~= "string" or ctype:find("[%z\1-\31\127]")) then
+    bad("content_type must be a string without control characters")
+  end
+  if opts.account_id ~= nil then
+    local a = opts.account_id
+    if type(a) ~= "string" or a == "" or #a > LIMITS.account_id or a:find("[%z\1-\31\127]") then
+      bad("account_id must be a printable string of at most " .. LIMITS.account_id .. " bytes")
+    end
+    account = a
+  end
+  local lines = { "accountId: " .. account }
+  if ctype then lines[#lines + 1] = "Content-Type: " .. ctype end
+  if opts.headers ~= nil then
+    if type(opts.headers) ~= "table" then bad("headers must be a table") end
+    for k, v in pairs(opts.headers) do
+      if type(k) ~= "string" or not k:match("^[%w!#$%%&'*+%-.^_`|~]+$") then bad("a header name is not a token") end
+      if RESERVED[k:lower()] then bad("headers." .. k .. " is set by the client") end
+      if type(v) ~= "string" or v:find("[%z\1-\8\10-\31\127]") then
+        bad("headers." .. k .. " must be a string without control characters")
+      end
+      lines[#lines + 1] = k .. ": " .. v
+    end
+  end
+  if opts.idempotent ~= nil and type(opts.idempotent) ~= "boolean" then bad("idempotent must be a boolean") end
+  local timeout = opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0.001 and timeout <= LIMITS.timeout)) then
+    bad(("timeout must be a number of seconds from 0.001 to %g"):format(LIMITS.timeout))
+  end
+  local max = opts.max_response_bytes
+  if max ~= nil and (type(max) ~= "number" or not (max >= 256 and max <= LIMITS.response) or max % 1 ~= 0) then
+    bad(("max_response_bytes must be an integer from 256 to %d"):format(LIMITS.response))
+  end
+  local idempotent = IDEMPOTENT[method] or opts.idempotent == true
+  local event_path = (path:match("^https?://[^/]*(/[^?#]*)") or path):match("^[^?#]*")
+  return { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
+           max_response = max or st.max_response or options.DEFAULTS.max_response_bytes }, {
+    idempotent = idempotent, timeout = timeout, event = { method = method, path = event_path },
+  }
+end
+
+-- Whether a failed call may be sent again.
+local function resend_rule(idempotent)
+  if idempotent then return nil end
+  return function(err)
+    if err.maybe_sent == false then return true end             -- it never left
+    return (err.status == 429 or err.status == 503) and err.retry_after ~= nil
+  end
+end
+
+local function lower_keys(t)
+  local out = {}
+  for k, v in pairs(t or {}) do
+    if type(k) == "string" then
+      out[k:lower()] = type(v) == "table" and concat(v, ", ") or tostring(v)
+    end
+  end
+  return out
+end
+
+local function parse_head(head)
+  local h = {}
+  for line in head:gmatch("[^\r\n]+") do
+    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
+    if k then
+      k = k:lower()
+      h[k] = h[k] and (h[k] .. ", " .. v) or v
+    end
+  end
+  return h
+end
+
+-- Seconds from a window such as "1s", "60", "1m".
+local function seconds(w)
+  if not w then return nil end
+  local n, unit = w:match("^%s*([%d%.]+)%s*([smh]?)%s*$")
+  n = tonumber(n)
+  if not n then return nil end
+  return n * (unit == "m" and 60 or unit == "h" and 3600 or 1)
+end
+
+local function retry_after(h)
+  local v = h["retry-after"]
+  if not v then return nil end
+  local n = tonumber(v)
+  if n and n >= 0 then return n end
+  local t = core.parse_time(v)
+  if t then return math.max(0, t - core.time()) end
+end
+
+--- An API call's answer, as a driver brought it (`{status, head | headers,
+-- body}`): the result, or nil and an error of kind "http" or "api" whose
+-- `response` is the result.
+function R.interpret(raw)
+  local h = raw.headers and lower_keys(raw.headers) or parse_head(raw.head or "")
+  local res = { status = raw.status, headers = h, body = raw.body or "" }
+  local ctype = h["content-type"] or ""
+  if res.body ~= "" and (ctype:find("json", 1, true) or res.body:match("^%s*[%[{]")) then
+    res.json = cjson.decode(res.body)
+  end
+  if type(res.json) == "table" then
+    local code = res.json.code
+    if type(code) == "number" then code = ("%d"):format(code) end
+    res.code = type(code) == "string" and code or nil
+    res.data = res.json.data
+  end
+  local limit, remaining = tonumber(h["x-rate-limit-limit"] or ""), tonumber(h["x-rate-limit-remaining"] or "")
+  if limit or remaining then
+    res.rate_limit = { limit = limit, remaining = remaining, window = seconds(h["x-rate-limit-window"]) }
+  end
+  local st = res.status
+  if st >= 200 and st < 300 and (res.code == nil or res.code == "00") then return res end
+  local j = type(res.json) == "table" and res.json or {}
+  local msg = type(j.description) == "string" and j.description or type(j.message) == "string" and j.message or
+              ("HTTP %d"):format(st)
+  local err = new_error(res.code and "api" or "http", "request", msg,
+                        { status = st, code = res.code, retryable = st == 408 or st == 429 or st >= 500,
+                          retry_after = retry_after(h) })
+  err.response = res
+  err.maybe_sent = true
+  return nil, err
+end
+
+-- After an answer: note the rate-limit window when none is left.
+local function note_rate(st, res)
+  local rl = res and res.rate_limit
+  if rl and rl.remaining == 0 then
+    st.rate_until = now() + (rl.window or 1)
+  elseif res and res.status == 429 then
+    st.rate_until = now() + (retry_after(res.headers) or 1)
+  end
+end
+
+-- Waits out a rate-limit window, or says why it cannot.
+local function rate_gate(st, nonblocking)
+  local wait = st.rate_until and st.rate_until - now()
+  if not wait or wait <= 0 then return true end
+  if nonblocking or not runtime.cosockets() then
+    return nil, new_error("rate_limited", "request", "Nomba's rate limit: wait before the next call",
+                          { retryable = true, retry_after = wait })
+  end
+  runtime.sleep(wait)
+  return true
+end
+
+--- client:request (blocking): a fresh token, the call, and once more after a 401.
+function R.call(self, st, args, info)
+  local ok, err = rate_gate(st, st.nonblocking)
+  if not ok then return nil, err end
+  for pass = 1, 2 do
+    local tok, terr = self:token()
+    if not tok then return nil, terr end
+    local job = engine.job(self, st, "request", args, {
+      interpret = R.interpret, resend = resend_rule(info.idempotent), timeout = info.timeout, event = info.event,
+    })
+    local res, e = engine.run(self, st, job)
+    note_rate(st, res or (e and e.response))
+    if res or pass == 2 or not e or e.status ~= 401 then return res, e end
+    if core.fresh(self, 0) == tok then self:invalidate() end    -- still the token that was refused
+  end
+end
+
+--- client:start("request", opts, callback): the call on the multi driver;
+-- the client must hold a valid token (else "pending", and a renewal starts).
+function R.start(self, st, args, info, callback)
+  local ok, err = rate_gate(st, true)
+  if not ok then return nil, err end
+  local tok = core.fresh(self, 0)
+  if not tok then
+    self:step()
+    return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
+  end
+  local job = engine.job(self, st, "request", args, {
+    interpret = R.interpret, resend = resend_rule(info.idempotent), timeout = info.timeout, event = info.event,
+    callback = function(res, e)
+      note_rate(st, res or (e and e.response))
+      if e and e.status == 401 and core.fresh(self, 0) == tok then self:invalidate() end
+      if callback then return callback(res, e) end
+    end,
+  })
+  return engine.begin(self, st, job)
+end
+
+return R

@@ -1,0 +1,233 @@
+-- client:request: authorized calls to Nomba's APIs against the simulator's
+-- resources, over real HTTPS: the answer's shape, the 401 race (one renewal,
+-- one retry), no double charge, retries, rate limits, per-call accountId,
+-- query encoding, refusals, every error kind, no secret anywhere, the
+-- non-blocking mode, and the OpenResty transport.
+local oauth = require "nomba.oauth"
+local cjson = require "cjson"
+local H = require "helpers"
+
+local SUB = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+describe("client:request", function()
+  local sim
+  before_each(function()
+    sim = H.sim()
+    H.reset()
+  end)
+
+  it("answers status, lower-case headers, body, json, code, data and the rate limit", function()
+    local c = H.client {}
+    local res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(200, res.status)
+    assert.matches("application/json", res.headers["content-type"], 1, true)
+    assert.are.equal("00", res.code)
+    assert.are.equal("1000.00", res.data.balance)
+    assert.are.equal(res.data.balance, cjson.decode(res.body).data.balance)
+    assert.are.same({ limit = 40, remaining = 39, window = 1 }, res.rate_limit)
+    -- the call carried the client's bearer and accountId
+    local log = H.log("protected")
+    assert.matches("^Bearer eyJ", log[1].headers.Authorization)
+    assert.are.equal(sim.client.account_id, log[1].headers.accountId)
+  end)
+
+  it("POSTs JSON and encodes the query; a per-call accountId acts for a sub-account", function()
+    local c = H.client {}
+    local res = assert(c:request { method = "POST", path = "/v1/checkout/order",
+                                   json = { order = { amount = "1500.00", orderReference = "ref-1" } } })
+    assert.are.equal("https://checkout.nomba.com/pay/ref-1", res.data.checkoutLink)
+    res = assert(c:request { path = "/v1/transactions/accounts", query = { page = 2, limit = 3, q = "a b&c=d/é" } })
+    assert.are.equal(3, #res.data.results)
+    assert.are.equal("a b&c=d/é", res.data.query.q)
+    assert.are.equal("/v1/transactions/accounts?limit=3&page=2&q=a%20b%26c%3Dd%2F%C3%A9",
+                     H.log("transactions")[1].uri)
+    res = assert(c:request { path = "/v1/accounts/balance", account_id = SUB })
+    assert.are.equal(SUB, res.data.accountId)
+  end)
+
+  it("a 401 invalidates the token sent, renews once, retries once, never loops", function()
+    local events = {}
+    local c = H.client { on_event = function(ev) events[#events + 1] = ev end }
+    local t1 = assert(c:token())
+    assert(H.client {}:revoke(t1))                 -- revoked elsewhere
+    local res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(200, res.status)
+    assert.are_not.equal(t1, c:token())
+    -- one renewal through the normal path: the revoked session's refresh is
+    -- refused, so it issues afresh; then one retry
+    assert.are.equal(1, H.count("refresh"))
+    assert.are.equal(2, H.count("issue"))
+    assert.are.equal(2, H.count("protected"))
+    -- a 401 that renewing cannot cure: two calls, then the error
+    local _, err = c:request { path = "/v1/accounts/balance", account_id = "someone-else" }
+    H.assert_error(err, { kind = "api", op = "request", status = 401 })
+    assert.are.equal(401, err.response.status)
+    assert.are.equal(4, H.count("protected"))
+    local kinds = {}
+    for _, ev in ipairs(events) do kinds[#kinds + 1] = ev.op .. ":" .. tostring(ev.status) end
+    assert.are.equal("issue:200,request:401,refresh:401,issue:200,request:200," ..
+                     "request:401,refresh:200,request:401", table.concat(kinds, ","))
+  end)
+
+  it("8 coroutines hitting a 401 together make one renewal", function()
+    local curl = H.curl_transport(sim.cafile, false)
+    local c = H.client { transport = function(req)
+      if coroutine.isyieldable() then coroutine.yield("io") end   -- as a cosocket would
+      return curl(req)
+    end }
+    local t1 = assert(c:token())
+    assert(H.client {}:revoke(t1))
+    local cos, results = {}, {}
+    for i = 1, 8 do
+      cos[i] = coroutine.create(function() results[i] = assert(c:request { path = "/v1/accounts/balance" }) end)
+    end
+    local alive = true
+    while alive do                                -- a scheduler: resume each until all are done
+      alive = false
+      for _, co in ipairs(cos) do
+        if coroutine.status(co) ~= "dead" then
+          assert(coroutine.resume(co))
+          alive = true
+        end
+      end
+    end
+    for i = 1, 8 do assert.are.equal(200, results[i].status) end
+    -- one renewal for the eight: the revoked session's refresh, refused, then one issue
+    assert.are.equal(1, H.count("refresh"))
+    assert.are.equal(2, H.count("issue"))
+  end)
+
+  it("never sends a POST twice: a drop after the server processed it is not retried", function()
+    assert(sim:fault { endpoint = "order", after = true })
+    local events = {}
+    local c = H.client { retries = 2, on_event = function(ev) events[#events + 1] = ev end }
+    local _, err = c:request { method = "POST", path = "/v1/checkout/order", json = { amount = 1500 } }
+    assert.are.equal("request", err.op)
+    assert.is_true(err.maybe_sent)
+    assert.are.equal(1, assert(sim:counts()).orders)   -- one order, not two
+    assert.are.equal(1, H.count("order"))
+    assert.are.equal(1, #events - 1)                    -- one attempt (after the issue)
+    -- the same with idempotent = true is retried
+    assert(sim:fault { endpoint = "order", after = true })
+    local res = assert(c:request { method = "POST", path = "/v1/checkout/order", json = { amount = 1 },
+                                   idempotent = true })
+    assert.are.equal(200, res.status)
+  end)
+
+  it("retries a GET through 503s; a POST only on 429/503 with Retry-After", function()
+    local c = H.client { retries = 2 }
+    assert(c:token())
+    assert(sim:fault { endpoint = "protected", status = 503, body = "busy", content_type = "text/plain", times = 2 })
+    assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(3, H.count("protected"))
+    assert(sim:fault { endpoint = "order", status = 503, body = "busy", content_type = "text/plain" })
+    local _, err = c:request { method = "POST", path = "/v1/checkout/order", json = { amount = 1 } }
+    H.assert_error(err, { kind = "http", status = 503 })
+    assert.are.equal(1, H.count("order"))
+    assert(sim:fault { endpoint = "order", status = 429, headers = { ["Retry-After"] = "0" }, body = "" })
+    assert(c:request { method = "POST", path = "/v1/checkout/order", json = { amount = 1 } })
+    assert.are.equal(3, H.count("order"))
+  end)
+
+  it("waits out a spent rate-limit window; rate_limited where it cannot wait", function()
+    assert(sim:config { rate_limit = 2 })
+    -- the non-blocking client cannot wait: once a window is spent, rate_limited
+    local nb = H.client { nonblocking = true }
+    assert(nb:token())
+    local err
+    for _ = 1, 6 do
+      local ok, e = nb:start("request", { path = "/v1/accounts/balance" }, function() end)
+      if not ok then
+        err = e
+        break
+      end
+      while nb:step() do nb:wait(0.05) end
+    end
+    H.assert_error(err, { kind = "rate_limited", op = "request" })
+    assert.is_true(err.retry_after > 0 and err.retry_after <= 1)
+    -- a blocking client waits the window out instead (and a 429's Retry-After), and is answered
+    local c = H.client { retries = 2 }
+    local res
+    for _ = 1, 4 do
+      res = assert(c:request { path = "/v1/accounts/balance" })
+      if res.rate_limit.remaining == 0 then break end
+    end
+    assert.are.equal(0, res.rate_limit.remaining)
+    res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(200, res.status)
+  end)
+
+  it("refuses misuse at once, naming the argument", function()
+    local c = H.client {}
+    for _, case in ipairs {
+      { { path = "/x", method = "TRACE" }, "method must be" },
+      { { path = "https://evil.example/v1" }, "an absolute path must be on base_url's scheme, host and port" },
+      { { path = "v1/no-slash" }, "path must start with" },
+      { { path = "/x", headers = { Authorization = "Bearer x" } }, "headers.Authorization is set by the client" },
+      { { path = "/x", headers = { ["X-A"] = "a\r\nB: c" } }, "headers.X-A must be a string without control" },
+      { { path = "/x", json = {}, body = "{}" }, "give json or body" },
+      { { path = "/x", timeout = 0 }, "timeout must be" },
+      { { path = "/x", max_response_bytes = 10 }, "max_response_bytes must be" },
+      { { path = "/x", account_id = ("a"):rep(129) }, "account_id must be" },
+    } do
+      local ok, msg = pcall(c.request, c, case[1])
+      assert.is_false(ok)
+      assert.matches("bad argument #1 to 'request' (" .. case[2], msg, 1, true)
+    end
+    assert.are.equal(0, H.count("protected"))
+    -- an absolute URL on base_url itself is fine
+    assert(c:request { path = sim.url .. "/v1/accounts/balance" })
+  end)
+
+  it("every error kind, typed, and no secret in any error or event", function()
+    local events = {}
+    local c = H.client { on_event = function(ev) events[#events + 1] = ev end }
+    local tok = assert(c:token())
+    local _, e1 = c:request { path = "/v1/transactions/accounts", query = { limit = 50 }, max_response_bytes = 256 }
+    H.assert_error(e1, { kind = "protocol", op = "request" })
+    local _, e2 = c:request { path = "/v1/nothing-here" }
+    H.assert_error(e2, { kind = "api", status = 404 })
+    assert(sim:fault { endpoint = "protected", delay = 1.5 })
+    local _, e3 = c:request { path = "/v1/accounts/balance", timeout = 0.3 }
+    H.assert_error(e3, { kind = "timeout", op = "request" })
+    assert.is_true(e3.maybe_sent)
+    local saved = { access_token = tok, expires_at = os.time() + 600, expires_in = 1800 }
+    local dead = oauth.new(sim:client_options { base_url = "https://127.0.0.1:1", retries = 0, token = saved })
+    local _, e4 = dead:request { method = "POST", path = "/v1/checkout/order", json = { amount = 1 } }
+    H.assert_error(e4, { kind = "transport", op = "request" })
+    assert.is_false(e4.maybe_sent)
+    for _, e in ipairs { e1, e2, e3, e4 } do
+      local s = tostring(e)
+      assert.is_nil(s:find(tok, 1, true))
+      assert.is_nil(s:find(sim.client.client_secret, 1, true))
+    end
+    for _, ev in ipairs(events) do
+      for _, v in pairs(ev) do
+        if type(v) == "string" then
+          assert.is_nil(v:find(tok, 1, true))
+          assert.is_nil(v:find("limit=50", 1, true))     -- the path without query values
+        end
+      end
+    end
+  end)
+
+  it("runs in the non-blocking mode: start('request', opts, callback) through step()", function()
+    local c = H.client { nonblocking = true }
+    assert(c:token())
+    local result
+    assert(c:start("request", { path = "/v1/accounts/balance" }, function(r, e) result = r or e end))
+    while c:step() do c:wait(0.05) end
+    assert.are.equal(200, result.status)
+    assert.are.equal("1000.00", result.data.balance)
+  end)
+
+  it("runs on the OpenResty transport (cosockets), with its 401 renewal", function()
+    local a = H.openresty_app { workers = 1 }
+    local out = H.sh("curl -s --max-time 20 " .. a.url .. "/request")
+    a:stop()
+    local r = assert(cjson.decode(out), out)
+    assert.are.equal(200, r.status)
+    assert.are.equal("1000.00", r.balance)
+    assert.are.equal(200, r.after_revoke)
+  end)
+end)
