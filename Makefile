@@ -110,7 +110,7 @@ lint:
 	luacheck lua spec bin/nomba-oauth examples tools bench
 
 EXAMPLES := examples/client_credentials.lua examples/pkce.lua examples/call_nomba_api.lua \
-            examples/game_loop.lua examples/luv_loop.lua examples/cqueues_loop.lua
+            examples/game_loop.lua examples/luv_loop.lua examples/cqueues_loop.lua examples/billing_hook.lua
 examples: all
 	@for e in $(EXAMPLES); do echo "== $$e"; \
 	  $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $$e || exit 1; done

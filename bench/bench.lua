@@ -135,6 +135,33 @@ do
   end
 end
 
+-- 3b. client:request GET round trips vs a C loop with a bearer on one handle ------------
+do
+  assert(sim:config { rate_limit = 0 })           -- no 429s in a benchmark
+  local c = oauth.new(sim:client_options { retries = 0 })
+  local tok = assert(c:token())
+  assert(c:request { path = "/v1/accounts/balance" })
+  local N = 2000
+  local r, cr = {}, {}
+  local file = os.tmpname()                       -- the token reaches the C loop through a file
+  local f = assert(io.open(file, "w"))
+  f:write(tok)
+  f:close()
+  for k = 1, RUNS do
+    local t0 = now()
+    for _ = 1, N do assert(c:request { path = "/v1/accounts/balance" }) end
+    r[k] = N / (now() - t0)
+    cr[k] = tonumber(shell(("BENCH_BEARER_FILE='%s' %s/curl_loop '%s/v1/accounts/balance' '%s' %d"):format(
+      file, BIN, sim.url, sim.cafile, N)))
+  end
+  os.remove(file)
+  local ours, base = median(r), median(cr)
+  results.request = { rps = ours, curl_c_rps = base, ratio = ours / base }
+  row("client:request GET round trips", fmt(ours, 0), "req/s", "C loop: GET with a bearer, one handle",
+      fmt(base, 0), fmt(ours / base, 2) .. "x", ">= 0.95x", ours / base >= 0.95)
+  assert(sim:reset())
+end
+
 -- 4. a new client's first request: full handshake vs resumed session ----------------
 do
   local script = ([[

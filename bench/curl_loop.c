@@ -3,6 +3,9 @@
  * same JSON body N times over HTTPS keep-alive, reading the answer into a
  * buffer, no parsing. Prints requests per second.
  *   usage: curl_loop URL CAFILE N
+ * With BENCH_BEARER_FILE in the environment (a file holding a token): a GET
+ * carrying that bearer and the accountId instead (the baseline of
+ * client:request). The token never goes on a command line.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,9 +40,21 @@ int main(int argc, char **argv)
     h = curl_slist_append(h, "Expect:");
     curl_easy_setopt(c, CURLOPT_URL, argv[1]);
     curl_easy_setopt(c, CURLOPT_CAINFO, argv[2]);
+    if (getenv("BENCH_BEARER_FILE") != NULL) {
+        static char auth[4096], tok[4000];
+        FILE *f = fopen(getenv("BENCH_BEARER_FILE"), "r");
+        if (f == NULL || fgets(tok, sizeof tok, f) == NULL)
+            return 1;
+        fclose(f);
+        tok[strcspn(tok, "\r\n")] = '\0';
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", tok);
+        h = curl_slist_append(h, auth);
+        curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    }
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);

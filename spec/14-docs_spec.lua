@@ -41,7 +41,7 @@ describe("documentation", function()
 
   for _, name in ipairs {
     "M.new", "Client:issue", "Client:refresh", "Client:revoke", "Client:token", "Client:headers",
-    "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close",
+    "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close", "Client:request",
     "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify",
     "M.memory", "M.shdict", "M.redis", "M.request", "M.keep_fresh",
     "M.verify", "M.sign", "M.dedupe", "M.webhook", "M.file",
@@ -52,7 +52,7 @@ describe("documentation", function()
   end
 
   it("documents both return shapes of the operations", function()
-    for _, name in ipairs { "issue", "refresh", "revoke", "authorize", "exchange", "token", "headers" } do
+    for _, name in ipairs { "issue", "refresh", "revoke", "authorize", "exchange", "token", "headers", "request" } do
       local block = doc_block("Client:" .. name)
       assert.is_string(block, name)
       assert.is_true(block:find("nil, err", 1, true) ~= nil or block:find("@treturn[2] nil", 1, true) ~= nil,

@@ -211,6 +211,32 @@ describe("client:request", function()
     end
   end)
 
+  it("redacts a bearer the server echoes; closed and tls errors are typed", function()
+    local curl = H.curl_transport(sim.cafile)
+    local c = H.client { transport = function(req)
+      if req.op ~= "request" then return curl(req) end
+      local echo = req.headers.Authorization
+      return { status = 400, headers = { ["Content-Type"] = "application/json", ["X-Echo"] = echo },
+               body = '{"code":"02","description":"bad request from ' .. req.headers.Authorization .. '"}' }
+    end }
+    local tok = assert(c:token())
+    local _, err = c:request { path = "/v1/accounts/balance" }
+    H.assert_error(err, { kind = "api", status = 400 })
+    for _, s in ipairs { tostring(err), err.message, err.response.body, err.response.headers["x-echo"] } do
+      assert.is_nil(s:find(tok, 1, true))
+      assert.matches("[redacted]", s, 1, true)
+    end
+    c:close()
+    local _, e2 = c:request { path = "/v1/accounts/balance" }
+    H.assert_error(e2, { kind = "closed", op = "request" })
+    local saved = { access_token = tok, expires_at = os.time() + 600, expires_in = 1800 }
+    local u2 = oauth.new(sim:client_options { cafile = "/etc/ssl/certs/ca-certificates.crt", token = saved,
+                                              retries = 0 })
+    local _, e3 = u2:request { path = "/v1/accounts/balance" }
+    H.assert_error(e3, { kind = "tls", op = "request" })
+    assert.is_false(e3.maybe_sent)
+  end)
+
   it("runs in the non-blocking mode: start('request', opts, callback) through step()", function()
     local c = H.client { nonblocking = true }
     assert(c:token())

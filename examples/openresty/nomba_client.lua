@@ -2,7 +2,6 @@
 -- worker, on cosockets, sharing its token with every other worker.
 local oauth = require "nomba.oauth"
 local resty = require "nomba.oauth.resty"
-local cjson = require "cjson.safe"
 
 local M = {}
 
@@ -18,34 +17,18 @@ M.client = oauth.new {
   end,
 }
 
--- GET a Nomba API through the same cosocket transport.
-local function get(path, headers)
-  headers["Content-Type"] = "application/json"
-  local base = os.getenv("NOMBA_BASE_URL") or oauth.PRODUCTION_URL
-  return resty.request { op = "token", method = "GET", url = base .. path, headers = headers, body = "",
-                         timeout = 10 }
-end
-
+-- One Nomba API call proxied: client:request rides the same cosocket
+-- transport, renews the shared token once on a 401, and retries a GET
+-- through transient failures.
 function M.balance()
-  local headers, err = M.client:headers()
-  if not headers then
-    ngx.status = 503
-    return ngx.say(tostring(err))
-  end
-  local res
-  res, err = get("/v1/accounts/balance", headers)
-  if res and res.status == 401 then                 -- revoked or expired early
-    M.client:invalidate()
-    headers, err = M.client:headers()
-    if headers then res, err = get("/v1/accounts/balance", headers) end
-  end
+  local res, err = M.client:request { path = "/v1/accounts/balance" }
   if not res then
-    ngx.status = 502
+    ngx.status = err.response and err.response.status or 502
     return ngx.say(tostring(err))
   end
   ngx.status = res.status
   ngx.header["Content-Type"] = "application/json"
-  ngx.say(cjson.encode(cjson.decode(res.body) or {}))
+  ngx.say(res.body)
 end
 
 -- Nomba's webhook: a delivery is granted once, fleet-wide, and only when

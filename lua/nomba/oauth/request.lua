@@ -192,10 +192,23 @@ end
 
 --- An API call's answer, as a driver brought it (`{status, head | headers,
 -- body}`): the result, or nil and an error of kind "http" or "api" whose
--- `response` is the result.
-function R.interpret(raw)
+-- `response` is the result. A server that echoes the bearer it was sent
+-- gets it redacted, in the answer as in the error.
+-- The bearer that was sent, wherever an answer echoes it, as "[redacted]".
+local function redact(s, secret)
+  if type(s) ~= "string" or not secret or #secret < 8 then return s end
+  local i = s:find(secret, 1, true)
+  while i do
+    s = s:sub(1, i - 1) .. "[redacted]" .. s:sub(i + #secret)
+    i = s:find(secret, i + 10, true)
+  end
+  return s
+end
+
+function R.interpret(raw, bearer)
   local h = raw.headers and lower_keys(raw.headers) or parse_head(raw.head or "")
-  local res = { status = raw.status, headers = h, body = raw.body or "" }
+  for k, v in pairs(h) do h[k] = redact(v, bearer) end
+  local res = { status = raw.status, headers = h, body = redact(raw.body or "", bearer) }
   local ctype = h["content-type"] or ""
   if res.body ~= "" and (ctype:find("json", 1, true) or res.body:match("^%s*[%[{]")) then
     res.json = cjson.decode(res.body)
@@ -253,7 +266,8 @@ function R.call(self, st, args, info)
     local tok, terr = self:token()
     if not tok then return nil, terr end
     local job = engine.job(self, st, "request", args, {
-      interpret = R.interpret, resend = resend_rule(info.idempotent), timeout = info.timeout, event = info.event,
+      interpret = function(raw) return R.interpret(raw, tok) end, resend = resend_rule(info.idempotent),
+      timeout = info.timeout, event = info.event,
     })
     local res, e = engine.run(self, st, job)
     note_rate(st, res or (e and e.response))
@@ -273,7 +287,8 @@ function R.start(self, st, args, info, callback)
     return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
   end
   local job = engine.job(self, st, "request", args, {
-    interpret = R.interpret, resend = resend_rule(info.idempotent), timeout = info.timeout, event = info.event,
+    interpret = function(raw) return R.interpret(raw, tok) end, resend = resend_rule(info.idempotent),
+    timeout = info.timeout, event = info.event,
     callback = function(res, e)
       note_rate(st, res or (e and e.response))
       if e and e.status == 401 and core.fresh(self, 0) == tok then self:invalidate() end
