@@ -50,6 +50,21 @@
 #include "nomba.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+/* This process's id, kept by a fork handler: getpid() is a system call,
+ * and every transfer asks several times whether its handles are ours. */
+static pid_t self_pid;
+
+static void note_child(void)
+{
+    __atomic_store_n(&self_pid, getpid(), __ATOMIC_RELAXED);
+}
+
+static pid_t me(void)
+{
+    pid_t pid = __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
+    return pid != 0 ? pid : getpid();
+}
 static const char pool_key = 'p';   /* registry key of the state's pool box */
 
 #define POOL_SPARE 4                /* idle easy handles a pool keeps */
@@ -132,6 +147,8 @@ static void *wiping_calloc(size_t a, size_t b)
 static void curl_init_once(void)
 {
     Dl_info self;
+    note_child();
+    (void)pthread_atfork(NULL, NULL, note_child);
     if (dladdr((void *)curl_init_once, &self) != 0 && self.dli_fname != NULL)
         (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
     curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
@@ -388,14 +405,14 @@ static int on_timer(CURLM *m, long ms, void *ud)
  * them and their connections. */
 static void pool_adopt_process(http_pool *p)
 {
-    if (p->pid == getpid())
+    if (p->pid == me())
         return;
     p->multi = NULL;
     p->share = NULL;
     p->headers = NULL;
     p->nspare = 0;
     p->timer = -1;
-    p->pid = getpid();
+    p->pid = me();
 }
 
 static void pool_unref(http_pool *p)
@@ -403,7 +420,7 @@ static void pool_unref(http_pool *p)
     int i;
     if (--p->refs > 0)
         return;
-    if (p->pid == getpid()) {
+    if (p->pid == me()) {
         for (i = 0; i < p->nspare; i++)
             curl_easy_cleanup(p->spare[i]);
         if (p->multi != NULL)
@@ -527,7 +544,7 @@ static void give_back(http_pool *p, client *c, CURL *h)
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, p->headers);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
-    if (p->nspare < POOL_SPARE && p->pid == getpid()) {
+    if (p->nspare < POOL_SPARE && p->pid == me()) {
         p->spare[p->nspare] = h;
         p->spare_owner[p->nspare++] = c->xfer.serial;
     } else {
@@ -593,7 +610,7 @@ static int start(client *c, double timeout)
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
     c->xfer.h = h;
-    c->xfer.pid = getpid();
+    c->xfer.pid = me();
     c->xfer.done = 0;
     c->xfer.nsocks = 0;
     if (curl_multi_add_handle(p->multi, h) != CURLM_OK) {
@@ -679,7 +696,7 @@ static void stop(client *c)
     if (h == NULL)
         return;
     c->xfer.h = NULL;
-    if (c->xfer.pid == getpid() && p->pid == getpid() && p->multi != NULL) {
+    if (c->xfer.pid == me() && p->pid == me() && p->multi != NULL) {
         curl_multi_remove_handle(p->multi, h);
         p->active--;
         give_back(p, c, h);
@@ -695,7 +712,7 @@ static void stop(client *c)
  * child of fork): the child forgets it, and wipes its own copies. */
 static int stolen(client *c)
 {
-    if (c->xfer.h == NULL || c->xfer.pid == getpid())
+    if (c->xfer.h == NULL || c->xfer.pid == me())
         return 0;
     stop(c);
     attempt_end(c);
@@ -919,7 +936,7 @@ static int http_test_close_idle(lua_State *L)
     lua_rawget(L, LUA_REGISTRYINDEX);
     box = (http_pool **)lua_touserdata(L, -1);
     p = box != NULL ? *box : NULL;
-    if (p == NULL || p->active > 0 || p->pid != getpid()) {
+    if (p == NULL || p->active > 0 || p->pid != me()) {
         lua_pushboolean(L, 0);
         lua_pushinteger(L, p != NULL ? p->active : -1);
         return 2;
@@ -975,7 +992,7 @@ void http_open(lua_State *L)
         return;
     }
     p->refs = 1;
-    p->pid = getpid();
+    p->pid = me();
     p->timer = -1;
     box = (http_pool **)lua_newuserdata(L, sizeof(http_pool *));
     *box = p;

@@ -63,7 +63,7 @@ function E.after(self, st, job, res, err, status, elapsed)
   if job.interpret and res ~= nil then res, err = job.interpret(res) end
   -- closed and config errors come before anything is sent
   local sent = res ~= nil or (err.kind ~= "closed" and err.kind ~= "config")
-  if sent then
+  if sent and (st.on_event or st.log) then
     local ev = { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
                  elapsed = elapsed, kind = err and err.kind, code = err and err.code }
     for k, v in pairs(job.event or {}) do ev[k] = v end

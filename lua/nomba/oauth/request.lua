@@ -162,12 +162,10 @@ end
 
 local function parse_head(head)
   local h = {}
-  for line in head:gmatch("[^\r\n]+") do
-    local k, v = line:match("^([^:]+):%s*(.-)%s*$")
-    if k then
-      k = k:lower()
-      h[k] = h[k] and (h[k] .. ", " .. v) or v
-    end
+  for k, v in head:gmatch("([^\r\n:]+):[ \t]*([^\r\n]*)") do
+    if v:find("[ \t]$") then v = v:match("^(.-)[ \t]*$") end
+    k = k:lower()
+    h[k] = h[k] and (h[k] .. ", " .. v) or v
   end
   return h
 end
@@ -207,8 +205,12 @@ end
 
 function R.interpret(raw, bearer)
   local h = raw.headers and lower_keys(raw.headers) or parse_head(raw.head or "")
-  for k, v in pairs(h) do h[k] = redact(v, bearer) end
-  local res = { status = raw.status, headers = h, body = redact(raw.body or "", bearer) }
+  local body = raw.body or ""
+  if bearer and (body:find(bearer, 1, true) or (raw.head and raw.head:find(bearer, 1, true)) or raw.headers) then
+    for k, v in pairs(h) do h[k] = redact(v, bearer) end
+    body = redact(body, bearer)
+  end
+  local res = { status = raw.status, headers = h, body = body }
   local ctype = h["content-type"] or ""
   if res.body ~= "" and (ctype:find("json", 1, true) or res.body:match("^%s*[%[{]")) then
     res.json = cjson.decode(res.body)
