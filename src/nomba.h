@@ -67,7 +67,8 @@ NOMBA_HIDDEN int  sbuf_reserve(sbuf *b, size_t extra);
 NOMBA_HIDDEN int  sbuf_add(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN int  sbuf_adds(sbuf *b, const char *s);
 NOMBA_HIDDEN int  sbuf_add_json_string(sbuf *b, const char *s, size_t n);
-NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the bytes, keep capacity */
+NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the whole capacity, keep it */
+NOMBA_HIDDEN void sbuf_clear(sbuf *b);  /* zero the bytes in use (only sbuf_add/sbuf_set wrote), keep capacity */
 NOMBA_HIDDEN void sbuf_free(sbuf *b);   /* zero and free */
 NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN char *nomba_strndup(const char *s, size_t n);   /* malloc'd copy or NULL */

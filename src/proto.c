@@ -54,14 +54,16 @@ int attempt_begin(lua_State *L, client *c, int op)
 /* Ends an attempt: every buffer that held a secret is wiped. */
 void attempt_end(client *c)
 {
-    sbuf_wipe(&c->at.body);
-    sbuf_wipe(&c->at.bearer_hdr);
-    sbuf_wipe(&c->at.resp);
-    sbuf_wipe(&c->at.req_secret[0]);
-    sbuf_wipe(&c->at.req_secret[1]);
-    sbuf_wipe(&c->at.scratch[0]);
-    sbuf_wipe(&c->at.scratch[1]);
-    sbuf_wipe(&c->at.head);
+    /* every writer of these goes through sbuf_add/sbuf_set: the bytes in
+     * use are all there is to wipe */
+    sbuf_clear(&c->at.body);
+    sbuf_clear(&c->at.bearer_hdr);
+    sbuf_clear(&c->at.resp);
+    sbuf_clear(&c->at.req_secret[0]);
+    sbuf_clear(&c->at.req_secret[1]);
+    sbuf_clear(&c->at.scratch[0]);
+    sbuf_clear(&c->at.scratch[1]);
+    sbuf_clear(&c->at.head);
     memset(&c->at.meta, 0, sizeof c->at.meta);
     c->at.overflow = 0;
     c->at.header_bytes = 0;
