@@ -42,6 +42,7 @@ end
 
 local results, rows = {}, {}
 local function row(what, ours, unit, base_name, base, ratio_text, target, pass)
+  base_name = base_name or ""
   rows[#rows + 1] = { what, ours, unit, base_name, base, ratio_text, target, pass }
   io.stdout:write(("%-46s %12s %-8s | %-34s %12s | %-10s %s\n"):format(what, ours, unit, base_name,
     base or "", ratio_text or "", target or ""))
@@ -389,11 +390,12 @@ do
       "no stall (max < 50 ms)", bmax < 50000)
 end
 
--- 8. OpenResty: a location that calls client:headers(), under wrk -------------------------------
-do
-  local has_wrk = shell("command -v wrk"):match("%S")
+-- 8. OpenResty ------------------------------------------------------------------------------------
+
+-- An application nginx (bench/openresty_bench.lua, one worker) with the given locations.
+local function openresty_app(locations)
   local root = os.getenv("PWD") or "."
-  local app = has_wrk and simulator.spawn_nginx {
+  return simulator.spawn_nginx {
     workers = 1, cpath_prefix = root .. "/build/jit/?.so;",
     vars = { root = root, cafile = sim.cafile, config = cjson.encode {
       url = sim.url, account_id = sim.client.account_id, client_id = sim.client.client_id,
@@ -408,10 +410,18 @@ do
   server {
     listen 127.0.0.1:${port};
     keepalive_requests 1000000;
-    location = /headers { content_by_lua_block { require("openresty_bench").headers() } }
-    location = /constant { content_by_lua_block { require("openresty_bench").constant() } }
+]] .. locations .. [[
   }
 ]] }
+end
+
+-- 8a. a location that calls client:headers(), under wrk
+do
+  local has_wrk = shell("command -v wrk"):match("%S")
+  local app = has_wrk and openresty_app [[
+    location = /headers { content_by_lua_block { require("openresty_bench").headers() } }
+    location = /constant { content_by_lua_block { require("openresty_bench").constant() } }
+]]
   if app then
     local base = "http://127.0.0.1:" .. app.port
     shell("curl -s " .. base .. "/headers")           -- the first call issues the token
@@ -431,28 +441,13 @@ do
   end
 end
 
--- 8b. OpenResty: client:request on cosockets vs a hand-written cosocket loop -------------------
+-- 8b. client:request on cosockets vs a hand-written cosocket loop
 do
-  local root = os.getenv("PWD") or "."
   assert(sim:config { rate_limit = 0 })
-  local app = simulator.spawn_nginx {
-    workers = 1, cpath_prefix = root .. "/build/jit/?.so;",
-    vars = { root = root, cafile = sim.cafile, config = cjson.encode {
-      url = sim.url, account_id = sim.client.account_id, client_id = sim.client.client_id,
-      client_secret = sim.client.client_secret } },
-    http = [[
-  lua_package_path "${root}/lua/?.lua;${root}/bench/?.lua;/usr/share/lua/5.1/?.lua;;";
-  lua_shared_dict nomba 1m;
-  lua_ssl_trusted_certificate ${cafile};
-  init_worker_by_lua_block {
-    require("openresty_bench").init_worker(require("cjson").decode([==[${config}]==]))
-  }
-  server {
-    listen 127.0.0.1:${port};
+  local app = openresty_app [[
     location = /request_loop { content_by_lua_block { require("openresty_bench").request_loop() } }
     location = /cosocket_loop { content_by_lua_block { require("openresty_bench").cosocket_loop() } }
-  }
-]] }
+]]
   if app then
     local base = "http://127.0.0.1:" .. app.port
     local ours, plain = {}, {}
