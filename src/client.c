@@ -19,11 +19,6 @@
 #include <stdio.h>
 #include "nomba.h"
 
-client *client_check(lua_State *L, int idx)
-{
-    return (client *)luaL_checkudata(L, idx, NOMBA_CLIENT_MT);
-}
-
 static void free_str(char **s)
 {
     free(*s);

@@ -174,8 +174,14 @@ typedef struct client {
 #endif
 } client;
 
+/* The client at idx, or a raised argument error (every file's bindings use
+ * it: here, so no file calls up into client.c). */
+static inline client *client_check(lua_State *L, int idx)
+{
+    return (client *)luaL_checkudata(L, idx, NOMBA_CLIENT_MT);
+}
+
 /* client.c: the userdata's life. */
-NOMBA_HIDDEN client *client_check(lua_State *L, int idx);
 NOMBA_HIDDEN void client_open(lua_State *L);
 
 /* token.c: the kept token; the only code that changes it. */
