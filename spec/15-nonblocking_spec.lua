@@ -147,6 +147,20 @@ describe("non-blocking mode", function()
     assert.is_false(b:step())
   end)
 
+  it("with a store whose lock is never free, renews alone after the same bound as the blocking path", function()
+    local store = oauth.store.memory()
+    store.lock = function() return false end        -- a holder that never finishes
+    local c = H.client { nonblocking = true, store = store, timeout = 0.2 }
+    local tok
+    local ticks = loop(c, function()
+      tok = c:token { wait = false }
+      return tok ~= nil
+    end, 4)
+    assert.matches("^eyJ", tok)
+    assert.is_true(ticks > 50, "renewed after " .. ticks .. " ticks: it did not wait for the holder")
+    assert.are.equal(1, H.count("issue"))
+  end)
+
   it("retries on a timer, never a sleep", function()
     assert(sim:fault { endpoint = "issue", status = 503, body = "busy", content_type = "text/plain" })
     local events = {}

@@ -88,32 +88,44 @@ local function local_token(self, st, lock)
   return nil, err
 end
 
--- Holding the store's lock: renew unless someone just did (the renewal's
--- end publishes and releases the lock).
-local function renew_locked(self, st, lock)
-  lock.ad = shared.read(self, st)
-  local tok = fresh(self)
-  if tok then return tok end
+-- One look at the store, the same for both paths: "fresh" (the kept or
+-- shared token will do), a lock `{ad =, before =}` to renew under, "busy"
+-- (another holder renews), or nil (the store failed: go alone). The store
+-- is read again once the lock is held: someone may have just published.
+local function claim(self, st)
+  if not shared.read(self, st) or fresh(self) then
+    return fresh(self) and "fresh" or nil
+  end
+  local got = shared.lock(st, lock_ttl(st))
+  if got == nil then return nil end
+  if not got then return "busy" end
+  local lock = { ad = shared.read(self, st) }
+  if fresh(self) then
+    shared.release(self, st, lock, false)
+    return "fresh"
+  end
   lock.before = core.remaining(self)
-  return local_token(self, st, lock)
+  return lock
+end
+
+-- How long a client waits for another holder before it renews alone.
+local function busy_limit(st)
+  return lock_ttl(st) + st.timeout
 end
 
 -- The token shared through a store: read it; if it needs renewing, take
 -- the lock and renew, or, while another holder renews, use the kept token
--- if it is still valid, else wait for the holder.
+-- if it is still valid, else wait for the holder (at most busy_limit).
 local function shared_token(self, st)
-  local deadline = now() + lock_ttl(st) + st.timeout
+  local deadline = now() + busy_limit(st)
   local pause = 0.005
   while true do
-    if not shared.read(self, st) then return local_token(self, st) end   -- store down: alone
-    local tok = fresh(self)
-    if tok then return tok end
-    local got = shared.lock(st, lock_ttl(st))
-    if got == nil then return local_token(self, st) end
-    if got then
-      local lock = { before = 0 }
-      local ok, t, err = runtime.pcall_y(renew_locked, self, st, lock)
-      shared.release(self, st, lock, false)   -- released on every path, a raise included
+    local c = claim(self, st)
+    if c == "fresh" then return (fresh(self)) end
+    if c == nil then return local_token(self, st) end                 -- store down: alone
+    if c ~= "busy" then
+      local ok, t, err = runtime.pcall_y(local_token, self, st, c)
+      shared.release(self, st, c, false)      -- released on every path, a raise included
       if not ok then error(t, 0) end
       return t, err
     end
@@ -135,10 +147,11 @@ end
 --- Starts a renewal on the multi driver when one is due and none was tried
 -- within the last second. With a store: the shared token is read first,
 -- and the lock is tried without waiting; while another holder renews,
--- `wake_at` says when to look again.
+-- `wake_at` says when to look again, and after busy_limit the client
+-- renews alone, as the blocking path does.
 function T.due(self, st)
   if fresh(self) then
-    st.wake_at = nil
+    st.wake_at, st.busy_since = nil, nil
     return
   end
   local t = now()
@@ -147,19 +160,20 @@ function T.due(self, st)
   if core.closed(self) or (st.last_try and t - st.last_try < RENEW_INTERVAL) then return end
   local lock
   if st.store then
-    local ad = shared.read(self, st)
-    if ad then
-      if fresh(self) then return end
-      local got = shared.lock(st, lock_ttl(st))
-      if got == false then
+    local c = claim(self, st)
+    if c == "fresh" then return end
+    if c == "busy" then
+      st.busy_since = st.busy_since or t
+      if t - st.busy_since < busy_limit(st) then
         st.pause = math_min((st.pause or 0.0025) * 2, 0.2)
         st.wake_at = t + st.pause * (0.5 + math_random())
         return
       end
-      st.pause = nil
-      if got then lock = { ad = ad, before = core.remaining(self) } end
+    elseif c ~= nil then
+      lock = c
     end
   end
+  st.pause, st.busy_since = nil, nil
   st.last_try = t
   local job, err = T.renewal(self, st, lock)
   if not job then
