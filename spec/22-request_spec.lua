@@ -157,6 +157,21 @@ describe("client:request", function()
     assert.are.equal(200, res.status)
   end)
 
+  it("never waits a rate-limit window longer than the Retry-After cap: rate_limited", function()
+    local curl = H.curl_transport(sim.cafile)
+    local c = H.client { transport = function(req)
+      if req.op ~= "request" then return curl(req) end
+      return { status = 200, headers = { ["Content-Type"] = "application/json", ["X-Rate-Limit-Limit"] = "40",
+                                         ["X-Rate-Limit-Remaining"] = "0", ["X-Rate-Limit-Window"] = "3600s" },
+               body = '{"code":"00","data":{}}' }
+    end }
+    local res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(3600, res.rate_limit.window)
+    local _, err = c:request { path = "/v1/accounts/balance" }   -- before: slept an hour
+    H.assert_error(err, { kind = "rate_limited", op = "request" })
+    assert.is_true(err.retry_after > 3000)
+  end)
+
   it("refuses misuse at once, naming the argument", function()
     local c = H.client {}
     for _, case in ipairs {

@@ -248,16 +248,35 @@ local function note_rate(st, res)
   end
 end
 
--- Waits out a rate-limit window, or says why it cannot.
+-- Waits out a rate-limit window, or says why it cannot: in the
+-- non-blocking mode, in an nginx phase that cannot sleep, or when the
+-- server asked for more than the Retry-After cap (never a wait it sets).
 local function rate_gate(st, nonblocking)
   local wait = st.rate_until and st.rate_until - now()
   if not wait or wait <= 0 then return true end
-  if nonblocking or not runtime.cosockets() then
+  if nonblocking or not runtime.cosockets() or wait > engine.RETRY_AFTER_CAP then
     return nil, new_error("rate_limited", "request", "Nomba's rate limit: wait before the next call",
                           { retryable = true, retry_after = wait })
   end
   runtime.sleep(wait)
   return true
+end
+
+-- The job of one call made with the token tok; `done(res, err)` is what
+-- every driver's end goes through: the rate limit noted, and a 401
+-- invalidating tok while the client still holds it. True for that 401.
+local function job_of(self, st, args, info, tok, callback)
+  local function done(res, e)
+    note_rate(st, res or (e and e.response))
+    local refused = e ~= nil and e.status == 401
+    if refused and core.fresh(self, 0) == tok then self:invalidate() end
+    if callback then callback(res, e) end
+    return refused
+  end
+  return engine.job(self, st, "request", args, {
+    interpret = function(raw) return R.interpret(raw, tok) end, resend = resend_rule(info.idempotent),
+    timeout = info.timeout, event = info.event, callback = callback and done or nil,
+  }), done
 end
 
 --- client:request (blocking): a fresh token, the call, and once more after a 401.
@@ -267,14 +286,9 @@ function R.call(self, st, args, info)
   for pass = 1, 2 do
     local tok, terr = self:token()
     if not tok then return nil, terr end
-    local job = engine.job(self, st, "request", args, {
-      interpret = function(raw) return R.interpret(raw, tok) end, resend = resend_rule(info.idempotent),
-      timeout = info.timeout, event = info.event,
-    })
+    local job, done = job_of(self, st, args, info, tok)
     local res, e = engine.run(self, st, job)
-    note_rate(st, res or (e and e.response))
-    if res or pass == 2 or not e or e.status ~= 401 then return res, e end
-    if core.fresh(self, 0) == tok then self:invalidate() end    -- still the token that was refused
+    if not done(res, e) or pass == 2 then return res, e end
   end
 end
 
@@ -288,16 +302,7 @@ function R.start(self, st, args, info, callback)
     self:step()
     return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
   end
-  local job = engine.job(self, st, "request", args, {
-    interpret = function(raw) return R.interpret(raw, tok) end, resend = resend_rule(info.idempotent),
-    timeout = info.timeout, event = info.event,
-    callback = function(res, e)
-      note_rate(st, res or (e and e.response))
-      if e and e.status == 401 and core.fresh(self, 0) == tok then self:invalidate() end
-      if callback then return callback(res, e) end
-    end,
-  })
-  return engine.begin(self, st, job)
+  return engine.begin(self, st, (job_of(self, st, args, info, tok, callback or function() end)))
 end
 
 return R
