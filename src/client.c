@@ -83,6 +83,7 @@ static void cleanup(client *c)
     free_str(&c->cfg.pinned_pubkey);
     free_str(&c->cfg.proxy);
     free_str(&c->cfg.user_agent);
+    url_free(&c->cfg.base);             /* the parse is freed with the client, also a half-built one */
     for (i = 0; i < OP__N; i++) {
         free_str(&c->cfg.paths[i]);
         free_str(&c->cfg.urls[i]);
@@ -133,38 +134,32 @@ static double opt_number(lua_State *L, int t, const char *name, double lo, doubl
  * allowed only for a loopback host (url_split refuses anything else). */
 static void check_urls(lua_State *L, client *c)
 {
-    url_parts base, p;
+    url_parts p;
+    url_parts *base = &c->cfg.base;
     char full[1024];
-    const char *why = url_split(c->cfg.base_url, &base, 0);
+    const char *why = url_split(c->cfg.base_url, base, 0);
     int i, same;
     if (why != NULL)
         luaL_error(L, "nomba.oauth: option 'base_url' %s", why);
-    c->cfg.allow_http = strcasecmp(base.scheme, "http") == 0;
+    c->cfg.allow_http = strcasecmp(base->scheme, "http") == 0;
     for (i = 0; i < OP__N; i++) {
         int n;
         if (c->cfg.paths[i] == NULL)
             continue;
         n = snprintf(full, sizeof full, "%s%s", c->cfg.base_url, c->cfg.paths[i]);
-        if (n < 0 || (size_t)n >= sizeof full) {
-            url_free(&base);
+        if (n < 0 || (size_t)n >= sizeof full)
             luaL_error(L, "nomba.oauth: option 'paths' makes a URL over %d bytes", (int)sizeof full - 1);
-        }
         why = url_split(full, &p, 1);
-        same = why == NULL && strcasecmp(p.scheme, base.scheme) == 0 &&
-               strcasecmp(p.host, base.host) == 0 && p.port == base.port;
+        same = why == NULL && strcasecmp(p.scheme, base->scheme) == 0 &&
+               strcasecmp(p.host, base->host) == 0 && p.port == base->port;
         if (why == NULL)
             url_free(&p);
-        if (!same) {
-            url_free(&base);
+        if (!same)
             luaL_error(L, "nomba.oauth: option 'paths' (%s) must stay on base_url's scheme, host and port",
                        nomba_op_names[i]);
-        }
-        if ((c->cfg.urls[i] = nomba_strndup(full, (size_t)n)) == NULL) {
-            url_free(&base);
+        if ((c->cfg.urls[i] = nomba_strndup(full, (size_t)n)) == NULL)
             luaL_error(L, "nomba.oauth: out of memory");
-        }
     }
-    url_free(&base);
 }
 
 /* core.new(opts, state): opts already checked and completed by the Lua

@@ -85,6 +85,17 @@ enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_T
 NOMBA_HIDDEN extern const char *const nomba_op_names[];
 NOMBA_HIDDEN int nomba_checkop(lua_State *L, int idx);
 
+/* url.c: URLs judged on libcurl's own parse (CURLU). */
+typedef struct {
+    char *scheme, *host, *path;   /* curl_free'd by url_free */
+    long port;
+    int loopback;
+} url_parts;
+/* NULL, or why the URL is refused; a query only where allow_query */
+NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
+NOMBA_HIDDEN void url_free(url_parts *p);
+NOMBA_HIDDEN void url_open(lua_State *L);
+
 /* What one HTTP answer carried that the interpreter needs. */
 typedef struct {
     long status;
@@ -102,6 +113,7 @@ typedef struct {
     char *paths[OP__N];     /* path per op (exchange uses issue's) */
     char *urls[OP__N];      /* base_url + path, per op with a path */
     char *account_hdr;      /* "accountId: <account_id>" */
+    url_parts base;         /* base_url as libcurl parses it (every URL must keep its scheme, host, port) */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
     double timeout, connect_timeout, refresh_skew;
     size_t max_response;
@@ -233,17 +245,6 @@ NOMBA_HIDDEN int    nt_retry_after(const char *s, size_t n, double now, double *
 NOMBA_HIDDEN double nt_mono(void);
 NOMBA_HIDDEN double nt_mono_coarse(void);
 NOMBA_HIDDEN double nt_wall(void);
-
-/* url.c: URLs judged on libcurl's own parse (CURLU). */
-typedef struct {
-    char *scheme, *host, *path;   /* curl_free'd by url_free */
-    long port;
-    int loopback;
-} url_parts;
-/* NULL, or why the URL is refused; a query only where allow_query */
-NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
-NOMBA_HIDDEN void url_free(url_parts *p);
-NOMBA_HIDDEN void url_open(lua_State *L);
 
 /* json.c: a strict JSON reader that records where wanted members stand. */
 enum { J_NONE, J_STRING, J_NUMBER, J_OBJECT, J_OTHER };

@@ -202,7 +202,8 @@ static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DE
 
 static int build_request(lua_State *L, client *c, int argidx)
 {
-    url_parts base, u;
+    const url_parts *base = &c->cfg.base;
+    url_parts u;
     const char *url, *why, *body;
     size_t n, i, bn = 0;
     int m, same;
@@ -215,14 +216,11 @@ static int build_request(lua_State *L, client *c, int argidx)
     url = arg_string(L, argidx, "url", &n);
     if (url == NULL || c->tok.access.n == 0)
         return config_error(L, c, OP_REQUEST, url == NULL ? "no URL" : "there is no access token to send");
-    if ((why = url_split(c->cfg.base_url, &base, 0)) != NULL)
-        return config_error(L, c, OP_REQUEST, why);
     why = url_split(url, &u, 1);
-    same = why == NULL && strcasecmp(u.scheme, base.scheme) == 0 && strcasecmp(u.host, base.host) == 0 &&
-           u.port == base.port;
+    same = why == NULL && strcasecmp(u.scheme, base->scheme) == 0 && strcasecmp(u.host, base->host) == 0 &&
+           u.port == base->port;
     if (why == NULL)
         url_free(&u);
-    url_free(&base);
     if (!same)
         return config_error(L, c, OP_REQUEST, "the URL must stay on base_url's scheme, host and port");
     if ((c->at.req_url = nomba_strndup(url, n)) == NULL)
