@@ -1,9 +1,20 @@
 /*
- * libFuzzer harness: the webhook signature check (webhook.c). Input: byte
- * 0 is the key length, then the key, then the message up to a '\n', then
- * the signature. Whatever the input, webhook_check never crashes, and it
- * says yes only when the signature really is base64 or hex of
- * HMAC-SHA256(key, message), recomputed here with OpenSSL's one-shot HMAC.
+ * libFuzzer harness: the webhook verifier (webhook.c, and json.c under it).
+ *
+ * Byte 0 chooses the mode; byte 1 is the key length, then the key.
+ *
+ *  - even byte 0, the signature check: the rest is the message up to a
+ *    '\n', then the signature. webhook_mac must equal OpenSSL's one-shot
+ *    HMAC() for every key and message (keys over 64 bytes included), and
+ *    webhook_check says yes only when the signature really is base64 or
+ *    hex of that MAC.
+ *  - odd byte 0, a whole delivery through core.webhook_verify in a Lua
+ *    state: the rest is up to five "name: value" header lines, an empty
+ *    line, then the body. It never crashes or raises, answers an event
+ *    table or (nil, reason, message) with a known reason, and never
+ *    verifies under a key one bit away from the right one. The corpus
+ *    holds a valid delivery, so mutations of its unsigned fields keep it
+ *    valid and drive the JSON decoder behind a good signature.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -13,39 +24,122 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include "nomba.h"
+#include <lualib.h>
 
+int luaopen_nomba_oauth_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static lua_State *L;
+
+static const char SETUP[] =
+    "local core = ...\n"
+    "local REASONS = {missing_header = 1, bad_signature = 1, stale = 1, future = 1, unknown_algorithm = 1,\n"
+    "                 unknown_version = 1, bad_json = 1}\n"
+    "return function(key, other, headers, body)\n"
+    "  local ok, ev, reason, msg = pcall(core.webhook_verify, key, body, headers, 1704067200, 1e12)\n"
+    "  if not ok then error('raised: ' .. tostring(ev)) end\n"
+    "  if ev == nil and not (REASONS[reason] and type(msg) == 'string') then error('no reason') end\n"
+    "  if ev ~= nil and type(ev) ~= 'table' then error('an event that is not a table') end\n"
+    "  if core.webhook_verify(other, body, headers, 1704067200, 1e12) then error('verified under another key') end\n"
+    "  core.json_decode(body)\n"
+    "end\n";
+
+static void setup(void)
 {
-    size_t kn, rest;
-    const char *key, *msg, *nl, *sig;
-    size_t mn, sn;
-    unsigned char mac[32];
+    L = luaL_newstate();
+    luaL_openlibs(L);
+    luaL_requiref(L, "nomba.oauth.core", luaopen_nomba_oauth_core, 0);
+    if (luaL_loadstring(L, SETUP) != 0)
+        __builtin_trap();
+    lua_insert(L, -2);
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        __builtin_trap();
+    lua_setfield(L, LUA_REGISTRYINDEX, "fuzz.webhook");
+}
+
+static void check(const char *key, size_t kn, const char *msg, size_t rest)
+{
+    const char *nl = memchr(msg, '\n', rest), *sig;
+    size_t mn = nl ? (size_t)(nl - msg) : rest, sn;
+    unsigned char mac[32], ours[32];
     unsigned int maclen = 0;
     char b64[64], hex[65];
     int i;
-    if (size < 1)
-        return 0;
-    kn = data[0];
-    if (size < 1 + kn)
-        return 0;
-    key = (const char *)data + 1;
-    msg = key + kn;
-    rest = size - 1 - kn;
-    nl = memchr(msg, '\n', rest);
-    mn = nl ? (size_t)(nl - msg) : rest;
     sig = nl ? nl + 1 : msg + rest;
     sn = rest - mn - (nl ? 1 : 0);
-    if (!webhook_check(key, kn, msg, mn, sig, sn))
-        return 0;
     if (HMAC(EVP_sha256(), key, (int)kn, (const unsigned char *)msg, mn, mac, &maclen) == NULL)
         __builtin_trap();
+    if (!webhook_mac(key, kn, msg, mn, ours) || memcmp(mac, ours, 32) != 0)
+        __builtin_trap();      /* not HMAC-SHA256 */
+    if (!webhook_check(key, kn, msg, mn, sig, sn))
+        return;
     EVP_EncodeBlock((unsigned char *)b64, mac, 32);
     for (i = 0; i < 32; i++)
         (void)snprintf(hex + 2 * i, 3, "%02x", mac[i]);
     if (!(sn == 44 && memcmp(sig, b64, 44) == 0) &&
         !(sn == 64 && strncasecmp(sig, hex, 64) == 0))
         __builtin_trap();      /* verified without the right signature */
+}
+
+static void delivery(const char *key, size_t kn, const char *p, size_t rest)
+{
+    const char *e = p + rest;
+    int lines = 0;
+    if (kn == 0)
+        return;                /* verify refuses an empty key before C */
+    if (L == NULL)
+        setup();
+    lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.webhook");
+    lua_pushlstring(L, key, kn);
+    lua_pushlstring(L, key, kn);
+    {
+        luaL_Buffer b;
+        luaL_buffinit(L, &b);
+        luaL_addlstring(&b, key, kn - 1);
+        luaL_addchar(&b, (char)(key[kn - 1] ^ 1));
+        luaL_pushresult(&b);
+        lua_replace(L, -2);
+    }
+    lua_newtable(L);
+    while (p < e && lines < 5) {
+        const char *nl = memchr(p, '\n', (size_t)(e - p)), *colon;
+        size_t n = nl ? (size_t)(nl - p) : (size_t)(e - p);
+        if (n == 0) {
+            p++;
+            break;
+        }
+        colon = memchr(p, ':', n);
+        if (colon != NULL) {
+            const char *v = colon + 1;
+            while (v < p + n && *v == ' ')
+                v++;
+            lua_pushlstring(L, p, (size_t)(colon - p));
+            lua_pushlstring(L, v, (size_t)(p + n - v));
+            lua_settable(L, -3);
+        }
+        lines++;
+        p += n + (nl ? 1 : 0);
+    }
+    lua_pushlstring(L, p, (size_t)(e - p));
+    if (lua_pcall(L, 4, 0, 0) != 0) {
+        fprintf(stderr, "%s\n", lua_tostring(L, -1));
+        __builtin_trap();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    size_t kn;
+    const char *key;
+    if (size < 2)
+        return 0;
+    kn = data[1];
+    if (size < 2 + kn)
+        return 0;
+    key = (const char *)data + 2;
+    if (data[0] & 1)
+        delivery(key, kn, key + kn, size - 2 - kn);
+    else
+        check(key, kn, key + kn, size - 2 - kn);
     return 0;
 }

@@ -1,4 +1,5 @@
--- The date parsers behind expiresAt, Date and Retry-After (C, fuzzed too).
+-- The parsers of answers and events: dates (expiresAt, Date, Retry-After) and
+-- JSON into Lua values (C, fuzzed too).
 local core = require "nomba.oauth.core"
 
 describe("time parsing", function()
@@ -42,5 +43,53 @@ describe("time parsing", function()
     for _, s in ipairs { "", "-1", "1.5", "soon", "12abc", "99999999999" } do
       assert.is_nil(core._test.retry_after(s), s)
     end
+  end)
+end)
+
+describe("JSON into Lua values (core.json_decode: API answers, webhook events)", function()
+  local cjson = require "cjson"
+  local decode = core.json_decode
+
+  -- equal values, an integer equal to the float cjson makes of it
+  local function same(a, b)
+    if type(a) == "number" and type(b) == "number" then return a + 0.0 == b + 0.0 end
+    if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+    for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+    for k in pairs(b) do if a[k] == nil then return false end end
+    return true
+  end
+
+  it("reads what lua-cjson reads, to the same values", function()
+    local members, elements = {}, {}
+    for i = 1, 150 do members[#members + 1] = ('"k%d":%d'):format(i, i) elements[i] = tostring(i * 2) end
+    local docs = {
+      '{}', '[]', '{"a":1,"b":[1,2,{"c":null}],"d":"x","e":true,"f":false}', '"s"', '12', '-0.5', ' [ 1 , 2 ] ',
+      '{"u":"\\u00e9\\u4e2d\\ud83d\\ude00 \\n\\t\\"\\\\\\/"}', '{"n":[1.5e3,-2E-2,0,1e-7,12345678901234567890]}',
+      '{' .. table.concat(members, ",") .. '}', '[' .. table.concat(elements, ",") .. ']',
+      '{"a":1,"a":2}', '{"deep":[[[[[[[[["x"]]]]]]]]]}',
+    }
+    for _, d in ipairs(docs) do
+      assert.is_true(same(cjson.decode(d), decode(d)), d)
+    end
+    assert.are.equal(cjson.null, decode('{"a":null}').a)
+    assert.are.equal(150, #decode(docs[11]))
+    assert.are.equal(2, decode('{"a":1,"a":2}').a)
+    if math.type then
+      assert.are.equal("integer", math.type(decode('{"a":1500}').a))
+      assert.are.equal("float", math.type(decode('{"a":1500.0}').a))
+    end
+    assert.are.equal(tonumber("123456789012345678"), decode("123456789012345678"))  -- as Lua reads it
+  end)
+
+  it("refuses what is not JSON, and numbers out of a double's range", function()
+    for _, d in ipairs { "", " ", "{", "[1,]", '{"a":1,}', "{'a':1}", '{"a" 1}', "NaN", "Infinity", "-Infinity",
+                         "0x10", "01", "1.", ".5", "+1", "1e", '"\1"', '"\\x"', '"\\u12"', "nul", "truex",
+                         "[1] [2]", '{"a":1}junk', "1e400", "-1e400", "/* c */ 1", "[" .. ("1,"):rep(3) .. "]" } do
+      assert.is_nil(decode(d), d)
+    end
+    assert.is_nil(decode(("["):rep(65) .. ("]"):rep(65)))          -- deeper than 64 by default
+    assert.is_table(decode(("["):rep(64) .. ("]"):rep(64)))
+    assert.is_nil(decode('{"a":[[1]]}', 2))
+    assert.has_error(function() decode("{}", 0) end)
   end)
 end)

@@ -75,15 +75,59 @@ describe("webhooks", function()
     assert.is_table(verify(body, upper))
     lower["nomba-signature"] = nil
     assert.is_table(verify(body, lower))
-    local raw = core.webhook_sign(KEY, "x")
-    assert.is_true(core.webhook_verify(KEY, "x", raw))
+    local raw = core.webhook_mac(KEY, "x")
+    assert.is_true(core.webhook_check(KEY, "x", raw))
     assert.are.equal(openssl_sig(KEY, "x"), raw)
     local p = io.popen("printf x | env -u LD_PRELOAD openssl dgst -sha256 -hmac " .. q(KEY) .. " -r")
     local hexdigest = p:read("*l"):match("^(%x+)")
     p:close()
     assert.are.equal(64, #hexdigest)
-    assert.is_true(core.webhook_verify(KEY, "x", hexdigest))
-    assert.is_true(core.webhook_verify(KEY, "x", hexdigest:upper()))
+    assert.is_true(core.webhook_check(KEY, "x", hexdigest))
+    assert.is_true(core.webhook_check(KEY, "x", hexdigest:upper()))
+  end)
+
+  it("writes signed fields that are numbers or booleans as JavaScript does (Nomba's signer)", function()
+    -- each value and the text JavaScript's String() makes of it
+    local body = '{"event_type":0.000001,"requestId":123456789012345680000,"data":{"merchant":' ..
+                 '{"userId":1e21,"walletId":1.5e-7},"transaction":{"transactionId":0.1,"type":-0,' ..
+                 '"time":true,"responseCode":9007199254740993}}}'
+    local msg = "0.000001:123456789012345680000:1e+21:1.5e-7:0.1:0:true:9007199254740992:" .. TS
+    local sig = openssl_sig(KEY, msg)
+    local h = { ["nomba-signature"] = sig, ["nomba-timestamp"] = TS,
+                ["nomba-signature-algorithm"] = "HmacSHA256", ["nomba-signature-version"] = "1.0.0" }
+    local ev = assert(verify(body, h))
+    assert.are.equal(0.1, ev.data.transaction.transactionId)
+    -- sign computes the same message from the table and from the text
+    assert.are.equal(sig, webhook.sign { key = KEY, event = body, timestamp = TS }["nomba-signature"])
+    assert.are.equal(sig, webhook.sign { key = KEY, event = ev, timestamp = TS }["nomba-signature"])
+    -- other shapes of numbers: integers, negatives, large and tiny exponents
+    local cases = { { 1500, "1500" }, { -42, "-42" }, { 125000.5, "125000.5" }, { 1e300, "1e+300" },
+                    { -2.5e-9, "-2.5e-9" }, { 1 / 3, "0.3333333333333333" }, { 1e15, "1000000000000000" },
+                    { 123456.789e3, "123456789" }, { false, "false" } }
+    for _, c in ipairs(cases) do
+      local e = event()
+      e.data.transaction.responseCode = c[1]
+      local want = openssl_sig(KEY, "payment_success:d0b6b1b6-4c1a-4a0e-9d7f-1f1a2b3c4d5e:user-1:wallet-1:" ..
+                                    "API-VACT_TRA-0001:vact_transfer:2024-01-01T00:00:00Z:" .. c[2] .. ":" .. TS)
+      assert.are.equal(want, webhook.sign { key = KEY, event = e, timestamp = TS }["nomba-signature"], c[2])
+    end
+  end)
+
+  it("finds one header spelled differently from the others", function()
+    local h, body = webhook.sign { key = KEY, event = event(), timestamp = TS }
+    for _, name in ipairs { "nomba-timestamp", "nomba-signature-algorithm", "nomba-signature-version",
+                            "nomba-signature" } do
+      local mixed = {}
+      for k, v in pairs(h) do mixed[k] = v end
+      mixed[name] = nil
+      mixed[name:gsub("^%l", string.upper):gsub("%-%l", string.upper)] = h[name]
+      if name == "nomba-signature" then mixed["nomba-sig-value"] = nil end
+      assert.is_table(verify(body, mixed), name)
+    end
+    -- a list of values (several headers of one name): the first is used
+    local list = {}
+    for k, v in pairs(h) do list[k] = { v, "garbage" } end
+    assert.is_table(verify(body, list))
   end)
 
   it("refuses with a reason: every one of them", function()

@@ -74,6 +74,17 @@ static int core_parse_time(lua_State *L)
     return 0;
 }
 
+/* core.json_decode(s[, max_depth]): the value of a JSON text (strict RFC
+ * 8259; objects and arrays as tables, null as NULL == cjson.null), or nil. */
+static int core_json_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    int depth = (int)luaL_optinteger(L, 2, 64);
+    luaL_argcheck(L, depth >= 1 && depth <= 1000, 2, "max_depth must be 1 to 1000");
+    return json_push(L, s, n, depth);
+}
+
 #ifdef NOMBA_TEST_HOOKS
 /* core._test.retry_after(value[, now]): seconds to wait, or nil. */
 static int core_retry_after(lua_State *L)
@@ -180,6 +191,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"time", core_time},
         {"sleep", core_sleep},
         {"parse_time", core_parse_time},
+        {"json_decode", core_json_decode},
         {"hygiene", core_hygiene},
         {NULL, NULL}
     };

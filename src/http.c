@@ -487,6 +487,7 @@ static void configure(CURL *h, http_pool *p, client *c)
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_USERAGENT, c->cfg.user_agent);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->cfg.connect_timeout * 1000));
@@ -688,6 +689,50 @@ static void wait_for(client *c, double seconds)
     collect(p);
 }
 
+/* The answer's header lines as a table: names in lower case, values
+ * trimmed, a repeated name's values joined with ", " (RFC 9110). */
+static void push_headers(lua_State *L, const char *p, size_t n)
+{
+    const char *e = p + n;
+    lua_createtable(L, 0, 8);
+    while (p < e) {
+        const char *nl = memchr(p, '\n', (size_t)(e - p)), *end = nl ? nl : e, *colon, *v, *ve;
+        char name[128];
+        size_t k, i;
+        colon = memchr(p, ':', (size_t)(end - p));
+        if (colon != NULL && colon > p && (k = (size_t)(colon - p)) < sizeof name) {
+            for (i = 0; i < k; i++)
+                name[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]);
+            for (v = colon + 1; v < end && (*v == ' ' || *v == '\t'); v++)
+                ;
+            for (ve = end; ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'); ve--)
+                ;
+            lua_pushlstring(L, name, k);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(ve - v));
+            } else {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(ve - v));
+                lua_concat(L, 3);
+            }
+            lua_rawset(L, -3);
+        }
+        p = nl ? nl + 1 : e;
+    }
+}
+
+/* Whether the token this attempt sent appears in the bytes [p, p+n). */
+static int echoes_bearer(const client *c, const char *p, size_t n)
+{
+    size_t skip = sizeof "Authorization: Bearer " - 1;
+    if (c->at.bearer_hdr.n <= skip || p == NULL)
+        return 0;
+    return memmem(p, n, c->at.bearer_hdr.p + skip, c->at.bearer_hdr.n - skip) != NULL;
+}
+
 /* Ends the client's transfer: the handle leaves the multi and goes back. */
 static void stop(client *c)
 {
@@ -734,14 +779,21 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
     stop(c);
     c->at.meta.status = status;
     if (rc == CURLE_OK && op == OP_REQUEST) {
-        /* an API call's answer goes to the Lua interpreter as it came */
-        lua_createtable(L, 0, 3);
+        /* an API call's answer goes to the Lua interpreter (request.lua):
+         * {status, headers (lower-case names), body, echoed (the bearer
+         * is somewhere in the headers or the body)} */
+        lua_createtable(L, 0, 5);
         lua_pushinteger(L, status);
         lua_setfield(L, -2, "status");
-        lua_pushlstring(L, c->at.head.p ? c->at.head.p : "", c->at.head.n);
-        lua_setfield(L, -2, "head");
+        push_headers(L, c->at.head.p, c->at.head.n);
+        lua_setfield(L, -2, "headers");
         lua_pushlstring(L, c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
         lua_setfield(L, -2, "body");
+        lua_pushboolean(L, echoes_bearer(c, c->at.head.p, c->at.head.n) ||
+                               echoes_bearer(c, c->at.resp.p, c->at.resp.n));
+        lua_setfield(L, -2, "echoed");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "lower");
         lua_pushnil(L);
         lua_pushinteger(L, status);
         attempt_end(c);

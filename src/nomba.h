@@ -257,11 +257,13 @@ NOMBA_HIDDEN int json_scan(const char *p, size_t n, const char *const *names, in
                            json_span *top, json_span *data, int *has_data);
 NOMBA_HIDDEN int json_string(const json_span *s, sbuf *out);   /* 1, 0 not a string, -1 OOM */
 NOMBA_HIDDEN int json_number(const json_span *s, double *out);  /* a number, or a string of one */
+NOMBA_HIDDEN int json_push(lua_State *L, const char *p, size_t n, int max_depth); /* 1 pushed, 0 not JSON */
 
 /* filestore.c */
 NOMBA_HIDDEN void filestore_open(lua_State *L);
 
 /* webhook.c */
+NOMBA_HIDDEN int  webhook_mac(const char *key, size_t kn, const char *msg, size_t mn, unsigned char out[32]);
 NOMBA_HIDDEN int  webhook_check(const char *key, size_t kn, const char *msg, size_t mn,
                                 const char *sig, size_t sn);   /* 1: the signature holds */
 NOMBA_HIDDEN void webhook_open(lua_State *L);

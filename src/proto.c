@@ -205,7 +205,7 @@ static int build_request(lua_State *L, client *c, int argidx)
     const url_parts *base = &c->cfg.base;
     url_parts u;
     const char *url, *why, *body;
-    size_t n, i, bn = 0;
+    size_t n, i, k, bn = 0;
     int m, same;
     if (!lua_istable(L, argidx))
         return config_error(L, c, OP_REQUEST, "no request");
@@ -216,11 +216,21 @@ static int build_request(lua_State *L, client *c, int argidx)
     url = arg_string(L, argidx, "url", &n);
     if (url == NULL || c->tok.access.n == 0)
         return config_error(L, c, OP_REQUEST, url == NULL ? "no URL" : "there is no access token to send");
-    why = url_split(url, &u, 1);
-    same = why == NULL && strcasecmp(u.scheme, base->scheme) == 0 && strcasecmp(u.host, base->host) == 0 &&
-           u.port == base->port;
-    if (why == NULL)
-        url_free(&u);
+    k = strlen(c->cfg.base_url);
+    if (strlen(url) != n) {
+        same = 0;
+    } else if (n > k && memcmp(url, c->cfg.base_url, k) == 0 && url[k] == '/' &&
+               strpbrk(url, "\r\n\t ") == NULL) {
+        /* base_url, then a path: the authority is base_url's own (it ends
+         * at the first '/' after "//"), already judged at new */
+        same = 1;
+    } else {
+        why = url_split(url, &u, 1);
+        same = why == NULL && strcasecmp(u.scheme, base->scheme) == 0 &&
+               strcasecmp(u.host, base->host) == 0 && u.port == base->port;
+        if (why == NULL)
+            url_free(&u);
+    }
     if (!same)
         return config_error(L, c, OP_REQUEST, "the URL must stay on base_url's scheme, host and port");
     if ((c->at.req_url = nomba_strndup(url, n)) == NULL)

@@ -22,7 +22,6 @@ local sort, concat = table.sort, table.concat
 local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
 
 local cjson = require("cjson.safe").new()
-cjson.decode_max_depth(64)
 
 local R = {}
 
@@ -65,10 +64,12 @@ end
 function R.check(st, opts, base_url, account)
   if type(opts) ~= "table" then bad("table expected") end
   local method = opts.method or "GET"
-  if type(method) ~= "string" or not METHODS[method:upper()] then
-    bad("method must be GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")
+  if not METHODS[method] then
+    if type(method) ~= "string" or not METHODS[method:upper()] then
+      bad("method must be GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")
+    end
+    method = method:upper()
   end
-  method = method:upper()
   local path = opts.path
   if type(path) ~= "string" or path == "" or path:find("[%z\1-\32\127]") then
     bad("path must be a string without spaces or control characters")
@@ -134,7 +135,10 @@ function R.check(st, opts, base_url, account)
     bad(("max_response_bytes must be an integer from 256 to %d"):format(LIMITS.response))
   end
   local idempotent = IDEMPOTENT[method] or opts.idempotent == true
-  local event_path = (path:match("^https?://[^/]*(/[^?#]*)") or path):match("^[^?#]*")
+  local event_path = path                   -- the usual call: nothing to take away
+  if path:byte(1) ~= 47 or path:find("[?#]") then
+    event_path = (path:match("^https?://[^/]*(/[^?#]*)") or path):match("^[^?#]*")
+  end
   return { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
            max_response = max or st.max_response or options.DEFAULTS.max_response_bytes }, {
     idempotent = idempotent, timeout = timeout, event = { method = method, path = event_path },
@@ -158,16 +162,6 @@ local function lower_keys(t)
     end
   end
   return out
-end
-
-local function parse_head(head)
-  local h = {}
-  for k, v in head:gmatch("([^\r\n:]+):[ \t]*([^\r\n]*)") do
-    if v:find("[ \t]$") then v = v:match("^(.-)[ \t]*$") end
-    k = k:lower()
-    h[k] = h[k] and (h[k] .. ", " .. v) or v
-  end
-  return h
 end
 
 -- Seconds from a window such as "1s", "60", "1m".
@@ -204,16 +198,25 @@ local function redact(s, secret)
 end
 
 function R.interpret(raw, bearer)
-  local h = raw.headers and lower_keys(raw.headers) or parse_head(raw.head or "")
+  -- libcurl's answers come with lower-case names and `echoed` found in C;
+  -- a transport's headers are taken as they are, and looked through
+  local lower = raw.lower
+  local h = lower and raw.headers or lower_keys(raw.headers)
   local body = raw.body or ""
-  if bearer and (body:find(bearer, 1, true) or (raw.head and raw.head:find(bearer, 1, true)) or raw.headers) then
+  if not lower and bearer and not raw.echoed and not body:find(bearer, 1, true) then
+    -- a transport's answer: look through it here
+    local seen = false
+    for _, v in pairs(h) do if v:find(bearer, 1, true) then seen = true break end end
+    if not seen then bearer = nil end
+  end
+  if bearer and (raw.echoed or not lower) then
     for k, v in pairs(h) do h[k] = redact(v, bearer) end
     body = redact(body, bearer)
   end
   local res = { status = raw.status, headers = h, body = body }
   local ctype = h["content-type"] or ""
   if res.body ~= "" and (ctype:find("json", 1, true) or res.body:match("^%s*[%[{]")) then
-    res.json = cjson.decode(res.body)
+    res.json = core.json_decode(res.body)
   end
   if type(res.json) == "table" then
     local code = res.json.code

@@ -21,74 +21,19 @@
 local core = require "nomba.oauth.core"
 local json = require("cjson.safe").new()
 
-local type, pairs, ipairs, tostring, error, tonumber = type, pairs, ipairs, tostring, error, tonumber
-local floor, abs, fmt, lower, concat = math.floor, math.abs, string.format, string.lower, table.concat
+local type, error, floor = type, error, math.floor
+local verify_c, sign_c = core.webhook_verify, core.webhook_sign
 
 local M = {}
 
-local ALGORITHM, VERSION = "HmacSHA256", "1.0.0"
+local ALGORITHM, VERSION = core.WEBHOOK_ALGORITHM, core.WEBHOOK_VERSION
 local MAX_AGE = 300                  -- seconds a delivery may be off the local clock
 local DEDUPE_TTL = 86400
-
--- A field as Nomba's signer writes it into the message: a missing field or
--- null is "", a number in JavaScript's shortest form.
-local function text(v)
-  local t = type(v)
-  if t == "string" then return v end
-  if t == "number" then
-    if v == floor(v) and abs(v) < 2 ^ 53 then return fmt("%d", v) end
-    for digits = 15, 17 do
-      local s = fmt("%." .. digits .. "g", v)
-      if tonumber(s) == v then return s end
-    end
-  end
-  if t == "boolean" then return tostring(v) end
-  return ""
-end
-
--- The signed message: eight fields, in the order Nomba joins them, and the
--- timestamp.
-local function message(e, timestamp)
-  local d = type(e.data) == "table" and e.data or nil
-  local m = d and type(d.merchant) == "table" and d.merchant or nil
-  local t = d and type(d.transaction) == "table" and d.transaction or nil
-  return concat({
-    text(e.event_type), text(e.requestId),
-    text(m and m.userId), text(m and m.walletId),
-    text(t and t.transactionId), text(t and t.type), text(t and t.time), text(t and t.responseCode),
-    timestamp }, ":")
-end
 
 local function fail(reason, msg)
   local err = core.error("webhook", "webhook", msg)
   err.reason = reason
   return nil, err
-end
-
--- Header values by lower-case name (the first of several): as given when
--- the names are lower-case already (nginx's), else a lower-cased copy.
-local WANTED = { "nomba-signature", "nomba-sig-value", "nomba-timestamp", "nomba-signature-algorithm",
-                 "nomba-signature-version" }
-local function lowered(headers)
-  local h, lower_already = {}, true
-  for k in pairs(headers) do
-    if type(k) == "string" and k ~= lower(k) then lower_already = false break end
-  end
-  if lower_already then
-    for _, name in ipairs(WANTED) do
-      local v = headers[name]
-      if type(v) == "table" then v = v[1] end
-      h[name] = type(v) == "string" and v or nil
-    end
-    return h
-  end
-  for k, v in pairs(headers) do
-    if type(k) == "string" then
-      if type(v) == "table" then v = v[1] end
-      if type(v) == "string" then h[lower(k)] = v end
-    end
-  end
-  return h
 end
 
 local function rfc3339(t)
@@ -123,25 +68,8 @@ function M.verify(opts)
   local now = opts.now or core.time()
   if type(now) ~= "number" or now ~= now then error("nomba.oauth.webhook.verify: now must be a number", 2) end
 
-  local h = lowered(opts.headers)
-  local sig = h["nomba-signature"] or h["nomba-sig-value"]
-  if not sig then return fail("missing_header", "no nomba-signature header") end
-  local ts = h["nomba-timestamp"]
-  if not ts then return fail("missing_header", "no nomba-timestamp header") end
-  local alg, ver = h["nomba-signature-algorithm"], h["nomba-signature-version"]
-  if not alg then return fail("missing_header", "no nomba-signature-algorithm header") end
-  if alg ~= ALGORITHM then return fail("unknown_algorithm", "the signature algorithm is not " .. ALGORITHM) end
-  if not ver then return fail("missing_header", "no nomba-signature-version header") end
-  if ver ~= VERSION then return fail("unknown_version", "the signature version is not " .. VERSION) end
-  local t = ts:match("^%d%d%d%d%-%d%d%-%d%dT") and core.parse_time(ts)
-  if not t then return fail("missing_header", "nomba-timestamp is not an RFC 3339 time") end
-  local event = opts.body:match("^%s*{") and json.decode(opts.body)
-  if type(event) ~= "table" then return fail("bad_json", "the body is not a JSON object") end
-  if not core.webhook_verify(opts.key, message(event, ts), sig) then
-    return fail("bad_signature", "the signature does not match")
-  end
-  if now - t > max_age then return fail("stale", "the delivery is older than max_age") end
-  if t - now > max_age then return fail("future", "the delivery is dated in the future") end
+  local event, reason, msg = verify_c(opts.key, opts.body, opts.headers, now, max_age)
+  if not event then return fail(reason, msg) end
   return event
 end
 
@@ -156,18 +84,12 @@ function M.sign(opts)
   if type(opts) ~= "table" then error("nomba.oauth.webhook.sign: bad argument #1 (table expected)", 2) end
   check_key(opts.key, "sign")
   local event, body = opts.event, opts.event
-  if type(event) == "string" then
-    event = json.decode(event)
-  elseif type(event) == "table" then
-    body = json.encode(event)
-  end
-  if type(event) ~= "table" or type(body) ~= "string" then
-    error("nomba.oauth.webhook.sign: event must be a table or a JSON object", 2)
-  end
+  if type(event) == "table" then body = json.encode(event) end
   local ts = opts.timestamp or core.time()
   if type(ts) == "number" then ts = rfc3339(ts) end
   if type(ts) ~= "string" then error("nomba.oauth.webhook.sign: timestamp must be a string or a number", 2) end
-  local sig = core.webhook_sign(opts.key, message(event, ts))
+  local sig = type(body) == "string" and sign_c(opts.key, event, ts)
+  if not sig then error("nomba.oauth.webhook.sign: event must be a table or a JSON object", 2) end
   return {
     ["nomba-signature"] = sig, ["nomba-sig-value"] = sig,
     ["nomba-signature-algorithm"] = ALGORITHM, ["nomba-signature-version"] = VERSION,
