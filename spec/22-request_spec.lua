@@ -252,6 +252,32 @@ describe("client:request", function()
     assert.is_false(e3.maybe_sent)
   end)
 
+  it("libcurl answers: names lower-cased, repeated headers joined, an echoed bearer redacted", function()
+    for _, nb in ipairs { false, true } do
+      local c = H.client { nonblocking = nb, retries = 0 }
+      local tok = assert(c:token())
+      assert(sim:fault { endpoint = "protected", status = 400, body = '{"code":"02","description":"not ' .. tok .. '"}',
+                         headers = { ["X-Echo"] = "Bearer " .. tok, ["X-Dup"] = { "a", "b " }, ["X-MiXed"] = "v" } })
+      local res, err
+      if nb then
+        assert(c:start("request", { path = "/v1/accounts/balance" }, function(r, e) res, err = r, e end))
+        while c:step() do c:wait(0.05) end
+      else
+        res, err = c:request { path = "/v1/accounts/balance" }
+      end
+      assert.is_nil(res)
+      H.assert_error(err, { kind = "api", status = 400, code = "02" })
+      local h = err.response.headers
+      assert.are.equal("a, b", h["x-dup"])
+      assert.are.equal("v", h["x-mixed"])
+      for _, s in ipairs { tostring(err), err.message, err.response.body, h["x-echo"] } do
+        assert.is_nil(s:find(tok, 1, true))
+        assert.matches("[redacted]", s, 1, true)
+      end
+      c:close()
+    end
+  end)
+
   it("runs in the non-blocking mode: start('request', opts, callback) through step()", function()
     local c = H.client { nonblocking = true }
     assert(c:token())

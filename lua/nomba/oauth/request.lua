@@ -182,10 +182,6 @@ local function retry_after(h)
   if t then return math.max(0, t - core.time()) end
 end
 
---- An API call's answer, as a driver brought it (`{status, head | headers,
--- body}`): the result, or nil and an error of kind "http" or "api" whose
--- `response` is the result. A server that echoes the bearer it was sent
--- gets it redacted, in the answer as in the error.
 -- The bearer that was sent, wherever an answer echoes it, as "[redacted]".
 local function redact(s, secret)
   if type(s) ~= "string" or not secret or #secret < 8 then return s end
@@ -197,6 +193,12 @@ local function redact(s, secret)
   return s
 end
 
+--- An API call's answer, as a driver brought it: `{status, headers, body}`
+-- from a transport (names in any case), or from libcurl `{status, headers,
+-- body, lower = true, echoed}` (names lower-cased in C, `echoed` whether
+-- the bearer is anywhere in it). The result, or nil and an error of kind
+-- "http" or "api" whose `response` is the result. A server that echoes the
+-- bearer it was sent gets it redacted, in the answer as in the error.
 function R.interpret(raw, bearer)
   -- libcurl's answers come with lower-case names and `echoed` found in C;
   -- a transport's headers are taken as they are, and looked through
