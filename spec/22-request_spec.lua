@@ -1,6 +1,6 @@
 -- client:request: authorized calls to Nomba's APIs against the simulator's
 -- resources, over real HTTPS: the answer's shape, the 401 race (one renewal,
--- one retry), no double charge, retries, rate limits, per-call accountId,
+-- one retry, for 8 coroutines and for 4 nginx workers), no double charge, retries, rate limits, per-call accountId,
 -- query encoding, refusals, every error kind, no secret anywhere, the
 -- non-blocking mode, and the OpenResty transport.
 local oauth = require "nomba.oauth"
@@ -93,6 +93,32 @@ describe("client:request", function()
     end
     for i = 1, 8 do assert.are.equal(200, results[i].status) end
     -- one renewal for the eight: the revoked session's refresh, refused, then one issue
+    assert.are.equal(1, H.count("refresh"))
+    assert.are.equal(2, H.count("issue"))
+  end)
+
+  it("4 nginx workers hitting a 401 together make one renewal (through the shared dict's lock)", function()
+    local a = H.openresty_app { workers = 4 }
+    local t = H.sh("curl -s --max-time 10 " .. a.url .. "/token"):gsub("%s+$", "")
+    assert.are.equal(1, H.count("issue"))
+    assert(H.client {}:revoke(t))                 -- every worker holds t (the shared token): now refused
+    local N, urls = 16, {}
+    for i = 1, N do urls[i] = "'" .. a.url .. "/request_together?n=" .. N .. "'" end
+    local out = H.sh("curl -s --no-progress-meter --max-time 20 --parallel --parallel-immediate --parallel-max " .. N .. " " ..
+                     table.concat(urls, " "))
+    a:stop()
+    local workers, answers = {}, 0
+    for line in out:gmatch("[^\n]+") do
+      local r = assert(cjson.decode(line), line)
+      assert.are.equal(200, r.status, r.error)
+      workers[r.worker] = true
+      answers = answers + 1
+    end
+    assert.are.equal(N, answers)
+    local spread = 0
+    for _ in pairs(workers) do spread = spread + 1 end
+    assert.is_true(spread >= 2, "the requests all landed in one worker")
+    -- one renewal for all of them: the revoked session's refresh, refused, then one issue
     assert.are.equal(1, H.count("refresh"))
     assert.are.equal(2, H.count("issue"))
   end)

@@ -71,6 +71,20 @@ routes["/request"] = function()
          error = err2 and tostring(err2) }
 end
 
+-- n requests held until all n have arrived (in whichever workers took
+-- them), then each makes one client:request at once
+routes["/request_together"] = function()
+  local n, d = tonumber(ngx.var.arg_n), ngx.shared.test
+  d:incr("arrived", 1, 0)
+  local deadline = ngx.now() + 5
+  while d:get("arrived") < n and ngx.now() < deadline do
+    ngx.sleep(0.002)
+    ngx.update_time()
+  end
+  local res, err = client:request { path = "/v1/accounts/balance" }
+  json { status = res and res.status, worker = ngx.worker.id(), error = err and tostring(err) }
+end
+
 routes["/invalidate"] = function()
   client:invalidate()
   ngx.say("ok")

@@ -45,7 +45,8 @@ function D.transport(self, st, op, args, timeout)
     return nil, new_error("protocol", op, "the transport returned a body that is not a string")
   end
   if op == "request" then                -- an API call's answer: interpreted in Lua (request.lua)
-    return { status = resp.status, headers = resp.headers, body = resp.body or "" }, nil, resp.status
+    return { status = resp.status, headers = resp.headers, body = resp.body or "", lower = resp.lower == true },
+           nil, resp.status
   end
   return core.answer(self, op, resp.status, resp.headers, resp.body)
 end

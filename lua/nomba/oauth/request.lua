@@ -193,25 +193,26 @@ local function redact(s, secret)
   return s
 end
 
---- An API call's answer, as a driver brought it: `{status, headers, body}`
--- from a transport (names in any case), or from libcurl `{status, headers,
--- body, lower = true, echoed}` (names lower-cased in C, `echoed` whether
--- the bearer is anywhere in it). The result, or nil and an error of kind
+--- An API call's answer, as a driver brought it: `{status, headers, body,
+-- lower}` from a transport (names in any case unless `lower`), or from
+-- libcurl `{status, headers, body, lower = true, echoed}` (names
+-- lower-cased in C, `echoed` whether the bearer is anywhere in it). The result, or nil and an error of kind
 -- "http" or "api" whose `response` is the result. A server that echoes the
 -- bearer it was sent gets it redacted, in the answer as in the error.
 function R.interpret(raw, bearer)
   -- libcurl's answers come with lower-case names and `echoed` found in C;
   -- a transport's headers are taken as they are, and looked through
-  local lower = raw.lower
-  local h = lower and raw.headers or lower_keys(raw.headers)
+  local h = raw.lower and raw.headers or lower_keys(raw.headers)
   local body = raw.body or ""
-  if not lower and bearer and not raw.echoed and not body:find(bearer, 1, true) then
-    -- a transport's answer: look through it here
-    local seen = false
-    for _, v in pairs(h) do if v:find(bearer, 1, true) then seen = true break end end
-    if not seen then bearer = nil end
+  local echoed = raw.echoed
+  if echoed == nil and bearer then                -- a transport's answer: look through it here
+    echoed = body:find(bearer, 1, true) ~= nil
+    for _, v in pairs(h) do
+      if echoed then break end
+      echoed = type(v) == "string" and v:find(bearer, 1, true) ~= nil
+    end
   end
-  if bearer and (raw.echoed or not lower) then
+  if bearer and echoed then
     for k, v in pairs(h) do h[k] = redact(v, bearer) end
     body = redact(body, bearer)
   end

@@ -53,6 +53,20 @@ end
 local readers = require "nomba.oauth.resty.reader"
 local now, reader, bound = readers.now, readers.reader, readers.bound
 
+-- URLs as libcurl's parser sees them, remembered: a client calls the same
+-- few URLs again and again (at most URL_CACHE of them, then it starts over).
+local URL_CACHE, urls, nurls = 64, {}, 0
+local function parsed(url)
+  local u = urls[url]
+  if u then return u end
+  local why
+  u, why = core.url(url)
+  if not u then return nil, why end
+  if nurls >= URL_CACHE then urls, nurls = {}, 0 end
+  urls[url], nurls = u, nurls + 1
+  return u
+end
+
 -- A host libcurl would not resolve through DNS.
 local function literal(host)
   return host == "localhost" or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:sub(1, 1) == "["
@@ -153,7 +167,11 @@ local function receive(op, sock, deadline, max)
     headers = {}
     for line in head:gmatch("\r\n([^\r\n]+)") do       -- every line after the status line
       local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-      if name then headers[lower(name)] = value end
+      if name then
+        name = lower(name)
+        local had = headers[name]
+        headers[name] = had and had .. ", " .. value or value   -- repeats joined (RFC 9110)
+      end
     end
   until status >= 200
   local body
@@ -183,14 +201,15 @@ local function receive(op, sock, deadline, max)
   else
     sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
   end
-  return { status = status, headers = headers, body = body }
+  return { status = status, headers = headers, body = body, lower = true }
 end
 
 --- Carries one request (the transport function of nomba.oauth). One
 -- deadline, `timeout` seconds, bounds the whole attempt: resolving,
 -- connecting, TLS, sending and every read.
 -- @tparam table req `{op, method, url, headers, body, timeout, connect_timeout, max_response_bytes}`
--- @return `{status, headers, body}`, or `nil, err`
+-- @return `{status, headers, body, lower = true}` (header names in lower
+--   case, repeats joined with ", "), or `nil, err`
 function M.request(req)
   local op = req.op
   local may, phase = runtime.cosockets()
@@ -203,7 +222,7 @@ function M.request(req)
     return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false)
   end
   -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
-  local u, why = core.url(req.url)
+  local u, why = parsed(req.url)
   if not u then return fail("config", op, "bad URL: " .. tostring(why), false) end
   local deadline = now() + (req.timeout or DEFAULTS.timeout)
   local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
