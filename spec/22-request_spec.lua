@@ -104,8 +104,8 @@ describe("client:request", function()
     assert(H.client {}:revoke(t))                 -- every worker holds t (the shared token): now refused
     local N, urls = 16, {}
     for i = 1, N do urls[i] = "'" .. a.url .. "/request_together?n=" .. N .. "'" end
-    local out = H.sh("curl -s --no-progress-meter --max-time 20 --parallel --parallel-immediate --parallel-max " .. N .. " " ..
-                     table.concat(urls, " "))
+    local out = H.sh("curl -s --no-progress-meter --max-time 20 --parallel --parallel-immediate " ..
+                     "--parallel-max " .. N .. " " .. table.concat(urls, " "))
     a:stop()
     local workers, answers = {}, 0
     for line in out:gmatch("[^\n]+") do
