@@ -28,13 +28,16 @@ local BACKOFF_BASE, BACKOFF_CAP = 0.2, 5
 E.RETRY_AFTER_CAP = 30
 
 --- A job for `op`; `how` may set `renewal` (a refused refresh falls back to
--- issue), `lock` (the store lock this job holds: `{ad =, before =}`) and
--- `callback`.
+-- issue), `lock` (the store lock this job holds: `{ad =, before =}`),
+-- `callback`, and for an API call `interpret` (`function(raw, ctx)`, the
+-- answer's meaning, with `ctx`), `resend` (whether a failure may be sent
+-- again), `timeout` and `event` (fields for its events).
 function E.job(self, st, op, args, how)
   local job = { op = op, args = args, attempt = 1 }
   if how then
     job.renewal, job.lock, job.callback = how.renewal, how.lock, how.callback
     job.interpret, job.resend, job.timeout, job.event = how.interpret, how.resend, how.timeout, how.event
+    job.ctx = how.ctx
   end
   -- the shared token may be the one revoked: read it first
   if op == "revoke" and st.store then shared.read(self, st) end
@@ -60,10 +63,10 @@ end
 -- job changed: start it at once).
 function E.after(self, st, job, res, err, status, elapsed)
   -- an API call's raw answer becomes its result or its error here
-  if job.interpret and res ~= nil then res, err = job.interpret(res) end
+  if job.interpret and res ~= nil then res, err = job.interpret(res, job.ctx) end
   -- closed and config errors come before anything is sent
   local sent = res ~= nil or (err.kind ~= "closed" and err.kind ~= "config")
-  if sent and (st.on_event or st.log) then
+  if sent and (st.on_event or (st.log and res == nil)) then
     local ev = { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
                  elapsed = elapsed, kind = err and err.kind, code = err and err.code }
     for k, v in pairs(job.event or {}) do ev[k] = v end

@@ -145,13 +145,12 @@ function R.check(st, opts, base_url, account)
   }
 end
 
--- Whether a failed call may be sent again.
-local function resend_rule(idempotent)
-  if idempotent then return nil end
-  return function(err)
-    if err.maybe_sent == false then return true end             -- it never left
-    return (err.status == 429 or err.status == 503) and err.retry_after ~= nil
-  end
+-- Whether a failed call that is not idempotent may be sent again: only
+-- when it never left, or when Nomba answered 429/503 with Retry-After
+-- (which it does before processing).
+local function resend_not_idempotent(err)
+  if err.maybe_sent == false then return true end
+  return (err.status == 429 or err.status == 503) and err.retry_after ~= nil
 end
 
 local function lower_keys(t)
@@ -268,21 +267,26 @@ local function rate_gate(st, nonblocking)
   return true
 end
 
--- The job of one call made with the token tok; `done(res, err)` is what
--- every driver's end goes through: the rate limit noted, and a 401
--- invalidating tok while the client still holds it. True for that 401.
+-- What every driver's end goes through: the rate limit noted, and a 401
+-- invalidating tok (the token sent) while the client still holds it. True
+-- for that 401.
+local function done(self, st, tok, res, e)
+  note_rate(st, res or (e and e.response))
+  local refused = e ~= nil and e.status == 401
+  if refused and core.fresh(self, 0) == tok then self:invalidate() end
+  return refused
+end
+
+-- The job of one call made with the token tok (its bearer, for redaction).
 local function job_of(self, st, args, info, tok, callback)
-  local function done(res, e)
-    note_rate(st, res or (e and e.response))
-    local refused = e ~= nil and e.status == 401
-    if refused and core.fresh(self, 0) == tok then self:invalidate() end
-    if callback then callback(res, e) end
-    return refused
-  end
   return engine.job(self, st, "request", args, {
-    interpret = function(raw) return R.interpret(raw, tok) end, resend = resend_rule(info.idempotent),
-    timeout = info.timeout, event = info.event, callback = callback and done or nil,
-  }), done
+    interpret = R.interpret, ctx = tok, resend = not info.idempotent and resend_not_idempotent or nil,
+    timeout = info.timeout, event = info.event,
+    callback = callback and function(res, e)
+      done(self, st, tok, res, e)
+      callback(res, e)
+    end,
+  })
 end
 
 --- client:request (blocking): a fresh token, the call, and once more after a 401.
@@ -292,9 +296,8 @@ function R.call(self, st, args, info)
   for pass = 1, 2 do
     local tok, terr = self:token()
     if not tok then return nil, terr end
-    local job, done = job_of(self, st, args, info, tok)
-    local res, e = engine.run(self, st, job)
-    if not done(res, e) or pass == 2 then return res, e end
+    local res, e = engine.run(self, st, job_of(self, st, args, info, tok))
+    if not done(self, st, tok, res, e) or pass == 2 then return res, e end
   end
 end
 
