@@ -135,6 +135,30 @@ for _, body in ipairs {
   assert(not client():issue())
 end
 
+-- API calls (headers parsed in C, the answer's JSON), a refused one, and
+-- webhooks: verified, refused for each reason, signed from a table and
+-- from text; JSON decoded and refused
+do
+  assert(c:request { path = "/v1/accounts/balance", query = { a = 1 } })
+  assert(sim:fault { endpoint = "protected", status = 400, body = '{"code":"02"}',
+                     headers = { ["X-Dup"] = { "a", "b" } } })
+  assert(not c:request { path = "/v1/accounts/balance" })
+  local key, ts = "whsec-lifecycle", "2024-01-01T00:00:00Z"
+  local ev = { event_type = "payment_success", requestId = "r-1", data = { merchant = { userId = 1.5e-7 },
+               transaction = { transactionId = "t", time = ts, items = { 1, "two", { three = true } } } } }
+  local h, body = oauth.webhook.sign { key = key, event = ev, timestamp = ts }
+  assert(oauth.webhook.verify { key = key, body = body, headers = h, now = 1704067200 })
+  assert(oauth.webhook.sign { key = key, event = body, timestamp = ts })
+  assert(not oauth.webhook.verify { key = key .. "x", body = body, headers = h, now = 1704067200 })
+  assert(not oauth.webhook.verify { key = key, body = "{", headers = h, now = 1704067200 })
+  assert(not oauth.webhook.verify { key = key, body = body, headers = {}, now = 1704067200 })
+  assert(not oauth.webhook.verify { key = key, body = body, headers = h, now = 1704067200 + 3600 })
+  assert(core.json_decode('[1, 2.5, "\\u00e9", {"a": null}, true]'))
+  assert(not core.json_decode(("["):rep(100)))
+  assert(not core.json_decode("1e400"))
+  assert(core.webhook_check(key, "m", core.webhook_mac(key, "m")))
+end
+
 -- fork: a child abandons the parent's handles, blocking and non-blocking
 if core._test.fork then
   local fc = client { nonblocking = true }
