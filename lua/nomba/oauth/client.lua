@@ -127,9 +127,9 @@ end
 --   with `err.maybe_sent`; "rate_limited" with `retry_after`; ...)
 function Client:request(opts)
   local st = check_client(self, "request")
-  local args, info = request.check(st, opts, st.base_url, st.account_id)
+  local args = request.check(st, opts, st.base_url, st.account_id)
   if core.closed(self) then return nil, new_error("closed", "request", "the client is closed") end
-  return request.call(self, st, args, info)
+  return request.call(self, st, args)
 end
 
 -- The non-blocking mode (libcurl's multi interface) ------------------------------
@@ -168,10 +168,10 @@ function Client:start(op, tok, callback)
     if callback ~= nil and type(callback) ~= "function" then
       error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
     end
-    local args, info = request.check(st, tok, st.base_url, st.account_id)
+    local args = request.check(st, tok, st.base_url, st.account_id)
     if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
     if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
-    return request.start(self, st, args, info, callback)
+    return request.start(self, st, args, callback)
   end
   if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then
     error("nomba.oauth: bad argument #1 to 'start' (\"issue\", \"refresh\", \"revoke\" or \"request\" expected)", 2)

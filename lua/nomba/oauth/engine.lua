@@ -33,11 +33,13 @@ E.RETRY_AFTER_CAP = 30
 -- answer's meaning, with `ctx`), `resend` (whether a failure may be sent
 -- again), `timeout` and `event` (fields for its events).
 function E.job(self, st, op, args, how)
-  local job = { op = op, args = args, attempt = 1 }
-  if how then
-    job.renewal, job.lock, job.callback = how.renewal, how.lock, how.callback
-    job.interpret, job.resend, job.timeout, job.event = how.interpret, how.resend, how.timeout, how.event
-    job.ctx = how.ctx
+  local job
+  if how then                               -- one constructor: the table is made at its size
+    job = { op = op, args = args, attempt = 1, renewal = how.renewal, lock = how.lock, callback = how.callback,
+            interpret = how.interpret, resend = how.resend, timeout = how.timeout, event = how.event,
+            ctx = how.ctx, t0 = false }
+  else
+    job = { op = op, args = args, attempt = 1 }
   end
   -- the shared token may be the one revoked: read it first
   if op == "revoke" and st.store then shared.read(self, st) end

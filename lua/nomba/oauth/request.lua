@@ -19,7 +19,7 @@ local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local sort, concat = table.sort, table.concat
-local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
+local now, new_error, LIMITS, json_decode = runtime.now, core.error, core.LIMITS, core.json_decode
 
 local cjson = require("cjson.safe").new()
 
@@ -60,7 +60,8 @@ local function query_of(q)
 end
 
 --- Checks the arguments of client:request (raising on a misuse, naming it)
--- and returns the arguments of the C core and what the policy needs.
+-- and returns one table: the arguments of the C core and what the policy
+-- needs (idempotent, timeout, the fields of its events).
 function R.check(st, opts, base_url, account)
   if type(opts) ~= "table" then bad("table expected") end
   local method = opts.method or "GET"
@@ -135,14 +136,18 @@ function R.check(st, opts, base_url, account)
     bad(("max_response_bytes must be an integer from 256 to %d"):format(LIMITS.response))
   end
   local idempotent = IDEMPOTENT[method] or opts.idempotent == true
-  local event_path = path                   -- the usual call: nothing to take away
-  if path:byte(1) ~= 47 or path:find("[?#]") then
-    event_path = (path:match("^https?://[^/]*(/[^?#]*)") or path):match("^[^?#]*")
+  local event                               -- fields of its events, when anyone listens
+  if st.on_event or st.log then
+    local event_path = path                 -- the usual call: nothing to take away
+    if path:byte(1) ~= 47 or path:find("[?#]") then
+      event_path = (path:match("^https?://[^/]*(/[^?#]*)") or path):match("^[^?#]*")
+    end
+    event = { method = method, path = event_path }
   end
+  -- the C core reads method .. max_response; the policy the rest
   return { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
-           max_response = max or st.max_response or options.DEFAULTS.max_response_bytes }, {
-    idempotent = idempotent, timeout = timeout, event = { method = method, path = event_path },
-  }
+           max_response = max or st.max_response or options.DEFAULTS.max_response_bytes,
+           idempotent = idempotent, timeout = timeout, event = event }
 end
 
 -- Whether a failed call that is not idempotent may be sent again: only
@@ -215,21 +220,26 @@ function R.interpret(raw, bearer)
     for k, v in pairs(h) do h[k] = redact(v, bearer) end
     body = redact(body, bearer)
   end
-  local res = { status = raw.status, headers = h, body = body }
   local ctype = h["content-type"] or ""
-  if res.body ~= "" and (ctype:find("json", 1, true) or res.body:match("^%s*[%[{]")) then
-    res.json = core.json_decode(res.body)
+  local json, code, data, rate_limit
+  if body ~= "" and (ctype:find("json", 1, true) or body:match("^%s*[%[{]")) then
+    json = json_decode(body)
   end
-  if type(res.json) == "table" then
-    local code = res.json.code
+  if type(json) == "table" then
+    code = json.code
     if type(code) == "number" then code = ("%d"):format(code) end
-    res.code = type(code) == "string" and code or nil
-    res.data = res.json.data
+    if type(code) ~= "string" then code = nil end
+    data = json.data
   end
-  local limit, remaining = tonumber(h["x-rate-limit-limit"] or ""), tonumber(h["x-rate-limit-remaining"] or "")
+  local limit, remaining = h["x-rate-limit-limit"], h["x-rate-limit-remaining"]
   if limit or remaining then
-    res.rate_limit = { limit = limit, remaining = remaining, window = seconds(h["x-rate-limit-window"]) }
+    limit, remaining = tonumber(limit or ""), tonumber(remaining or "")
+    if limit or remaining then
+      rate_limit = { limit = limit, remaining = remaining, window = seconds(h["x-rate-limit-window"]) }
+    end
   end
+  local res = { status = raw.status, headers = h, body = body, json = json, code = code, data = data,
+                rate_limit = rate_limit }
   local st = res.status
   if st >= 200 and st < 300 and (res.code == nil or res.code == "00") then return res end
   local j = type(res.json) == "table" and res.json or {}
@@ -278,10 +288,10 @@ local function done(self, st, tok, res, e)
 end
 
 -- The job of one call made with the token tok (its bearer, for redaction).
-local function job_of(self, st, args, info, tok, callback)
+local function job_of(self, st, args, tok, callback)
   return engine.job(self, st, "request", args, {
-    interpret = R.interpret, ctx = tok, resend = not info.idempotent and resend_not_idempotent or nil,
-    timeout = info.timeout, event = info.event,
+    interpret = R.interpret, ctx = tok, resend = not args.idempotent and resend_not_idempotent or nil,
+    timeout = args.timeout, event = args.event,
     callback = callback and function(res, e)
       done(self, st, tok, res, e)
       callback(res, e)
@@ -290,20 +300,20 @@ local function job_of(self, st, args, info, tok, callback)
 end
 
 --- client:request (blocking): a fresh token, the call, and once more after a 401.
-function R.call(self, st, args, info)
+function R.call(self, st, args)
   local ok, err = rate_gate(st, st.nonblocking)
   if not ok then return nil, err end
   for pass = 1, 2 do
     local tok, terr = self:token()
     if not tok then return nil, terr end
-    local res, e = engine.run(self, st, job_of(self, st, args, info, tok))
+    local res, e = engine.run(self, st, job_of(self, st, args, tok))
     if not done(self, st, tok, res, e) or pass == 2 then return res, e end
   end
 end
 
 --- client:start("request", opts, callback): the call on the multi driver;
 -- the client must hold a valid token (else "pending", and a renewal starts).
-function R.start(self, st, args, info, callback)
+function R.start(self, st, args, callback)
   local ok, err = rate_gate(st, true)
   if not ok then return nil, err end
   local tok = core.fresh(self, 0)
@@ -311,7 +321,7 @@ function R.start(self, st, args, info, callback)
     self:step()
     return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
   end
-  return engine.begin(self, st, (job_of(self, st, args, info, tok, callback or function() end)))
+  return engine.begin(self, st, (job_of(self, st, args, tok, callback or function() end)))
 end
 
 return R
