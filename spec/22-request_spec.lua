@@ -304,6 +304,20 @@ describe("client:request", function()
     end
   end)
 
+  it("a code that is a number with no integer form is no code, never a raise", function()
+    local c = H.client { retries = 0 }
+    for _, body in ipairs { '{"code":0.5,"data":{}}', '{"code":1e300,"data":{}}', '{"code":-0.25}' } do
+      assert(sim:fault { endpoint = "protected", status = 400, body = body })
+      local res, err = c:request { path = "/v1/accounts/balance" }
+      assert.is_nil(res)
+      H.assert_error(err, { kind = "http", status = 400 })
+      assert.is_nil(err.code)
+    end
+    assert(sim:fault { endpoint = "protected", status = 400, body = '{"code":2}' })
+    local _, err = c:request { path = "/v1/accounts/balance" }
+    H.assert_error(err, { kind = "api", status = 400, code = "2" })
+  end)
+
   it("runs in the non-blocking mode: start('request', opts, callback) through step()", function()
     local c = H.client { nonblocking = true }
     assert(c:token())

@@ -200,9 +200,10 @@ end
 --- An API call's answer, as a driver brought it: `{status, headers, body,
 -- lower}` from a transport (names in any case unless `lower`), or from
 -- libcurl `{status, headers, body, lower = true, echoed}` (names
--- lower-cased in C, `echoed` whether the bearer is anywhere in it). The result, or nil and an error of kind
--- "http" or "api" whose `response` is the result. A server that echoes the
--- bearer it was sent gets it redacted, in the answer as in the error.
+-- lower-cased in C, `echoed` whether the bearer is anywhere in it). The
+-- result, or nil and an error of kind "http" or "api" whose `response` is
+-- the result. A server that echoes the bearer it was sent gets it
+-- redacted, in the answer as in the error.
 function R.interpret(raw, bearer)
   -- libcurl's answers come with lower-case names and `echoed` found in C;
   -- a transport's headers are taken as they are, and looked through
@@ -227,7 +228,9 @@ function R.interpret(raw, bearer)
   end
   if type(json) == "table" then
     code = json.code
-    if type(code) == "number" then code = ("%d"):format(code) end
+    if type(code) == "number" then              -- a hostile 0.5 or 1e300 is no code, not a raise
+      code = code % 1 == 0 and code >= -2 ^ 53 and code <= 2 ^ 53 and ("%d"):format(code) or nil
+    end
     if type(code) ~= "string" then code = nil end
     data = json.data
   end
