@@ -134,11 +134,10 @@ static double opt_number(lua_State *L, int t, const char *name, double lo, doubl
  * allowed only for a loopback host (url_split refuses anything else). */
 static void check_urls(lua_State *L, client *c)
 {
-    url_parts p;
     url_parts *base = &c->cfg.base;
     char full[1024];
     const char *why = url_split(c->cfg.base_url, base, 0);
-    int i, same;
+    int i;
     if (why != NULL)
         luaL_error(L, "nomba.oauth: option 'base_url' %s", why);
     c->cfg.allow_http = strcasecmp(base->scheme, "http") == 0;
@@ -149,12 +148,7 @@ static void check_urls(lua_State *L, client *c)
         n = snprintf(full, sizeof full, "%s%s", c->cfg.base_url, c->cfg.paths[i]);
         if (n < 0 || (size_t)n >= sizeof full)
             luaL_error(L, "nomba.oauth: option 'paths' makes a URL over %d bytes", (int)sizeof full - 1);
-        why = url_split(full, &p, 1);
-        same = why == NULL && strcasecmp(p.scheme, base->scheme) == 0 &&
-               strcasecmp(p.host, base->host) == 0 && p.port == base->port;
-        if (why == NULL)
-            url_free(&p);
-        if (!same)
+        if (url_on(base, full, &why) != 1)
             luaL_error(L, "nomba.oauth: option 'paths' (%s) must stay on base_url's scheme, host and port",
                        nomba_op_names[i]);
         if ((c->cfg.urls[i] = nomba_strndup(full, (size_t)n)) == NULL)

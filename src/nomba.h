@@ -94,6 +94,7 @@ typedef struct {
 /* NULL, or why the URL is refused; a query only where allow_query */
 NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
 NOMBA_HIDDEN void url_free(url_parts *p);
+NOMBA_HIDDEN int  url_on(const url_parts *base, const char *url, const char **why); /* 1 same origin, 0, -1 */
 NOMBA_HIDDEN void url_open(lua_State *L);
 
 /* What one HTTP answer carried that the interpreter needs. */

@@ -24,7 +24,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <math.h>
 #include <stdio.h>
 #include "nomba.h"
@@ -202,8 +201,6 @@ static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DE
 
 static int build_request(lua_State *L, client *c, int argidx)
 {
-    const url_parts *base = &c->cfg.base;
-    url_parts u;
     const char *url, *why, *body;
     size_t n, i, k, bn = 0;
     int m, same;
@@ -225,11 +222,7 @@ static int build_request(lua_State *L, client *c, int argidx)
          * at the first '/' after "//"), already judged at new */
         same = 1;
     } else {
-        why = url_split(url, &u, 1);
-        same = why == NULL && strcasecmp(u.scheme, base->scheme) == 0 &&
-               strcasecmp(u.host, base->host) == 0 && u.port == base->port;
-        if (why == NULL)
-            url_free(&u);
+        same = url_on(&c->cfg.base, url, &why) == 1;
     }
     if (!same)
         return config_error(L, c, OP_REQUEST, "the URL must stay on base_url's scheme, host and port");

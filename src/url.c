@@ -9,6 +9,7 @@
  * is allowed only when the host libcurl will connect to is loopback.
  *
  *   core.url(url) -> {scheme=, host=, port=, path=, loopback=} | nil, reason
+ *   core.url_on(base_url, url) -> true | false (elsewhere) | nil, reason
  *
  * The OpenResty driver connects with what this returns, so every driver
  * goes where libcurl would have gone.
@@ -85,6 +86,49 @@ const char *url_split(const char *url, url_parts *p, int allow_query)
     return why;
 }
 
+/* Whether url (a query allowed) goes where base goes: the same scheme,
+ * host and port as libcurl sees them. 1 yes, 0 elsewhere, -1 unusable
+ * (*why says why). The one judgement of base_url's paths, API calls and
+ * their absolute URLs. */
+int url_on(const url_parts *base, const char *url, const char **why)
+{
+    url_parts u;
+    int same;
+    *why = url_split(url, &u, 1);
+    if (*why != NULL)
+        return -1;
+    same = strcasecmp(u.scheme, base->scheme) == 0 && strcasecmp(u.host, base->host) == 0 &&
+           u.port == base->port;
+    url_free(&u);
+    return same;
+}
+
+/* core.url_on(base_url, url) */
+static int core_url_on(lua_State *L)
+{
+    size_t bn, n;
+    const char *b = luaL_checklstring(L, 1, &bn), *s = luaL_checklstring(L, 2, &n), *why;
+    url_parts base;
+    int r;
+    if (strlen(b) != bn || strlen(s) != n) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "must not contain NUL bytes");
+        return 2;
+    }
+    why = url_split(b, &base, 0);
+    if (why != NULL)
+        return luaL_error(L, "nomba.oauth: base_url %s", why);
+    r = url_on(&base, s, &why);
+    url_free(&base);
+    if (r < 0) {
+        lua_pushnil(L);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lua_pushboolean(L, r);
+    return 1;
+}
+
 /* core.url(url): the parts libcurl sees, or nil and why it is refused. */
 static int core_url(lua_State *L)
 {
@@ -122,4 +166,6 @@ void url_open(lua_State *L)
 {
     lua_pushcfunction(L, core_url);
     lua_setfield(L, -2, "url");
+    lua_pushcfunction(L, core_url_on);
+    lua_setfield(L, -2, "url_on");
 }

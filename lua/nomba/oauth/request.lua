@@ -79,13 +79,10 @@ function R.check(st, opts, base_url, account)
   if path:sub(1, 1) == "/" then
     url = base_url .. path
   elseif path:match("^https?://") then
-    url = path                              -- the C core checks it stays on base_url's host
-    local u = core.url(path:match("^[^?#]*"))
-    if not u then bad("path is not a usable URL") end
-    local b = core.url(base_url)
-    if u.scheme ~= b.scheme or u.host:lower() ~= b.host:lower() or u.port ~= b.port then
-      bad("an absolute path must be on base_url's scheme, host and port")
-    end
+    url = path                              -- the C core judges it again when it sends
+    local on = core.url_on(base_url, path)
+    if on == nil then bad("path is not a usable URL") end
+    if not on then bad("an absolute path must be on base_url's scheme, host and port") end
   else
     bad("path must start with '/' or be a URL on base_url")
   end
