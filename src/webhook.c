@@ -322,6 +322,20 @@ static void mac_fields(mac_t *m, const fields *f, const char *ts, size_t tn)
 
 /* ---- Lua entries ------------------------------------------------------------ */
 
+/* Pushes the MAC finished in m as base64 (the signature a delivery carries). */
+static int push_signature(lua_State *L, mac_t *m)
+{
+    unsigned char mac[MAC];
+    char out[64];
+    size_t n;
+    if (!mac_end(m, mac))
+        return luaL_error(L, "nomba.oauth: HMAC-SHA256 failed");
+    n = codec_b64_encode(mac, MAC, out, 0);
+    OPENSSL_cleanse(mac, sizeof mac);
+    lua_pushlstring(L, out, n);
+    return 1;
+}
+
 enum { H_SIGNATURE, H_SIG_VALUE, H_TIMESTAMP, H_ALGORITHM, H_VERSION, NHEADERS };
 static const char *const HEADER[NHEADERS] = {
     "nomba-signature", "nomba-sig-value", "nomba-timestamp", "nomba-signature-algorithm",
@@ -451,11 +465,9 @@ static int webhook_verify(lua_State *L)
 /* core.webhook_sign(key, event, timestamp): event a table or JSON text. */
 static int webhook_sign(lua_State *L)
 {
-    size_t kn, tn, n;
+    size_t kn, tn;
     const char *key = luaL_checklstring(L, 1, &kn);
     const char *ts = luaL_checklstring(L, 3, &tn);
-    unsigned char mac[MAC];
-    char out[64];
     fields f;
     mac_t m;
     lua_settop(L, 3);
@@ -471,12 +483,7 @@ static int webhook_sign(lua_State *L)
     fields_of(L, 2, &f);
     mac_begin(&m, key, kn);
     mac_fields(&m, &f, ts, tn);
-    if (!mac_end(&m, mac))
-        return luaL_error(L, "nomba.oauth: HMAC-SHA256 failed");
-    n = codec_b64_encode(mac, MAC, out, 0);
-    OPENSSL_cleanse(mac, sizeof mac);
-    lua_pushlstring(L, out, n);
-    return 1;
+    return push_signature(L, &m);
 }
 
 static int webhook_check_l(lua_State *L)
@@ -491,17 +498,13 @@ static int webhook_check_l(lua_State *L)
 
 static int webhook_mac_l(lua_State *L)
 {
-    size_t kn, mn, n;
+    size_t kn, mn;
     const char *key = luaL_checklstring(L, 1, &kn);
     const char *msg = luaL_checklstring(L, 2, &mn);
-    unsigned char mac[MAC];
-    char out[64];
-    if (!webhook_mac(key, kn, msg, mn, mac))
-        return luaL_error(L, "nomba.oauth: HMAC-SHA256 failed");
-    n = codec_b64_encode(mac, MAC, out, 0);
-    OPENSSL_cleanse(mac, sizeof mac);
-    lua_pushlstring(L, out, n);
-    return 1;
+    mac_t m;
+    mac_begin(&m, key, kn);
+    mac_add(&m, msg, mn);
+    return push_signature(L, &m);
 }
 
 void webhook_open(lua_State *L)
