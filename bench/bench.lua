@@ -303,12 +303,7 @@ end
 
 -- 6. memory ------------------------------------------------------------------------------
 do
-  local function rss_kib()
-    local f = assert(io.open("/proc/self/statm"))
-    local pages = tonumber(f:read("*a"):match("^%d+%s+(%d+)"))
-    f:close()
-    return pages * 4
-  end
+  local rss_kib = require("procfs").rss_kib
   local N = 20000
   local keep = {}
   collectgarbage()
@@ -326,14 +321,7 @@ do
       nil, "< 4096", rss < 4096)
 
   -- descriptors a live client holds after a request (all close-on-exec)
-  local function open_fds()
-    local n = 0
-    local pid = assert(io.open("/proc/self/stat")):read("*n")
-    local p = io.popen("ls /proc/" .. pid .. "/fd")
-    for _ in p:lines() do n = n + 1 end
-    p:close()
-    return n
-  end
+  local function open_fds() return (require("procfs").fds()) end
   local M = 50
   local fd0 = open_fds()
   local live = {}

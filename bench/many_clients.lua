@@ -10,51 +10,8 @@ local cjson = require "cjson"
 local N = tonumber(arg[1]) or 10000
 local url, cafile = assert(os.getenv("NOMBA_SIM_URL")), assert(os.getenv("NOMBA_SIM_CAFILE"))
 
-local function rss_kib()
-  local f = assert(io.open("/proc/self/statm"))
-  local pages = tonumber(f:read("*a"):match("^%d+%s+(%d+)"))
-  f:close()
-  return pages * 4
-end
-
--- descriptors of this process: all, and the sockets among them
-local function fds()
-  local pid = assert(io.open("/proc/self/stat")):read("*n")
-  local p = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
-  local all, socks = 0, 0
-  for line in p:lines() do
-    if line:find(" -> ", 1, true) then
-      all = all + 1
-      if line:find("socket:", 1, true) then socks = socks + 1 end
-    end
-  end
-  p:close()
-  return all, socks
-end
-
--- TCP connections of this process to the simulator's port (from /proc/net/tcp*)
-local function connections(port)
-  local pid = assert(io.open("/proc/self/stat")):read("*n")
-  local inodes = {}
-  local p = io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null")
-  for line in p:lines() do
-    local ino = line:match("socket:%[(%d+)%]")
-    if ino then inodes[ino] = true end
-  end
-  p:close()
-  local n = 0
-  for _, file in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
-    local f = io.open(file)
-    if f then
-      for line in f:lines() do
-        local rport, ino = line:match("^%s*%d+: %x+:%x+ %x+:(%x+) %x+ %S+ %S+ %S+ +%d+ +%d+ (%d+)")
-        if rport and tonumber(rport, 16) == port and inodes[ino] then n = n + 1 end
-      end
-      f:close()
-    end
-  end
-  return n
-end
+local procfs = require "procfs"
+local rss_kib, fds, connections = procfs.rss_kib, procfs.fds, procfs.connections
 
 local port = tonumber(url:match(":(%d+)$"))
 collectgarbage()

@@ -9,19 +9,9 @@ local sim = simulator.attach { url = assert(os.getenv("NOMBA_SIM_URL")),
                                cafile = assert(os.getenv("NOMBA_SIM_CAFILE")) }
 local N = tonumber(arg[1]) or 100000
 
-local function rss_kib()
-  local f = assert(io.open("/proc/self/statm"))
-  local pages = tonumber(f:read("*a"):match("^%d+%s+(%d+)"))
-  f:close()
-  return pages * 4
-end
-
-local function fds()
-  local p = io.popen("ls /proc/" .. tostring(io.open("/proc/self/stat"):read("*n")) .. "/fd | wc -l")
-  local n = tonumber(p:read("*a"))
-  p:close()
-  return n
-end
+local procfs = require "procfs"
+local rss_kib = procfs.rss_kib
+local function fds() return (procfs.fds()) end
 
 local samples = {}
 local opts = sim:client_options { retries = 0 }
