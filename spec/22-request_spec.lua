@@ -304,6 +304,31 @@ describe("client:request", function()
     end
   end)
 
+  it("on the OpenResty transport too: repeated headers joined, an echoed bearer redacted", function()
+    local a = H.openresty_app { workers = 1 }
+    local tok = H.sh("curl -s --max-time 10 " .. a.url .. "/token"):gsub("%s+$", "")
+    assert(sim:fault { endpoint = "protected", status = 400, body = '{"code":"02"}',
+                       headers = { ["X-Dup"] = { "a", "b" }, ["X-Echo"] = "Bearer " .. tok } })
+    local out = H.sh("curl -s --max-time 10 " .. a.url .. "/request_headers")
+    a:stop()
+    local r = assert(cjson.decode(out), out)
+    assert.are.equal(400, r.status)
+    assert.are.equal("a, b", r.headers["x-dup"])
+    assert.is_nil(r.headers["x-echo"]:find(tok, 1, true))
+    assert.matches("[redacted]", r.headers["x-echo"], 1, true)
+  end)
+
+  it("an answer that is not JSON by RFC 8259 (NaN, Infinity, 1e400) has no json", function()
+    local c = H.client { retries = 0 }
+    for _, body in ipairs { '{"code":"00","x":NaN}', '{"code":"00","x":Infinity}', '{"code":"00","x":1e400}' } do
+      assert(sim:fault { endpoint = "protected", status = 200, body = body })
+      local res = assert(c:request { path = "/v1/accounts/balance" })
+      assert.are.equal(body, res.body)
+      assert.is_nil(res.json)
+      assert.is_nil(res.code)
+    end
+  end)
+
   it("a code that is a number with no integer form is no code, never a raise", function()
     local c = H.client { retries = 0 }
     for _, body in ipairs { '{"code":0.5,"data":{}}', '{"code":1e300,"data":{}}', '{"code":-0.25}' } do

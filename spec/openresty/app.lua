@@ -85,6 +85,13 @@ routes["/request_together"] = function()
   json { status = res and res.status, worker = ngx.worker.id(), error = err and tostring(err) }
 end
 
+-- one client:request, its answer's status and headers (or its error's)
+routes["/request_headers"] = function()
+  local res, err = client:request { path = "/v1/accounts/balance" }
+  local r = res or err.response or {}
+  json { status = r.status, headers = r.headers, error = err and tostring(err) }
+end
+
 routes["/invalidate"] = function()
   client:invalidate()
   ngx.say("ok")
