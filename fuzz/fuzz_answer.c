@@ -12,14 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
-#include <lua.h>
-#include <lauxlib.h>
-#include <lualib.h>
+#include "harness.h"
 
-int luaopen_nomba_oauth_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static lua_State *L;
 
 static const char SETUP[] =
     "local core = ...\n"
@@ -38,19 +33,6 @@ static const char SETUP[] =
     "  if err then local _ = tostring(err) end\n"
     "end\n";
 
-static void setup(void)
-{
-    L = luaL_newstate();
-    luaL_openlibs(L);
-    luaL_requiref(L, "nomba.oauth.core", luaopen_nomba_oauth_core, 0);
-    if (luaL_loadstring(L, SETUP) != 0)
-        __builtin_trap();
-    lua_insert(L, -2);
-    if (lua_pcall(L, 1, 1, 0) != 0)
-        __builtin_trap();
-    lua_setfield(L, LUA_REGISTRYINDEX, "fuzz.answer");
-}
-
 static const uint8_t *line(const uint8_t **p, const uint8_t *e, size_t *n)
 {
     const uint8_t *s = *p, *nl = memchr(s, '\n', (size_t)(e - s));
@@ -65,13 +47,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *p = data + 3, *e = data + size, *date, *ra;
     size_t dn, rn;
-    if (L == NULL)
-        setup();
+    lua_State *L = harness_state(SETUP);
     if (size < 3)
         return 0;
     date = line(&p, e, &dn);
     ra = line(&p, e, &rn);
-    lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.answer");
+    harness_push(L);
     lua_pushinteger(L, 100 + (data[0] | data[1] << 8) % 500);
     lua_pushinteger(L, data[2]);
     lua_pushlstring(L, (const char *)date, dn);

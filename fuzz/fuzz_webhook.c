@@ -24,12 +24,9 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include "nomba.h"
-#include <lualib.h>
+#include "harness.h"
 
-int luaopen_nomba_oauth_core(lua_State *L);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static lua_State *L;
 
 static const char SETUP[] =
     "local core = ...\n"
@@ -43,19 +40,6 @@ static const char SETUP[] =
     "  if core.webhook_verify(other, body, headers, 1704067200, 1e12) then error('verified under another key') end\n"
     "  core.json_decode(body)\n"
     "end\n";
-
-static void setup(void)
-{
-    L = luaL_newstate();
-    luaL_openlibs(L);
-    luaL_requiref(L, "nomba.oauth.core", luaopen_nomba_oauth_core, 0);
-    if (luaL_loadstring(L, SETUP) != 0)
-        __builtin_trap();
-    lua_insert(L, -2);
-    if (lua_pcall(L, 1, 1, 0) != 0)
-        __builtin_trap();
-    lua_setfield(L, LUA_REGISTRYINDEX, "fuzz.webhook");
-}
 
 static void check(const char *key, size_t kn, const char *msg, size_t rest)
 {
@@ -85,11 +69,11 @@ static void delivery(const char *key, size_t kn, const char *p, size_t rest)
 {
     const char *e = p + rest;
     int lines = 0;
+    lua_State *L;
     if (kn == 0)
         return;                /* verify refuses an empty key before C */
-    if (L == NULL)
-        setup();
-    lua_getfield(L, LUA_REGISTRYINDEX, "fuzz.webhook");
+    L = harness_state(SETUP);
+    harness_push(L);
     lua_pushlstring(L, key, kn);
     lua_pushlstring(L, key, kn);
     {
