@@ -199,10 +199,21 @@ function M.spawn_nginx(opts)
   return nil, "nginx did not start: " .. tostring(last)
 end
 
+--- Whether pid is a running process. One that has exited but is not yet
+-- reaped (a zombie: its parent gone, and an init that reaps late, as in a
+-- container) is not, though `kill -0` still finds it.
+local function alive(pid)
+  local f = io.open("/proc/" .. tostring(pid) .. "/stat")
+  if not f then return false end
+  local stat = f:read("*a") or ""
+  f:close()
+  return stat:match("^.*%) (%a)") ~= "Z"
+end
+
 local function stop_pid(pid)
   run("kill -QUIT " .. pid .. " 2>/dev/null")
   for _ = 1, 100 do
-    if not run("kill -0 " .. pid .. " 2>/dev/null") then return end
+    if not alive(pid) then return end
     run("sleep 0.05")
   end
   run("kill -KILL " .. pid .. " 2>/dev/null")
@@ -234,6 +245,6 @@ function Nginx:error_log()
 end
 
 M.run, M.read_cmd, M.read_file, M.write_file, M.sh_quote = run, read_cmd, read_file, write_file, sh_quote
-M.searchpath, M.stop_pid = searchpath, stop_pid
+M.searchpath, M.stop_pid, M.alive = searchpath, stop_pid, alive
 
 return M
