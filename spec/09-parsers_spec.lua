@@ -92,4 +92,25 @@ describe("JSON into Lua values (core.json_decode: API answers, webhook events)",
     assert.is_nil(decode('{"a":[[1]]}', 2))
     assert.has_error(function() decode("{}", 0) end)
   end)
+
+  it("reads one member of an object without decoding it, by the same grammar and depth (32)", function()
+    local field = core.json_field
+    local nest = function(n) return ("["):rep(n) .. ("]"):rep(n) end
+    for _, d in ipairs { '{"code":"00"}', '{"code":"\\u0030\\u0031","data":{"code":"x"}}', '{"code":12}',
+                         '{"code":-0.5e1}', '{"code":true}', '{"code":null}', '{"code":{"a":1}}', '{"x":1}',
+                         '{"code":"a","code":"b"}', '{}', '{"code":"00","deep":' .. nest(31) .. '}',
+                         '{"code":"00","deep":' .. nest(32) .. '}', '{"code":"00","n":1e400}', '[1]', '"00"',
+                         '{"code":"00"} x', '{"code":"00",}', '{"code":"\1"}', '{"code":NaN}' } do
+      local ok, v = field(d, "code")
+      local t = decode(d, 32)
+      assert.are.equal(type(t) == "table" and d:match("^{") ~= nil, ok, d)
+      if ok then
+        local want = t.code
+        if type(want) ~= "string" and type(want) ~= "number" then want = nil end
+        assert.is_true(same(want, v), d)
+      end
+    end
+    assert.are.equal("01", select(2, field('{"code":"\\u0030\\u0031"}', "code")))
+    assert.is_false(field('{"a":1e400}', "a"))         -- no finite double: not JSON here either
+  end)
 end)

@@ -31,6 +31,38 @@ describe("client:request", function()
     assert.are.equal(sim.client.account_id, log[1].headers.accountId)
   end)
 
+  it("decodes json and data on their first read; the code that decides is read without decoding", function()
+    local c = H.client { retries = 0 }
+    local res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.is_nil(rawget(res, "json"))                  -- nobody has read it: not decoded
+    assert.are.equal("00", res.code)
+    assert.are.equal("1000.00", res.data.balance)       -- the first read decodes json and data
+    assert.is_nil(getmetatable(res))                    -- then the result is a plain table
+    assert.are.equal(res.data, rawget(res, "json").data)
+    res = assert(c:request { path = "/v1/accounts/balance" })
+    local seen = {}
+    for k in pairs(res) do seen[k] = true end
+    if _VERSION == "Lua 5.1" then                       -- no __pairs (LuaJIT, 5.1): after a first read
+      assert.is_nil(seen.json)
+      assert.is_table(res.json)
+    else                                                -- __pairs decodes first
+      assert.is_true(seen.json and seen.data)
+    end
+    -- a 2xx whose code is not "00" is an api error though nobody read json; its response decodes
+    assert(sim:fault { endpoint = "protected", status = 200, body = '{"code":"\\u00301","description":"Declined"}' })
+    local _, err = c:request { path = "/v1/accounts/balance" }
+    H.assert_error(err, { kind = "api", status = 200, code = "01" })
+    assert.are.equal("Declined", err.message)
+    assert.are.equal("Declined", err.response.json.description)
+    -- an answer that is not JSON has neither, and no metatable
+    assert(sim:fault { endpoint = "protected", status = 200, body = "plain",
+                       headers = { ["Content-Type"] = "text/plain" } })
+    res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.is_nil(getmetatable(res))
+    assert.is_nil(res.json)
+    assert.is_nil(res.code)
+  end)
+
   it("POSTs JSON and encodes the query; a per-call accountId acts for a sub-account", function()
     local c = H.client {}
     local res = assert(c:request { method = "POST", path = "/v1/checkout/order",

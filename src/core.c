@@ -85,6 +85,37 @@ static int core_json_decode(lua_State *L)
     return json_push(L, s, n, depth);
 }
 
+/* core.spaceless(s): whether s is not empty and holds no space and no
+ * control byte (0 to 32, 127): what a path or a token may hold. */
+static int core_spaceless(lua_State *L)
+{
+    size_t n, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    for (i = 0; i < n && s[i] > 32 && s[i] != 127; i++)
+        ;
+    lua_pushboolean(L, n > 0 && i == n);
+    return 1;
+}
+
+/* core.json_field(s, name): false when s is not a JSON object (json.c's
+ * grammar, nesting up to 32); else true, and its top-level member name when
+ * that is a string or a number. Reads the text without making a table:
+ * what an API answer's "code" needs when nobody reads its json. */
+static int core_json_field(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    const char *name = luaL_checkstring(L, 2);
+    json_span top, data;
+    int has_data;
+    if (!json_scan(s, n, &name, 1, &top, &data, &has_data)) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    lua_pushboolean(L, 1);
+    return 1 + json_push_span(L, &top);
+}
+
 #ifdef NOMBA_TEST_HOOKS
 /* core._test.retry_after(value[, now]): seconds to wait, or nil. */
 static int core_retry_after(lua_State *L)
@@ -192,6 +223,8 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"sleep", core_sleep},
         {"parse_time", core_parse_time},
         {"json_decode", core_json_decode},
+        {"json_field", core_json_field},
+        {"spaceless", core_spaceless},
         {"hygiene", core_hygiene},
         {NULL, NULL}
     };

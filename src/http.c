@@ -782,7 +782,7 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
         /* an API call's answer goes to the Lua interpreter (request.lua):
          * {status, headers (lower-case names), body, echoed (the bearer
          * is somewhere in the headers or the body)} */
-        lua_createtable(L, 0, 5);
+        lua_createtable(L, 0, 7);           /* request.lua adds code and rate_limit */
         lua_pushinteger(L, status);
         lua_setfield(L, -2, "status");
         push_headers(L, c->at.head.p, c->at.head.n);

@@ -17,7 +17,8 @@
  * Limits: nesting depth 32 for json_scan, the caller's for json_push; the
  * input size is the caller's (max_response_bytes). Duplicate members: the
  * last one wins, as in a Lua table. Not JSON (Infinity, NaN, comments,
- * trailing commas, control bytes inside strings) is refused.
+ * trailing commas, control bytes inside strings) is refused, and so is a
+ * number no double holds (1e400) or of over 63 characters.
  */
 #include <string.h>
 #include <stdlib.h>
@@ -99,9 +100,16 @@ static int digits(reader *r)
     return r->p > s;
 }
 
-/* The JSON number grammar, exactly. */
+static int convert(const char *p, size_t n, double *out);
+
+/* The JSON number grammar, exactly, and a finite double: 1e400 is JSON's
+ * grammar but no number a reader can hold, so it is refused with NaN and
+ * Infinity (a number is at most 63 characters). */
 static int read_number(reader *r)
 {
+    const char *start = r->p;
+    int exact = 1;              /* up to 18 digits without an exponent */
+    double d;
     if (r->p < r->end && *r->p == '-')
         r->p++;
     if (r->p < r->end && *r->p == '0')
@@ -119,8 +127,11 @@ static int read_number(reader *r)
             r->p++;
         if (!digits(r))
             return 0;
+        exact = 0;
     }
-    return 1;
+    if (exact && r->p - start <= 18)
+        return 1;
+    return convert(start, (size_t)(r->p - start), &d) && d - d == 0;
 }
 
 static int literal(reader *r, const char *word)
@@ -373,18 +384,14 @@ int json_string(const json_span *s, sbuf *out)
     return unescape(s->p, s->n, put_sbuf, out) ? 1 : -1;
 }
 
-/* The JSON number grammar over [p, p+n) exactly, converted whatever the
- * locale's decimal point. */
-static int number_of(const char *p, size_t n, double *out)
+/* [p, p+n), a number read_number has checked, as a double whatever the
+ * locale's decimal point; 0 when longer than 63 characters. */
+static int convert(const char *p, size_t n, double *out)
 {
-    reader r;
     char tmp[64], *end;
     const char *dp = localeconv()->decimal_point;
     size_t i;
-    memset(&r, 0, sizeof r);
-    r.p = p;
-    r.end = p + n;
-    if (n == 0 || n >= sizeof tmp || !read_number(&r) || r.p != r.end)
+    if (n == 0 || n >= sizeof tmp)
         return 0;
     for (i = 0; i < n; i++) {
         tmp[i] = p[i];
@@ -394,6 +401,16 @@ static int number_of(const char *p, size_t n, double *out)
     tmp[n] = '\0';
     *out = strtod(tmp, &end);
     return end == tmp + n;
+}
+
+/* The JSON number grammar over [p, p+n) exactly, converted. */
+static int number_of(const char *p, size_t n, double *out)
+{
+    reader r;
+    memset(&r, 0, sizeof r);
+    r.p = p;
+    r.end = p + n;
+    return n > 0 && read_number(&r) && r.p == r.end && convert(p, n, out);
 }
 
 int json_number(const json_span *s, double *out)
@@ -420,8 +437,7 @@ static int put_lbuf(void *ud, const char *s, size_t n)
     return 1;
 }
 
-/* A number read_number has checked; 0 when it is out of a double's range
- * (1e400 is JSON, but not a finite number). */
+/* A number read_number has checked (so finite) as a Lua number. */
 static int push_number(lua_State *L, const char *p, size_t n)
 {
     size_t i = p[0] == '-' ? 1 : 0, k;
@@ -442,7 +458,7 @@ static int push_number(lua_State *L, const char *p, size_t n)
 #endif
         return 1;
     }
-    if (!number_of(p, n, &d) || d - d != 0)
+    if (!convert(p, n, &d))
         return 0;
     lua_pushnumber(L, (lua_Number)d);
     return 1;
@@ -576,6 +592,25 @@ static int push_value(builder *b, int depth)
     default:
         return read_number(r) && push_number(b->L, start, (size_t)(r->p - start));
     }
+}
+
+/* A string (unescaped) or a number json_scan recorded, pushed: 1, or 0
+ * (nothing pushed) for any other value. */
+int json_push_span(lua_State *L, const json_span *s)
+{
+    double d;
+    if (s->type == J_STRING) {
+        luaL_Buffer lb;
+        luaL_buffinit(L, &lb);
+        (void)unescape(s->p, s->n, put_lbuf, &lb);
+        luaL_pushresult(&lb);
+        return 1;
+    }
+    if (s->type == J_NUMBER && convert(s->p, s->n, &d)) {
+        lua_pushnumber(L, (lua_Number)d);
+        return 1;
+    }
+    return 0;
 }
 
 int json_push(lua_State *L, const char *p, size_t n, int max_depth)

@@ -259,6 +259,7 @@ NOMBA_HIDDEN int json_scan(const char *p, size_t n, const char *const *names, in
 NOMBA_HIDDEN int json_string(const json_span *s, sbuf *out);   /* 1, 0 not a string, -1 OOM */
 NOMBA_HIDDEN int json_number(const json_span *s, double *out);  /* a number, or a string of one */
 NOMBA_HIDDEN int json_push(lua_State *L, const char *p, size_t n, int max_depth); /* 1 pushed, 0 not JSON */
+NOMBA_HIDDEN int json_push_span(lua_State *L, const json_span *s);  /* a string or number: 1 pushed, else 0 */
 
 /* filestore.c */
 NOMBA_HIDDEN void filestore_open(lua_State *L);

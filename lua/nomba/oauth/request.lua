@@ -18,8 +18,10 @@ local engine = require "nomba.oauth.engine"
 local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
+local next, rawget, setmetatable = next, rawget, setmetatable
 local sort, concat = table.sort, table.concat
-local now, new_error, LIMITS, json_decode = runtime.now, core.error, core.LIMITS, core.json_decode
+local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
+local json_decode, json_field, spaceless = core.json_decode, core.json_field, core.spaceless
 
 local cjson = require("cjson.safe").new()
 
@@ -72,7 +74,7 @@ function R.check(st, opts, base_url, account)
     method = method:upper()
   end
   local path = opts.path
-  if type(path) ~= "string" or path == "" or path:find("[%z\1-\32\127]") then
+  if type(path) ~= "string" or not spaceless(path) then
     bad("path must be a string without spaces or control characters")
   end
   local url
@@ -103,15 +105,24 @@ function R.check(st, opts, base_url, account)
   if ctype ~= nil and (type(ctype) ~= "string" or ctype:find("[%z\1-\31\127]")) then
     bad("content_type must be a string without control characters")
   end
-  if opts.account_id ~= nil then
-    local a = opts.account_id
-    if type(a) ~= "string" or a == "" or #a > LIMITS.account_id or a:find("[%z\1-\31\127]") then
-      bad("account_id must be a printable string of at most " .. LIMITS.account_id .. " bytes")
+  local lines
+  if opts.account_id == nil and ctype == nil and opts.headers == nil then
+    lines = st.account_lines                -- the usual call's lines, made once (C only reads them)
+    if not lines then
+      lines = { "accountId: " .. account }
+      st.account_lines = lines
     end
-    account = a
+  else
+    if opts.account_id ~= nil then
+      local a = opts.account_id
+      if type(a) ~= "string" or a == "" or #a > LIMITS.account_id or a:find("[%z\1-\31\127]") then
+        bad("account_id must be a printable string of at most " .. LIMITS.account_id .. " bytes")
+      end
+      account = a
+    end
+    lines = { "accountId: " .. account }
+    if ctype then lines[#lines + 1] = "Content-Type: " .. ctype end
   end
-  local lines = { "accountId: " .. account }
-  if ctype then lines[#lines + 1] = "Content-Type: " .. ctype end
   if opts.headers ~= nil then
     if type(opts.headers) ~= "table" then bad("headers must be a table") end
     for k, v in pairs(opts.headers) do
@@ -194,13 +205,37 @@ local function redact(s, secret)
   return s
 end
 
+-- An answer's json and data are decoded on its first read of either (or
+-- its first pairs, on Lua 5.2+): most calls read neither, and the code that
+-- decides between a result and an "api" error is read from the text
+-- without decoding it. The result is then a plain table.
+local function decode(res)
+  setmetatable(res, nil)
+  local json = json_decode(res.body, 32)
+  res.json = json
+  if type(json) == "table" then res.data = json.data end
+end
+
+local LAZY = {
+  __index = function(res, k)
+    if k == "json" or k == "data" then
+      decode(res)
+      return rawget(res, k)
+    end
+  end,
+  __pairs = function(res)
+    decode(res)
+    return next, res, nil
+  end,
+}
+
 --- An API call's answer, as a driver brought it: `{status, headers, body,
 -- lower}` from a transport (names in any case unless `lower`), or from
 -- libcurl `{status, headers, body, lower = true, echoed}` (names
--- lower-cased in C, `echoed` whether the bearer is anywhere in it). The
--- result, or nil and an error of kind "http" or "api" whose `response` is
--- the result. A server that echoes the bearer it was sent gets it
--- redacted, in the answer as in the error.
+-- lower-cased in C, `echoed` whether the bearer is anywhere in it). That
+-- table becomes the result, or the `response` of an error of kind "http"
+-- or "api". A server that echoes the bearer it was sent gets it redacted,
+-- in the answer as in the error.
 function R.interpret(raw, bearer)
   -- libcurl's answers come with lower-case names and `echoed` found in C;
   -- a transport's headers are taken as they are, and looked through
@@ -219,17 +254,14 @@ function R.interpret(raw, bearer)
     body = redact(body, bearer)
   end
   local ctype = h["content-type"] or ""
-  local json, code, data, rate_limit
-  if body ~= "" and (ctype:find("json", 1, true) or body:match("^%s*[%[{]")) then
-    json = json_decode(body)
-  end
-  if type(json) == "table" then
-    code = json.code
-    if type(code) == "number" then              -- a hostile 0.5 or 1e300 is no code, not a raise
+  local json_like = body ~= "" and (ctype:find("json", 1, true) or body:match("^%s*[%[{]")) and true
+  local code, rate_limit
+  if json_like then
+    local _
+    _, code = json_field(body, "code")            -- the same grammar and depth as decode()
+    if type(code) == "number" then                -- a hostile 0.5 or 1e300 is no code, not a raise
       code = code % 1 == 0 and code >= -2 ^ 53 and code <= 2 ^ 53 and ("%d"):format(code) or nil
     end
-    if type(code) ~= "string" then code = nil end
-    data = json.data
   end
   local limit, remaining = h["x-rate-limit-limit"], h["x-rate-limit-remaining"]
   if limit or remaining then
@@ -238,15 +270,17 @@ function R.interpret(raw, bearer)
       rate_limit = { limit = limit, remaining = remaining, window = seconds(h["x-rate-limit-window"]) }
     end
   end
-  local res = { status = raw.status, headers = h, body = body, json = json, code = code, data = data,
-                rate_limit = rate_limit }
+  local res = raw                                 -- the answer becomes the result
+  res.headers, res.body, res.echoed, res.lower = h, body, nil, nil
+  res.code, res.rate_limit = code, rate_limit
+  if json_like then setmetatable(res, LAZY) end
   local st = res.status
-  if st >= 200 and st < 300 and (res.code == nil or res.code == "00") then return res end
+  if st >= 200 and st < 300 and (code == nil or code == "00") then return res end
   local j = type(res.json) == "table" and res.json or {}
   local msg = type(j.description) == "string" and j.description or type(j.message) == "string" and j.message or
               ("HTTP %d"):format(st)
-  local err = new_error(res.code and "api" or "http", "request", msg,
-                        { status = st, code = res.code, retryable = st == 408 or st == 429 or st >= 500,
+  local err = new_error(code and "api" or "http", "request", msg,
+                        { status = st, code = code, retryable = st == 408 or st == 429 or st >= 500,
                           retry_after = retry_after(h) })
   err.response = res
   err.maybe_sent = true
