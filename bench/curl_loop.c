@@ -3,6 +3,11 @@
  * same JSON body N times over HTTPS keep-alive, reading the answer into a
  * buffer, no parsing. Prints requests per second.
  *   usage: curl_loop URL CAFILE N
+ *          curl_loop URL CAFILE serve
+ * serve: reads a count per line on stdin, makes that many requests, and
+ * answers the seconds they took on a line of stdout, until end of input;
+ * the benchmark alternates short blocks of ours and of this loop, on one
+ * connection each, so that drift on a shared machine hits both alike.
  * With BENCH_BEARER_FILE in the environment (a file holding a token): a GET
  * carrying that bearer and the accountId instead (the baseline of
  * client:request). The token never goes on a command line.
@@ -20,11 +25,29 @@ static size_t sink(char *p, size_t s, size_t n, void *ud)
     return s * n;
 }
 
+/* n requests on the handle; 0 when one failed or was not answered 200 (a
+ * baseline that measured refusals would measure a cheaper server path). */
+static int loop(CURL *c, long n)
+{
+    long i;
+    for (i = 0; i < n; i++) {
+        long status = 0;
+        if (curl_easy_perform(c) != CURLE_OK)
+            return 0;
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        if (status != 200) {
+            fprintf(stderr, "curl_loop: HTTP %ld\n", status);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     const char *body = "{\"grant_type\":\"client_credentials\",\"client_id\":\"sim-client-0001\","
                        "\"client_secret\":\"sim-secret-not-for-production-0001\"}";
-    long n, i;
+    long n;
     size_t got = 0;
     struct curl_slist *h = NULL;
     struct timespec a, b;
@@ -59,22 +82,26 @@ int main(int argc, char **argv)
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
-    if (curl_easy_perform(c) != CURLE_OK)       /* warm-up: connect and handshake */
+    if (!loop(c, 1))                            /* warm-up: connect and handshake */
         return 1;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    for (i = 0; i < n; i++) {
-        long status = 0;
-        if (curl_easy_perform(c) != CURLE_OK)
-            return 1;
-        /* a baseline that measures refusals measures a cheaper server path */
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        if (status != 200) {
-            fprintf(stderr, "curl_loop: HTTP %ld\n", status);
-            return 1;
+    if (strcmp(argv[3], "serve") == 0) {
+        char line[64];
+        while (fgets(line, sizeof line, stdin) != NULL) {
+            n = atol(line);
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            if (!loop(c, n))
+                return 1;
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+            fflush(stdout);
         }
+    } else {
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        if (!loop(c, n))
+            return 1;
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        printf("%.1f\n", n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9));
     }
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    printf("%.1f\n", n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9));
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
     return got > 0 ? 0 : 1;

@@ -23,22 +23,14 @@ function M.headers()
   M.const_account = M.const_account or ("y"):rep(#h.accountId)
 end
 
--- /request_loop?n=N: N calls of client:request (cosockets), requests per second
-function M.request_loop()
-  local n = tonumber(ngx.var.arg_n) or 500
+-- One call of client:request (cosockets).
+local function ours_once()
   assert(M.client:request { path = "/v1/accounts/balance" })
-  ngx.update_time()
-  local t0 = ngx.now()
-  for _ = 1, n do assert(M.client:request { path = "/v1/accounts/balance" }) end
-  ngx.update_time()
-  ngx.say(n / (ngx.now() - t0))
 end
 
--- /cosocket_loop?n=N: the baseline, the same GET written by hand on a pooled
--- cosocket (what lua-resty-http would do; it is not in Debian), no parsing
--- beyond finding the end of the answer
-function M.cosocket_loop()
-  local n = tonumber(ngx.var.arg_n) or 500
+-- The first baseline: the same GET written by hand on a pooled cosocket,
+-- no parsing beyond finding the end of the answer. Returns its `once`.
+local function cosocket_setup()
   local tok = assert(M.client:token())
   local host, port = M.url:match("^https://([^:/]+):(%d+)")
   local req = "GET /v1/accounts/balance HTTP/1.1\r\nHost: " .. host .. ":" .. port ..
@@ -68,15 +60,10 @@ function M.cosocket_loop()
     end
     sock:setkeepalive(60000, 16)
   end
-  once()
-  ngx.update_time()
-  local t0 = ngx.now()
-  for _ = 1, n do once() end
-  ngx.update_time()
-  ngx.say(n / (ngx.now() - t0))
+  return once
 end
 
--- /resty_http_loop?n=N: the steps lua-resty-http's request_uri takes for one
+-- The second baseline: the steps lua-resty-http's request_uri takes for one
 -- GET, written out here since the library is not in Debian: a client object
 -- with a metatable, the URI parsed by ngx.re, the connection pooled by
 -- host:port (TLS verified when new), the request formatted from a
@@ -157,18 +144,48 @@ function Http:request_uri(uri, params)
   return { status = status, headers = res_headers, body = body }
 end
 
-function M.resty_http_loop()
-  local n = tonumber(ngx.var.arg_n) or 500
+local function resty_http_setup()
   local tok = assert(M.client:token())
   local uri = M.url .. "/v1/accounts/balance"
   local params = { method = "GET", headers = { ["Authorization"] = "Bearer " .. tok, ["accountId"] = M.account,
                                                ["Accept"] = "application/json" } }
-  assert(Http.new():request_uri(uri, params).status == 200)
-  ngx.update_time()
-  local t0 = ngx.now()
-  for _ = 1, n do assert(Http.new():request_uri(uri, params).status == 200) end
-  ngx.update_time()
-  ngx.say(n / (ngx.now() - t0))
+  return function() assert(Http.new():request_uri(uri, params).status == 200) end
+end
+
+local now = require("nomba.oauth.core").now      -- ngx.now() has millisecond steps
+
+local function timed(n, once)
+  local t0 = now()
+  for _ = 1, n do once() end
+  return now() - t0
+end
+
+local function median(t)
+  table.sort(t)
+  local n = #t
+  return n % 2 == 1 and t[(n + 1) / 2] or (t[n / 2] + t[n / 2 + 1]) / 2
+end
+
+-- /paired?block=B&blocks=K: ours and the two baselines in turn, B calls each,
+-- K times (who goes first rotates), in this one worker: drift on a shared
+-- machine then hits all three alike. Answers the median rates and the
+-- medians of the per-block ratios, as JSON.
+function M.paired()
+  local block, blocks = tonumber(ngx.var.arg_block) or 50, tonumber(ngx.var.arg_blocks) or 60
+  local loops = { ours_once, resty_http_setup(), cosocket_setup() }
+  for _, once in ipairs(loops) do once() end         -- connected, TLS done
+  local rate, q_rh, q_plain = { {}, {}, {} }, {}, {}
+  for k = 1, blocks do
+    local secs = {}
+    for j = 0, 2 do
+      local i = (k + j) % 3 + 1
+      secs[i] = timed(block, loops[i])
+    end
+    for i = 1, 3 do rate[i][k] = block / secs[i] end
+    q_rh[k], q_plain[k] = secs[2] / secs[1], secs[3] / secs[1]
+  end
+  ngx.say(require("cjson").encode { ours = median(rate[1]), resty_http = median(rate[2]), plain = median(rate[3]),
+                                    ratio = median(q_rh), ratio_plain = median(q_plain) })
 end
 
 function M.constant()
