@@ -93,6 +93,12 @@ describe("JSON into Lua values (core.json_decode: API answers, webhook events)",
     assert.has_error(function() decode("{}", 0) end)
   end)
 
+  it("reads an answer's head into headers as libcurl's and the OpenResty transport's answers have them", function()
+    local h = core.headers("HTTP/1.1 200 OK: fine\r\nContent-Type: application/json\r\nX-Dup: a\r\n" ..
+                           "x-dup:b\r\nX-Pad: \t v w \t\r\nno colon here\r\nBad Name: x\r\n: empty\r\n\r\n")
+    assert.are.same({ ["content-type"] = "application/json", ["x-dup"] = "a, b", ["x-pad"] = "v w" }, h)
+  end)
+
   it("reads one member of an object without decoding it, by the same grammar and depth (32)", function()
     local field = core.json_field
     local nest = function(n) return ("["):rep(n) .. ("]"):rep(n) end

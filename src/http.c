@@ -710,7 +710,9 @@ static void wait_for(client *c, double seconds)
 }
 
 /* The answer's header lines as a table: names in lower case, values
- * trimmed, a repeated name's values joined with ", " (RFC 9110). */
+ * trimmed, a repeated name's values joined with ", " (RFC 9110); a line
+ * without a colon, or whose name has a space or a '/' (a status line), is
+ * no header. */
 static void push_headers(lua_State *L, const char *p, size_t n)
 {
     const char *e = p + n;
@@ -721,8 +723,12 @@ static void push_headers(lua_State *L, const char *p, size_t n)
         size_t k, i;
         colon = memchr(p, ':', (size_t)(end - p));
         if (colon != NULL && colon > p && (k = (size_t)(colon - p)) < sizeof name) {
-            for (i = 0; i < k; i++)
+            for (i = 0; i < k && p[i] != ' ' && p[i] != '\t' && p[i] != '/'; i++)
                 name[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]);
+            if (i < k) {            /* not a field name: a status line ("HTTP/1.1 200 a:b") */
+                p = nl ? nl + 1 : e;
+                continue;
+            }
             for (v = colon + 1; v < end && (*v == ' ' || *v == '\t'); v++)
                 ;
             for (ve = end; ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'); ve--)
@@ -965,6 +971,17 @@ static int http_nb_wait(lua_State *L)
     return 0;
 }
 
+/* core.headers(head): an answer's head (the status line, then header
+ * lines) as the table push_headers makes; the OpenResty transport's
+ * answers go through it too. */
+static int http_headers(lua_State *L)
+{
+    size_t n;
+    const char *head = luaL_checklstring(L, 1, &n);
+    push_headers(L, head, n);
+    return 1;
+}
+
 static int http_nb_sockets(lua_State *L)
 {
     client *c = client_check(L, 1);
@@ -1055,6 +1072,7 @@ void http_open(lua_State *L)
         {"nb_progress", http_nb_progress},
         {"nb_wait", http_nb_wait},
         {"nb_sockets", http_nb_sockets},
+        {"headers", http_headers},
         {NULL, NULL}
     };
     http_pool *p = (http_pool *)calloc(1, sizeof *p);

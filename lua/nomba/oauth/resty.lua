@@ -39,7 +39,7 @@ local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local tonumber, tostring, pairs, pcall, type, setmetatable = tonumber, tostring, pairs, pcall, type, setmetatable
 local concat, lower, find, fmt = table.concat, string.lower, string.find, string.format
-local new_error = core.error
+local new_error, parse_headers = core.error, core.headers
 
 local M = { _VERSION = core._VERSION }
 
@@ -53,6 +53,11 @@ end
 local readers = require "nomba.oauth.resty.reader"
 local now, reader, bound = readers.now, readers.reader, readers.bound
 
+-- A host libcurl would not resolve through DNS.
+local function literal(host)
+  return host == "localhost" or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:sub(1, 1) == "["
+end
+
 -- URLs as libcurl's parser sees them, remembered: a client calls the same
 -- few URLs again and again (at most URL_CACHE of them, then it starts over).
 local URL_CACHE, urls, nurls = 64, {}, 0
@@ -62,22 +67,22 @@ local function parsed(url)
   local why
   u, why = core.url(url)
   if not u then return nil, why end
+  local verify = u.scheme == "https"             -- what each request to it needs, made once
+  u.pool = fmt("nomba-oauth:%s:%d:%s", u.host, u.port, verify and "verify" or "plain")
+  u.host_line = "Host: " .. ((u.port == 443 and verify) and u.host or u.host .. ":" .. u.port)
+  u.literal = literal(u.host)
   if nurls >= URL_CACHE then urls, nurls = {}, 0 end
   urls[url], nurls = u, nurls + 1
   return u
 end
 
--- A host libcurl would not resolve through DNS.
-local function literal(host)
-  return host == "localhost" or host:match("^%d+%.%d+%.%d+%.%d+$") ~= nil or host:sub(1, 1) == "["
-end
-
 -- Connects within the deadline. nginx's resolver waits for its own
 -- resolver_timeout (30 s by default), so a name is resolved in a light
 -- thread that is killed when the deadline passes.
-local function connect(sock, host, port, opts, deadline)
+local function connect(sock, u, opts, deadline)
+  local host, port = u.host, u.port
   if not bound(sock, deadline) then return nil, "timeout" end
-  if literal(host) then
+  if u.literal then
     return sock:connect(host == "localhost" and "127.0.0.1" or host, port, opts)
   end
   local ok, th = pcall(ngx.thread.spawn, function() return sock:connect(host, port, opts) end)
@@ -101,10 +106,9 @@ end
 -- A connected (and, for https, TLS-verified) socket for the request's
 -- host, within the deadlines; or nil and the error.
 local function open(op, u, deadline, connect_deadline)
-  local host, port, verify = u.host, u.port, u.scheme == "https"
+  local host, verify = u.host, u.scheme == "https"
   local sock = ngx.socket.tcp()
-  local pool = fmt("nomba-oauth:%s:%d:%s", host, port, verify and "verify" or "plain")
-  local ok, err = connect(sock, host, port, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
+  local ok, err = connect(sock, u, { pool = u.pool, pool_size = POOL_SIZE }, connect_deadline)
   if not ok then
     sock:close()
     if type(err) == "string" and err:find("no resolver defined", 1, true) then
@@ -132,12 +136,9 @@ end
 
 -- The request's bytes: request line, headers, body.
 local function encode(req, u)
-  local verify = u.scheme == "https"
   local path = u.path
-  local q = req.url:match("%?[^#]*")
-  if q then path = path .. q end
-  local lines = { fmt("%s %s HTTP/1.1", req.method or "POST", path),
-                  "Host: " .. ((u.port == 443 and verify) and u.host or u.host .. ":" .. u.port),
+  if find(req.url, "?", 1, true) then path = path .. req.url:match("%?[^#]*") end
+  local lines = { fmt("%s %s HTTP/1.1", req.method or "POST", path), u.host_line,
                   "Connection: keep-alive",
                   "Content-Length: " .. #(req.body or "") }
   for k, v in pairs(req.headers or {}) do lines[#lines + 1] = k .. ": " .. v end
@@ -164,15 +165,7 @@ local function receive(op, sock, deadline, max)
       sock:close()
       return fail("protocol", op, "not an HTTP answer", false)
     end
-    headers = {}
-    for line in head:gmatch("\r\n([^\r\n]+)") do       -- every line after the status line
-      local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-      if name then
-        name = lower(name)
-        local had = headers[name]
-        headers[name] = had and had .. ", " .. value or value   -- repeats joined (RFC 9110)
-      end
-    end
+    headers = parse_headers(head)       -- lower-case names, repeats joined (RFC 9110): libcurl's parser
   until status >= 200
   local body
   local te, cl = headers["transfer-encoding"], tonumber(headers["content-length"] or "")
