@@ -72,14 +72,17 @@ local function paired_blocks(ours, c_loop_cmd, block, blocks)
   return median(r), median(cr), median(q)
 end
 
--- The benchmark and what it starts (the C loops, the OpenResty apps) run on
--- CPU 0, the simulator's nginx wherever the kernel puts it: ours and the
--- baselines then share one core alike, instead of whichever the scheduler
--- picked for each process at the time (that alone moved a ratio by 5-10%).
-do
+-- While ours and the C loop take turns, this process and the loop (which
+-- inherits it) run on CPU 0, the simulator's nginx wherever the kernel puts
+-- it: both clients then share one core alike, instead of whichever the
+-- scheduler picked for each process at the time (that alone moved a ratio
+-- by 5-10%). pinned(false) gives back every CPU.
+local function pinned(on)
   local pid = assert(io.open("/proc/self/stat")):read("a"):match("^(%d+)")
   local cpus = tonumber((shell("nproc 2>/dev/null"):match("%d+")))
-  if cpus and cpus >= 2 then os.execute("taskset -p -c 0 " .. pid .. " >/dev/null 2>&1") end
+  if cpus and cpus >= 2 then
+    os.execute(("taskset -p -c %s %s >/dev/null 2>&1"):format(on and "0" or "0-" .. (cpus - 1), pid))
+  end
 end
 
 local results, rows = {}, {}
@@ -135,8 +138,10 @@ do
   local fixed = sim.url .. "/fixed"
   local c = oauth.new(sim:client_options { retries = 0, base_url = fixed })
   assert(c:issue())
+  pinned(true)
   local ours, base, ratio = paired_blocks(function(n) for _ = 1, n do assert(c:issue()) end end,
     ("%s/curl_loop '%s/v1/auth/token/issue' '%s'"):format(BIN, fixed, sim.cafile), 100, 20 * RUNS)
+  pinned(false)
   results.issue = { rps = ours, curl_c_rps = base, ratio = ratio }
   row("issue round trips (HTTPS keep-alive)", fmt(ours, 0), "req/s", "C loop, one reused libcurl handle",
       fmt(base, 0), fmt(ratio, 2) .. "x", ">= 0.9x", ratio >= 0.9)
@@ -180,10 +185,12 @@ do
   local f = assert(io.open(file, "w"))
   f:write(tok)
   f:close()
+  pinned(true)
   local ours, base, ratio = paired_blocks(
     function(n) for _ = 1, n do assert(c:request { path = "/v1/accounts/balance" }) end end,
     ("BENCH_BEARER_FILE='%s' %s/curl_loop '%s/v1/accounts/balance' '%s'"):format(file, BIN, sim.url, sim.cafile),
     100, 20 * RUNS)
+  pinned(false)
   os.remove(file)
   results.request = { rps = ours, curl_c_rps = base, ratio = ratio }
   row("client:request GET round trips", fmt(ours, 0), "req/s", "C loop: GET with a bearer, one handle",
@@ -539,7 +546,8 @@ md[#md + 1] = "How each is measured: `bench/bench.lua`; the C baselines are `ben
   " times (100 calls a block against the C loop, which runs as a coprocess on its own connection; " ..
   "50 in OpenResty, in one worker), and give the median of the per-block ratios: on this shared " ..
   "machine one run's absolute rate swings by half, and blocks measured back to back, who goes first " ..
-  "taking turns, are the fairest comparison. The C loop stops if an answer is not 200. " ..
+  "taking turns, are the fairest comparison; against the C loop both run pinned to one CPU. The C " ..
+  "loop stops if an answer is not 200. " ..
   "An idle client's RSS includes the page its secret buffer takes (secrets live in whole pages " ..
   "kept out of core dumps)."
 local mf = assert(io.open("bench/README.md", "w"))
