@@ -63,6 +63,16 @@ describe("client:request", function()
     assert.is_nil(res.code)
   end)
 
+  it("remembers the checked arguments of a call with a path alone, never for a call with more", function()
+    local c = H.client {}
+    assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
+    assert.are.equal(SUB, assert(c:request { path = "/v1/accounts/balance", account_id = SUB }).data.accountId)
+    assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
+    for i = 1, 70 do assert(c:request { path = "/v1/accounts/balance?n=" .. i }) end   -- past what it keeps
+    assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
+    assert.has_error(function() c:request { path = "/v1/accounts balance" } end)
+  end)
+
   it("POSTs JSON and encodes the query; a per-call accountId acts for a sub-account", function()
     local c = H.client {}
     local res = assert(c:request { method = "POST", path = "/v1/checkout/order",

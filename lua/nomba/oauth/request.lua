@@ -61,11 +61,21 @@ local function query_of(q)
   return #parts > 0 and "?" .. concat(parts, "&") or ""
 end
 
+-- The checked arguments of the usual call, `{path = p}` alone, by path and
+-- client: made once per path (at most PATH_CACHE of them, then it starts
+-- over), since the C core and the policy only read them.
+local PATH_CACHE = 64
+
 --- Checks the arguments of client:request (raising on a misuse, naming it)
 -- and returns one table: the arguments of the C core and what the policy
 -- needs (idempotent, timeout, the fields of its events).
 function R.check(st, opts, base_url, account)
   if type(opts) ~= "table" then bad("table expected") end
+  local only_path = next(opts) == "path" and next(opts, "path") == nil
+  if only_path then
+    local known = st.path_args and st.path_args[opts.path]
+    if known then return known end
+  end
   local method = opts.method or "GET"
   if not METHODS[method] then
     if type(method) ~= "string" or not METHODS[method:upper()] then
@@ -153,9 +163,14 @@ function R.check(st, opts, base_url, account)
     event = { method = method, path = event_path }
   end
   -- the C core reads method .. max_response; the policy the rest
-  return { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
-           max_response = max or st.max_response or options.DEFAULTS.max_response_bytes,
-           idempotent = idempotent, timeout = timeout, event = event }
+  local args = { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
+                 max_response = max or st.max_response or options.DEFAULTS.max_response_bytes,
+                 idempotent = idempotent, timeout = timeout, event = event }
+  if only_path then
+    if not st.path_args or st.path_args_n >= PATH_CACHE then st.path_args, st.path_args_n = {}, 0 end
+    st.path_args[path], st.path_args_n = args, st.path_args_n + 1
+  end
+  return args
 end
 
 -- Whether a failed call that is not idempotent may be sent again: only
@@ -323,14 +338,20 @@ end
 
 -- The job of one call made with the token tok (its bearer, for redaction).
 local function job_of(self, st, args, tok, callback)
-  return engine.job(self, st, "request", args, {
-    interpret = R.interpret, ctx = tok, resend = not args.idempotent and resend_not_idempotent or nil,
-    timeout = args.timeout, event = args.event,
-    callback = callback and function(res, e)
-      done(self, st, tok, res, e)
-      callback(res, e)
-    end,
-  })
+  -- engine.job copies `how` into the job: one table per client, not one
+  -- per call, emptied of the token and the callback once copied
+  local how = st.request_how or {}
+  st.request_how = how
+  how.interpret, how.ctx = R.interpret, tok
+  how.resend = not args.idempotent and resend_not_idempotent or nil
+  how.timeout, how.event = args.timeout, args.event
+  how.callback = callback and function(res, e)
+    done(self, st, tok, res, e)
+    callback(res, e)
+  end or nil
+  local job = engine.job(self, st, "request", args, how)
+  how.ctx, how.callback = nil, nil
+  return job
 end
 
 --- client:request (blocking): a fresh token, the call, and once more after a 401.
