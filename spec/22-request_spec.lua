@@ -70,6 +70,8 @@ describe("client:request", function()
     assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
     for i = 1, 70 do assert(c:request { path = "/v1/accounts/balance?n=" .. i }) end   -- past what it keeps
     assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
+    local inherits = setmetatable({ path = "/v1/accounts/balance" }, { __index = { account_id = SUB } })
+    assert.are.equal(SUB, assert(c:request(inherits)).data.accountId)      -- its options come through __index
     assert.has_error(function() c:request { path = "/v1/accounts balance" } end)
   end)
 

@@ -18,7 +18,7 @@ local engine = require "nomba.oauth.engine"
 local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
-local next, rawget, setmetatable = next, rawget, setmetatable
+local next, rawget, setmetatable, getmetatable = next, rawget, setmetatable, getmetatable
 local sort, concat = table.sort, table.concat
 local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
 local json_decode, json_field, spaceless = core.json_decode, core.json_field, core.spaceless
@@ -61,9 +61,10 @@ local function query_of(q)
   return #parts > 0 and "?" .. concat(parts, "&") or ""
 end
 
--- The checked arguments of the usual call, `{path = p}` alone, by path and
--- client: made once per path (at most PATH_CACHE of them, then it starts
--- over), since the C core and the policy only read them.
+-- The checked arguments of the usual call, `{path = p}` alone (a plain
+-- table: no __index may add options), by path and client: made once per
+-- path (at most PATH_CACHE of them, then it starts over), since the C core
+-- and the policy only read them.
 local PATH_CACHE = 64
 
 --- Checks the arguments of client:request (raising on a misuse, naming it)
@@ -71,7 +72,7 @@ local PATH_CACHE = 64
 -- needs (idempotent, timeout, the fields of its events).
 function R.check(st, opts, base_url, account)
   if type(opts) ~= "table" then bad("table expected") end
-  local only_path = next(opts) == "path" and next(opts, "path") == nil
+  local only_path = next(opts) == "path" and next(opts, "path") == nil and getmetatable(opts) == nil
   if only_path then
     local known = st.path_args and st.path_args[opts.path]
     if known then return known end
