@@ -82,6 +82,7 @@ int main(int argc, char **argv)
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);        /* a stalled server ends the run, not the bench */
     if (!loop(c, 1))                            /* warm-up: connect and handshake */
         return 1;
     if (strcmp(argv[3], "serve") == 0) {
