@@ -177,8 +177,12 @@ function Sim:webhook(opts) return self:control("/_sim/webhook", opts) end
 -- @tparam table spec endpoint ("issue", "refresh", "revoke", "authorize",
 --   "protected"), status, body (string or table), headers, delay, body_delay,
 --   drop, truncate, size, content_type, times, pass (only the delay, then
---   the normal answer)
+--   the normal answer), hold (the request waits for `release` first)
 function Sim:fault(spec) return self:control("/_sim/fault", spec) end
+
+--- Lets the held requests to an endpoint (faults with `hold`) go on, and
+-- every later one pass at once, until the next reset.
+function Sim:release(endpoint) return self:control("/_sim/release", { endpoint = endpoint }) end
 
 --- Changes settings: lifetime, clock_offset, code_lifetime, omit_date,
 -- expires_in, clients.

@@ -19,6 +19,18 @@ function F.take(endpoint)
   return f
 end
 
+-- How long a held request waits for /_sim/release at most.
+local HOLD_CAP = 20
+
+--- Holds a request until the endpoint is released (POST /_sim/release): a
+-- test knows the request arrived and is unanswered for as long as it likes.
+function F.hold(endpoint)
+  local t0 = ngx.now()
+  while not S.dict:get("release:" .. endpoint) and ngx.now() - t0 < HOLD_CAP do
+    ngx.sleep(0.005)
+  end
+end
+
 -- A hostile answer written straight to the connection (the raw request
 -- socket), each bounded to RAW_CAP seconds on the server's side:
 --   header_drip  a status line, then a header line every `every` s, never the end

@@ -10,8 +10,10 @@
 --   POST /_sim/reset                 forget tokens, faults, log; settings to defaults
 --   POST /_sim/fault   {endpoint=, status=, body=, headers=, delay=, body_delay=,
 --                       drop=, truncate=, size=, content_type=, times=, pass=,
---                       raw = "header_drip" | "body_drip" | "stream", every=, bytes=}
---                      (pass = true: only the delay, then the normal answer)
+--                       raw = "header_drip" | "body_drip" | "stream", every=, bytes=, hold=}
+--                      (pass = true: only the delay, then the normal answer;
+--                       hold = true: the request waits for /_sim/release first)
+--   POST /_sim/release {endpoint=}  lets the held requests to an endpoint go on
 --   POST /_sim/config  {lifetime=, clock_offset=, code_lifetime=, omit_date=,
 --                       expires_in=, clients={...}}
 --   POST /_sim/webhook {url=, key=, event_type=, duplicate=, stale=, future=, tamper=, ...}
@@ -67,6 +69,8 @@ local function control(path, body)
     local q = load("faults:" .. ep) or {}
     q[#q + 1] = body
     store("faults:" .. ep, q)
+  elseif path == "/_sim/release" then
+    S.dict:set("release:" .. (body.endpoint or "issue"), true)
   elseif path == "/_sim/clear_faults" then
     for _, ep in pairs(ENDPOINTS) do
       S.dict:delete("faults:" .. ep)
@@ -156,6 +160,7 @@ function M.handle()
   end
   log_request(endpoint, raw)
   local f = faults.take(endpoint)
+  if f and f.hold then faults.hold(endpoint) end
   if f and (f.pass or f.after) then                     -- a delay, then the normal processing
     if f.delay and f.delay > 0 then ngx.sleep(f.delay) end
     ngx.ctx.drop_answer = f.after                       -- after: processed, then no answer
