@@ -373,18 +373,57 @@ describe("client:request", function()
     end
   end)
 
-  it("a code that is a number with no integer form is no code, never a raise", function()
+  it("reads a code written as a number as the token operations do, never a raise", function()
     local c = H.client { retries = 0 }
-    for _, body in ipairs { '{"code":0.5,"data":{}}', '{"code":1e300,"data":{}}', '{"code":-0.25}' } do
-      assert(sim:fault { endpoint = "protected", status = 400, body = body })
-      local res, err = c:request { path = "/v1/accounts/balance" }
-      assert.is_nil(res)
-      H.assert_error(err, { kind = "http", status = 400 })
-      assert.is_nil(err.code)
+    for _, case in ipairs { { '{"code":0.5,"data":{}}', "0.5" }, { '{"code":1e300,"data":{}}', "1e+300" },
+                            { '{"code":-0.25}', "-0.25" }, { '{"code":2}', "2" }, { '{"code":0}', "0" } } do
+      for _, status in ipairs { 400, 200 } do       -- a 2xx whose code is not "00" is refused too
+        assert(sim:fault { endpoint = "protected", status = status, body = case[1] })
+        local res, err = c:request { path = "/v1/accounts/balance" }
+        assert.is_nil(res)
+        H.assert_error(err, { kind = "api", status = status, code = case[2] })
+        -- the same answer to a token operation: the same code
+        assert(sim:fault { endpoint = "issue", status = status, body = case[1] })
+        local _, terr = c:issue()
+        assert.are.same({ "api", case[2] }, { terr.kind, terr.code })
+      end
     end
-    assert(sim:fault { endpoint = "protected", status = 400, body = '{"code":2}' })
-    local _, err = c:request { path = "/v1/accounts/balance" }
-    H.assert_error(err, { kind = "api", status = 400, code = "2" })
+  end)
+
+  it("takes rate-limit and Retry-After headers as digits only: no infinite or hex numbers", function()
+    local c = H.client { retries = 0 }
+    local huge = ("9"):rep(400)
+    assert(sim:fault { endpoint = "protected", status = 200, body = '{"code":"00","data":{}}',
+                       headers = { ["X-Rate-Limit-Limit"] = "1e999", ["X-Rate-Limit-Remaining"] = "0x10" } })
+    local res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.is_nil(res.rate_limit)
+    assert(sim:fault { endpoint = "protected", status = 200, body = '{"code":"00","data":{}}',
+                       headers = { ["X-Rate-Limit-Limit"] = "40", ["X-Rate-Limit-Remaining"] = "0",
+                                   ["X-Rate-Limit-Window"] = huge .. "s" } })
+    res = assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.same({ limit = 40, remaining = 0 }, res.rate_limit)
+    H.sleep(1.05)                                 -- a window with no number: one second
+    for _, v in ipairs { "1e999", "0x10", huge, "-5", "5.5" } do
+      assert(sim:fault { endpoint = "protected", status = 429, body = "", headers = { ["Retry-After"] = v } })
+      local _, err = c:request { path = "/v1/accounts/balance" }
+      H.assert_error(err, { kind = "http", status = 429 })
+      assert.is_nil(err.retry_after, v)
+      H.sleep(1.05)                               -- a 429 without a usable Retry-After: one second
+    end
+  end)
+
+  it("keeps a rate-limit wait to itself for an hour at most, however long the server asks", function()
+    local c = H.client { retries = 0, nonblocking = true }
+    assert(c:token())
+    assert(sim:fault { endpoint = "protected", status = 429, body = "", headers = { ["Retry-After"] = "999999999" } })
+    local err
+    assert(c:start("request", { path = "/v1/accounts/balance" }, function(_, e) err = e end))
+    while c:step() do c:wait(0.05) end
+    assert.are.equal(999999999, err.retry_after)
+    local ok, gate = c:start("request", { path = "/v1/accounts/balance" }, function() end)
+    assert.is_nil(ok)
+    H.assert_error(gate, { kind = "rate_limited", op = "request" })
+    assert.is_true(gate.retry_after > 3500 and gate.retry_after <= 3600, tostring(gate.retry_after))
   end)
 
   it("runs in the non-blocking mode: start('request', opts, callback) through step()", function()

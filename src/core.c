@@ -116,8 +116,9 @@ static int core_json_field(lua_State *L)
     return 1 + json_push_span(L, &top);
 }
 
-#ifdef NOMBA_TEST_HOOKS
-/* core._test.retry_after(value[, now]): seconds to wait, or nil. */
+/* core.retry_after(value[, now]): the seconds a Retry-After header asks
+ * for (RFC 9110: digits, or an HTTP-date), or nil; the rule the token
+ * operations use, for client:request too. */
 static int core_retry_after(lua_State *L)
 {
     size_t n;
@@ -129,6 +130,20 @@ static int core_retry_after(lua_State *L)
     }
     return 0;
 }
+
+/* core.code_text(n): Nomba's code written as a number, as a string (the
+ * rule of proto_code_text); n must be finite. */
+static int core_code_text(lua_State *L)
+{
+    double d = (double)luaL_checknumber(L, 1);
+    char out[32];
+    luaL_argcheck(L, d == d && d - d == 0, 1, "a finite number expected");
+    proto_code_text(d, out);
+    lua_pushstring(L, out);
+    return 1;
+}
+
+#ifdef NOMBA_TEST_HOOKS
 
 #include <string.h>
 #include <unistd.h>
@@ -224,13 +239,14 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"parse_time", core_parse_time},
         {"json_decode", core_json_decode},
         {"json_field", core_json_field},
+        {"code_text", core_code_text},
+        {"retry_after", core_retry_after},
         {"spaceless", core_spaceless},
         {"hygiene", core_hygiene},
         {NULL, NULL}
     };
 #ifdef NOMBA_TEST_HOOKS
     static const luaL_Reg test[] = {
-        {"retry_after", core_retry_after},
         {"fork", test_fork},
         {"exit", test_exit},
         {"wait", test_wait},

@@ -210,6 +210,7 @@ NOMBA_HIDDEN int  attempt_begin(lua_State *L, client *c, int op);   /* 0, or pus
 NOMBA_HIDDEN void attempt_end(client *c);
 NOMBA_HIDDEN void attempt_free(client *c);
 NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */
+NOMBA_HIDDEN void proto_code_text(double d, char out[32]);
 NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op,
                                   const nomba_answer_meta *m, const char *body, size_t n);
 NOMBA_HIDDEN void proto_open(lua_State *L);

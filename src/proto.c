@@ -624,6 +624,17 @@ static int api_error(lua_State *L, client *c, int op, const answer *a, const nom
     return r;
 }
 
+/* Nomba's code written as a number reads as Nomba writes it: 2 is "2",
+ * not "2.0"; 0.5 is "0.5". The one rule, for every operation (core.code_text
+ * gives it to client:request). The numbers come from json.c, so finite. */
+void proto_code_text(double d, char out[32])
+{
+    if (d == floor(d) && fabs(d) < 1e15)
+        (void)snprintf(out, 32, "%.0f", d);
+    else
+        (void)snprintf(out, 32, "%.14g", d);
+}
+
 int proto_interpret(lua_State *L, int cidx, client *c, int op,
                     const nomba_answer_meta *m, const char *body, size_t n)
 {
@@ -640,13 +651,9 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op,
         int r;
         a.d = a.has_data ? a.data : a.top;
         if (code->type == J_NUMBER) {
-            /* a numeric code reads as Nomba writes it: 2 is "2", not "2.0" */
             double d = 0;
             (void)json_number(code, &d);
-            if (d == floor(d) && fabs(d) < 1e15)
-                (void)snprintf(num, sizeof num, "%.0f", d);
-            else
-                (void)snprintf(num, sizeof num, "%.14g", d);
+            proto_code_text(d, num);
             if (!sbuf_adds(&text, num))
                 return luaL_error(L, "nomba.oauth: out of memory");
         } else if (code->type == J_STRING && json_string(code, &text) < 0) {

@@ -19,9 +19,10 @@ local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local next, rawget, setmetatable, getmetatable = next, rawget, setmetatable, getmetatable
-local sort, concat = table.sort, table.concat
+local sort, concat, math_min = table.sort, table.concat, math.min
 local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
 local json_decode, json_field, spaceless = core.json_decode, core.json_field, core.spaceless
+local code_text, retry_after_of = core.code_text, core.retry_after
 
 local cjson = require("cjson.safe").new()
 
@@ -192,22 +193,29 @@ local function lower_keys(t)
   return out
 end
 
--- Seconds from a window such as "1s", "60", "1m".
-local function seconds(w)
-  if not w then return nil end
-  local n, unit = w:match("^%s*([%d%.]+)%s*([smh]?)%s*$")
-  n = tonumber(n)
-  if not n then return nil end
-  return n * (unit == "m" and 60 or unit == "h" and 3600 or 1)
+-- The longest rate-limit wait a client keeps to itself: after it, the
+-- next call asks Nomba again (which answers 429 if the limit still holds),
+-- so a hostile or mistaken header cannot silence a client for good.
+local WINDOW_CAP = 3600
+
+-- A count from a rate-limit header: digits only (at most 9), else nil; a
+-- hostile "1e999" or "0x10" is no count.
+local function count(v)
+  local d = v and v:match("^%s*(%d+)%s*$")
+  return d and #d <= 9 and tonumber(d) or nil
 end
 
+-- Seconds from a window such as "1s", "60", "1m" or "0.5s", else nil.
+local function seconds(w)
+  local n, unit = (w or ""):match("^%s*(%d+%.?%d*)%s*([smh]?)%s*$")
+  if not n or #n > 12 then return nil end
+  return tonumber(n) * (unit == "m" and 60 or unit == "h" and 3600 or 1)
+end
+
+-- Retry-After by the rule of the token operations (core.retry_after).
 local function retry_after(h)
   local v = h["retry-after"]
-  if not v then return nil end
-  local n = tonumber(v)
-  if n and n >= 0 then return n end
-  local t = core.parse_time(v)
-  if t then return math.max(0, t - core.time()) end
+  return v and retry_after_of(v) or nil
 end
 
 -- The bearer that was sent, wherever an answer echoes it, as "[redacted]".
@@ -275,13 +283,11 @@ function R.interpret(raw, bearer)
   if json_like then
     local _
     _, code = json_field(body, "code")            -- the same grammar and depth as decode()
-    if type(code) == "number" then                -- a hostile 0.5 or 1e300 is no code, not a raise
-      code = code % 1 == 0 and code >= -2 ^ 53 and code <= 2 ^ 53 and ("%d"):format(code) or nil
-    end
+    if type(code) == "number" then code = code_text(code) end   -- as the token operations read it
   end
   local limit, remaining = h["x-rate-limit-limit"], h["x-rate-limit-remaining"]
   if limit or remaining then
-    limit, remaining = tonumber(limit or ""), tonumber(remaining or "")
+    limit, remaining = count(limit), count(remaining)
     if limit or remaining then
       rate_limit = { limit = limit, remaining = remaining, window = seconds(h["x-rate-limit-window"]) }
     end
@@ -306,11 +312,13 @@ end
 -- After an answer: note the rate-limit window when none is left.
 local function note_rate(st, res)
   local rl = res and res.rate_limit
+  local wait
   if rl and rl.remaining == 0 then
-    st.rate_until = now() + (rl.window or 1)
+    wait = rl.window or 1
   elseif res and res.status == 429 then
-    st.rate_until = now() + (retry_after(res.headers) or 1)
+    wait = retry_after(res.headers) or 1
   end
+  if wait then st.rate_until = now() + math_min(wait, WINDOW_CAP) end
 end
 
 -- Waits out a rate-limit window, or says why it cannot: in the
