@@ -437,6 +437,34 @@ describe("hardening", function()
     end)
   end)
 
+  describe("15. a transport's status is judged before anything reads it", function()
+    for _, status in ipairs { 0 / 0, 200.5, 1e300, -1, 99, 1000, math.huge, -math.huge } do
+      it("status " .. tostring(status) .. ": a protocol error for a token operation and a call, never a raise", function()
+        local curl = H.curl_transport(sim.cafile)
+        local function bad()
+          return { status = status, headers = { ["Content-Type"] = "application/json" },
+                   body = '{"code":"00","data":{}}' }
+        end
+        -- a token operation answered with it
+        local t = H.client { retries = 0, transport = bad }
+        local ok, tok, err = pcall(t.issue, t)
+        assert.is_true(ok, tostring(tok))
+        assert.is_nil(tok)
+        H.assert_error(err, { kind = "protocol", op = "issue" })
+        -- an API call answered with it, the token from the simulator
+        local c = H.client { retries = 0, transport = function(req)
+          if req.op == "request" then return bad(req) end
+          return curl(req)
+        end }
+        local res
+        ok, res, err = pcall(c.request, c, { path = "/v1/accounts/balance" })
+        assert.is_true(ok, tostring(res))
+        assert.is_nil(res)
+        H.assert_error(err, { kind = "protocol", op = "request" })
+      end)
+    end
+  end)
+
   describe("14. smaller", function()
     it("bounds timeouts and sizes, and refuses a long account id", function()
       local o = sim:client_options()

@@ -38,8 +38,11 @@ function D.transport(self, st, op, args, timeout)
     local kind = (lower:find("timeout", 1, true) or lower:find("timed out", 1, true)) and "timeout" or "transport"
     return nil, new_error(kind, op, msg, { retryable = true })
   end
-  if type(resp) ~= "table" or type(resp.status) ~= "number" then
-    return nil, new_error("protocol", op, "the transport returned no status")
+  -- an HTTP status is a whole number of three digits, 100 to 999, as
+  -- libcurl takes it; NaN, 200.5 or 1e300 is no status, never a raise further on
+  local status = type(resp) == "table" and resp.status
+  if type(status) ~= "number" or not (status >= 100 and status <= 999) or status % 1 ~= 0 then
+    return nil, new_error("protocol", op, "the transport returned no HTTP status")
   end
   if resp.body ~= nil and type(resp.body) ~= "string" then
     return nil, new_error("protocol", op, "the transport returned a body that is not a string")
