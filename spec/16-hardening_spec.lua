@@ -439,7 +439,7 @@ describe("hardening", function()
 
   describe("15. a transport's status is judged before anything reads it", function()
     for _, status in ipairs { 0 / 0, 200.5, 1e300, -1, 99, 1000, math.huge, -math.huge } do
-      it("status " .. tostring(status) .. ": a protocol error for a token operation and a call, never a raise", function()
+      it("status " .. tostring(status) .. ": a protocol error for a token operation and a call, not a raise", function()
         local curl = H.curl_transport(sim.cafile)
         local function bad()
           return { status = status, headers = { ["Content-Type"] = "application/json" },
