@@ -252,6 +252,9 @@ describe("client:request", function()
       { { path = "/x", headers = { ["X-A"] = "a\r\nB: c" } }, "headers.X-A must be a string without control" },
       { { path = "/x", json = {}, body = "{}" }, "give json or body" },
       { { path = "/x", timeout = 0 }, "timeout must be" },
+      { { path = "/x", query = { page = 0 / 0 } }, "query.page must be a finite number" },
+      { { path = "/x", query = { page = math.huge } }, "query.page must be a finite number" },
+      { { path = "/x", query = { page = -math.huge } }, "query.page must be a finite number" },
       { { path = "/x", max_response_bytes = 10 }, "max_response_bytes must be" },
       { { path = "/x", account_id = ("a"):rep(129) }, "account_id must be" },
     } do
