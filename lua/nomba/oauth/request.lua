@@ -53,7 +53,7 @@ local function query_of(q)
     if tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
       bad("query." .. k .. " must be a string or number")
     end
-    if tv == "number" and not (v - v == 0) then bad("query." .. k .. " must be a finite number") end
+    if tv == "number" and v - v ~= 0 then bad("query." .. k .. " must be a finite number") end
     keys[#keys + 1] = k
   end
   sort(keys)
