@@ -27,7 +27,22 @@ local function peak_kib(pid)
   return tonumber(text:match("VmHWM:%s*(%d+)"))
 end
 
+-- A token answer of exactly n bytes (spaces before its last brace).
+local function token_body(n)
+  local b = '{"code":"00","data":{"access_token":"abc","expires_in":60}'
+  return b .. (" "):rep(n - #b - 1) .. "}"
+end
+local function raw(head, body)
+  return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n" .. head .. "\r\n\r\n" .. body
+end
+
 local CASES = {
+  -- a reader that took "-5" as a length kept all but the last 4 bytes: a token
+  { name = "a negative Content-Length", kind = "protocol",
+    fault = { raw = "text", text = raw("Content-Length: -5", token_body(100) .. "XXXX") } },
+  -- one that took "1e2" as a number read exactly this 100-byte token answer
+  { name = "a Content-Length written as 1e2", kind = "protocol",
+    fault = { raw = "text", text = raw("Content-Length: 1e2", token_body(100)) } },
   { name = "an endless drip of header lines", fault = { raw = "header_drip", every = 0.1 }, kind = "timeout" },
   { name = "a body that drips one byte at a time", fault = { raw = "body_drip", every = 0.1 }, kind = "timeout" },
   { name = "300 MB without Content-Length", fault = { raw = "stream" }, kind = "protocol",
@@ -115,6 +130,17 @@ describe("hostile answers", function()
         end
       end)
     end
+
+    it("refuses a chunk size of more than 15 hex digits, whatever follows", function()
+      local wrapped = "10000000000000004"        -- 2^64 + 4: no double holds it, Lua 5.4 would wrap it to 4
+      assert(sim:fault { endpoint = "issue", raw = "text",
+                         text = raw("Transfer-Encoding: chunked", wrapped .. "\r\n" .. token_body(100) ..
+                                    "\r\n0\r\n\r\n") })
+      local r = hostile("timeout=1")
+      assert.is_false(r.ok)
+      assert.are.equal("protocol", r.kind, r.message)
+      assert.matches("chunk", r.message, 1, true)
+    end)
 
     it("bounds name resolution by the same deadline", function()
       local host = remote_name()

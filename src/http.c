@@ -367,6 +367,8 @@ static const char *kind_of(CURLcode rc, int *retryable)
     case CURLE_PARTIAL_FILE:
         *retryable = 1;
         return "protocol";
+    case CURLE_WEIRD_SERVER_REPLY:      /* e.g. a negative Content-Length */
+        return "protocol";
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
     case CURLE_COULDNT_CONNECT:

@@ -168,7 +168,15 @@ local function receive(op, sock, deadline, max)
     headers = parse_headers(head)       -- lower-case names, repeats joined (RFC 9110): libcurl's parser
   until status >= 200
   local body
-  local te, cl = headers["transfer-encoding"], tonumber(headers["content-length"] or "")
+  local te, cl = headers["transfer-encoding"], headers["content-length"]
+  if cl then                                    -- digits only: never "-5", "0x10" or "1e3"
+    local digits = cl:match("^%d+$")
+    if not digits or #digits > 15 then
+      sock:close()
+      return fail("protocol", op, "the answer's Content-Length is not a number of bytes", false)
+    end
+    cl = tonumber(digits)
+  end
   if te and find(lower(te), "chunked", 1, true) then
     body, err = r:chunked(max)
   elseif cl then

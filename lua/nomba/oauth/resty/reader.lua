@@ -103,8 +103,9 @@ function Reader:chunked(max)
   while true do
     local line, err = self:line(1024)
     if not line then return nil, err end
-    local size = tonumber(line:match("^%s*(%x+)%s*;?.*$") or "", 16)
-    if not size then return nil, "bad chunk size" end
+    local hex = line:match("^%s*(%x+)%s*;?.*$")  -- at most 15 digits: a double holds it exactly
+    if not hex or #hex > 15 then return nil, "bad chunk size" end
+    local size = tonumber(hex, 16)
     if size == 0 then
       repeat                                   -- trailers up to the empty line
         line, err = self:line(MAX_HEADERS)

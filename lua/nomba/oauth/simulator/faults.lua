@@ -36,6 +36,7 @@ end
 --   header_drip  a status line, then a header line every `every` s, never the end
 --   body_drip    Content-Length 1000, then one byte every `every` s
 --   stream       no Content-Length: `bytes` (default 300 MB) in 64 KiB pieces, then close
+--   text         the answer `text`, byte for byte (a status line, headers, a body), then close
 local RAW_CAP = 20
 
 local function play_raw(f)
@@ -58,6 +59,8 @@ local function play_raw(f)
       ngx.sleep(every)
       ok = sock:send(" ")
     end
+  elseif f.raw == "text" then
+    sock:send(f.text or "")
   elseif f.raw == "stream" then
     local piece, sent, total = string.rep("x", 65536), 0, f.bytes or 300 * 1024 * 1024
     local ok = sock:send(head .. "Connection: close\r\n\r\n")

@@ -10,7 +10,8 @@
 --   POST /_sim/reset                 forget tokens, faults, log; settings to defaults
 --   POST /_sim/fault   {endpoint=, status=, body=, headers=, delay=, body_delay=,
 --                       drop=, truncate=, size=, content_type=, times=, pass=,
---                       raw = "header_drip" | "body_drip" | "stream", every=, bytes=, hold=}
+--                       raw = "header_drip" | "body_drip" | "stream" | "text", every=, bytes=,
+--                       text=, hold=}
 --                      (pass = true: only the delay, then the normal answer;
 --                       hold = true: the request waits for /_sim/release first)
 --   POST /_sim/release {endpoint=}  lets the held requests to an endpoint go on
