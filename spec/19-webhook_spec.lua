@@ -200,6 +200,10 @@ describe("webhooks", function()
                      "nomba.oauth.webhook.verify: key must be a non-empty string")
     assert.has_error(function() webhook.verify { key = "k", headers = {} } end,
                      "nomba.oauth.webhook.verify: body must be a string")
+    for _, now in ipairs { 0 / 0, math.huge, -math.huge, "1" } do
+      assert.has_error(function() webhook.verify { key = "k", body = "{}", headers = {}, now = now } end,
+                       "nomba.oauth.webhook.verify: now must be a finite number")
+    end
     assert.has_error(function() webhook.dedupe(oauth.store.memory(), nil) end)
     assert.has_error(function() webhook.dedupe({}, "id") end)
   end)
@@ -214,6 +218,14 @@ describe("webhooks", function()
     local first, err = webhook.dedupe(broken, "a")
     assert.is_nil(first)
     assert.are.equal("store", err.reason)
+    -- a store that answers nothing, or something else than a boolean, has
+    -- not said "seen before": never a duplicate, which would drop the event
+    for _, answer in ipairs { {}, { nil, nil }, { "OK" }, { 1 } } do
+      broken.add = function() return table.unpack(answer, 1, 2) end
+      first, err = webhook.dedupe(broken, "a")
+      assert.is_nil(first)
+      assert.are.equal("store", err.reason)
+    end
   end)
 
   it("dedupes across 4 processes on Redis: one winner per requestId", function()

@@ -66,7 +66,9 @@ function M.verify(opts)
     error("nomba.oauth.webhook.verify: max_age must be a number of seconds from 0 to 86400", 2)
   end
   local now = opts.now or core.time()
-  if type(now) ~= "number" or now ~= now then error("nomba.oauth.webhook.verify: now must be a number", 2) end
+  if type(now) ~= "number" or now - now ~= 0 then
+    error("nomba.oauth.webhook.verify: now must be a finite number", 2)
+  end
 
   local event, reason, msg = verify_c(opts.key, opts.body, opts.headers, now, max_age)
   if not event then return fail(reason, msg) end
@@ -124,7 +126,9 @@ function M.dedupe(store, request_id, ttl)
   else
     ok, first, err = pcall(store.lock, store, key, ttl)
   end
-  if not ok or (first == nil and err ~= nil) or (first ~= nil and type(first) ~= "boolean") then
+  -- only a boolean is an answer: a store that returns nothing has not said
+  -- "seen before", and taking it so would drop an event Nomba never resends
+  if not ok or type(first) ~= "boolean" then
     local why = ok and err or first
     local s = type(why) == "string" and why or "the store failed"
     return fail("store", "dedupe: " .. (#s > 200 and s:sub(1, 200) or s))
