@@ -182,6 +182,23 @@ describe("nomba-oauth CLI", function()
     assert.are.equal(2, (run("request TRACE /x --no-cache")))
   end)
 
+  it("request: sends --data as written, after judging it a JSON object or array", function()
+    -- a decode and encode would have sent 1.2345678901235e+19, and {} for []
+    local body = '{"amount":"1500.00","ref":12345678901234567890, "items":[]}'
+    assert.are.equal(0, (run("request POST /v1/checkout/order --no-cache --data '" .. body .. "'")))
+    local sent = H.log("order")
+    assert.are.equal(body, sent[#sent].body)
+    assert.are.equal(1, (run("request POST /v1/checkout/order --no-cache --data '[]'")))   -- Nomba wants an object
+    sent = H.log("order")
+    assert.are.equal("[]", sent[#sent].body)
+    for _, bad in ipairs { '{"a":NaN}', '"text"', '{"a":1', "12" } do
+      local code, _, err = run("request POST /v1/checkout/order --no-cache --data '" .. bad .. "'")
+      assert.are.equal(2, code, bad)
+      assert.matches("--data must be a JSON object or array", err, 1, true)
+    end
+    assert.are.equal(2, #H.log("order"))
+  end)
+
   it("documents every flag and environment variable in help and the README", function()
     local f = assert(io.open("bin/nomba-oauth"))
     local src = f:read("*a")
