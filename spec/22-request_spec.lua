@@ -80,6 +80,11 @@ describe("client:request", function()
     local res = assert(c:request { method = "POST", path = "/v1/checkout/order",
                                    json = { order = { amount = "1500.00", orderReference = "ref-1" } } })
     assert.are.equal("https://checkout.nomba.com/pay/ref-1", res.data.checkoutLink)
+    -- numbers lua-cjson writes as they are go out as they are (noise past the 15th digit aside)
+    assert(c:request { method = "POST", path = "/v1/checkout/order",
+                       json = { order = { amount = 150000, fee = 0.1 + 0.2, cap = 1e20, orderReference = "ref-2" } } })
+    local sent = require("cjson").decode(H.log("order")[2].body).order
+    assert.are.same({ 150000, 0.3, 1e20 }, { sent.amount, sent.fee, sent.cap })
     res = assert(c:request { path = "/v1/transactions/accounts", query = { page = 2, limit = 3, q = "a b&c=d/é" } })
     assert.are.equal(3, #res.data.results)
     assert.are.equal("a b&c=d/é", res.data.query.q)
@@ -252,6 +257,9 @@ describe("client:request", function()
       { { path = "/x", headers = { ["X-A"] = "a\r\nB: c" } }, "headers.X-A must be a string without control" },
       { { path = "/x", json = {}, body = "{}" }, "give json or body" },
       { { path = "/x", timeout = 0 }, "timeout must be" },
+      { { path = "/x", json = { amount = 1234567890123456 } }, "json.amount has more than 14 significant digits" },
+      { { path = "/x", json = { items = { { id = 2 ^ 60 } } } }, "json.items.1.id has more than 14 significant" },
+      { { path = "/x", json = { x = 123456789.123456 } }, "json.x has more than 14 significant digits" },
       { { path = "/x", query = { page = 0 / 0 } }, "query.page must be a finite number" },
       { { path = "/x", query = { page = math.huge } }, "query.page must be a finite number" },
       { { path = "/x", query = { page = -math.huge } }, "query.page must be a finite number" },

@@ -118,8 +118,9 @@ end
 -- transient failure is retried only when the call is idempotent (GET, HEAD,
 -- PUT, DELETE, OPTIONS, or `idempotent = true`) or provably never left.
 -- @tparam table opts `method` ("GET"), `path` ("/v1/..." or a URL on
---   base_url), `query` (table), `json` (table) or `body` (string) with
---   `content_type`, `headers` (table), `account_id`, `idempotent`,
+--   base_url), `query` (table), `json` (table; a number of more than 14
+--   significant digits raises: lua-cjson would change it) or `body` (string)
+--   with `content_type`, `headers` (table), `account_id`, `idempotent`,
 --   `timeout`, `max_response_bytes`
 -- @treturn table res `{status, headers, body, json, code, data, rate_limit}`
 -- @treturn[2] nil

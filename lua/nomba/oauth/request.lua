@@ -19,7 +19,7 @@ local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local next, rawget, setmetatable, getmetatable = next, rawget, setmetatable, getmetatable
-local sort, concat, math_min = table.sort, table.concat, math.min
+local sort, concat, math_min, math_abs = table.sort, table.concat, math.min, math.abs
 local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
 local json_decode, json_field, spaceless = core.json_decode, core.json_field, core.spaceless
 local code_text, retry_after_of = core.code_text, core.retry_after
@@ -60,6 +60,28 @@ local function query_of(q)
   local parts = {}
   for i, k in ipairs(keys) do parts[i] = urlencode(k) .. "=" .. urlencode(q[k]) end
   return #parts > 0 and "?" .. concat(parts, "&") or ""
+end
+
+-- lua-cjson writes a number with 14 significant digits: one it would change
+-- (1234567890123456 goes out as 1.2345678901235e+15) is refused, naming
+-- where it stands, instead of being sent changed. Floating-point noise past
+-- the 15th digit (0.1 + 0.2 goes out as 0.3) is not a change. NaN and
+-- infinities are left to cjson, which refuses them.
+local JSON_DEPTH = 128
+local function exact_numbers(t, where, depth)
+  if depth > JSON_DEPTH then bad(where .. " is nested deeper than " .. JSON_DEPTH .. " levels (or holds a cycle)") end
+  for k, v in next, t do
+    local tv = type(v)
+    if tv == "number" then
+      local w = v - v == 0 and tonumber(("%.14g"):format(v))
+      if w and w ~= v and math_abs(w - v) > math_abs(v) * 1e-15 then
+        bad(where .. "." .. tostring(k) .. " has more than 14 significant digits, which lua-cjson would " ..
+            "change: send it as a string")
+      end
+    elseif tv == "table" then
+      exact_numbers(v, where .. "." .. tostring(k), depth + 1)
+    end
+  end
 end
 
 -- The checked arguments of the usual call, `{path = p}` alone (a plain
@@ -106,6 +128,7 @@ function R.check(st, opts, base_url, account)
   if opts.json ~= nil then
     if body ~= nil then bad("give json or body, not both") end
     if type(opts.json) ~= "table" then bad("json must be a table") end
+    exact_numbers(opts.json, "json", 1)
     local err
     body, err = cjson.encode(opts.json)
     if not body then bad("json cannot be encoded: " .. tostring(err)) end
