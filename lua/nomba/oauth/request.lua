@@ -58,7 +58,12 @@ local function query_of(q)
   end
   sort(keys)
   local parts = {}
-  for i, k in ipairs(keys) do parts[i] = urlencode(k) .. "=" .. urlencode(q[k]) end
+  for i, k in ipairs(keys) do
+    local v = q[k]
+    -- a whole number reads the same on every Lua: 4 / 2 is "2", not 5.3+'s "2.0"
+    if type(v) == "number" and v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then v = ("%d"):format(v) end
+    parts[i] = urlencode(k) .. "=" .. urlencode(v)
+  end
   return #parts > 0 and "?" .. concat(parts, "&") or ""
 end
 
