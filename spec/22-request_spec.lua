@@ -236,13 +236,10 @@ describe("client:request", function()
   end)
 
   it("never waits a rate-limit window longer than the Retry-After cap: rate_limited", function()
-    local curl = H.curl_transport(sim.cafile)
-    local c = H.client { transport = function(req)
-      if req.op ~= "request" then return curl(req) end
-      return { status = 200, headers = { ["Content-Type"] = "application/json", ["X-Rate-Limit-Limit"] = "40",
-                                         ["X-Rate-Limit-Remaining"] = "0", ["X-Rate-Limit-Window"] = "3600s" },
-               body = '{"code":"00","data":{}}' }
-    end }
+    local c = H.client {}
+    assert(sim:fault { endpoint = "protected", status = 200, body = '{"code":"00","data":{}}',
+                       headers = { ["X-Rate-Limit-Limit"] = "40", ["X-Rate-Limit-Remaining"] = "0",
+                                   ["X-Rate-Limit-Window"] = "3600s" } })
     local res = assert(c:request { path = "/v1/accounts/balance" })
     assert.are.equal(3600, res.rate_limit.window)
     local _, err = c:request { path = "/v1/accounts/balance" }   -- before: slept an hour
