@@ -373,6 +373,18 @@ describe("client:request", function()
     assert.matches("[redacted]", r.headers["x-echo"], 1, true)
   end)
 
+  it("takes answers up to 1 MiB by default, or the client's max_response_bytes when it gives one", function()
+    assert(sim:fault { endpoint = "protected", status = 200, size = 200000 })
+    local res = assert(H.client {}:request { path = "/v1/accounts/balance" })   -- past the 64 KiB of token answers
+    assert.are.equal(200000 + 22, #res.body)
+    assert(sim:fault { endpoint = "protected", status = 200, size = 200000 })
+    local _, err = H.client { max_response_bytes = 65536 }:request { path = "/v1/accounts/balance" }
+    H.assert_error(err, { kind = "protocol", op = "request" })
+    assert(sim:fault { endpoint = "protected", status = 200, size = 200000 })
+    _, err = H.client {}:request { path = "/v1/accounts/balance", max_response_bytes = 100000 }
+    H.assert_error(err, { kind = "protocol", op = "request" })
+  end)
+
   it("an answer that is not JSON by RFC 8259 (NaN, Infinity, 1e400) has no json", function()
     local c = H.client { retries = 0 }
     for _, body in ipairs { '{"code":"00","x":NaN}', '{"code":"00","x":Infinity}', '{"code":"00","x":1e400}' } do

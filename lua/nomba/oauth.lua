@@ -104,7 +104,8 @@ function M.new(opts)
   local state = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
                   retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token,
                   log = log, base_url = o.base_url, account_id = o.account_id,
-                  max_response = o.max_response_bytes }
+                  -- the default of API calls only when given (else calls take 1 MiB)
+                  max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil }
   local client = core.new(o, state)
   if o.token then
     local seeded, why = pcall(core.seed, client, o.token)

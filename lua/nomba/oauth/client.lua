@@ -121,7 +121,8 @@ end
 --   base_url), `query` (table), `json` (table; a number of more than 14
 --   significant digits raises: lua-cjson would change it) or `body` (string)
 --   with `content_type`, `headers` (table), `account_id`, `idempotent`,
---   `timeout`, `max_response_bytes`
+--   `timeout` (the client's), `max_response_bytes` (the client's when it
+--   gives one, else 1 MiB)
 -- @treturn table res `{status, headers, body, json, code, data, rate_limit}`
 -- @treturn[2] nil
 -- @treturn[2] Error err (`kind` "http" or "api" with `err.response`; "timeout"

@@ -20,6 +20,7 @@ O.DEFAULTS = {
   retries = 2,                  -- extra attempts on transient failures
   refresh_skew = 300,           -- renew when fewer seconds remain
   max_response_bytes = 65536,
+  request_max_response_bytes = 1048576,   -- an API call's, when neither it nor the client gives one
   user_agent = "nomba-oauth-lua/" .. core._VERSION:match("[%d%.]+$"),
   paths = {
     issue = "/v1/auth/token/issue",

@@ -194,7 +194,7 @@ function R.check(st, opts, base_url, account)
   end
   -- the C core reads method .. max_response; the policy the rest
   local args = { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
-                 max_response = max or st.max_response or options.DEFAULTS.max_response_bytes,
+                 max_response = max or st.max_response or options.DEFAULTS.request_max_response_bytes,
                  idempotent = idempotent, timeout = timeout, event = event }
   if only_path then
     if not st.path_args or st.path_args_n >= PATH_CACHE then st.path_args, st.path_args_n = {}, 0 end
