@@ -97,6 +97,21 @@ describe("client:request", function()
     assert.are.equal(SUB, res.data.accountId)
   end)
 
+  it("rides one TLS connection for the token, its renewal and the calls (libcurl)", function()
+    local c = H.client {}
+    assert(c:token())
+    for _ = 1, 3 do assert(c:request { path = "/v1/accounts/balance" }) end
+    c:invalidate()
+    assert(c:request { path = "/v1/transactions/accounts" })   -- renews, then calls
+    local conns, n = {}, 0
+    for _, r in ipairs(H.log()) do
+      if not conns[r.connection] then conns[r.connection], n = true, n + 1 end
+    end
+    assert.are.equal(6, #H.log())
+    assert.are.equal(2, H.count("issue") + H.count("refresh"))
+    assert.are.equal(1, n, "the token and the calls took " .. n .. " connections")
+  end)
+
   it("a 401 invalidates the token sent, renews once, retries once, never loops", function()
     local events = {}
     local c = H.client { on_event = function(ev) events[#events + 1] = ev end }
