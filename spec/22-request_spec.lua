@@ -464,6 +464,45 @@ describe("client:request", function()
     assert.is_true(gate.retry_after > 3500 and gate.retry_after <= 3600, tostring(gate.retry_after))
   end)
 
+  it("non-blocking: a 401 renews once and retries once through step(), as the blocking path does", function()
+    local events = {}
+    local c = H.client { nonblocking = true, on_event = function(ev) events[#events + 1] = ev end }
+    local function call(opts)
+      local got
+      assert(c:start("request", opts, function(r, e) got = { r, e } end))
+      while c:step() do c:wait(0.05) end
+      return assert(got, "the callback never ran")
+    end
+    local t1 = assert(c:token())
+    assert(H.client {}:revoke(t1))                 -- revoked elsewhere
+    local got = call { path = "/v1/accounts/balance" }
+    assert.are.equal(200, got[1] and got[1].status, tostring(got[2]))
+    assert.are_not.equal(t1, c:token())
+    assert.are.equal(2, H.count("protected"))
+    assert.are.equal(2, H.count("issue"))         -- the revoked session's refresh is refused: issued afresh
+    -- a 401 that renewing cannot cure: two calls, one renewal, then the 401
+    got = call { path = "/v1/accounts/balance", account_id = "someone-else" }
+    assert.is_nil(got[1])
+    H.assert_error(got[2], { kind = "api", op = "request", status = 401 })
+    assert.are.equal(4, H.count("protected"))
+    local kinds = {}
+    for _, ev in ipairs(events) do kinds[#kinds + 1] = ev.op .. ":" .. tostring(ev.status) end
+    assert.are.equal("issue:200,request:401,refresh:401,issue:200,request:200," ..
+                     "request:401,refresh:200,request:401", table.concat(kinds, ","))
+    -- a renewal that fails: its error is the answer, and the call is not made again
+    local issued
+    assert(c:start("issue", function(r) issued = r end))
+    while c:step() do c:wait(0.05) end
+    assert(issued, "no token")
+    assert(H.client {}:revoke(c:token()))
+    assert(sim:fault { endpoint = "refresh", status = 400, body = { code = "400", description = "no" } })
+    assert(sim:fault { endpoint = "issue", status = 400, body = { code = "400", description = "no" } })
+    got = call { path = "/v1/accounts/balance" }
+    assert.is_nil(got[1])
+    H.assert_error(got[2], { kind = "api", op = "issue", status = 400 })
+    assert.are.equal(5, H.count("protected"))
+  end)
+
   it("runs in the non-blocking mode: start('request', opts, callback) through step()", function()
     local c = H.client { nonblocking = true }
     assert(c:token())

@@ -374,7 +374,9 @@ local function done(self, st, tok, res, e)
 end
 
 -- The job of one call made with the token tok (its bearer, for redaction).
-local function job_of(self, st, args, tok, callback)
+-- With a callback (the non-blocking mode): `renew_then(e)`, when given, is
+-- called instead of the callback for a 401 to the token sent.
+local function job_of(self, st, args, tok, callback, renew_then)
   -- engine.job copies `how` into the job: one table per client, not one
   -- per call, emptied of the token and the callback once copied
   local how = st.request_how or {}
@@ -383,7 +385,7 @@ local function job_of(self, st, args, tok, callback)
   how.resend = not args.idempotent and resend_not_idempotent or nil
   how.timeout, how.event = args.timeout, args.event
   how.callback = callback and function(res, e)
-    done(self, st, tok, res, e)
+    if done(self, st, tok, res, e) and renew_then then return renew_then(e) end
     callback(res, e)
   end or nil
   local job = engine.job(self, st, "request", args, how)
@@ -405,6 +407,10 @@ end
 
 --- client:start("request", opts, callback): the call on the multi driver;
 -- the client must hold a valid token (else "pending", and a renewal starts).
+-- A 401 to the token sent renews it (the non-blocking renewal: the store's
+-- lock tried without waiting) and makes the call once more, as the blocking
+-- path does; step() carries both, and the callback gets the second answer,
+-- or the renewal's error.
 function R.start(self, st, args, callback)
   local ok, err = rate_gate(st, true)
   if not ok then return nil, err end
@@ -413,7 +419,24 @@ function R.start(self, st, args, callback)
     self:step()
     return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
   end
-  return engine.begin(self, st, (job_of(self, st, args, tok, callback or function() end)))
+  callback = callback or function() end
+  local function retry(e401)
+    -- token.step runs this once no job is in flight: with a fresh token it
+    -- makes the second call; when the renewal ended without one, its error
+    -- (or the 401) is the answer
+    st.last_try = nil                         -- renew now, not after the retry interval
+    st.after_renewal = function(fresh_tok, failed)
+      st.after_renewal = nil
+      if not fresh_tok then return runtime.pcall_y(callback, nil, failed or e401) end
+      local gate_ok, gate_err = rate_gate(st, true)
+      local started, serr
+      if gate_ok then
+        started, serr = engine.begin(self, st, (job_of(self, st, args, fresh_tok, callback)))
+      end
+      if not started then runtime.pcall_y(callback, nil, gate_err or serr) end
+    end
+  end
+  return engine.begin(self, st, (job_of(self, st, args, tok, callback, retry)))
 end
 
 return R

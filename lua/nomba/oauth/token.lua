@@ -184,16 +184,34 @@ function T.due(self, st)
   engine.begin(self, st, job)
 end
 
+-- After a renewal that another job waits for (st.after_renewal, set by an
+-- API call's 401): once nothing is in flight, hands it the fresh token, or
+-- the renewal's error when none came.
+local function resume(self, st)
+  local k = st.after_renewal
+  if not k or st.nb then return end
+  local tok = fresh(self, 0)
+  if tok then return k(tok) end
+  if core.closed(self) then return k(nil, closed_error()) end
+  if not st.wake_at and st.last_try then return k(nil, st.last_err) end
+end
+
 --- One non-blocking step: advances the job in flight, or starts a due
 -- renewal; true while work is in flight or scheduled.
 function T.step(self, st)
   if core.closed(self) then
     st.nb = nil
+    resume(self, st)
     return false
   end
-  if st.nb then return engine.step(self, st) end
+  if st.nb then
+    local busy = engine.step(self, st)
+    resume(self, st)
+    return busy or st.nb ~= nil or st.after_renewal ~= nil
+  end
   T.due(self, st)
-  return st.nb ~= nil or st.wake_at ~= nil
+  resume(self, st)
+  return st.nb ~= nil or st.wake_at ~= nil or st.after_renewal ~= nil
 end
 
 -- token() in the non-blocking mode: the kept token while it is valid, even
