@@ -63,6 +63,16 @@ describe("non-blocking mode", function()
     assert.are.equal(1, H.count("issue"))
   end)
 
+  it("renews at once after invalidate(), even a moment after the last renewal, as the blocking path does", function()
+    local c = H.client { nonblocking = true }
+    local a = assert(c:token())
+    c:invalidate()
+    local b, err = c:token()                   -- outside a coroutine: waits on curl_multi_poll
+    assert.is_string(b, tostring(err))
+    assert.are_not.equal(a, b)
+    assert.are.equal(2, H.count("issue") + H.count("refresh"))
+  end)
+
   it("hands out the kept token during a renewal, then the new one", function()
     assert(sim:config { lifetime = 4 })
     local c = H.client { nonblocking = true }

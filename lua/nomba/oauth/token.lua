@@ -157,7 +157,13 @@ function T.due(self, st)
   local t = now()
   if st.wake_at and t < st.wake_at then return end
   st.wake_at = nil
-  if core.closed(self) or (st.last_try and t - st.last_try < RENEW_INTERVAL) then return end
+  if core.closed(self) then return end
+  -- within a second of the last try, only a client whose token is still
+  -- valid, or whose last renewal failed, waits (no stampede, no hammering a
+  -- failing server); an invalidated token renews at once, as it does blocking
+  if st.last_try and t - st.last_try < RENEW_INTERVAL and (core.remaining(self) > 0 or st.last_err) then
+    return
+  end
   local lock
   if st.store then
     local c = claim(self, st)
