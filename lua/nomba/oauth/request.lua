@@ -420,6 +420,9 @@ function R.start(self, st, args, callback)
     return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
   end
   callback = callback or function() end
+  local function call(with, renew_then)
+    return engine.begin(self, st, (job_of(self, st, args, with, callback, renew_then)))
+  end
   local function retry(e401)
     -- token.step runs this once no job is in flight: with a fresh token it
     -- makes the second call; when the renewal ended without one, its error
@@ -427,16 +430,15 @@ function R.start(self, st, args, callback)
     st.last_try = nil                         -- renew now, not after the retry interval
     st.after_renewal = function(fresh_tok, failed)
       st.after_renewal = nil
-      if not fresh_tok then return runtime.pcall_y(callback, nil, failed or e401) end
-      local gate_ok, gate_err = rate_gate(st, true)
-      local started, serr
-      if gate_ok then
-        started, serr = engine.begin(self, st, (job_of(self, st, args, fresh_tok, callback)))
+      local started, why = nil, failed or e401
+      if fresh_tok then
+        started, why = rate_gate(st, true)
+        if started then started, why = call(fresh_tok) end
       end
-      if not started then runtime.pcall_y(callback, nil, gate_err or serr) end
+      if not started then runtime.pcall_y(callback, nil, why) end
     end
   end
-  return engine.begin(self, st, (job_of(self, st, args, tok, callback, retry)))
+  return call(tok, retry)
 end
 
 return R
