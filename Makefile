@@ -48,7 +48,7 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden
 
 BUILD    ?= build/$(LUA)
 SRCS     := src/core.c src/client.c src/token.c src/proto.c src/http.c src/err.c src/sbuf.c src/codec.c \
-            src/timeparse.c src/pkce.c src/seal.c src/url.c src/json.c src/webhook.c src/filestore.c
+            src/timeparse.c src/pkce.c src/seal.c src/url.c src/json.c src/head.c src/webhook.c src/filestore.c
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
 
@@ -193,7 +193,7 @@ FUZZ_TIME  ?= 60
 FUZZ_BUILD := build/fuzz
 FUZZERS    := iso8601 httpdate verifier answer url webhook
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all -D_GNU_SOURCE -I src -I$(LUA_INCDIR) $(DEPS_CFLAGS)
-FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/json.c src/webhook.c src/filestore.c \
+FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/json.c src/head.c src/webhook.c src/filestore.c \
               -llua$(LUA) $(DEPS_LIBS)
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)

@@ -77,7 +77,6 @@ static void cleanup(client *c)
     free_str(&c->cfg.account_id);
     free_str(&c->cfg.client_id);
     free_str(&c->cfg.base_url);
-    free_str(&c->cfg.account_hdr);
     free_str(&c->cfg.cafile);
     free_str(&c->cfg.capath);
     free_str(&c->cfg.pinned_pubkey);
@@ -178,10 +177,6 @@ static int client_new(lua_State *L)
     if (n > NOMBA_MAX_ACCOUNT_ID)
         return luaL_error(L, "nomba.oauth: option 'account_id' is longer than %d bytes",
                           NOMBA_MAX_ACCOUNT_ID);
-    c->cfg.account_hdr = (char *)malloc(sizeof "accountId: " + n);
-    if (c->cfg.account_hdr == NULL)
-        return luaL_error(L, "nomba.oauth: out of memory");
-    (void)snprintf(c->cfg.account_hdr, sizeof "accountId: " + n, "accountId: %s", c->cfg.account_id);
     opt_string(L, 1, "client_id", &c->cfg.client_id, 1);
     opt_string(L, 1, "base_url", &c->cfg.base_url, 1);
     opt_string(L, 1, "cafile", &c->cfg.cafile, 0);

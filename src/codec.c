@@ -7,6 +7,7 @@
  *   padding, unused bits zero), so each byte string has one encoding.
  *   hex digits: webhook signatures given as hex digests.
  *   header names: compared without regard to ASCII case.
+ *   header numbers: digits only, bounded (codec_digits).
  */
 #include <string.h>
 #include "nomba.h"
@@ -119,4 +120,41 @@ int codec_name_is(const char *s, size_t n, const char *lower)
             return 0;
     }
     return lower[n] == '\0';
+}
+
+/* The one reader of a number in a header (Content-Length, Retry-After's
+ * seconds, rate-limit counts): optional spaces or tabs around one or more
+ * decimal digits and nothing else, worth at most max. Never "1e3", "0x10",
+ * "-5" or "5.5"; a long run of digits is refused as soon as it passes max. */
+int codec_digits(const char *s, size_t n, double max, double *out)
+{
+    const char *p = s, *e = s + n;
+    double v = 0;
+    while (p < e && (*p == ' ' || *p == '\t'))
+        p++;
+    while (e > p && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    if (p == e)
+        return 0;
+    for (; p < e; p++) {
+        if (*p < '0' || *p > '9')
+            return 0;
+        v = v * 10 + (*p - '0');
+        if (v > max)
+            return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* Whether the n bytes at s are visible ASCII (0x21 to 0x7e): what a token,
+ * a refresh token or an auth code may hold, since it goes into a header
+ * line. The one check, for answers, saved tokens and given bearers. */
+int codec_visible(const char *s, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
+            return 0;
+    return 1;
 }

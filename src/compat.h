@@ -20,6 +20,7 @@
 #define luaL_newlib(L, l) (lua_newtable(L), luaL_setfuncs(L, l, 0))
 #endif
 #define lua_rawlen     lua_objlen
+#define lua_absindex(L, i) ((i) > 0 || (i) <= LUA_REGISTRYINDEX ? (i) : lua_gettop(L) + (i) + 1)
 #define luaL_testudata nomba_testudata
 
 static inline void nomba_setfuncs(lua_State *L, const luaL_Reg *l, int nup)

@@ -288,6 +288,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     token_open(L);
     seal_open(L);
     url_open(L);
+    head_open(L);
     webhook_open(L);
     filestore_open(L);
     pkce_open(L);

@@ -74,7 +74,6 @@ struct http_pool {
     pid_t pid;                      /* the process that made the handles */
     CURLM *multi;                   /* made on first use */
     CURLSH *share;                  /* TLS sessions and DNS */
-    struct curl_slist *headers;     /* the headers every request carries */
     CURL *spare[POOL_SPARE];        /* idle easy handles ... */
     unsigned long spare_owner[POOL_SPARE];  /* ... and the client each was set up for */
     int nspare;
@@ -192,30 +191,14 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-/* Copies the value of "Name: value\r\n" into dst when the name matches. */
-static void take_header(const char *p, size_t n, const char *name, char *dst, size_t cap)
-{
-    size_t k = strlen(name), i;
-    if (n <= k || p[k] != ':' || !codec_name_is(p, k, name))
-        return;
-    p += k + 1;
-    n -= k + 1;
-    while (n > 0 && (*p == ' ' || *p == '\t'))
-        p++, n--;
-    while (n > 0 && (p[n - 1] == '\r' || p[n - 1] == '\n' || p[n - 1] == ' '))
-        n--;
-    if (n >= cap)
-        n = cap - 1;
-    for (i = 0; i < n; i++)
-        dst[i] = p[i];
-    dst[n] = '\0';
-}
-
+/* Each header line: noted by head.c (the first of each name the
+ * interpreter needs), kept for an API call's headers table, and the end of
+ * the block (its empty line) remembered: an answer cut before it is
+ * truncated, never a success. */
 static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     client *c = (client *)ud;
     size_t n = size * nmemb;
-    nomba_answer_meta *m = &c->at.meta;
     c->at.header_bytes += n;
     if (c->at.header_bytes > NOMBA_MAX_HEADERS) {
         c->at.overflow = OVERFLOW_HEADERS;
@@ -223,15 +206,18 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
     }
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         /* a new response (after 1xx or a retry inside libcurl): start over */
-        m->date[0] = m->retry_after[0] = m->content_type[0] = '\0';
+        head_note(&c->at.meta, p, n);
         sbuf_wipe(&c->at.head);
+        c->at.head_done = 0;
+        return n;
+    }
+    if ((n == 2 && p[0] == '\r' && p[1] == '\n') || (n == 1 && p[0] == '\n')) {
+        c->at.head_done = 1;
         return n;
     }
     if (c->at.method != NULL && !sbuf_add(&c->at.head, p, n))
         return 0;
-    take_header(p, n, "date", m->date, sizeof m->date);
-    take_header(p, n, "retry-after", m->retry_after, sizeof m->retry_after);
-    take_header(p, n, "content-type", m->content_type, sizeof m->content_type);
+    head_note(&c->at.meta, p, n);
     return n;
 }
 
@@ -431,7 +417,6 @@ static void pool_adopt_process(http_pool *p)
         return;
     p->multi = NULL;
     p->share = NULL;
-    p->headers = NULL;
     p->nspare = 0;
     p->timer = -1;
     p->pid = me();
@@ -449,7 +434,6 @@ static void pool_unref(http_pool *p)
             curl_multi_cleanup(p->multi);
         if (p->share != NULL)
             curl_share_cleanup(p->share);
-        curl_slist_free_all(p->headers);
     }
     free(p);
 }
@@ -464,21 +448,12 @@ static int pool__gc(lua_State *L)
     return 0;
 }
 
-/* The multi handle, the share and the common headers, made on first use. */
+/* The multi handle and the share, made on first use. */
 static int pool_ready(http_pool *p)
 {
     pool_adopt_process(p);
     if (p->multi != NULL)
         return 1;
-    if (p->headers == NULL) {
-        struct curl_slist *h = curl_slist_append(NULL, "Accept: application/json");
-        struct curl_slist *h2 = h ? curl_slist_append(h, "Expect:") : NULL;
-        if (h2 == NULL) {
-            curl_slist_free_all(h);
-            return 0;
-        }
-        p->headers = h2;
-    }
     if (p->share == NULL && (p->share = curl_share_init()) != NULL) {
         curl_share_setopt(p->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
         curl_share_setopt(p->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
@@ -511,7 +486,6 @@ static void configure(CURL *h, http_pool *p, client *c)
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, c->cfg.user_agent);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->cfg.connect_timeout * 1000));
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
@@ -565,7 +539,7 @@ static void give_back(http_pool *p, client *c, CURL *h)
     curl_easy_setopt(h, CURLOPT_WRITEDATA, NULL);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, p->headers);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
     if (p->nspare < POOL_SPARE && p->pid == me()) {
         p->spare[p->nspare] = h;
@@ -608,15 +582,7 @@ static int start(client *c, double timeout)
     int running;
     if (!pool_ready(p) || (h = borrow(p, c)) == NULL)
         return 0;
-    if (c->at.method != NULL) {
-        hdrs = c->at.extra;                 /* an API call: its own lines */
-    } else {
-        c->xfer.hdr_ctype.data = (char *)"Content-Type: application/json";
-        c->xfer.hdr_ctype.next = p->headers;
-        c->xfer.hdr_account.data = c->cfg.account_hdr;
-        c->xfer.hdr_account.next = &c->xfer.hdr_ctype;
-        hdrs = &c->xfer.hdr_account;
-    }
+    hdrs = c->at.lines;                     /* proto.c's, for every operation */
     if (c->at.bearer_hdr.n > 0) {
         /* the bearer's only copy stays in the attempt's buffer */
         c->xfer.hdr_bearer.data = c->at.bearer_hdr.p;
@@ -711,56 +677,6 @@ static void wait_for(client *c, double seconds)
     collect(p);
 }
 
-/* The answer's header lines as a table: names in lower case, values
- * trimmed, a repeated name's values joined with ", " (RFC 9110); a line
- * without a colon, or whose name has a space or a '/' (a status line), is
- * no header. */
-static void push_headers(lua_State *L, const char *p, size_t n)
-{
-    const char *e = p + n;
-    lua_createtable(L, 0, 8);
-    while (p < e) {
-        const char *nl = memchr(p, '\n', (size_t)(e - p)), *end = nl ? nl : e, *colon, *v, *ve;
-        char name[128];
-        size_t k, i;
-        colon = memchr(p, ':', (size_t)(end - p));
-        if (colon != NULL && colon > p && (k = (size_t)(colon - p)) < sizeof name) {
-            for (i = 0; i < k && p[i] != ' ' && p[i] != '\t' && p[i] != '/'; i++)
-                name[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + 32 : p[i]);
-            if (i < k) {            /* not a field name: a status line ("HTTP/1.1 200 a:b") */
-                p = nl ? nl + 1 : e;
-                continue;
-            }
-            for (v = colon + 1; v < end && (*v == ' ' || *v == '\t'); v++)
-                ;
-            for (ve = end; ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'); ve--)
-                ;
-            lua_pushlstring(L, name, k);
-            lua_pushvalue(L, -1);
-            lua_rawget(L, -3);
-            if (lua_isnil(L, -1)) {
-                lua_pop(L, 1);
-                lua_pushlstring(L, v, (size_t)(ve - v));
-            } else {
-                lua_pushliteral(L, ", ");
-                lua_pushlstring(L, v, (size_t)(ve - v));
-                lua_concat(L, 3);
-            }
-            lua_rawset(L, -3);
-        }
-        p = nl ? nl + 1 : e;
-    }
-}
-
-/* Whether the token this attempt sent appears in the bytes [p, p+n). */
-static int echoes_bearer(const client *c, const char *p, size_t n)
-{
-    size_t skip = sizeof "Authorization: Bearer " - 1;
-    if (c->at.bearer_hdr.n <= skip || p == NULL)
-        return 0;
-    return memmem(p, n, c->at.bearer_hdr.p + skip, c->at.bearer_hdr.n - skip) != NULL;
-}
-
 /* Ends the client's transfer: the handle leaves the multi and goes back. */
 static void stop(client *c)
 {
@@ -806,26 +722,11 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
     }
     stop(c);
     c->at.meta.status = status;
-    if (rc == CURLE_OK && op == OP_REQUEST) {
-        /* an API call's answer goes to the Lua interpreter (request.lua):
-         * {status, headers (lower-case names), body, echoed (the bearer
-         * is somewhere in the headers or the body)} */
-        lua_createtable(L, 0, 7);           /* request.lua adds code and rate_limit */
-        lua_pushinteger(L, status);
-        lua_setfield(L, -2, "status");
-        push_headers(L, c->at.head.p, c->at.head.n);
-        lua_setfield(L, -2, "headers");
-        lua_pushlstring(L, c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
-        lua_setfield(L, -2, "body");
-        lua_pushboolean(L, echoes_bearer(c, c->at.head.p, c->at.head.n) ||
-                               echoes_bearer(c, c->at.resp.p, c->at.resp.n));
-        lua_setfield(L, -2, "echoed");
-        lua_pushboolean(L, 1);
-        lua_setfield(L, -2, "lower");
-        lua_pushnil(L);
-        lua_pushinteger(L, status);
+    if (rc == CURLE_OK && !c->at.head_done) {
+        /* libcurl ends an answer cut inside its header block "OK" */
+        r = proto_truncated(L, c, op, status, "the answer is truncated (in its headers)");
         attempt_end(c);
-        return 3;
+        return r;
     }
     if (rc != CURLE_OK) {
         const char *msg = c->xfer.errbuf[0] ? c->xfer.errbuf : curl_easy_strerror(rc);
@@ -863,7 +764,8 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
         attempt_end(c);
         return 3;
     }
-    r = proto_interpret(L, cidx, c, op, &c->at.meta, c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
+    r = proto_interpret(L, cidx, c, op, &c->at.meta, c->at.head.p ? c->at.head.p : "", c->at.head.n,
+                        c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
     attempt_end(c);
     return r;
 }
@@ -973,17 +875,6 @@ static int http_nb_wait(lua_State *L)
     return 0;
 }
 
-/* core.headers(head): an answer's head (the status line, then header
- * lines) as the table push_headers makes; the OpenResty transport's
- * answers go through it too. */
-static int http_headers(lua_State *L)
-{
-    size_t n;
-    const char *head = luaL_checklstring(L, 1, &n);
-    push_headers(L, head, n);
-    return 1;
-}
-
 static int http_nb_sockets(lua_State *L)
 {
     client *c = client_check(L, 1);
@@ -1074,7 +965,6 @@ void http_open(lua_State *L)
         {"nb_progress", http_nb_progress},
         {"nb_wait", http_nb_wait},
         {"nb_sockets", http_nb_sockets},
-        {"headers", http_headers},
         {NULL, NULL}
     };
     http_pool *p = (http_pool *)calloc(1, sizeof *p);

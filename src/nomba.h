@@ -7,7 +7,7 @@
  *
  * The files, one concept each, and what each may call (never a file
  * above it in this list, so there are no circles):
- *   sbuf.c codec.c timeparse.c json.c url.c err.c   leaves
+ *   sbuf.c codec.c timeparse.c json.c url.c head.c err.c   leaves
  *   token.c     the kept token: keep, drop, the hot path      -> leaves
  *   seal.c      the token sealed for a shared store           -> token
  *   proto.c     the wire contract and the attempt's buffers   -> token
@@ -32,6 +32,7 @@
 #define NOMBA_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <curl/curl.h>
 #include "compat.h"
@@ -78,6 +79,8 @@ NOMBA_HIDDEN size_t codec_b64_encode(const unsigned char *in, size_t n, char *ou
 NOMBA_HIDDEN long   codec_b64_decode(const char *s, size_t n, unsigned char *out, size_t cap, int url);
 NOMBA_HIDDEN int    codec_hexval(int ch);                    /* 0..15, or -1 */
 NOMBA_HIDDEN int    codec_name_is(const char *s, size_t n, const char *lower);
+NOMBA_HIDDEN int    codec_visible(const char *s, size_t n);   /* visible ASCII only: a token's bytes */
+NOMBA_HIDDEN int    codec_digits(const char *s, size_t n, double max, double *out);   /* 1: digits only, <= max */
 
 /* Operations, as named in errors and events. */
 enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP_REQUEST,
@@ -97,13 +100,26 @@ NOMBA_HIDDEN void url_free(url_parts *p);
 NOMBA_HIDDEN int  url_on(const url_parts *base, const char *url, const char **why); /* 1 same origin, 0, -1 */
 NOMBA_HIDDEN void url_open(lua_State *L);
 
-/* What one HTTP answer carried that the interpreter needs. */
+/* What one HTTP answer carried that the interpreter needs: the first line
+ * of each name (head.c notes them, for every driver). */
 typedef struct {
     long status;
+    unsigned seen;          /* which names were noted (head.c's bits) */
     char date[64];          /* the Date header, or "" */
     char retry_after[64];   /* the Retry-After header, or "" */
     char content_type[96];  /* the Content-Type header, or "" */
+    char rl_limit[24], rl_remaining[24], rl_window[24];   /* X-Rate-Limit-Limit, -Remaining, -Window */
 } nomba_answer_meta;
+
+/* head.c: the header block of an answer, one reader for every driver. */
+NOMBA_HIDDEN int  head_field(const char *p, size_t n, const char **name, size_t *nn, const char **val, size_t *vn);
+NOMBA_HIDDEN void head_reset(nomba_answer_meta *m);
+NOMBA_HIDDEN void head_note(nomba_answer_meta *m, const char *p, size_t n);   /* one line */
+NOMBA_HIDDEN void head_scan(nomba_answer_meta *m, const char *p, size_t n);   /* a whole block */
+NOMBA_HIDDEN void head_push(lua_State *L, const char *p, size_t n);           /* the headers table */
+NOMBA_HIDDEN int  head_window(const char *s, double *out);                    /* "1s", "60", "1m" */
+NOMBA_HIDDEN int  head_from_table(lua_State *L, int idx, sbuf *out);         /* a Lua transport's table as lines */
+NOMBA_HIDDEN void head_open(lua_State *L);
 
 enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
 #define NB_MAX_SOCKS 4          /* sockets of one transfer (happy eyeballs: 2) */
@@ -113,7 +129,6 @@ typedef struct {
     char *account_id, *client_id, *base_url;
     char *paths[OP__N];     /* path per op (exchange uses issue's) */
     char *urls[OP__N];      /* base_url + path, per op with a path */
-    char *account_hdr;      /* "accountId: <account_id>" */
     url_parts base;         /* base_url as libcurl parses it (every URL must keep its scheme, host, port) */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
     double timeout, connect_timeout, refresh_skew;
@@ -136,19 +151,24 @@ typedef struct {
  * end one, and attempt_end() wipes every buffer that held a secret. */
 typedef struct {
     const char *url;        /* the op's URL (the configuration's, or req_url) */
-    sbuf body, bearer_hdr, resp;
+    sbuf body, bearer_hdr, resp;   /* bearer_hdr: "Authorization: Bearer ..." or empty */
+    struct curl_slist *lines;      /* the header lines the attempt sends after the bearer (not owned) */
+    struct curl_slist *tail;       /* made once per client: Accept, User-Agent, libcurl's "Expect:" */
+    struct curl_slist *op_lines;   /* made once per client: accountId, Content-Type, then the tail */
     /* OP_REQUEST, an authorized API call: */
     char *req_url;          /* its URL */
     const char *method;     /* its method (a static string) */
-    struct curl_slist *extra;   /* its header lines: accountId, Content-Type, the caller's */
+    struct curl_slist *extra, *extra_last;   /* its own lines (accountId, Content-Type, the caller's);
+                                              * extra_last->next links the tail while they are in use */
     sbuf head;              /* the answer's header lines */
     int fresh_connect;      /* never on a reused connection (not idempotent) */
-    size_t max_response;    /* this attempt's cap on the body */    /* bearer_hdr: "Authorization: Bearer ..." or empty */
+    size_t max_response;    /* this attempt's cap on the body */
     sbuf req_secret[2];     /* the secret values the request carries (a token, a verifier;
-                             * a refresh's explicit bearer), redacted from its answer's messages */
+                             * a refresh's explicit bearer), redacted from its answer */
     sbuf scratch[2];        /* an answer's new tokens, before they are kept */
     char *body_open[OP__N]; /* the cached non-secret start of a body, per op */
     nomba_answer_meta meta;
+    int head_done;          /* the answer's header block ended (its empty line came) */
     int overflow;           /* OVERFLOW_BODY or OVERFLOW_HEADERS: the answer was cut */
     size_t header_bytes;    /* of the answer being read */
     int in_flight;          /* 1 + the op of a non-blocking attempt, or 0 */
@@ -164,7 +184,7 @@ typedef struct {
     CURLcode rc;            /* ... with this */
     struct { int fd, what; } socks[NB_MAX_SOCKS];   /* its sockets (CURL_POLL_*) */
     int nsocks;
-    struct curl_slist hdr_bearer, hdr_account, hdr_ctype;   /* header nodes in front of the pool's */
+    struct curl_slist hdr_bearer;   /* the bearer's header node, in front of the attempt's lines */
     unsigned long serial;   /* this client, for the pool's handle reuse */
     char errbuf[256];       /* CURL_ERROR_SIZE */
 } transfer;
@@ -211,8 +231,9 @@ NOMBA_HIDDEN void attempt_end(client *c);
 NOMBA_HIDDEN void attempt_free(client *c);
 NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */
 NOMBA_HIDDEN void proto_code_text(double d, char out[32]);
-NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op,
-                                  const nomba_answer_meta *m, const char *body, size_t n);
+NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answer_meta *m,
+                                  const char *head, size_t hn, const char *body, size_t n);
+NOMBA_HIDDEN int  proto_truncated(lua_State *L, client *c, int op, long status, const char *msg);
 NOMBA_HIDDEN void proto_open(lua_State *L);
 
 /* http.c: libcurl, one pool per Lua state. */
@@ -234,6 +255,19 @@ typedef struct {
     int retryable;
     double retry_after;     /* < 0: none */
 } nomba_err;
+/* The secrets an answer must not echo (err.c): their 8-byte pieces indexed. */
+struct client;
+typedef struct {
+    const sbuf *sec[5];
+    int nsec;
+    int slow;               /* more pieces than the index holds: measure every position */
+    uint32_t *slot;         /* the index (local), or NULL */
+    size_t mask;
+    uint32_t local[4096];
+} echo_index;
+NOMBA_HIDDEN void echo_begin(echo_index *ix, const struct client *c);
+NOMBA_HIDDEN int  echo_find(const echo_index *ix, const char *p, size_t n, size_t *at, size_t *len);
+NOMBA_HIDDEN void echo_push(lua_State *L, const echo_index *ix, const char *p, size_t n);
 NOMBA_HIDDEN void err_init(nomba_err *e, const char *kind, int op, const char *msg);
 NOMBA_HIDDEN void err_push(lua_State *L, const client *c, const nomba_err *e);
 NOMBA_HIDDEN int  err_return(lua_State *L, const client *c, const nomba_err *e);

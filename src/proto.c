@@ -26,6 +26,7 @@
 #include <string.h>
 #include <math.h>
 #include <stdio.h>
+#include <strings.h>
 #include "nomba.h"
 
 static const char json_key = 'j';   /* registry key: our cjson instance */
@@ -64,16 +65,32 @@ void attempt_end(client *c)
     sbuf_clear(&c->at.scratch[1]);
     sbuf_clear(&c->at.head);
     memset(&c->at.meta, 0, sizeof c->at.meta);
+    c->at.head_done = 0;
     c->at.overflow = 0;
     c->at.header_bytes = 0;
     c->at.in_flight = 0;
     free(c->at.req_url);
     c->at.req_url = NULL;
+    if (c->at.extra_last != NULL)
+        c->at.extra_last->next = NULL;      /* the tail is the client's, not this attempt's */
     curl_slist_free_all(c->at.extra);
-    c->at.extra = NULL;
+    c->at.extra = c->at.extra_last = NULL;
+    c->at.lines = NULL;
     c->at.method = NULL;
     c->at.fresh_connect = 0;
     c->at.max_response = c->cfg.max_response;
+}
+
+/* Frees a list of header lines made by lines_of: its own count nodes, then
+ * whatever they linked to. */
+static void free_lines(struct curl_slist *l, int own)
+{
+    struct curl_slist *next;
+    for (; l != NULL && own-- > 0; l = next) {
+        next = l->next;
+        l->next = NULL;
+        curl_slist_free_all(l);
+    }
 }
 
 /* Wipes and frees the attempt's buffers (cleanup). */
@@ -93,6 +110,51 @@ void attempt_free(client *c)
         free(c->at.body_open[i]);
         c->at.body_open[i] = NULL;
     }
+    free_lines(c->at.op_lines, 2);          /* accountId, Content-Type; then the tail */
+    c->at.op_lines = NULL;
+    curl_slist_free_all(c->at.tail);
+    c->at.tail = NULL;
+}
+
+/* The header lines, written once for every operation and every driver:
+ * every request ends with Accept, User-Agent and "Expect:" (libcurl's
+ * directive not to wait for 100-continue; a Lua transport never sees a
+ * line without a value); the token operations put accountId and
+ * Content-Type in front. Made once per client; 0 when out of memory. */
+static struct curl_slist *add_line(struct curl_slist *l, const char *name, const char *value)
+{
+    size_t n = strlen(name) + strlen(value) + 3;
+    char *line = malloc(n);
+    struct curl_slist *r = NULL;
+    if (line != NULL) {
+        (void)snprintf(line, n, "%s: %s", name, value);
+        r = curl_slist_append(l, line);
+        free(line);
+    }
+    return r;
+}
+
+static int client_lines(client *c)
+{
+    struct curl_slist *t, *a;
+    if (c->at.op_lines != NULL)
+        return 1;
+    t = curl_slist_append(NULL, "Accept: application/json");
+    if (t == NULL || add_line(t, "User-Agent", c->cfg.user_agent) == NULL ||
+        curl_slist_append(t, "Expect:") == NULL) {
+        curl_slist_free_all(t);
+        return 0;
+    }
+    a = add_line(NULL, "accountId", c->cfg.account_id);
+    if (a == NULL || curl_slist_append(a, "Content-Type: application/json") == NULL) {
+        curl_slist_free_all(a);
+        curl_slist_free_all(t);
+        return 0;
+    }
+    a->next->next = t;
+    c->at.op_lines = a;
+    c->at.tail = t;
+    return 1;
 }
 
 static int config_error(lua_State *L, client *c, int op, const char *msg)
@@ -199,6 +261,48 @@ static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t
  * and the bearer is the kept access token (its only copy stays in C). */
 static const char *const METHODS[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", NULL};
 
+/* Whether the caller's lines name the header of the line t ("Name: v"). */
+static int named(const struct curl_slist *l, const char *t)
+{
+    size_t k = strcspn(t, ":");
+    for (; l != NULL; l = l->next)
+        if (strncasecmp(l->data, t, k) == 0 && l->data[k] == ':')
+            return 1;
+    return 0;
+}
+
+/* An API call's lines end with the client's tail: linked to it, or, when
+ * the caller set Accept or User-Agent itself, with copies of the rest of
+ * it (a header is sent once, the caller's). 0 when out of memory. */
+static int end_lines(client *c)
+{
+    const struct curl_slist *t;
+    int own = 0;
+    for (t = c->at.tail; t != NULL; t = t->next)
+        own |= named(c->at.extra, t->data);
+    if (own) {
+        for (t = c->at.tail; t != NULL; t = t->next) {
+            struct curl_slist *next;
+            if (named(c->at.extra, t->data))
+                continue;
+            if ((next = curl_slist_append(c->at.extra, t->data)) == NULL)
+                return 0;
+            c->at.extra = next;
+        }
+        c->at.lines = c->at.extra;
+        return 1;
+    }
+    if (c->at.extra == NULL) {
+        c->at.lines = c->at.tail;
+        return 1;
+    }
+    for (c->at.extra_last = c->at.extra; c->at.extra_last->next != NULL;)
+        c->at.extra_last = c->at.extra_last->next;
+    c->at.extra_last->next = c->at.tail;
+    c->at.lines = c->at.extra;
+    return 1;
+}
+
 static int build_request(lua_State *L, client *c, int argidx)
 {
     const char *url, *why, *body;
@@ -229,6 +333,8 @@ static int build_request(lua_State *L, client *c, int argidx)
     if ((c->at.req_url = nomba_strndup(url, n)) == NULL)
         return luaL_error(L, "nomba.oauth: out of memory");
     c->at.url = c->at.req_url;
+    if (!client_lines(c))
+        return luaL_error(L, "nomba.oauth: out of memory");
     lua_getfield(L, argidx, "lines");
     for (i = 1; lua_istable(L, -1); i++) {
         struct curl_slist *next;
@@ -253,15 +359,8 @@ static int build_request(lua_State *L, client *c, int argidx)
         c->at.extra = next;
     }
     lua_pop(L, 1);
-    {
-        struct curl_slist *next = curl_slist_append(c->at.extra, "Accept: application/json");
-        if (next != NULL)
-            c->at.extra = next;
-        next = next ? curl_slist_append(c->at.extra, "Expect:") : NULL;
-        if (next == NULL)
-            return luaL_error(L, "nomba.oauth: out of memory");
-        c->at.extra = next;
-    }
+    if (!end_lines(c))
+        return luaL_error(L, "nomba.oauth: out of memory");
     body = arg_string(L, argidx, "body", &bn);
     if (body != NULL && !sbuf_add(&c->at.body, body, bn))
         return luaL_error(L, "nomba.oauth: out of memory");
@@ -293,6 +392,9 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
     c->at.url = c->cfg.urls[op];
     if (c->at.url == NULL)
         return config_error(L, c, op, "this operation has no URL");
+    if (!client_lines(c))
+        return luaL_error(L, "nomba.oauth: out of memory");
+    c->at.lines = c->at.op_lines;
 
     switch (op) {
     case OP_ISSUE:
@@ -318,11 +420,9 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
             size_t bn = 0;
             const char *b = arg_string(L, argidx, "access_token", &bn);
             if (b != NULL && bn > 0) {
-                size_t i;
-                for (i = 0; i < bn; i++)      /* it goes into a header line */
-                    if ((unsigned char)b[i] <= 0x20 || (unsigned char)b[i] >= 0x7f)
-                        return config_error(L, c, op, "the access_token to send as bearer has bytes "
-                                            "outside visible ASCII");
+                if (!codec_visible(b, bn))      /* it goes into a header line */
+                    return config_error(L, c, op, "the access_token to send as bearer has bytes "
+                                        "outside visible ASCII");
                 if (!sbuf_set(&c->at.req_secret[1], b, bn))
                     return luaL_error(L, "nomba.oauth: out of memory");
             } else if (c->tok.access.n > 0) {
@@ -412,17 +512,6 @@ static const json_span *pick(const json_span *f, int a, int b, int type)
     return NULL;
 }
 
-/* Token-like values from the network go into header lines: only visible
- * ASCII (no space, no control byte, nothing above 0x7e) may pass. */
-static int visible(const char *s, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
-            return 0;
-    return 1;
-}
-
 /* Names: printable ASCII, spaces allowed. */
 static int printable(const char *s, size_t n)
 {
@@ -510,9 +599,9 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
     }
     if (new_at->n == 0)
         why = "the answer has an empty access_token";
-    else if (!visible(new_at->p, new_at->n))
+    else if (!codec_visible(new_at->p, new_at->n))
         why = "the answer's access_token has bytes outside printable ASCII";
-    else if (!visible(new_rt->p, new_rt->n))
+    else if (!codec_visible(new_rt->p, new_rt->n))
         why = "the answer's refresh_token has bytes outside printable ASCII";
     else if (!printable(b.p, b.n))
         why = "the answer's businessId has bytes outside printable ASCII";
@@ -579,7 +668,7 @@ static int success(lua_State *L, int cidx, client *c, int op, const answer *a,
             sbuf_free(&code);
             return luaL_error(L, "nomba.oauth: out of memory");
         }
-        ok = code.n > 0 && visible(code.p, code.n);
+        ok = code.n > 0 && codec_visible(code.p, code.n);
         if (ok)
             lua_pushlstring(L, code.p, code.n);
         sbuf_free(&code);
@@ -597,6 +686,155 @@ static int success(lua_State *L, int cidx, client *c, int op, const answer *a,
     }
 }
 
+/* ---- API answers (OP_REQUEST) -------------------------------------------- */
+
+static const char answer_key = 'a';   /* registry key: the metatable of an API answer */
+
+/* Whether an API answer's body is read as JSON: a JSON content type, or a
+ * body that starts like an object or an array. */
+static int json_like(const nomba_answer_meta *m, const char *body, size_t n)
+{
+    size_t i;
+    if (n == 0)
+        return 0;
+    for (i = 0; m->content_type[i] != '\0'; i++)
+        if (codec_name_is(m->content_type + i, 4, "json"))
+            return 1;
+    for (i = 0; i < n && (body[i] == ' ' || (body[i] >= '\t' && body[i] <= '\r')); i++)
+        ;
+    return i < n && (body[i] == '{' || body[i] == '[');
+}
+
+/* A rate-limit count: digits only, at most 9 of them. */
+static int count_of(const char *s, double *out)
+{
+    return s[0] != '\0' && codec_digits(s, strlen(s), 999999999.0, out);
+}
+
+/* Pushes an API call's answer, the result of client:request (or the
+ * `response` of its error): {status, headers (lower-case names, repeats
+ * joined), body, code, rate_limit = {limit, remaining, window}}, its
+ * headers and body redacted of any echoed secret. json and data are decoded
+ * on their first read (most calls read neither). */
+static void push_answer(lua_State *L, const client *c, const nomba_answer_meta *m, const char *head, size_t hn,
+                        const char *body, size_t n, const char *code, size_t codelen, int json)
+{
+    echo_index ix;
+    size_t at, len;
+    double limit = 0, remaining = 0, window = 0;
+    int has_limit, has_remaining;
+    echo_begin(&ix, c);
+    lua_createtable(L, 0, 7);
+    lua_pushinteger(L, (lua_Integer)m->status);
+    lua_setfield(L, -2, "status");
+    if (echo_find(&ix, head, hn, &at, &len)) {
+        size_t k;
+        const char *h;
+        echo_push(L, &ix, head, hn);
+        h = lua_tolstring(L, -1, &k);
+        head_push(L, h, k);
+        lua_remove(L, -2);
+    } else {
+        head_push(L, head, hn);
+    }
+    lua_setfield(L, -2, "headers");
+    echo_push(L, &ix, body, n);
+    lua_setfield(L, -2, "body");
+    if (code != NULL) {
+        lua_pushlstring(L, code, codelen);
+        lua_setfield(L, -2, "code");
+    }
+    has_limit = count_of(m->rl_limit, &limit);
+    has_remaining = count_of(m->rl_remaining, &remaining);
+    if (has_limit || has_remaining) {
+        lua_createtable(L, 0, 3);
+        if (has_limit) {
+            lua_pushinteger(L, (lua_Integer)limit);
+            lua_setfield(L, -2, "limit");
+        }
+        if (has_remaining) {
+            lua_pushinteger(L, (lua_Integer)remaining);
+            lua_setfield(L, -2, "remaining");
+        }
+        if (m->rl_window[0] != '\0' && head_window(m->rl_window, &window)) {
+            if (window == floor(window) && window < 1e15)
+                lua_pushinteger(L, (lua_Integer)window);
+            else
+                lua_pushnumber(L, window);
+            lua_setfield(L, -2, "window");
+        }
+        lua_setfield(L, -2, "rate_limit");
+    }
+    if (json) {
+        lua_pushlightuserdata(L, (void *)&answer_key);
+        lua_rawget(L, LUA_REGISTRYINDEX);
+        lua_setmetatable(L, -2);
+    }
+}
+
+/* Decodes an API answer's body into its json and data, and makes it a
+ * plain table. */
+static void answer_decode(lua_State *L, int idx)
+{
+    size_t n;
+    const char *body;
+    lua_pushnil(L);
+    lua_setmetatable(L, idx);
+    lua_pushliteral(L, "body");
+    lua_rawget(L, idx);
+    body = lua_tolstring(L, -1, &n);
+    if (body != NULL && json_push(L, body, n, 32)) {
+        lua_pushliteral(L, "json");
+        lua_pushvalue(L, -2);
+        lua_rawset(L, idx);
+        if (lua_istable(L, -1)) {
+            lua_pushliteral(L, "data");
+            lua_pushliteral(L, "data");
+            lua_rawget(L, -3);
+            lua_rawset(L, idx);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* __index of an API answer: json and data, decoded on their first read. */
+static int answer__index(lua_State *L)
+{
+    size_t n;
+    const char *k = lua_type(L, 2) == LUA_TSTRING ? lua_tolstring(L, 2, &n) : NULL;
+    if (k == NULL || !((n == 4 && memcmp(k, "json", 4) == 0) || (n == 4 && memcmp(k, "data", 4) == 0)))
+        return 0;
+    answer_decode(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+/* __pairs (Lua 5.2+): decoded first, then the plain table's next. */
+static int answer__pairs(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    answer_decode(L, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* The error on top of the stack is an API call's: it carries the answer
+ * (`response`) and may have reached Nomba (`maybe_sent`). */
+static void attach_answer(lua_State *L, const client *c, const nomba_answer_meta *m, const char *head, size_t hn,
+                          const char *body, size_t n, const char *code, size_t codelen, int json)
+{
+    push_answer(L, c, m, head, hn, body, n, code, codelen, json);
+    lua_setfield(L, -2, "response");
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "maybe_sent");
+}
+
+/* ---- the verdict, for every operation ------------------------------------ */
+
 /* Nomba refused: an "api" error with its code and (cleaned) description. */
 static int api_error(lua_State *L, client *c, int op, const answer *a, const nomba_answer_meta *m,
                      const char *code, size_t codelen)
@@ -604,7 +842,7 @@ static int api_error(lua_State *L, client *c, int op, const answer *a, const nom
     const json_span *msg = pick(a->top, F_DESCRIPTION, F_ERROR_DESCRIPTION, J_STRING);
     sbuf text = {NULL, 0, 0};
     long st = m->status;
-    int ok2xx = st >= 200 && st < 300, r;
+    int ok2xx = st >= 200 && st < 300;
     nomba_err e;
     err_init(&e, "api", op, NULL);
     e.code = code;
@@ -619,14 +857,15 @@ static int api_error(lua_State *L, client *c, int op, const answer *a, const nom
     e.status = st;
     e.retryable = retryable_status(st);
     e.retry_after = ok2xx ? -1 : retry_after_of(m);
-    r = fail(L, c, &e, st);
+    lua_pushnil(L);
+    err_push(L, c, &e);
     sbuf_free(&text);
-    return r;
+    return 2;
 }
 
 /* Nomba's code written as a number reads as Nomba writes it: 2 is "2",
- * not "2.0"; 0.5 is "0.5". The one rule, for every operation (core.code_text
- * gives it to client:request). The numbers come from json.c, so finite. */
+ * not "2.0"; 0.5 is "0.5". The one rule, for every operation. The numbers
+ * come from json.c, so finite. */
 void proto_code_text(double d, char out[32])
 {
     if (d == floor(d) && fabs(d) < 1e15)
@@ -635,45 +874,102 @@ void proto_code_text(double d, char out[32])
         (void)snprintf(out, 32, "%.14g", d);
 }
 
-int proto_interpret(lua_State *L, int cidx, client *c, int op,
-                    const nomba_answer_meta *m, const char *body, size_t n)
+/* A truncated answer (cut inside its header block or its body): a
+ * protocol error, retryable; for an API call, one that may have been sent. */
+int proto_truncated(lua_State *L, client *c, int op, long status, const char *msg)
+{
+    nomba_err e;
+    err_init(&e, "protocol", op, msg);
+    e.status = status;
+    e.retryable = 1;
+    lua_pushnil(L);
+    err_push(L, c, &e);
+    if (op == OP_REQUEST) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "maybe_sent");
+    }
+    if (status > 0)
+        lua_pushinteger(L, (lua_Integer)status);
+    else
+        lua_pushnil(L);
+    return 3;
+}
+
+/*
+ * The answer of op: (status, header block, body) to a result or a typed
+ * error, the same for every driver. The rules, once:
+ *   - a 2xx is a success only when its Nomba code, if it has one, is "00";
+ *   - a code (a string, or a number written as Nomba writes it) makes an
+ *     "api" error, its message Nomba's description (or error_description,
+ *     or message); no code makes an "http" error;
+ *   - retryable: 408, 425, 429 and 5xx; Retry-After (its first value)
+ *     measured against the server's Date;
+ *   - a token answer must be JSON; an API answer need not be, and is
+ *     handed back whole (headers and body redacted of echoed secrets).
+ * Pushes result, nil, status or nil, err, status.
+ */
+int proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answer_meta *m,
+                    const char *head, size_t hn, const char *body, size_t n)
 {
     long st = m->status;
-    int ok2xx = st >= 200 && st < 300;
+    int ok2xx = st >= 200 && st < 300, request = op == OP_REQUEST;
+    int json = request ? json_like(m, body, n) : 1;
     answer a;
     nomba_err e;
+    char num[32];
+    sbuf text = {NULL, 0, 0};
+    const char *code = NULL;
+    size_t codelen = 0;
 
-    luaL_checkstack(L, 20, "nomba.oauth");
-    if (json_scan(body, n, field_names, F__N, a.top, a.data, &a.has_data)) {
-        const json_span *code = &a.top[F_CODE];
-        char num[32];
-        sbuf text = {NULL, 0, 0};
-        int r;
+    luaL_checkstack(L, 24, "nomba.oauth");
+    if (json && json_scan(body, n, field_names, F__N, a.top, a.data, &a.has_data)) {
+        const json_span *cs = &a.top[F_CODE];
         a.d = a.has_data ? a.data : a.top;
-        if (code->type == J_NUMBER) {
+        if (cs->type == J_NUMBER) {
             double d = 0;
-            (void)json_number(code, &d);
+            (void)json_number(cs, &d);
             proto_code_text(d, num);
             if (!sbuf_adds(&text, num))
                 return luaL_error(L, "nomba.oauth: out of memory");
-        } else if (code->type == J_STRING && json_string(code, &text) < 0) {
+        } else if (cs->type == J_STRING && json_string(cs, &text) < 0) {
             sbuf_free(&text);
             return luaL_error(L, "nomba.oauth: out of memory");
         }
-        if (ok2xx && (code->type != J_STRING && code->type != J_NUMBER ? 1
-                      : text.n == 2 && memcmp(text.p, "00", 2) == 0)) {
-            sbuf_free(&text);
-            return success(L, cidx, c, op, &a, m);
+        if (cs->type == J_STRING || cs->type == J_NUMBER) {
+            code = text.p ? text.p : "";
+            codelen = text.n;
         }
-        if (code->type == J_STRING || code->type == J_NUMBER) {
-            r = api_error(L, c, op, &a, m, text.p ? text.p : "", text.n);
+        if (ok2xx && (code == NULL || (codelen == 2 && memcmp(code, "00", 2) == 0))) {
+            int r;
+            if (!request) {
+                r = success(L, cidx, c, op, &a, m);
+            } else {
+                push_answer(L, c, m, head, hn, body, n, code, codelen, json);
+                lua_pushnil(L);
+                lua_pushinteger(L, (lua_Integer)st);
+                r = 3;
+            }
             sbuf_free(&text);
             return r;
         }
+        if (code != NULL) {
+            (void)api_error(L, c, op, &a, m, code, codelen);
+            if (request)
+                attach_answer(L, c, m, head, hn, body, n, code, codelen, json);
+            sbuf_free(&text);
+            lua_pushinteger(L, (lua_Integer)st);
+            return 3;
+        }
+    }
+    sbuf_free(&text);
+    if (ok2xx && request) {
+        push_answer(L, c, m, head, hn, body, n, NULL, 0, json);
+        lua_pushnil(L);
+        lua_pushinteger(L, (lua_Integer)st);
+        return 3;
     }
     if (ok2xx)
-        return protocol_error(L, c, op, st, n == 0 ? "the answer is empty"
-                                            : "the answer is not a Nomba JSON body");
+        return protocol_error(L, c, op, st, n == 0 ? "the answer is empty" : "the answer is not a Nomba JSON body");
     {
         char msg[160];
         const char *ct = m->content_type[0] ? m->content_type : "no content type";
@@ -686,7 +982,12 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op,
         e.status = st;
         e.retryable = retryable_status(st);
         e.retry_after = retry_after_of(m);
-        return fail(L, c, &e, st);
+        lua_pushnil(L);
+        err_push(L, c, &e);
+        if (request)
+            attach_answer(L, c, m, head, hn, body, n, NULL, 0, json);
+        lua_pushinteger(L, (lua_Integer)st);
+        return 3;
     }
 }
 
@@ -713,29 +1014,18 @@ static int proto_request(lua_State *L)
     lua_setfield(L, -2, "url");
     lua_pushlstring(L, c->at.body.p ? c->at.body.p : "", c->at.body.n);
     lua_setfield(L, -2, "body");
-    lua_createtable(L, 0, 5);
-    lua_pushliteral(L, "application/json");
-    lua_setfield(L, -2, "Accept");
-    lua_pushstring(L, c->cfg.user_agent);
-    lua_setfield(L, -2, "User-Agent");
-    if (op == OP_REQUEST) {
+    lua_createtable(L, 0, 6);
+    {
         const struct curl_slist *l;
-        for (l = c->at.extra; l != NULL; l = l->next) {     /* "Name: value" */
-            const char *colon = strchr(l->data, ':');
-            if (colon == NULL)
-                continue;
-            lua_pushlstring(L, l->data, (size_t)(colon - l->data));
-            colon++;
-            while (*colon == ' ')
-                colon++;
-            lua_pushstring(L, colon);
+        for (l = c->at.lines; l != NULL; l = l->next) {
+            const char *name, *val;
+            size_t nn, vn;
+            if (!head_field(l->data, strlen(l->data), &name, &nn, &val, &vn) || vn == 0)
+                continue;           /* "Expect:" is libcurl's, not a header */
+            lua_pushlstring(L, name, nn);
+            lua_pushlstring(L, val, vn);
             lua_rawset(L, -3);
         }
-    } else {
-        lua_pushliteral(L, "application/json");
-        lua_setfield(L, -2, "Content-Type");
-        lua_pushstring(L, c->cfg.account_id);
-        lua_setfield(L, -2, "accountId");
     }
     if (c->at.bearer_hdr.n > 0) {
         /* "Authorization: Bearer x" -> "Bearer x" */
@@ -762,68 +1052,91 @@ static int proto_request(lua_State *L)
     return 1;
 }
 
-/* Copies a header's value from a Lua table (any case of the name; a value
- * may be a list: its first entry). */
-static void meta_header(lua_State *L, int t, const char *name, char *dst, size_t cap)
-{
-    dst[0] = '\0';
-    lua_pushnil(L);
-    while (lua_next(L, t) != 0) {
-        size_t kn;
-        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
-        if (k != NULL && codec_name_is(k, kn, name)) {
-            if (lua_istable(L, -1))
-                lua_rawgeti(L, -1, 1);
-            else
-                lua_pushvalue(L, -1);
-            if (lua_type(L, -1) == LUA_TSTRING) {
-                size_t n;
-                const char *v = lua_tolstring(L, -1, &n);
-                if (n >= cap)
-                    n = cap - 1;
-                memcpy(dst, v, n);
-                dst[n] = '\0';
-            }
-            lua_pop(L, 3);
-            return;
-        }
-        lua_pop(L, 1);
-    }
-}
-
 /* core.answer(client, op, status, headers, body): interprets an answer a
  * Lua transport received, exactly as the libcurl path does, and ends the
- * attempt. */
+ * attempt. `headers` is the raw header block (a string, as the OpenResty
+ * transport reads it) or a table (any case of the names; a list value is
+ * one line per entry): either way it becomes lines read by head.c. */
 static int proto_answer(lua_State *L)
 {
     client *c = client_check(L, 1);
     int op = nomba_checkop(L, 2);
-    nomba_answer_meta m;
-    size_t n = 0;
-    const char *body;
+    lua_Integer status = luaL_checkinteger(L, 3);
+    sbuf lines = {NULL, 0, 0};
+    const char *head = "", *body;
+    size_t hn = 0, n = 0;
     int r;
     if (c->closed)
         return err_simple(L, "closed", op, "the client is closed");
-    memset(&m, 0, sizeof m);
-    m.status = (long)luaL_checkinteger(L, 3);
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        meta_header(L, 4, "date", m.date, sizeof m.date);
-        meta_header(L, 4, "retry-after", m.retry_after, sizeof m.retry_after);
-        meta_header(L, 4, "content-type", m.content_type, sizeof m.content_type);
-    }
+    memset(&c->at.meta, 0, sizeof c->at.meta);
+    c->at.meta.status = (long)status;
     body = luaL_optlstring(L, 5, "", &n);
-    if (n > c->cfg.max_response) {
+    if (lua_type(L, 4) == LUA_TSTRING) {
+        head = lua_tolstring(L, 4, &hn);
+    } else if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        if (!head_from_table(L, 4, &lines)) {
+            sbuf_free(&lines);
+            return luaL_error(L, "nomba.oauth: out of memory");
+        }
+        head = lines.p ? lines.p : "";
+        hn = lines.n;
+    }
+    head_scan(&c->at.meta, head, hn);
+    c->at.meta.status = (long)status;
+    if (n > c->at.max_response) {
         nomba_err e;
         err_init(&e, "protocol", op, "the answer exceeds max_response_bytes");
-        e.status = m.status;
+        e.status = (long)status;
         r = err_return(L, c, &e);
+        if (op == OP_REQUEST) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, "maybe_sent");
+        }
     } else {
-        r = proto_interpret(L, 1, c, op, &m, body, n);
+        r = proto_interpret(L, 1, c, op, &c->at.meta, head, hn, body, n);
     }
+    sbuf_free(&lines);
     if (!c->at.in_flight)
         attempt_end(c);
     return r;
+}
+
+/* core.abandon(client, op, err | kind, message, retryable, sent): the
+ * attempt a Lua transport carried ended without an answer. Ends it (wiping
+ * what it held) and returns the error: the transport's own typed error, or
+ * one made here, its message redacted of the client's secrets. An API
+ * call's error says whether the request may have left (`maybe_sent`: true
+ * unless `sent` is false or the typed error says so). */
+static int proto_abandon(lua_State *L)
+{
+    client *c = client_check(L, 1);
+    int op = nomba_checkop(L, 2);
+    int sent = !(lua_type(L, 6) == LUA_TBOOLEAN && !lua_toboolean(L, 6));
+    if (lua_istable(L, 3)) {
+        lua_settop(L, 3);
+    } else {
+        nomba_err e;
+        size_t n = 0;
+        const char *msg = luaL_optlstring(L, 4, "the transport failed", &n);
+        err_init(&e, luaL_checkstring(L, 3), op, msg);
+        e.msglen = n;
+        e.retryable = lua_toboolean(L, 5);
+        err_push(L, c, &e);
+    }
+    if (op == OP_REQUEST) {
+        lua_getfield(L, -1, "maybe_sent");
+        if (lua_isnil(L, -1)) {
+            lua_pushboolean(L, sent);
+            lua_setfield(L, -3, "maybe_sent");
+        }
+        lua_pop(L, 1);
+    }
+    if (!c->at.in_flight)
+        attempt_end(c);
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
 }
 
 void proto_open(lua_State *L)
@@ -831,6 +1144,7 @@ void proto_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"request", proto_request},
         {"answer", proto_answer},
+        {"abandon", proto_abandon},
         {NULL, NULL}
     };
     lua_getglobal(L, "require");
@@ -848,4 +1162,13 @@ void proto_open(lua_State *L)
     lua_rawset(L, LUA_REGISTRYINDEX);
     lua_pop(L, 2);
     luaL_setfuncs(L, funcs, 0);
+    /* the metatable of an API answer, until its json is first read */
+    lua_pushlightuserdata(L, (void *)&answer_key);
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, answer__index);
+    lua_setfield(L, -2, "__index");
+    lua_getglobal(L, "next");
+    lua_pushcclosure(L, answer__pairs, 1);
+    lua_setfield(L, -2, "__pairs");
+    lua_rawset(L, LUA_REGISTRYINDEX);
 }

@@ -255,19 +255,8 @@ int nt_retry_after(const char *s, size_t n, double now, double *out)
         e--;
     if (p == e)
         return 0;
-    if (*p >= '0' && *p <= '9') {
-        double v = 0;
-        while (p < e && *p >= '0' && *p <= '9') {
-            v = v * 10 + (*p - '0');
-            if (v > 1e9)
-                return 0;
-            p++;
-        }
-        if (p != e)
-            return 0;
-        *out = v;
-        return 1;
-    }
+    if (*p >= '0' && *p <= '9')
+        return codec_digits(p, (size_t)(e - p), 1e9, out);
     if (!nt_httpdate(p, (size_t)(e - p), &t))
         return 0;
     *out = t > now ? t - now : 0;

@@ -202,7 +202,6 @@ static int token_has(lua_State *L)
 static const char *seed_string(lua_State *L, const char *field, size_t *n, int required)
 {
     const char *s;
-    size_t i;
     lua_getfield(L, 2, field);
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
@@ -213,9 +212,8 @@ static const char *seed_string(lua_State *L, const char *field, size_t *n, int r
     if (lua_type(L, -1) != LUA_TSTRING)
         luaL_error(L, "nomba.oauth.new: option 'token' has a %s that is not a string", field);
     s = lua_tolstring(L, -1, n);
-    for (i = 0; i < *n; i++)
-        if ((unsigned char)s[i] <= 0x20 || (unsigned char)s[i] >= 0x7f)
-            luaL_error(L, "nomba.oauth.new: option 'token' has a %s outside visible ASCII", field);
+    if (!codec_visible(s, *n))
+        luaL_error(L, "nomba.oauth.new: option 'token' has a %s outside visible ASCII", field);
     lua_pop(L, 1);   /* the string stays alive in the table */
     return *n ? s : NULL;
 }

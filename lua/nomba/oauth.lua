@@ -15,7 +15,7 @@ local core = require "nomba.oauth.core"
 local options = require "nomba.oauth.options"
 local shared = require "nomba.oauth.shared"
 local events = require "nomba.oauth.events"
-local hot = require "nomba.oauth.hot"
+local token = require "nomba.oauth.token"
 
 local pcall, error, getmetatable = pcall, error, getmetatable
 
@@ -28,10 +28,10 @@ local M = {
 }
 
 --- The method table of every client (metatable `nomba.oauth.Client`); the
--- methods live in nomba/oauth/client.lua and nomba/oauth/hot.lua.
+-- methods live in nomba/oauth/client.lua and nomba/oauth/token.lua.
 local Client = require "nomba.oauth.client"
 M.Client = Client
-hot.install(Client)
+token.install(Client)
 
 --- Forgets the kept access token (after a 401 from another Nomba API): it is
 -- never handed out again and the next `token()` renews. Written in C.

@@ -1,12 +1,12 @@
 --- The methods of a client (metatable `nomba.oauth.Client`): the
 -- operations, and the non-blocking mode's step, wait, start and sockets.
--- `token`, `headers` (nomba.oauth.hot), `invalidate` and `close` (C) are
+-- `token`, `headers` (nomba.oauth.token), `invalidate` and `close` (C) are
 -- the others. Each method checks its arguments (a misuse raises, naming
--- the argument) and hands the operation to the engine.
+-- the argument) and hands the operation to the machine.
 -- @submodule nomba.oauth
 local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
-local engine = require "nomba.oauth.engine"
+local machine = require "nomba.oauth.machine"
 local token = require "nomba.oauth.token"
 local drivers = require "nomba.oauth.drivers"
 local request = require "nomba.oauth.request"
@@ -25,7 +25,7 @@ local function check_client(self, method)
 end
 
 local function run(self, st, op, args)
-  return engine.run(self, st, engine.job(self, st, op, args))
+  return machine.run(self, st, machine.op(op, args))
 end
 
 --- Issues a token with the client credentials; the client keeps it.
@@ -154,7 +154,7 @@ function Client:wait(seconds)
   if type(seconds) ~= "number" or seconds ~= seconds or seconds < 0 then
     error("nomba.oauth: bad argument #1 to 'wait' (seconds must be a non-negative number)", 2)
   end
-  return engine.wait(self, st, seconds)
+  return machine.wait(self, st, seconds)
 end
 
 --- Starts an explicit issue, refresh, revoke or API request without waiting;
@@ -188,7 +188,9 @@ function Client:start(op, tok, callback)
   if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
   if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
   local args = op == "refresh" and { refresh_token = tok } or op == "revoke" and { access_token = tok } or nil
-  return engine.begin(self, st, engine.job(self, st, op, args, { callback = callback }))
+  local busy, _, err = machine.begin(self, st, machine.op(op, args), callback)
+  if busy then return true end
+  return nil, err
 end
 
 --- The sockets libcurl watches for the transfer in flight, for an external
@@ -199,7 +201,7 @@ end
 function Client:sockets()
   local st = check_client(self, "sockets")
   local socks, ms = drivers.multi.sockets(self)
-  local at = st.nb and st.nb.retry_at or (not st.nb and st.wake_at)
+  local at = st.nb and st.nb.wake_at
   if at then ms = math_max(0, math_floor((at - now()) * 1000)) end
   return socks, ms
 end

@@ -22,6 +22,14 @@ O.DEFAULTS = {
   max_response_bytes = 65536,
   request_max_response_bytes = 1048576,   -- an API call's, when neither it nor the client gives one
   user_agent = "nomba-oauth-lua/" .. core._VERSION:match("[%d%.]+$"),
+  -- the policy's numbers (the machine, renewal.lua, request.lua)
+  backoff = { base = 0.2, cap = 5 },      -- seconds: exponential with full jitter
+  retry_after_cap = 30,                   -- the longest Retry-After (or rate-limit window) waited out
+  renew_pause = 1,                        -- seconds between renewal tries while valid, or after a failure
+  busy_backoff = { first = 0.0025, cap = 0.2 },   -- seconds: waiting for another holder of the store's lock
+  rate_wait_cap = 3600,                   -- the longest rate-limit wait a client keeps to itself
+  -- the OpenResty transport's connection pool
+  resty = { pool_size = 16, keepalive_ms = 60000 },
   paths = {
     issue = "/v1/auth/token/issue",
     refresh = "/v1/auth/token/refresh",

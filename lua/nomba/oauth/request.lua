@@ -1,5 +1,6 @@
---- Authorized calls to any Nomba API (`client:request`): the arguments, the
--- answer's interpretation and the policy of the operation "request".
+--- Authorized calls to any Nomba API (`client:request`): the arguments and
+-- the policy of the call, a kind of job of the machine (the answer is read
+-- in C, proto.c, as every answer is).
 --   * 401: the token that was sent is invalidated (only while the client
 --     still holds it), renewed through the normal path (single-flight, the
 --     store's lock), and the call is made once more. Never a loop.
@@ -14,15 +15,15 @@
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
-local engine = require "nomba.oauth.engine"
+local machine = require "nomba.oauth.machine"
+local renewal = require "nomba.oauth.renewal"
 local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
-local next, rawget, setmetatable, getmetatable = next, rawget, setmetatable, getmetatable
+local next, getmetatable = next, getmetatable
 local sort, concat, math_min, math_abs = table.sort, table.concat, math.min, math.abs
-local now, new_error, LIMITS = runtime.now, core.error, core.LIMITS
-local json_decode, json_field, spaceless = core.json_decode, core.json_field, core.spaceless
-local code_text, retry_after_of = core.code_text, core.retry_after
+local now, new_error, fresh, LIMITS = runtime.now, core.error, core.fresh, core.LIMITS
+local spaceless = core.spaceless
 
 local cjson = require("cjson.safe").new()
 
@@ -203,242 +204,105 @@ function R.check(st, opts, base_url, account)
   return args
 end
 
--- Whether a failed call that is not idempotent may be sent again: only
--- when it never left, or when Nomba answered 429/503 with Retry-After
--- (which it does before processing).
-local function resend_not_idempotent(err)
-  if err.maybe_sent == false then return true end
-  return (err.status == 429 or err.status == 503) and err.retry_after ~= nil
-end
-
-local function lower_keys(t)
-  local out = {}
-  for k, v in pairs(t or {}) do
-    if type(k) == "string" then
-      out[k:lower()] = type(v) == "table" and concat(v, ", ") or tostring(v)
-    end
-  end
-  return out
-end
-
 -- The longest rate-limit wait a client keeps to itself: after it, the
 -- next call asks Nomba again (which answers 429 if the limit still holds),
 -- so a hostile or mistaken header cannot silence a client for good.
-local WINDOW_CAP = 3600
+local WINDOW_CAP = options.DEFAULTS.rate_wait_cap
 
--- A count from a rate-limit header: digits only (at most 9), else nil; a
--- hostile "1e999" or "0x10" is no count.
-local function count(v)
-  local d = v and v:match("^%s*(%d+)%s*$")
-  return d and #d <= 9 and tonumber(d) or nil
-end
-
--- Seconds from a window such as "1s", "60", "1m" or "0.5s", else nil.
-local function seconds(w)
-  local n, unit = (w or ""):match("^%s*(%d+%.?%d*)%s*([smh]?)%s*$")
-  if not n or #n > 12 then return nil end
-  return tonumber(n) * (unit == "m" and 60 or unit == "h" and 3600 or 1)
-end
-
--- Retry-After by the rule of the token operations (core.retry_after).
-local function retry_after(h)
-  local v = h["retry-after"]
-  return v and retry_after_of(v) or nil
-end
-
--- The bearer that was sent, wherever an answer echoes it, as "[redacted]".
-local function redact(s, secret)
-  if type(s) ~= "string" or not secret or #secret < 8 then return s end
-  local i = s:find(secret, 1, true)
-  while i do
-    s = s:sub(1, i - 1) .. "[redacted]" .. s:sub(i + #secret)
-    i = s:find(secret, i + 10, true)
-  end
-  return s
-end
-
--- An answer's json and data are decoded on its first read of either (or
--- its first pairs, on Lua 5.2+): most calls read neither, and the code that
--- decides between a result and an "api" error is read from the text
--- without decoding it. The result is then a plain table.
-local function decode(res)
-  setmetatable(res, nil)
-  local json = json_decode(res.body, 32)
-  res.json = json
-  if type(json) == "table" then res.data = json.data end
-end
-
-local LAZY = {
-  __index = function(res, k)
-    if k == "json" or k == "data" then
-      decode(res)
-      return rawget(res, k)
-    end
-  end,
-  __pairs = function(res)
-    decode(res)
-    return next, res, nil
-  end,
-}
-
---- An API call's answer, as a driver brought it: `{status, headers, body,
--- lower}` from a transport (names in any case unless `lower`), or from
--- libcurl `{status, headers, body, lower = true, echoed}` (names
--- lower-cased in C, `echoed` whether the bearer is anywhere in it). That
--- table becomes the result, or the `response` of an error of kind "http"
--- or "api". A server that echoes the bearer it was sent gets it redacted,
--- in the answer as in the error.
-function R.interpret(raw, bearer)
-  -- libcurl's answers come with lower-case names and `echoed` found in C;
-  -- a transport's headers are taken as they are, and looked through
-  local h = raw.lower and raw.headers or lower_keys(raw.headers)
-  local body = raw.body or ""
-  local echoed = raw.echoed
-  if echoed == nil and bearer then                -- a transport's answer: look through it here
-    echoed = body:find(bearer, 1, true) ~= nil
-    for _, v in pairs(h) do
-      if echoed then break end
-      echoed = type(v) == "string" and v:find(bearer, 1, true) ~= nil
-    end
-  end
-  if bearer and echoed then
-    for k, v in pairs(h) do h[k] = redact(v, bearer) end
-    body = redact(body, bearer)
-  end
-  local ctype = h["content-type"] or ""
-  local json_like = body ~= "" and (ctype:find("json", 1, true) or body:match("^%s*[%[{]")) and true
-  local code, rate_limit
-  if json_like then
-    local _
-    _, code = json_field(body, "code")            -- the same grammar and depth as decode()
-    if type(code) == "number" then code = code_text(code) end   -- as the token operations read it
-  end
-  local limit, remaining = h["x-rate-limit-limit"], h["x-rate-limit-remaining"]
-  if limit or remaining then
-    limit, remaining = count(limit), count(remaining)
-    if limit or remaining then
-      rate_limit = { limit = limit, remaining = remaining, window = seconds(h["x-rate-limit-window"]) }
-    end
-  end
-  local res = raw                                 -- the answer becomes the result
-  res.headers, res.body, res.echoed, res.lower = h, body, nil, nil
-  res.code, res.rate_limit = code, rate_limit
-  if json_like then setmetatable(res, LAZY) end
-  local st = res.status
-  if st >= 200 and st < 300 and (code == nil or code == "00") then return res end
-  local j = type(res.json) == "table" and res.json or {}
-  local msg = type(j.description) == "string" and j.description or type(j.message) == "string" and j.message or
-              ("HTTP %d"):format(st)
-  local err = new_error(code and "api" or "http", "request", msg,
-                        { status = st, code = code, retryable = st == 408 or st == 429 or st >= 500,
-                          retry_after = retry_after(h) })
-  err.response = res
-  err.maybe_sent = true
-  return nil, err
-end
-
--- After an answer: note the rate-limit window when none is left.
-local function note_rate(st, res)
-  local rl = res and res.rate_limit
+-- After an answer (or its error): the rate-limit window noted when none of
+-- it is left, or when Nomba said 429 (its Retry-After, else a second).
+local function note_rate(st, res, err)
   local wait
+  local rl = res and res.rate_limit
   if rl and rl.remaining == 0 then
     wait = rl.window or 1
   elseif res and res.status == 429 then
-    wait = retry_after(res.headers) or 1
+    wait = err and err.retry_after or 1
   end
   if wait then st.rate_until = now() + math_min(wait, WINDOW_CAP) end
 end
 
--- Waits out a rate-limit window, or says why it cannot: in the
--- non-blocking mode, in an nginx phase that cannot sleep, or when the
--- server asked for more than the Retry-After cap (never a wait it sets).
-local function rate_gate(st, nonblocking)
+-- A spent rate-limit window: the seconds left of it, or nil.
+local function rate_wait(st)
   local wait = st.rate_until and st.rate_until - now()
-  if not wait or wait <= 0 then return true end
-  if nonblocking or not runtime.cosockets() or wait > engine.RETRY_AFTER_CAP then
-    return nil, new_error("rate_limited", "request", "Nomba's rate limit: wait before the next call",
-                          { retryable = true, retry_after = wait })
-  end
-  runtime.sleep(wait)
-  return true
+  if wait and wait > 0 then return wait end
 end
 
--- What every driver's end goes through: the rate limit noted, and a 401
--- invalidating tok (the token sent) while the client still holds it. True
--- for that 401.
-local function done(self, st, tok, res, e)
-  note_rate(st, res or (e and e.response))
-  local refused = e ~= nil and e.status == 401
-  if refused and core.fresh(self, 0) == tok then self:invalidate() end
-  return refused
+local function rate_limited(wait)
+  return new_error("rate_limited", "request", "Nomba's rate limit: wait before the next call",
+                   { retryable = true, retry_after = wait })
 end
 
--- The job of one call made with the token tok (its bearer, for redaction).
--- With a callback (the non-blocking mode): `renew_then(e)`, when given, is
--- called instead of the callback for a 401 to the token sent.
-local function job_of(self, st, args, tok, callback, renew_then)
-  -- engine.job copies `how` into the job: one table per client, not one
-  -- per call, emptied of the token and the callback once copied
-  local how = st.request_how or {}
-  st.request_how = how
-  how.interpret, how.ctx = R.interpret, tok
-  how.resend = not args.idempotent and resend_not_idempotent or nil
-  how.timeout, how.event = args.timeout, args.event
-  how.callback = callback and function(res, e)
-    if done(self, st, tok, res, e) and renew_then then return renew_then(e) end
-    callback(res, e)
-  end or nil
-  local job = engine.job(self, st, "request", args, how)
-  how.ctx, how.callback = nil, nil
-  return job
+local function pending_error()
+  return new_error("pending", "request", "no valid token yet; a renewal is in flight")
 end
 
---- client:request (blocking): a fresh token, the call, and once more after a 401.
-function R.call(self, st, args)
-  local ok, err = rate_gate(st, st.nonblocking)
-  if not ok then return nil, err end
-  for pass = 1, 2 do
-    local tok, terr = self:token()
-    if not tok then return nil, terr end
-    local res, e = engine.run(self, st, job_of(self, st, args, tok))
-    if not done(self, st, tok, res, e) or pass == 2 then return res, e end
-  end
+-- The call itself, with the token the client holds now.
+local function send(self, st, job, tok)
+  local args = job.args
+  job.state, job.tok = "send", tok
+  return machine.call(self, st, job, machine.op("request", args,
+    { idempotent = args.idempotent, timeout = args.timeout, event = args.event }))
 end
 
---- client:start("request", opts, callback): the call on the multi driver;
--- the client must hold a valid token (else "pending", and a renewal starts).
--- A 401 to the token sent renews it (the non-blocking renewal: the store's
--- lock tried without waiting) and makes the call once more, as the blocking
--- path does; step() carries both, and the callback gets the second answer,
--- or the renewal's error.
-function R.start(self, st, args, callback)
-  local ok, err = rate_gate(st, true)
-  if not ok then return nil, err end
-  local tok = core.fresh(self, 0)
-  if not tok then
-    self:step()
-    return nil, new_error("pending", "request", "no valid token yet; a renewal is in flight")
-  end
-  callback = callback or function() end
-  local function call(with, renew_then)
-    return engine.begin(self, st, (job_of(self, st, args, with, callback, renew_then)))
-  end
-  local function retry(e401)
-    -- token.step runs this once no job is in flight: with a fresh token it
-    -- makes the second call; when the renewal ended without one, its error
-    -- (or the 401) is the answer
-    st.last_try = nil                         -- renew now, not after the retry interval
-    st.after_renewal = function(fresh_tok, failed)
-      st.after_renewal = nil
-      local started, why = nil, failed or e401
-      if fresh_tok then
-        started, why = rate_gate(st, true)
-        if started then started, why = call(fresh_tok) end
-      end
-      if not started then runtime.pcall_y(callback, nil, why) end
+-- The gate (a spent rate-limit window is waited out where the caller may
+-- wait: never in the non-blocking mode, in an nginx phase that cannot
+-- sleep, or longer than the Retry-After cap), then a token, then the call.
+local function gate(self, st, job)
+  local wait = rate_wait(st)
+  if wait then
+    if job.nb or not runtime.cosockets() or wait > machine.RETRY_AFTER_CAP then
+      return "done", nil, rate_limited(wait)
     end
+    job.state = "gate"
+    return "sleep", wait
   end
-  return call(tok, retry)
+  -- the non-blocking mode needs a valid token to start (else "pending":
+  -- step() renews); the blocking one renews first when it is not fresh
+  local tok = job.nb and fresh(self, 0) or fresh(self)
+  if tok then return send(self, st, job, tok) end
+  if job.nb then return "done", nil, pending_error() end
+  job.state = "token"
+  return machine.call(self, st, job, renewal.job(false))
+end
+
+--- The kind of an API call.
+function R.Call(self, st, job, what, a, b)
+  if what == "start" then return gate(self, st, job) end
+  if what == "wake" then return gate(self, st, job) end   -- the window passed
+  -- "child": the call's answer, or a renewal's token
+  if job.state == "send" then
+    local res, err = a, b
+    note_rate(st, res or (err and err.response), err)
+    if err and err.status == 401 and not job.retried then
+      -- the token sent is refused: invalidated while the client still holds
+      -- it (another coroutine, worker or host may have renewed already),
+      -- renewed once without the pause, and the call made once more
+      if fresh(self, 0) == job.tok then self:invalidate() end
+      job.retried, job.refusal, job.state = true, err, "renew"
+      return machine.call(self, st, job, renewal.job(true))
+    end
+    return "done", res, err
+  end
+  -- a renewal ended (before the first call, or after a 401)
+  if not a then return "done", nil, b or job.refusal end
+  if job.state == "renew" then return gate(self, st, job) end
+  return send(self, st, job, a)
+end
+
+--- client:request (blocking).
+function R.call(self, st, args)
+  return machine.run(self, st, { kind = R.Call, args = args })
+end
+
+--- client:start("request", opts, callback): the call on the multi driver,
+-- carried by step(). Returns true while it is in flight, else nil and the
+-- error (rate_limited; pending, and a renewal starts).
+function R.start(self, st, args, callback)
+  local busy, _, err = machine.begin(self, st, { kind = R.Call, args = args }, callback or function() end)
+  if busy then return true end
+  if err and err.kind == "pending" then renewal.due(self, st) end
+  return nil, err
 end
 
 return R

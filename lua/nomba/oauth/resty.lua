@@ -37,17 +37,21 @@ local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
-local tonumber, tostring, pairs, pcall, type, setmetatable = tonumber, tostring, pairs, pcall, type, setmetatable
-local concat, lower, find, fmt = table.concat, string.lower, string.find, string.format
-local new_error, parse_headers = core.error, core.headers
+local tostring, pairs, pcall, type, setmetatable = tostring, pairs, pcall, type, setmetatable
+local concat, find, fmt = table.concat, string.find, string.format
+local new_error, framing = core.error, core.framing
 
 local M = { _VERSION = core._VERSION }
 
+local POOL_SIZE, KEEPALIVE_MS = DEFAULTS.resty.pool_size, DEFAULTS.resty.keepalive_ms
 
-local POOL_SIZE, KEEPALIVE_MS = 16, 60000
-
-local function fail(kind, op, msg, retryable)
-  return nil, new_error(kind, op or "token", msg, { retryable = retryable })
+-- A failure: `sent` false when the request provably never left (the
+-- connection or its TLS never came up), which lets the machine send a
+-- payment again, as libcurl's driver does.
+local function fail(kind, op, msg, retryable, sent)
+  local err = new_error(kind, op or "token", msg, { retryable = retryable })
+  if sent == false then err.maybe_sent = false end
+  return nil, err
 end
 
 local readers = require "nomba.oauth.resty.reader"
@@ -98,9 +102,9 @@ local function connect(sock, u, opts, deadline)
   return a, b
 end
 
-local function io_fail(op, what, err)
+local function io_fail(op, what, err, sent)
   local timeout = type(err) == "string" and err:find("timeout", 1, true)
-  return fail(timeout and "timeout" or "transport", op, what .. ": " .. tostring(err), true)
+  return fail(timeout and "timeout" or "transport", op, what .. ": " .. tostring(err), true, sent)
 end
 
 -- A connected (and, for https, TLS-verified) socket for the request's
@@ -113,22 +117,23 @@ local function open(op, u, deadline, connect_deadline)
     sock:close()
     if type(err) == "string" and err:find("no resolver defined", 1, true) then
       return fail("config", op, "nginx has no resolver for " .. host .. ": add a `resolver` directive " ..
-        "to the http block (the nameserver of /etc/resolv.conf, e.g. `resolver 127.0.0.53 ipv6=off;`)", false)
+        "to the http block (the nameserver of /etc/resolv.conf, e.g. `resolver 127.0.0.53 ipv6=off;`)", false,
+        false)
     end
-    return io_fail(op, "connect", err)
+    return io_fail(op, "connect", err, false)
   end
   if verify and sock:getreusedtimes() == 0 then
     if not bound(sock, deadline) then
       sock:close()
-      return fail("timeout", op, "TLS handshake: timeout", true)
+      return fail("timeout", op, "TLS handshake: timeout", true, false)
     end
     -- Debian's lua-resty-core 0.1.25 can raise here: keep it a typed error
     local called, session, herr = pcall(sock.sslhandshake, sock, nil, host, true)
     if not called or not session then
       sock:close()
       local e = called and herr or session
-      if type(e) == "string" and e:find("timeout", 1, true) then return io_fail(op, "TLS handshake", e) end
-      return fail("tls", op, "TLS handshake: " .. tostring(e or "failed"), false)
+      if type(e) == "string" and e:find("timeout", 1, true) then return io_fail(op, "TLS handshake", e, false) end
+      return fail("tls", op, "TLS handshake: " .. tostring(e or "failed"), false, false)
     end
   end
   return sock
@@ -147,44 +152,42 @@ local function encode(req, u)
   return concat(lines, "\r\n")
 end
 
--- Reads the answer: `{status, headers, body}` or nil and the error; the
+-- Reads the answer: `{status, head, body}` (head: the raw header block,
+-- which the C core reads as it reads libcurl's) or nil and the error; the
 -- socket goes back to the pool when it can carry another request.
 local function receive(op, sock, deadline, max)
   local r = reader(sock, deadline)
-  local status, headers, err
+  local head, status, length, chunked, close, err
   repeat                                       -- past any 1xx
-    local head
+    local started = #r.buf > 0
     head, err = r:head()
     if not head then
       sock:close()
       if err == "headers too large" then return fail("protocol", op, "the answer's headers are too large", false) end
+      if err == "closed" and (started or #r.buf > 0) then   -- cut inside the header block: never a success
+        return fail("protocol", op, "the answer is truncated (in its headers)", true)
+      end
       return io_fail(op, "receive", err)
     end
-    status = tonumber(head:match("^HTTP/%d%.%d (%d%d%d)"))
+    status, length, chunked, close = framing(head)
     if not status then
       sock:close()
       return fail("protocol", op, "not an HTTP answer", false)
     end
-    headers = parse_headers(head)       -- lower-case names, repeats joined (RFC 9110): libcurl's parser
   until status >= 200
-  local body
-  local te, cl = headers["transfer-encoding"], headers["content-length"]
-  if cl then                                    -- digits only: never "-5", "0x10" or "1e3"
-    local digits = cl:match("^%d+$")
-    if not digits or #digits > 15 then
-      sock:close()
-      return fail("protocol", op, "the answer's Content-Length is not a number of bytes", false)
-    end
-    cl = tonumber(digits)
+  if length == false then                        -- digits only: never "-5", "0x10" or "1e3"
+    sock:close()
+    return fail("protocol", op, "the answer's Content-Length is not a number of bytes", false)
   end
-  if te and find(lower(te), "chunked", 1, true) then
+  local body
+  if chunked then
     body, err = r:chunked(max)
-  elseif cl then
-    if cl > max then
+  elseif length then
+    if length > max then
       sock:close()
       return fail("protocol", op, "the answer exceeds max_response_bytes", false)
     end
-    body, err = r:take(cl)
+    body, err = r:take(length)
   else
     body, err = r:until_closed(max)
   end
@@ -196,35 +199,34 @@ local function receive(op, sock, deadline, max)
     end
     return fail("protocol", op, "the answer is truncated (" .. tostring(err) .. ")", true)
   end
-  local conn = lower(headers["connection"] or "")
-  if conn == "close" or (not cl and not te) or #r.buf > 0 then
+  if close or (not length and not chunked) or #r.buf > 0 then
     sock:close()
   else
     sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
   end
-  return { status = status, headers = headers, body = body, lower = true }
+  return { status = status, head = head, body = body }
 end
 
 --- Carries one request (the transport function of nomba.oauth). One
 -- deadline, `timeout` seconds, bounds the whole attempt: resolving,
 -- connecting, TLS, sending and every read.
 -- @tparam table req `{op, method, url, headers, body, timeout, connect_timeout, max_response_bytes}`
--- @return `{status, headers, body, lower = true}` (header names in lower
---   case, repeats joined with ", "), or `nil, err`
+-- @return `{status, head, body}` (head: the raw header block, read by the
+--   C core as libcurl's answers are), or `nil, err`
 function M.request(req)
   local op = req.op
   local may, phase = runtime.cosockets()
   if not may then
     return fail("config", op, "cosockets are not available in the " .. phase .. " phase; get the token " ..
       "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
-      " from init_worker_by_lua and read the shared token", false)
+      " from init_worker_by_lua and read the shared token", false, false)
   end
   if req.proxy ~= nil then
-    return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false)
+    return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false, false)
   end
   -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
   local u, why = parsed(req.url)
-  if not u then return fail("config", op, "bad URL: " .. tostring(why), false) end
+  if not u then return fail("config", op, "bad URL: " .. tostring(why), false, false) end
   local deadline = now() + (req.timeout or DEFAULTS.timeout)
   local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
   local sock, err = open(op, u, deadline, connect_deadline)

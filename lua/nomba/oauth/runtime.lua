@@ -22,11 +22,6 @@ local COSOCKET_PHASES = {
   ssl_cert = true, ssl_session_fetch = true, ssl_client_hello = true, preread = true,
 }
 
---- The current nginx phase, or nil outside OpenResty.
-function R.phase()
-  return ngx and ngx.get_phase() or nil
-end
-
 --- Whether cosockets (and ngx.sleep) work here; outside OpenResty, true.
 -- The second result names the phase.
 function R.cosockets()

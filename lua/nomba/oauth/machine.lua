@@ -1,0 +1,291 @@
+--- The machine: the policy of every operation, written once, as one machine
+-- that never blocks; the drivers only move bytes.
+--
+-- A job is a table advanced by `advance(self, st, job, what, ...)`, which
+-- answers what the job needs next:
+--   "attempt", opjob   carry one attempt of opjob (its op, args, timeout);
+--                      then advance with "answer", res, err, status, elapsed
+--   "sleep", seconds   nothing to do for that long; then "wake"
+--   "yield"            another coroutine of this Lua state renews; then "wake"
+--   "done", res, err   the job's answer
+-- A job may run another one as its child (an API call runs its attempts and
+-- a renewal; a renewal runs its refresh or issue): the child is advanced
+-- until it is done, and its answer comes to the parent as "child", res, err.
+-- `job.nb` says the job runs on the non-blocking runner, where nothing may
+-- wait for the caller (a spent rate-limit window, a busy store's holder
+-- are then waited out with timers, or answered at once).
+--
+-- The kinds, each in its own file: `M.Op` here (an operation's attempts:
+-- retry with backoff and jitter, Retry-After, a refused refresh falling back
+-- to issue, what a finished operation means), the renewal (renewal.lua) and
+-- the API call (request.lua).
+--
+-- Two runners, the only difference between blocking and non-blocking use:
+--   run         blocking: the libcurl easy driver, or the client's transport
+--               (OpenResty's cosockets yield inside it), runtime.sleep
+--   begin/step  never blocking: the libcurl multi driver, timers
+-- (Private to nomba.oauth.)
+local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+local events = require "nomba.oauth.events"
+local shared = require "nomba.oauth.shared"
+local drivers = require "nomba.oauth.drivers"
+local DEFAULTS = require("nomba.oauth.options").DEFAULTS
+
+local math_random, math_min, math_max, pairs, error = math.random, math.min, math.max, pairs, error
+local co_yield = coroutine.yield
+local now, new_error, pcall_y = runtime.now, core.error, runtime.pcall_y
+
+local M = {}
+
+local BACKOFF = DEFAULTS.backoff          -- {base, cap}: exponential with full jitter
+M.RETRY_AFTER_CAP = DEFAULTS.retry_after_cap
+
+local advance
+
+--- Runs `child` as the child of `job`: its first step, and its answer
+-- handed to job's kind at once when it needs nothing.
+function M.call(self, st, job, child)
+  job.child = child
+  child.nb = job.nb
+  local act, a, b = child.kind(self, st, child, "start")
+  if act ~= "done" then return act, a, b end
+  job.child = nil
+  return job.kind(self, st, job, "child", a, b)
+end
+
+-- Advances the innermost job; a child's answer goes to its parent.
+advance = function(self, st, job, what, a, b, c, d)
+  local child = job.child
+  if not child then return job.kind(self, st, job, what, a, b, c, d) end
+  local act, x, y = advance(self, st, child, what, a, b, c, d)
+  if act ~= "done" then return act, x, y end
+  job.child = nil
+  return job.kind(self, st, job, "child", x, y)
+end
+
+-- An operation's attempts -----------------------------------------------------------
+
+-- A refresh the server refused for good (not a passing failure).
+local function refused(err)
+  return err.kind == "config" or ((err.kind == "api" or err.kind == "http") and not err.retryable)
+end
+
+-- How long to wait before attempt n + 1, or nil when the server asks for
+-- more than the cap (then the error is the answer).
+local function backoff(err, n)
+  if err.retry_after then
+    if err.retry_after > M.RETRY_AFTER_CAP then return nil end
+    return err.retry_after
+  end
+  return math_random() * math_min(BACKOFF.cap, BACKOFF.base * 2 ^ (n - 1))
+end
+
+-- Whether a failed call that is not idempotent may be sent again: only
+-- when it provably never left, or when Nomba answered 429/503 with
+-- Retry-After (which it does before processing). No double charge.
+local function may_resend(err)
+  if err.maybe_sent == false then return true end
+  return (err.status == 429 or err.status == 503) and err.retry_after ~= nil
+end
+
+-- What a finished operation means: on_token for a new token; a revoked
+-- token dropped from the client and from the store.
+local function finished(self, st, job, res)
+  local op = job.op
+  if op == "issue" or op == "refresh" or op == "exchange" then
+    events.adopted(st, res)
+  elseif op == "revoke" and core.drop(self, job.args and job.args.access_token) and st.store then
+    shared.revoked(st)
+  end
+  return "done", res
+end
+
+--- The kind of an operation: one attempt after another.
+function M.Op(self, st, job, what, res, err, status, elapsed)
+  if what == "start" then
+    -- the shared token may be the one to revoke: read it first
+    if job.op == "revoke" and st.store then shared.read(self, st) end
+    return "attempt", job
+  elseif what == "wake" then
+    return "attempt", job
+  end
+  -- an answer: closed and config errors come before anything is sent
+  local sent = res ~= nil or (err.kind ~= "closed" and err.kind ~= "config")
+  if sent and (st.on_event or (st.log and res == nil)) then
+    local ev = { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
+                 elapsed = elapsed, kind = err and err.kind, code = err and err.code }
+    for k, v in pairs(job.event or {}) do ev[k] = v end
+    events.emit(st, ev)
+  end
+  if res ~= nil then return finished(self, st, job, res) end
+  if sent and err.retryable and job.attempt <= st.retries and (job.idempotent ~= false or may_resend(err)) then
+    local wait = backoff(err, job.attempt)
+    if wait then
+      job.attempt = job.attempt + 1
+      return "sleep", wait
+    end
+  end
+  if job.renewal and job.op == "refresh" and refused(err) and core.has(self, "secret") then
+    job.op, job.args, job.attempt = "issue", nil, 1
+    return "attempt", job
+  end
+  return "done", nil, err
+end
+
+--- An operation's job. `how` may give `renewal` (a refused refresh falls
+-- back to issue), `idempotent` (false: resent only when it never left),
+-- `timeout` and `event` (fields for its events).
+function M.op(op, args, how)
+  if not how then return { kind = M.Op, op = op, args = args, attempt = 1 } end
+  return { kind = M.Op, op = op, args = args, attempt = 1, renewal = how.renewal, idempotent = how.idempotent,
+           timeout = how.timeout, event = how.event }
+end
+
+-- Undoes what an unfinished job holds (a raise went through it): the
+-- store's lock, the single-flight mark.
+local function abort(self, st, job)
+  while job do
+    if job.abort then job.abort(self, st, job) end
+    job = job.child
+  end
+end
+
+-- Blocking ---------------------------------------------------------------------------
+
+local function attempt(self, st, opjob)
+  local t0 = now()
+  local res, err, status
+  if st.transport then
+    res, err, status = drivers.transport(self, st, opjob.op, opjob.args, opjob.timeout)
+  else
+    res, err, status = drivers.easy(self, st, opjob.op, opjob.args, opjob.timeout)
+  end
+  return res, err, status, now() - t0
+end
+
+local function loop(self, st, job)
+  local act, a, b = advance(self, st, job, "start")
+  while act ~= "done" do
+    if act == "attempt" then
+      act, a, b = advance(self, st, job, "answer", attempt(self, st, a))
+    elseif act == "sleep" then
+      runtime.sleep(a)
+      act, a, b = advance(self, st, job, "wake")
+    else                                   -- "yield": let the renewing coroutine run
+      local waited = true
+      if runtime.ngx then
+        runtime.sleep(0.005)
+      elseif runtime.can_yield() then
+        co_yield()
+      else
+        waited = false                     -- nobody else can be renewing
+      end
+      act, a, b = advance(self, st, job, "wake", not waited)
+    end
+  end
+  return a, b
+end
+
+--- Runs a job to its end, blocking; returns its answer.
+function M.run(self, st, job)
+  local ok, res, err = pcall_y(loop, self, st, job)
+  if not ok then
+    abort(self, st, job)
+    error(res, 0)
+  end
+  return res, err
+end
+
+-- Non-blocking (the libcurl multi driver) ---------------------------------------------
+
+-- Carries out what the job in flight asks for, without waiting.
+local function proceed(self, st, job, act, a, b)
+  while true do
+    if act == "attempt" then
+      job.t0 = now()
+      local ok, err = drivers.multi.start(self, a.op, a.args, a.timeout or st.timeout)
+      if ok then
+        job.sending = true
+        return true
+      end
+      act, a, b = advance(self, st, job, "answer", nil, err, nil, 0)
+    elseif act == "sleep" or act == "yield" then
+      job.wake_at = now() + (act == "sleep" and a or 0.005)
+      return true
+    else
+      st.nb = nil
+      return false, a, b
+    end
+  end
+end
+
+local function guarded(self, st, job, act, a, b)
+  local ok, busy, res, err = pcall_y(proceed, self, st, job, act, a, b)
+  if not ok then
+    st.nb = nil
+    abort(self, st, job)
+    error(busy, 0)
+  end
+  return busy, res, err
+end
+
+--- Starts a job without waiting; `step` carries it. Returns true while it
+-- is in flight; a job that needs nothing ends at once and returns
+-- false, res, err (its callback is not called).
+function M.begin(self, st, job, callback)
+  job.callback, job.nb = callback, true
+  st.nb = job
+  local ok, act, a, b = pcall_y(advance, self, st, job, "start")
+  if not ok then
+    st.nb = nil
+    abort(self, st, job)
+    error(act, 0)
+  end
+  return guarded(self, st, job, act, a, b)
+end
+
+--- Advances the job in flight without blocking; true while one is.
+function M.step(self, st)
+  local job = st.nb
+  if not job then return false end
+  local ok, act, a, b
+  if job.wake_at then
+    if now() < job.wake_at then return true end
+    job.wake_at = nil
+    ok, act, a, b = pcall_y(advance, self, st, job, "wake")
+  else
+    local done, res, err, status = drivers.multi.progress(self)
+    if done == false then return true end
+    if done == nil then                  -- nothing in flight any more: the client was closed
+      local inner = job
+      while inner.child do inner = inner.child end
+      res, err = nil, new_error("closed", inner.op or "token", "the client is closed")
+    end
+    job.sending = false
+    ok, act, a, b = pcall_y(advance, self, st, job, "answer", res, err, status, now() - job.t0)
+  end
+  if not ok then
+    st.nb = nil
+    abort(self, st, job)
+    error(act, 0)
+  end
+  local busy, res, err = guarded(self, st, job, act, a, b)
+  if not busy and job.callback then pcall_y(job.callback, res, err) end
+  return st.nb ~= nil
+end
+
+--- Blocks up to `seconds` until the job in flight can make progress or its
+-- timer is due; false when nothing is in flight.
+function M.wait(self, st, seconds)
+  local job = st.nb
+  if not job then return false end
+  if job.wake_at then
+    core.sleep(math_min(seconds, math_max(0, job.wake_at - now())))
+  else
+    drivers.multi.wait(self, seconds)
+  end
+  return true
+end
+
+return M

@@ -1,0 +1,208 @@
+--- The renewal: a job of the machine that gets the client a new token, the
+-- same for the blocking path and the non-blocking one.
+--   * The kept token is used while it is fresh (decided in C: the refresh
+--     window is `refresh_skew`, never more than half the lifetime).
+--   * A renewal refreshes when a refresh token is kept, else issues; a
+--     refused refresh falls back to issue (the machine's operation job).
+--   * One renewal at a time in a Lua state (single-flight): another
+--     coroutine waits for it.
+--   * The pause: within a second of the last try, a client whose token is
+--     still valid, or whose last renewal failed, does not try again (no
+--     stampede, no hammering a failing server): it answers the kept token,
+--     or the last error. A renewal forced by a 401 does not pause.
+--   * With a store: the shared token is read first; the lock is taken (and
+--     released, on every path, in `finished`) by the one that renews; while
+--     another holder renews, the kept token is used if it is still valid,
+--     else the client waits for the holder (backing off) and renews alone
+--     after a bound.
+--   * A failed renewal never throws away a still-valid token.
+-- (Private to nomba.oauth.)
+local core = require "nomba.oauth.core"
+local runtime = require "nomba.oauth.runtime"
+local machine = require "nomba.oauth.machine"
+local shared = require "nomba.oauth.shared"
+local events = require "nomba.oauth.events"
+local DEFAULTS = require("nomba.oauth.options").DEFAULTS
+
+local tostring, math_random, math_min, math_floor = tostring, math.random, math.min, math.floor
+local fresh, now, new_error = core.fresh, runtime.now, core.error
+
+local R = {}
+
+local PAUSE = DEFAULTS.renew_pause                -- seconds between renewal tries
+local BUSY = DEFAULTS.busy_backoff               -- {first, cap}: the wait for another holder
+
+local function closed_error()
+  return new_error("closed", "token", "the client is closed")
+end
+
+-- How long a renewal may hold the store's lock.
+local function lock_ttl(st)
+  return st.timeout * (st.retries + 1) + 1
+end
+
+-- How long a client waits for another holder before it renews alone.
+local function busy_limit(st)
+  return lock_ttl(st) + st.timeout
+end
+
+-- A failed renewal in the log: an error when no valid token remains (or
+-- less than a minute), else a warning.
+local function log_failure(self, st, err)
+  if not st.log then return end
+  local left = core.remaining(self)
+  local msg = "nomba.oauth: renewal failed (" .. tostring(err) .. "); "
+  if left > 0 then
+    events.log(st, left < 60 and "error" or "warn", msg .. ("the kept token expires in %d s"):format(math_floor(left)))
+  else
+    events.log(st, "error", msg .. "no valid token")
+  end
+end
+
+-- One look at the store: "fresh" (the kept or shared token will do), a
+-- lock `{ad =, before =}` to renew under, "busy" (another holder renews),
+-- or nil (the store failed: go alone). The store is read again once the
+-- lock is held: someone may have just published.
+local function claim(self, st)
+  if not shared.read(self, st) or fresh(self) then
+    return fresh(self) and "fresh" or nil
+  end
+  local got = shared.lock(st, lock_ttl(st))
+  if got == nil then return nil end
+  if not got then return "busy" end
+  local lock = { ad = shared.read(self, st) }
+  if fresh(self) then
+    shared.release(self, st, lock, false)
+    return "fresh"
+  end
+  lock.before = core.remaining(self)
+  return lock
+end
+
+-- The end of the renewal: the lock released (the renewal published when
+-- it made the token newer), the single-flight mark cleared, the outcome
+-- kept for the pause and the log. Only the first call does anything.
+local function finished(self, st, job, res, err)
+  if job.ended then return end
+  job.ended = true
+  if job.lock then shared.release(self, st, job.lock, res ~= nil) end
+  if job.renewing then st.renewing = false end
+  if job.tried then
+    st.last_err = err
+    if err and (err.kind == "config" or err.kind == "closed") then
+      st.last_try = nil                 -- nothing left: nothing to pause for
+    elseif err then
+      log_failure(self, st, err)
+    end
+  end
+end
+
+-- The answer once nothing more is to be done: the new token, else the kept
+-- one while it is valid, else the error.
+local function answer(self, res, err)
+  if res then return "done", res.access_token end
+  local kept = fresh(self, 0)
+  if kept then return "done", kept end
+  return "done", nil, err
+end
+
+-- Renews now (under the lock, when job.lock holds one).
+local function renew(self, st, job)
+  if core.closed(self) then                -- closed meanwhile (by a store, a hook)
+    finished(self, st, job, nil, nil)
+    return "done", nil, closed_error()
+  end
+  local op = core.has(self, "refresh") and "refresh" or core.has(self, "secret") and "issue"
+  st.renewing, st.last_try, st.last_err = true, now(), nil
+  job.renewing, job.tried, job.state = true, true, "renewing"
+  if not op then
+    local err = new_error("config", "token",
+      "this PKCE client has no valid token and cannot issue one: use authorize and exchange")
+    finished(self, st, job, nil, err)
+    return "done", nil, err
+  end
+  return machine.call(self, st, job, machine.op(op, op == "refresh" and {} or nil, { renewal = true }))
+end
+
+-- The look at the store, again until the holder is done.
+local function at_store(self, st, job)
+  job.state = "store"
+  local c = claim(self, st)
+  if c == "fresh" then return "done", (fresh(self)) end
+  if c == nil then return renew(self, st, job) end           -- the store failed: alone
+  if c ~= "busy" then
+    job.lock = c
+    return renew(self, st, job)
+  end
+  local kept = fresh(self, 0)                                 -- another worker or host renews
+  if kept then return "done", kept end
+  local t = now()
+  job.busy_until = job.busy_until or t + busy_limit(st)
+  if t >= job.busy_until then return renew(self, st, job) end
+  local may, phase = runtime.cosockets()
+  if not may and not job.nb then
+    return "done", nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
+      " phase cannot wait for the renewal in progress")
+  end
+  job.pause = math_min((job.pause or BUSY.first) * 2, BUSY.cap)
+  return "sleep", job.pause * (0.5 + math_random())
+end
+
+-- After the single-flight wait, or straight away: the pause, then the
+-- store or a renewal alone.
+local function decide(self, st, job)
+  if not job.force and st.last_try and now() - st.last_try < PAUSE and
+     (core.remaining(self) > 0 or st.last_err) then
+    local kept = fresh(self, 0)                -- renewed (or failed) a moment ago
+    if kept then return "done", kept end
+    return "done", nil, st.last_err
+  end
+  if st.store then return at_store(self, st, job) end
+  return renew(self, st, job)
+end
+
+--- The kind of a renewal.
+function R.Renewal(self, st, job, what, res, err, stuck)
+  if what == "child" then                       -- the refresh or issue ended
+    finished(self, st, job, res, err)
+    return answer(self, res, err)
+  end
+  if core.closed(self) then return "done", nil, closed_error() end
+  if what == "start" then
+    local tok = fresh(self)
+    if tok then return "done", tok end         -- renewed meanwhile
+    if st.renewing then                         -- another coroutine renews: wait for it
+      job.state, job.peer_until = "peer", now() + busy_limit(st) + machine.RETRY_AFTER_CAP
+      return "yield"
+    end
+    return decide(self, st, job)
+  end
+  -- "wake"
+  if job.state == "peer" then
+    local kept = fresh(self, 0)
+    if kept then return "done", kept end
+    if st.renewing and not stuck and now() < job.peer_until then return "yield" end
+    if st.last_err then return "done", nil, st.last_err end
+    return decide(self, st, job)
+  end
+  return at_store(self, st, job)
+end
+
+-- A raise went through the renewal: release what it holds.
+local function abort(self, st, job)
+  finished(self, st, job, nil, nil)
+end
+
+--- A renewal job; `force` (after a 401): no pause.
+function R.job(force)
+  return { kind = R.Renewal, force = force, abort = abort }
+end
+
+--- The non-blocking mode's trigger: starts a renewal on the multi driver
+-- when the kept token is not fresh and nothing is in flight.
+function R.due(self, st)
+  if st.nb or fresh(self) or core.closed(self) then return end
+  machine.begin(self, st, R.job(false))
+end
+
+return R
