@@ -55,33 +55,51 @@ local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 --- A transport in plain Lua that carries requests with the curl command line
 -- tool: a real HTTPS round trip outside libcurl-in-C, for the sans-I/O path.
--- With `yield_first`, it yields (coroutine.yield) before each request, like a
+-- It answers as the transport contract asks: the raw header block as curl
+-- received it (`head`: a block cut short stays cut, and the C core sees
+-- it), and, on a failure, whether any byte of the request left (curl's
+-- size_request), so a payment that never left may be sent again. With
+-- `yield_first`, it yields (coroutine.yield) before each request, like a
 -- cosocket would.
 function H.curl_transport(cafile, yield_first, seen)
   return function(req)
     if seen then seen[#seen + 1] = req end
     if yield_first then coroutine.yield("io") end
-    local body_file, head_file = os.tmpname(), os.tmpname()
-    local f = assert(io.open(body_file, "w"))
+    local req_file, body_file, head_file = os.tmpname(), os.tmpname(), os.tmpname()
+    local f = assert(io.open(req_file, "w"))
     f:write(req.body)
     f:close()
-    local cmd = { "env -u LD_PRELOAD curl -sS -o - -D", q(head_file), "--max-time", tostring(req.timeout),
-                  "--cacert", q(cafile), "-X", req.method, "--data-binary", "@" .. body_file }
+    local cmd = { "env -u LD_PRELOAD curl -sS -o", q(body_file), "-D", q(head_file), "--max-time", tostring(req.timeout),
+                  "--connect-timeout", tostring(req.connect_timeout or req.timeout),
+                  "--cacert", q(cafile), "-X", req.method, "-w '%{size_request} %{exitcode}'", "-H 'Expect:'" }
+    if req.method ~= "GET" and req.method ~= "HEAD" then cmd[#cmd + 1] = "--data-binary @" .. q(req_file) end
+    if req.method == "HEAD" then cmd[#cmd + 1] = "-I" end
     for k, v in pairs(req.headers) do cmd[#cmd + 1] = "-H " .. q(k .. ": " .. v) end
     cmd[#cmd + 1] = q(req.url)
     local p = io.popen(table.concat(cmd, " ") .. " 2>/dev/null")
-    local body = p:read("*a")
-    local ok = p:close()
-    local hf = io.open(head_file)
-    local head = hf and hf:read("*a") or ""
-    if hf then hf:close() end
-    os.remove(body_file)
-    os.remove(head_file)
+    local out = p:read("*a")
+    p:close()
+    local function slurp(name)
+      local h = io.open(name, "rb")
+      local data = h and h:read("*a") or ""
+      if h then h:close() end
+      os.remove(name)
+      return data
+    end
+    local head, body = slurp(head_file), slurp(body_file)
+    os.remove(req_file)
+    local sent, code = out:match("(%d+) (%d+)%s*$")
+    sent, code = tonumber(sent) or 0, tonumber(code) or -1
+    -- the last block curl received (past any 1xx)
+    local last = 1
+    for i in head:gmatch("()HTTP/%d") do last = i end
+    head = head:sub(last)
     local status = tonumber(head:match("^HTTP/[%d%.]+ (%d+)"))
-    if not ok or not status then return nil, "curl failed" end
-    local headers = {}
-    for k, v in head:gmatch("([%w%-]+):%s*([^\r\n]*)") do headers[k] = v end
-    return { status = status, headers = headers, body = body }
+    if status and (code == 0 or code == 18) then
+      return { status = status, head = head, body = body }   -- 18: a body cut short (the core sees it)
+    end
+    if code == 28 then return nil, "curl: timeout", sent > 0 end
+    return nil, "curl failed (exit " .. code .. ")", sent > 0
   end
 end
 

@@ -8,9 +8,9 @@
  * them, the lines go through this one reader:
  *   - a field line is "name: value" whose name has no space, tab or '/'
  *     (so "HTTP/1.1 200 a:b", a status line, is none); values are trimmed;
- *   - what the interpreter needs (Date, Retry-After, Content-Type and the
- *     X-Rate-Limit-* counts) is the FIRST line of each name: a repeated
- *     Retry-After is its first value on every driver;
+ *   - what the interpreter needs (Date, Retry-After, Content-Type,
+ *     Content-Length and the X-Rate-Limit-* counts) is the FIRST line of
+ *     each name: a repeated Retry-After is its first value on every driver;
  *   - the headers table has lower-case names, a repeated name's values
  *     joined with ", " (RFC 9110);
  *   - numbers are digits only (codec_digits): never "1e3", "0x10" or "-5".
@@ -56,6 +56,8 @@ static const struct {
     {"x-rate-limit-remaining", offsetof(nomba_answer_meta, rl_remaining),
      sizeof ((nomba_answer_meta *)0)->rl_remaining},
     {"x-rate-limit-window", offsetof(nomba_answer_meta, rl_window), sizeof ((nomba_answer_meta *)0)->rl_window},
+    {"content-length", offsetof(nomba_answer_meta, content_length),
+     sizeof ((nomba_answer_meta *)0)->content_length},
 };
 #define NNOTED (sizeof NOTED / sizeof NOTED[0])
 

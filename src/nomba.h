@@ -109,6 +109,7 @@ typedef struct {
     char retry_after[64];   /* the Retry-After header, or "" */
     char content_type[96];  /* the Content-Type header, or "" */
     char rl_limit[24], rl_remaining[24], rl_window[24];   /* X-Rate-Limit-Limit, -Remaining, -Window */
+    char content_length[24];    /* the Content-Length header, or "" */
 } nomba_answer_meta;
 
 /* head.c: the header block of an answer, one reader for every driver. */

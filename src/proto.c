@@ -1052,18 +1052,42 @@ static int proto_request(lua_State *L)
     return 1;
 }
 
+/* Whether a transport's answer was cut, as far as it shows: a raw header
+ * block that never reached its empty line, or a body shorter than its
+ * Content-Length (libcurl tells the same itself). */
+static int truncated(const client *c, const nomba_answer_meta *m, int raw, const char *head, size_t hn, size_t n,
+                     const char **why)
+{
+    double want;
+    int bodiless = (c->at.method != NULL && strcmp(c->at.method, "HEAD") == 0) || m->status == 204 ||
+                   m->status == 304;
+    if (raw && !(hn >= 2 && head[hn - 1] == '\n' && (head[hn - 2] == '\n' ||
+                                                     (hn >= 4 && memcmp(head + hn - 4, "\r\n\r\n", 4) == 0)))) {
+        *why = "the answer is truncated (in its headers)";
+        return 1;
+    }
+    if (!bodiless && m->content_length[0] != '\0' &&
+        codec_digits(m->content_length, strlen(m->content_length), 999999999999999.0, &want) && (double)n < want) {
+        *why = "the answer is truncated (in its body)";
+        return 1;
+    }
+    return 0;
+}
+
 /* core.answer(client, op, status, headers, body): interprets an answer a
  * Lua transport received, exactly as the libcurl path does, and ends the
  * attempt. `headers` is the raw header block (a string, as the OpenResty
- * transport reads it) or a table (any case of the names; a list value is
- * one line per entry): either way it becomes lines read by head.c. */
+ * transport reads it: up to and including its empty line) or a table (any
+ * case of the names; a list value is one line per entry): either way it
+ * becomes lines read by head.c. A block cut before its empty line, or a
+ * body shorter than its Content-Length, is a truncated answer. */
 static int proto_answer(lua_State *L)
 {
     client *c = client_check(L, 1);
     int op = nomba_checkop(L, 2);
     lua_Integer status = luaL_checkinteger(L, 3);
     sbuf lines = {NULL, 0, 0};
-    const char *head = "", *body;
+    const char *head = "", *body, *why = NULL;
     size_t hn = 0, n = 0;
     int r;
     if (c->closed)
@@ -1084,7 +1108,9 @@ static int proto_answer(lua_State *L)
     }
     head_scan(&c->at.meta, head, hn);
     c->at.meta.status = (long)status;
-    if (n > c->at.max_response) {
+    if (truncated(c, &c->at.meta, lua_type(L, 4) == LUA_TSTRING, head, hn, n, &why)) {
+        r = proto_truncated(L, c, op, (long)status, why);
+    } else if (n > c->at.max_response) {
         nomba_err e;
         err_init(&e, "protocol", op, "the answer exceeds max_response_bytes");
         e.status = (long)status;

@@ -162,6 +162,25 @@ routes["/granted"] = function()
   ngx.say(id and (ngx.shared.test:get("granted:" .. id) or 0) or (ngx.shared.test:get("granted") or 0))
 end
 
+-- one driver-parity scenario (spec/parity.lua) on cosockets
+local parity_stores = 0
+routes["/parity"] = function()
+  ngx.req.read_body()
+  local c = cjson.decode(ngx.req.get_body_data())
+  local out = require("parity").run(c, {
+    make = function(opts)
+      opts.transport = resty
+      return oauth.new(options(opts))
+    end,
+    store = function()
+      parity_stores = parity_stores + 1
+      return oauth.store.shdict(ngx.shared.nomba, { prefix = "parity" .. parity_stores .. ":" })
+    end,
+    revoke = function(tok) return oauth.new(options { transport = resty }):revoke(tok) end,
+  })
+  json(out)
+end
+
 routes["/master/issue"] = function()
   local t, err = master_client:issue()
   if not t then ngx.status = 500; ngx.say(tostring(err)) return end

@@ -48,8 +48,8 @@ local POOL_SIZE, KEEPALIVE_MS = DEFAULTS.resty.pool_size, DEFAULTS.resty.keepali
 -- A failure: `sent` false when the request provably never left (the
 -- connection or its TLS never came up), which lets the machine send a
 -- payment again, as libcurl's driver does.
-local function fail(kind, op, msg, retryable, sent)
-  local err = new_error(kind, op or "token", msg, { retryable = retryable })
+local function fail(kind, op, msg, retryable, sent, status)
+  local err = new_error(kind, op or "token", msg, { retryable = retryable, status = status })
   if sent == false then err.maybe_sent = false end
   return nil, err
 end
@@ -175,9 +175,10 @@ local function receive(op, sock, deadline, max)
       return fail("protocol", op, "not an HTTP answer", false)
     end
   until status >= 200
+  -- from here on the status line has come: errors carry it, as libcurl's do
   if length == false then                        -- digits only: never "-5", "0x10" or "1e3"
     sock:close()
-    return fail("protocol", op, "the answer's Content-Length is not a number of bytes", false)
+    return fail("protocol", op, "the answer's Content-Length is not a number of bytes", false, nil, status)
   end
   local body
   if chunked then
@@ -185,7 +186,7 @@ local function receive(op, sock, deadline, max)
   elseif length then
     if length > max then
       sock:close()
-      return fail("protocol", op, "the answer exceeds max_response_bytes", false)
+      return fail("protocol", op, "the answer exceeds max_response_bytes", false, nil, status)
     end
     body, err = r:take(length)
   else
@@ -193,11 +194,11 @@ local function receive(op, sock, deadline, max)
   end
   if not body then
     sock:close()
-    if err == "too big" then return fail("protocol", op, "the answer exceeds max_response_bytes", false) end
+    if err == "too big" then return fail("protocol", op, "the answer exceeds max_response_bytes", false, nil, status) end
     if type(err) == "string" and err:find("timeout", 1, true) then
-      return fail("timeout", op, "receive: timeout", true)
+      return fail("timeout", op, "receive: timeout", true, nil, status)
     end
-    return fail("protocol", op, "the answer is truncated (" .. tostring(err) .. ")", true)
+    return fail("protocol", op, "the answer is truncated (" .. tostring(err) .. ")", true, nil, status)
   end
   if close or (not length and not chunked) or #r.buf > 0 then
     sock:close()

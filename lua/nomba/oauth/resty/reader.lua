@@ -49,12 +49,13 @@ function Reader:fill(max)
   return true
 end
 
--- The header block (up to the empty line), at most MAX_HEADERS bytes.
+-- The header block (up to and including the empty line), at most
+-- MAX_HEADERS bytes.
 function Reader:head()
   while true do
     local e = find(self.buf, "\r\n\r\n", 1, true)
     if e then
-      local head = self.buf:sub(1, e + 1)
+      local head = self.buf:sub(1, e + 3)
       self.buf = self.buf:sub(e + 4)
       return head
     end

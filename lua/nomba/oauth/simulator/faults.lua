@@ -72,6 +72,10 @@ local function play_raw(f)
   return ngx.exit(444)
 end
 
+--   echo          the answer carries the Authorization header it was sent,
+--                 in its body (a Nomba description) and in an X-Echo header
+--   retry_after_in  a Retry-After HTTP-date this many seconds after the
+--                 simulator's clock (its Date header says the same clock)
 function F.play(f)
   if f.delay and f.delay > 0 then ngx.sleep(f.delay) end
   if f.drop then return ngx.exit(444) end              -- close without answering
@@ -79,6 +83,14 @@ function F.play(f)
   local body = f.body
   if type(body) == "table" then body = cjson.encode(body) end
   body = body or ""
+  if f.echo then
+    local auth = ngx.var.http_authorization or ""
+    body = cjson.encode { code = "02", description = "bad token " .. auth }
+    ngx.header["X-Echo"] = auth
+  end
+  if f.retry_after_in then
+    ngx.header["Retry-After"] = ngx.http_time(math.floor(now()) + f.retry_after_in)
+  end
   if f.size then body = '{"code":"00","pad":"' .. string.rep("x", f.size) .. '"}' end
   ngx.status = f.status or 500
   ngx.header["Content-Type"] = f.content_type or "application/json"

@@ -10,6 +10,7 @@
 --   POST /_sim/reset                 forget tokens, faults, log; settings to defaults
 --   POST /_sim/fault   {endpoint=, status=, body=, headers=, delay=, body_delay=,
 --                       drop=, truncate=, size=, content_type=, times=, pass=,
+--                       echo=, retry_after_in=,
 --                       raw = "header_drip" | "body_drip" | "stream" | "text", every=, bytes=,
 --                       text=, hold=}
 --                      (pass = true: only the delay, then the normal answer;

@@ -1,0 +1,263 @@
+-- The driver-parity scenarios and their runner, shared by the specs (libcurl
+-- easy, libcurl multi through step(), a plain Lua transport) and by the
+-- OpenResty app (cosockets in nginx, spec/openresty/app.lua). A scenario is
+-- data only (it crosses into nginx as JSON): the faults the simulator plays,
+-- the call, the client's options and the outcome every driver must give.
+local P = {}
+
+local HTML = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+-- The fault matrix: one row per fault the simulator can play, for issue():
+-- {name, fault, the error, attempts the simulator sees} (spec/10 runs it on
+-- the default driver with its recovery checks; spec/23 on every driver).
+P.MATRIX = {
+  { "500 with an HTML page", { status = 500, body = HTML, content_type = "text/html" },
+    { kind = "http", status = 500, retryable = true }, 3 },
+  { "502 with an empty body", { status = 502, body = "" },
+    { kind = "http", status = 502, retryable = true, message = "empty answer" }, 3 },
+  { "503 with a Nomba body", { status = 503, body = { code = "01", description = "Try again" } },
+    { kind = "api", status = 503, code = "01", retryable = true }, 3 },
+  { "504 with Retry-After 0", { status = 504, headers = { ["Retry-After"] = "0" }, body = "" },
+    { kind = "http", status = 504, retryable = true, retry_after = 0 }, 3 },
+  { "429 slow down", { status = 429, body = { code = "429", description = "Too many requests" } },
+    { kind = "api", status = 429, code = "429", retryable = true }, 3 },
+  { "400 validation", { status = 400, body = { code = "02", description = "Bad", errors = { "x" } } },
+    { kind = "api", status = 400, code = "02", message = "Bad", retryable = false }, 1 },
+  { "401 authenticate again", { status = 401, body = { code = "401", description = "Auth" } },
+    { kind = "api", status = 401, code = "401", retryable = false }, 1 },
+  { "403 not permitted", { status = 403, body = { code = "05", description = "No" } },
+    { kind = "api", status = 403, code = "05", retryable = false }, 1 },
+  { "404 with an HTML page", { status = 404, body = HTML, content_type = "text/html" },
+    { kind = "http", status = 404, retryable = false }, 1 },
+  { "422 unprocessable", { status = 422, body = { code = "02", description = "Unprocessable" } },
+    { kind = "api", status = 422, code = "02", retryable = false }, 1 },
+  { "200 with code 06 (do not retry)", { status = 200, body = { code = "06", description = "Stop" } },
+    { kind = "api", status = 200, code = "06", retryable = false }, 1 },
+  { "200 with code 01", { status = 200, body = { code = "01", description = "Invalid credentials" } },
+    { kind = "api", status = 200, code = "01", retryable = false }, 1 },
+  { "200 with a non-JSON body", { status = 200, body = "OK", content_type = "text/plain" },
+    { kind = "protocol", status = 200, retryable = false }, 1 },
+  { "200 with an empty body", { status = 200, body = "" },
+    { kind = "protocol", status = 200, retryable = false, message = "the answer is empty" }, 1 },
+  { "200 with JSON that is not an object", { status = 200, body = "[1,2,3]" },
+    { kind = "protocol", status = 200, retryable = false }, 1 },
+  { "200 with a token but no expiry", { status = 200,
+      body = { code = "00", data = { access_token = "abc", refresh_token = "r" } } },
+    { kind = "protocol", status = 200, retryable = false,
+      message = "the answer has neither expiresAt nor expires_in" }, 1 },
+  { "200 with an already expired token", { status = 200,
+      body = { code = "00", data = { access_token = "abc", expiresAt = "2001-01-01T00:00:00Z" } } },
+    { kind = "protocol", status = 200, retryable = false }, 1 },
+  { "a truncated body", { status = 200, truncate = true, body = '{"code":"00","data":{' },
+    { kind = "protocol", status = 200, retryable = true }, 3 },
+  { "an oversized body", { status = 200, size = 100000 },
+    { kind = "protocol", status = 200, retryable = false }, 1 },
+  { "a dropped connection", { drop = true },
+    { kind = "transport", retryable = true }, 3 },
+  { "a delay before the headers", { delay = 0.8 },
+    { kind = "timeout", retryable = true }, 3 },
+  { "a delay in the middle of the body", { status = 200, body_delay = 0.8,
+      body = '{"code":"00","description":"Success","data":{"access_token":"x"}}' },
+    { kind = "timeout", status = 200, retryable = true }, 3 },
+}
+
+local BALANCE = { path = "/v1/accounts/balance" }
+local ORDER = { method = "POST", path = "/v1/checkout/order", json = { order = { amount = "10.00" } } }
+local function text(status, times, extra)
+  local f = { status = status, body = "busy", content_type = "text/plain", times = times }
+  for k, v in pairs(extra or {}) do f[k] = v end
+  return f
+end
+
+--- Every scenario: the fault matrix for issue(), then the API calls.
+-- `call`: op ("issue", "request", "token"), opts, times; `prime`: a token
+-- first; `revoke`: the primed token revoked elsewhere; `saved`: start from
+-- a saved token (no request); `pair`: a second client sharing a store makes
+-- the same call after the first; `client`: options; `config`: the
+-- simulator's settings; `want`: the outcome (`seen`: requests per endpoint).
+P.CASES = {}
+for _, row in ipairs(P.MATRIX) do
+  local fault = {}
+  for k, v in pairs(row[2]) do fault[k] = v end
+  fault.endpoint, fault.times = "issue", 3
+  local want = { attempts = row[4], seen = { issue = row[4] } }
+  for k, v in pairs(row[3]) do
+    if k ~= "message" and not ((row[3].kind == "timeout" or row[3].kind == "transport") and k == "status") then
+      want[k] = v
+    end
+  end
+  P.CASES[#P.CASES + 1] = { name = "issue: " .. row[1], faults = { fault }, call = { op = "issue" },
+                            client = { retries = 2, timeout = 0.4 }, want = want }
+end
+
+local function case(t) P.CASES[#P.CASES + 1] = t end
+
+case { name = "GET through two 503s", prime = true, faults = { text(503, 2, { endpoint = "protected" }) },
+       call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 200, attempts = 3, seen = { protected = 3 } } }
+case { name = "425 is retried for a GET as for the token operations", prime = true,
+       faults = { text(425, 2, { endpoint = "protected" }) }, call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 200, attempts = 3, seen = { protected = 3 } } }
+case { name = "a POST answered 503 without Retry-After is not sent again", prime = true,
+       faults = { text(503, 3, { endpoint = "order" }) }, call = { op = "request", opts = ORDER },
+       want = { kind = "http", status = 503, retryable = true, maybe_sent = true, attempts = 1,
+                seen = { order = 1 } } }
+case { name = "a POST answered 429 with Retry-After in seconds is sent again", prime = true,
+       faults = { { endpoint = "order", status = 429, headers = { ["Retry-After"] = "0" }, body = "" } },
+       call = { op = "request", opts = ORDER },
+       want = { ok = true, status = 200, attempts = 2, seen = { order = 2 } } }
+case { name = "a POST answered 503 with Retry-After as an HTTP-date is sent again", prime = true,
+       faults = { { endpoint = "order", status = 503, retry_after_in = 0, body = "" } },
+       call = { op = "request", opts = ORDER },
+       want = { ok = true, status = 200, attempts = 2, seen = { order = 2 } } }
+case { name = "Retry-After as an HTTP-date is measured against the server's Date (an hour behind)",
+       prime = true, config = { clock_offset = -3600 }, client = { retries = 0 },
+       faults = { { endpoint = "protected", status = 429, retry_after_in = 2,
+                    body = { code = "429", description = "Too many requests" } } },
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "api", status = 429, code = "429", retryable = true, retry_after = 2, attempts = 1 } }
+case { name = "a repeated Retry-After is its first value", prime = true, client = { retries = 0 },
+       faults = { { endpoint = "protected", status = 429, headers = { ["Retry-After"] = { "1", "7" } }, body = "" } },
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "http", status = 429, retryable = true, retry_after = 1, attempts = 1 } }
+case { name = "a POST dropped after Nomba processed it is never sent twice", prime = true,
+       faults = { { endpoint = "order", after = true } }, call = { op = "request", opts = ORDER },
+       want = { kind = "transport", retryable = true, maybe_sent = true, attempts = 1, seen = { order = 1 } } }
+case { name = "a GET dropped after it was processed is sent again", prime = true,
+       faults = { { endpoint = "protected", after = true } }, call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 200, attempts = 2, seen = { protected = 2 } } }
+case { name = "a POST that never connected is sent again (maybe_sent false)", saved = true,
+       client = { base_url = "https://127.0.0.1:1", retries = 2 }, call = { op = "request", opts = ORDER },
+       want = { kind = "transport", retryable = true, maybe_sent = false, attempts = 3 } }
+case { name = "an answer cut inside its header block is truncated, never a success (GET: retried)", prime = true,
+       faults = { { endpoint = "protected", raw = "text", text = "HTTP/1.1 200 OK\r\nContent-Le", times = 3 } },
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "protocol", retryable = true, maybe_sent = true, attempts = 3, seen = { protected = 3 } } }
+case { name = "an answer cut inside its header block (POST: not sent again)", prime = true,
+       faults = { { endpoint = "order", raw = "text", text = "HTTP/1.1 200 OK\r\nContent-Le" } },
+       call = { op = "request", opts = ORDER },
+       want = { kind = "protocol", retryable = true, maybe_sent = true, attempts = 1, seen = { order = 1 } } }
+case { name = "a body cut short is truncated (GET: retried)", prime = true,
+       faults = { { endpoint = "protected", status = 200, truncate = true, body = '{"code":"00","data":{', times = 3 } },
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "protocol", retryable = true, maybe_sent = true, attempts = 3, seen = { protected = 3 } } }
+case { name = "an echoed bearer is redacted from the answer and the error", prime = true,
+       faults = { { endpoint = "protected", status = 400, echo = true } }, call = { op = "request", opts = BALANCE },
+       want = { kind = "api", status = 400, code = "02", retryable = false, maybe_sent = true, redacted = true,
+                attempts = 1 } }
+case { name = "hostile rate-limit headers are no counts", prime = true,
+       faults = { { endpoint = "protected", status = 200, body = '{"code":"00","data":{}}',
+                    headers = { ["X-Rate-Limit-Limit"] = "1e999", ["X-Rate-Limit-Remaining"] = "0x10",
+                                ["X-Rate-Limit-Window"] = "1s" } } },
+       call = { op = "request", opts = BALANCE }, want = { ok = true, status = 200, rate_limit = false, attempts = 1 } }
+case { name = "rate-limit counts and window", prime = true, call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 200, code = "00", rate_limit = { limit = 40, remaining = 39, window = 1 },
+                attempts = 1 } }
+case { name = "a 401 invalidates the token sent, renews once and retries once", prime = true, revoke = true,
+       call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 200, attempts = 2, seen = { protected = 2, refresh = 1, issue = 2 } } }
+case { name = "a 401 that renewing cannot cure: two calls, then the 401", prime = true,
+       call = { op = "request", opts = { path = "/v1/accounts/balance", account_id = "someone-else" } },
+       want = { kind = "api", status = 401, retryable = false, maybe_sent = true, attempts = 2,
+                seen = { protected = 2, refresh = 1, issue = 1 } } }
+case { name = "a 401 to two clients sharing a store: one renewal for both", prime = true, revoke = true, pair = true,
+       call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 200, seen = { protected = 4, refresh = 1, issue = 2 } } }
+case { name = "five token() calls against a failing server: one try a second", client = { retries = 0 },
+       faults = { text(503, 10, { endpoint = "issue" }) }, call = { op = "token", times = 5 },
+       want = { kind = "http", status = 503, retryable = true, seen = { issue = 1 } } }
+
+-- What the outcome holds that a scenario may ask for.
+local function outcome(res, err, events, op, secret)
+  local o = { ok = res ~= nil, attempts = 0 }
+  for _, ev in ipairs(events) do
+    if ev.op == op then o.attempts = o.attempts + 1 end
+  end
+  if err then
+    o.kind, o.status, o.code, o.retryable = err.kind, err.status, err.code, err.retryable
+    o.maybe_sent, o.retry_after = err.maybe_sent, err.retry_after
+  end
+  local answer = type(res) == "table" and res or (err and err.response)
+  if type(answer) == "table" then
+    o.status = answer.status
+    if res then o.code = answer.code end
+    o.rate_limit = answer.rate_limit or false
+  end
+  if secret then                              -- the bearer, wherever an answer or an error could echo it
+    local texts = { err and tostring(err) or "", err and err.message or "" }
+    if type(answer) == "table" then
+      texts[#texts + 1] = answer.body
+      for _, v in pairs(answer.headers or {}) do texts[#texts + 1] = v end
+    end
+    local clean, marked = true, false
+    for _, s in ipairs(texts) do
+      if s:find(secret, 1, true) then clean = false end
+      if s:find("[redacted]", 1, true) then marked = true end
+    end
+    o.redacted = clean and marked
+  end
+  return o
+end
+
+--- Runs a scenario on one driver `d`: `d.make(opts)` makes a client for it
+-- from options; `d.step` says the client runs non-blocking (start +
+-- step()); `d.store()` makes a store its clients can share; `d.revoke(token)`
+-- revokes a token elsewhere; `d.after_prime()` runs once the token is
+-- primed (libcurl: its idle connections closed, so the call starts on a
+-- fresh one as a cosocket's does). Returns the outcome.
+function P.run(c, d)
+  local make, step, revoke, after_prime = d.make, d.step, d.revoke, d.after_prime
+  local events = {}
+  local opts = { retries = 2, timeout = 2, on_event = function(ev) events[#events + 1] = ev end }
+  for k, v in pairs(c.client or {}) do opts[k] = v end
+  if c.saved then
+    opts.token = { access_token = "saved-access-token-0001", expires_at = os.time() + 600, expires_in = 1800 }
+  end
+  local store = c.pair and d.store() or nil
+  opts.store = store
+  local client = make(opts)
+  local tok
+  if c.prime then tok = assert(client:token()) end
+  local other
+  if c.pair then
+    local o2 = {}
+    for k, v in pairs(opts) do o2[k] = v end
+    o2.on_event = nil
+    other = make(o2)
+    assert(other:token())
+  end
+  if c.revoke then assert(revoke(tok)) end
+  if after_prime then after_prime() end
+  local call = c.call
+  local res, err
+  local function once(cl)
+    if call.op == "issue" then
+      if not step then return cl:issue() end
+      local r, e
+      local busy, serr = cl:start("issue", function(a, b) r, e = a, b end)
+      if not busy then return nil, serr end
+      while cl:step() do cl:wait(0.05) end
+      return r, e
+    elseif call.op == "token" then
+      if not step then return cl:token() end
+      local t, e = cl:token { wait = false }
+      while cl:step() do cl:wait(0.05) end
+      if not t and e.kind == "pending" then t, e = cl:token { wait = false } end
+      return t, e
+    end
+    if not step then return cl:request(call.opts) end
+    local r, e
+    local busy, serr = cl:start("request", call.opts, function(a, b) r, e = a, b end)
+    if not busy then return nil, serr end
+    while cl:step() do cl:wait(0.05) end
+    return r, e
+  end
+  for _ = 1, call.times or 1 do res, err = once(client) end
+  if other then
+    local r2, e2 = once(other)
+    assert(r2, tostring(e2))
+  end
+  return outcome(res, err, events, call.op == "token" and "issue" or call.op, tok)
+end
+
+return P
