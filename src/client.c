@@ -83,7 +83,7 @@ static void cleanup(client *c)
     free_str(&c->cfg.proxy);
     free_str(&c->cfg.user_agent);
     url_free(&c->cfg.base);             /* the parse is freed with the client, also a half-built one */
-    for (i = 0; i < OP__N; i++) {
+    for (i = 0; i < OP_PATHS; i++) {
         free_str(&c->cfg.paths[i]);
         free_str(&c->cfg.urls[i]);
     }
@@ -140,7 +140,7 @@ static void check_urls(lua_State *L, client *c)
     if (why != NULL)
         luaL_error(L, "nomba.oauth: option 'base_url' %s", why);
     c->cfg.allow_http = strcasecmp(base->scheme, "http") == 0;
-    for (i = 0; i < OP__N; i++) {
+    for (i = 0; i < OP_PATHS; i++) {
         int n;
         if (c->cfg.paths[i] == NULL)
             continue;
@@ -186,7 +186,7 @@ static int client_new(lua_State *L)
     opt_string(L, 1, "user_agent", &c->cfg.user_agent, 1);
     lua_getfield(L, 1, "paths");
     luaL_checktype(L, -1, LUA_TTABLE);
-    for (i = 0; i < OP__N; i++)          /* every op the paths table names; exchange uses issue's */
+    for (i = 0; i < OP_PATHS; i++)       /* every op the paths table names; exchange uses issue's */
         opt_string(L, lua_gettop(L), nomba_op_names[i], &c->cfg.paths[i], 0);
     lua_pop(L, 1);
     if (c->cfg.paths[OP_ISSUE] == NULL)
@@ -201,6 +201,7 @@ static int client_new(lua_State *L)
     c->cfg.connect_timeout = opt_number(L, 1, "connect_timeout", 0.001, NOMBA_MAX_TIMEOUT);
     c->cfg.refresh_skew = opt_number(L, 1, "refresh_skew", 0, NOMBA_MAX_LIFETIME);
     c->cfg.max_response = (size_t)opt_number(L, 1, "max_response_bytes", 256, NOMBA_MAX_RESPONSE);
+    c->at.max_response = c->cfg.max_response;     /* the cap of an attempt not yet made */
 
     lua_getfield(L, 1, "client_secret");
     if (!lua_isnil(L, -1)) {

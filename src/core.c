@@ -61,19 +61,6 @@ static int core_hygiene(lua_State *L)
     return 1;
 }
 
-/* core.parse_time(s): ISO 8601 or HTTP-date to Unix seconds, or nil. */
-static int core_parse_time(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    double t;
-    if (nt_iso8601(s, n, &t) || nt_httpdate(s, n, &t)) {
-        lua_pushnumber(L, t);
-        return 1;
-    }
-    return 0;
-}
-
 /* core.json_decode(s[, max_depth]): the value of a JSON text (strict RFC
  * 8259; objects and arrays as tables, null as NULL == cjson.null), or nil. */
 static int core_json_decode(lua_State *L)
@@ -97,26 +84,22 @@ static int core_spaceless(lua_State *L)
     return 1;
 }
 
-/* core.json_field(s, name): false when s is not a JSON object (json.c's
- * grammar, nesting up to 32); else true, and its top-level member name when
- * that is a string or a number. Reads the text without making a table:
- * what an API answer's "code" needs when nobody reads its json. */
-static int core_json_field(lua_State *L)
+#ifdef NOMBA_TEST_HOOKS
+
+/* core._test.parse_time(s): ISO 8601 or HTTP-date to Unix seconds, or nil. */
+static int core_parse_time(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    const char *name = luaL_checkstring(L, 2);
-    json_span top, data;
-    int has_data;
-    if (!json_scan(s, n, &name, 1, &top, &data, &has_data)) {
-        lua_pushboolean(L, 0);
+    double t;
+    if (nt_iso8601(s, n, &t) || nt_httpdate(s, n, &t)) {
+        lua_pushnumber(L, t);
         return 1;
     }
-    lua_pushboolean(L, 1);
-    return 1 + json_push_span(L, &top);
+    return 0;
 }
 
-/* core.retry_after(value[, now]): the seconds a Retry-After header asks
+/* core._test.retry_after(value[, now]): the seconds a Retry-After header asks
  * for (RFC 9110: digits, or an HTTP-date), or nil; the rule the token
  * operations use, for client:request too. */
 static int core_retry_after(lua_State *L)
@@ -130,20 +113,6 @@ static int core_retry_after(lua_State *L)
     }
     return 0;
 }
-
-/* core.code_text(n): Nomba's code written as a number, as a string (the
- * rule of proto_code_text); n must be finite. */
-static int core_code_text(lua_State *L)
-{
-    double d = (double)luaL_checknumber(L, 1);
-    char out[32];
-    luaL_argcheck(L, d == d && d - d == 0, 1, "a finite number expected");
-    proto_code_text(d, out);
-    lua_pushstring(L, out);
-    return 1;
-}
-
-#ifdef NOMBA_TEST_HOOKS
 
 #include <string.h>
 #include <unistd.h>
@@ -236,11 +205,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"now", core_now},
         {"time", core_time},
         {"sleep", core_sleep},
-        {"parse_time", core_parse_time},
         {"json_decode", core_json_decode},
-        {"json_field", core_json_field},
-        {"code_text", core_code_text},
-        {"retry_after", core_retry_after},
         {"spaceless", core_spaceless},
         {"hygiene", core_hygiene},
         {NULL, NULL}
@@ -252,6 +217,8 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"wait", test_wait},
         {"nofile", test_nofile},
         {"wiping_alloc", test_wiping_alloc},
+        {"parse_time", core_parse_time},
+        {"retry_after", core_retry_after},
         {NULL, NULL}
     };
 #endif

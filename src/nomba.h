@@ -85,12 +85,13 @@ NOMBA_HIDDEN int    codec_digits(const char *s, size_t n, double max, double *ou
 /* Operations, as named in errors and events. */
 enum nomba_op { OP_ISSUE, OP_REFRESH, OP_REVOKE, OP_AUTHORIZE, OP_EXCHANGE, OP_TOKEN, OP_WEBHOOK, OP_REQUEST,
                 OP__N };
+#define OP_PATHS (OP_EXCHANGE + 1)   /* the token operations: each has a path and a body of its own */
 NOMBA_HIDDEN extern const char *const nomba_op_names[];
 NOMBA_HIDDEN int nomba_checkop(lua_State *L, int idx);
 
 /* url.c: URLs judged on libcurl's own parse (CURLU). */
 typedef struct {
-    char *scheme, *host, *path;   /* curl_free'd by url_free */
+    char *scheme, *host, *path, *query;   /* curl_free'd by url_free; query NULL when none */
     long port;
     int loopback;
 } url_parts;
@@ -98,6 +99,7 @@ typedef struct {
 NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
 NOMBA_HIDDEN void url_free(url_parts *p);
 NOMBA_HIDDEN int  url_on(const url_parts *base, const char *url, const char **why); /* 1 same origin, 0, -1 */
+NOMBA_HIDDEN int  url_on_parts(const url_parts *base, const char *url, url_parts *u, const char **why);
 NOMBA_HIDDEN void url_open(lua_State *L);
 
 /* What one HTTP answer carried that the interpreter needs: the first line
@@ -128,8 +130,8 @@ enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
 /* The configuration: fixed once core.new returns. */
 typedef struct {
     char *account_id, *client_id, *base_url;
-    char *paths[OP__N];     /* path per op (exchange uses issue's) */
-    char *urls[OP__N];      /* base_url + path, per op with a path */
+    char *paths[OP_PATHS];  /* path per token operation (exchange uses issue's) */
+    char *urls[OP_PATHS];   /* base_url + path */
     url_parts base;         /* base_url as libcurl parses it (every URL must keep its scheme, host, port) */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
     double timeout, connect_timeout, refresh_skew;
@@ -167,7 +169,7 @@ typedef struct {
     sbuf req_secret[2];     /* the secret values the request carries (a token, a verifier;
                              * a refresh's explicit bearer), redacted from its answer */
     sbuf scratch[2];        /* an answer's new tokens, before they are kept */
-    char *body_open[OP__N]; /* the cached non-secret start of a body, per op */
+    char *body_open[OP_PATHS];  /* the cached non-secret start of a body, per token operation */
     nomba_answer_meta meta;
     int head_done;          /* the answer's header block ended (its empty line came) */
     int overflow;           /* OVERFLOW_BODY or OVERFLOW_HEADERS: the answer was cut */
@@ -231,7 +233,6 @@ NOMBA_HIDDEN int  attempt_begin(lua_State *L, client *c, int op);   /* 0, or pus
 NOMBA_HIDDEN void attempt_end(client *c);
 NOMBA_HIDDEN void attempt_free(client *c);
 NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */
-NOMBA_HIDDEN void proto_code_text(double d, char out[32]);
 NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answer_meta *m,
                                   const char *head, size_t hn, const char *body, size_t n);
 NOMBA_HIDDEN int  proto_truncated(lua_State *L, client *c, int op, long status, const char *msg);

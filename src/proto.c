@@ -106,7 +106,7 @@ void attempt_free(client *c)
         sbuf_free(&c->at.req_secret[i]);
         sbuf_free(&c->at.scratch[i]);
     }
-    for (i = 0; i < OP__N; i++) {
+    for (i = 0; i < OP_PATHS; i++) {
         free(c->at.body_open[i]);
         c->at.body_open[i] = NULL;
     }
@@ -389,6 +389,8 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
 
     if (op == OP_REQUEST)
         return build_request(L, c, argidx);
+    if (op >= OP_PATHS)                     /* "token", "webhook": no request of their own */
+        return config_error(L, c, op, "this operation sends no request");
     c->at.url = c->cfg.urls[op];
     if (c->at.url == NULL)
         return config_error(L, c, op, "this operation has no URL");
@@ -866,7 +868,7 @@ static int api_error(lua_State *L, client *c, int op, const answer *a, const nom
 /* Nomba's code written as a number reads as Nomba writes it: 2 is "2",
  * not "2.0"; 0.5 is "0.5". The one rule, for every operation. The numbers
  * come from json.c, so finite. */
-void proto_code_text(double d, char out[32])
+static void code_text(double d, char out[32])
 {
     if (d == floor(d) && fabs(d) < 1e15)
         (void)snprintf(out, 32, "%.0f", d);
@@ -928,7 +930,7 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answe
         if (cs->type == J_NUMBER) {
             double d = 0;
             (void)json_number(cs, &d);
-            proto_code_text(d, num);
+            code_text(d, num);
             if (!sbuf_adds(&text, num))
                 return luaL_error(L, "nomba.oauth: out of memory");
         } else if (cs->type == J_STRING && json_string(cs, &text) < 0) {

@@ -43,6 +43,7 @@ void url_free(url_parts *p)
     curl_free(p->scheme);
     curl_free(p->host);
     curl_free(p->path);
+    curl_free(p->query);
     memset(p, 0, sizeof *p);
 }
 
@@ -67,6 +68,8 @@ const char *url_split(const char *url, url_parts *p, int allow_query)
              p->host[0] == '\0' || !part(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) ||
              !part(u, CURLUPART_PATH, &p->path, 0))
         why = "has no host";
+    else if (allow_query)
+        (void)part(u, CURLUPART_QUERY, &p->query, 0);
     curl_free(x);
     if (why == NULL) {
         p->port = atol(port);
@@ -90,43 +93,59 @@ const char *url_split(const char *url, url_parts *p, int allow_query)
  * host and port as libcurl sees them. 1 yes, 0 elsewhere, -1 unusable
  * (*why says why). The one judgement of base_url's paths, API calls and
  * their absolute URLs. */
+int url_on_parts(const url_parts *base, const char *url, url_parts *u, const char **why)
+{
+    *why = url_split(url, u, 1);
+    if (*why != NULL)
+        return -1;
+    return strcasecmp(u->scheme, base->scheme) == 0 && strcasecmp(u->host, base->host) == 0 &&
+           u->port == base->port;
+}
+
 int url_on(const url_parts *base, const char *url, const char **why)
 {
     url_parts u;
-    int same;
-    *why = url_split(url, &u, 1);
-    if (*why != NULL)
-        return -1;
-    same = strcasecmp(u.scheme, base->scheme) == 0 && strcasecmp(u.host, base->host) == 0 &&
-           u.port == base->port;
-    url_free(&u);
+    int same = url_on_parts(base, url, &u, why);
+    if (same >= 0)
+        url_free(&u);
     return same;
 }
 
-/* core.url_on(base_url, url) */
+/* core.url_on(client, url): whether url goes where the client's base_url
+ * goes (libcurl's parse of both), and then its path and query: true, rest;
+ * false; or nil and why it is unusable. A caller writes the URL as
+ * base_url .. rest, which the request builder takes without parsing again. */
 static int core_url_on(lua_State *L)
 {
-    size_t bn, n;
-    const char *b = luaL_checklstring(L, 1, &bn), *s = luaL_checklstring(L, 2, &n), *why;
-    url_parts base;
+    client *c = client_check(L, 1);
+    size_t n;
+    const char *s = luaL_checklstring(L, 2, &n), *why;
+    url_parts u;
     int r;
-    if (strlen(b) != bn || strlen(s) != n) {
+    if (strlen(s) != n) {
         lua_pushnil(L);
         lua_pushliteral(L, "must not contain NUL bytes");
         return 2;
     }
-    why = url_split(b, &base, 0);
-    if (why != NULL)
-        return luaL_error(L, "nomba.oauth: base_url %s", why);
-    r = url_on(&base, s, &why);
-    url_free(&base);
+    if (c->closed)
+        return luaL_error(L, "nomba.oauth: the client is closed");
+    r = url_on_parts(&c->cfg.base, s, &u, &why);
     if (r < 0) {
         lua_pushnil(L);
         lua_pushstring(L, why);
         return 2;
     }
     lua_pushboolean(L, r);
-    return 1;
+    if (r) {
+        lua_pushstring(L, u.path);
+        if (u.query != NULL) {
+            lua_pushliteral(L, "?");
+            lua_pushstring(L, u.query);
+            lua_concat(L, 3);
+        }
+    }
+    url_free(&u);
+    return r ? 2 : 1;
 }
 
 /* core.url(url): the parts libcurl sees, or nil and why it is refused. */

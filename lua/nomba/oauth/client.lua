@@ -129,7 +129,7 @@ end
 --   with `err.maybe_sent`; "rate_limited" with `retry_after`; ...)
 function Client:request(opts)
   local st = check_client(self, "request")
-  local args = request.check(st, opts, st.base_url, st.account_id)
+  local args = request.check(self, st, opts)
   if core.closed(self) then return nil, new_error("closed", "request", "the client is closed") end
   return request.call(self, st, args)
 end
@@ -170,7 +170,7 @@ function Client:start(op, tok, callback)
     if callback ~= nil and type(callback) ~= "function" then
       error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
     end
-    local args = request.check(st, tok, st.base_url, st.account_id)
+    local args = request.check(self, st, tok)
     if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
     if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
     return request.start(self, st, args, callback)

@@ -99,7 +99,8 @@ local PATH_CACHE = 64
 --- Checks the arguments of client:request (raising on a misuse, naming it)
 -- and returns one table: the arguments of the C core and what the policy
 -- needs (idempotent, timeout, the fields of its events).
-function R.check(st, opts, base_url, account)
+function R.check(self, st, opts)
+  local base_url, account = st.base_url, st.account_id
   if type(opts) ~= "table" then bad("table expected") end
   local only_path = next(opts) == "path" and next(opts, "path") == nil and getmetatable(opts) == nil
   if only_path then
@@ -121,10 +122,13 @@ function R.check(st, opts, base_url, account)
   if path:sub(1, 1) == "/" then
     url = base_url .. path
   elseif path:match("^https?://") then
-    url = path                              -- the C core judges it again when it sends
-    local on = core.url_on(base_url, path)
+    -- judged once, on libcurl's parse; written on base_url, as the C core
+    -- takes it without parsing it again
+    if core.closed(self) then return {} end   -- it sends nothing: "closed" is the answer
+    local on, rest = core.url_on(self, path)
     if on == nil then bad("path is not a usable URL") end
     if not on then bad("an absolute path must be on base_url's scheme, host and port") end
+    url = base_url .. rest
   else
     bad("path must start with '/' or be a URL on base_url")
   end
