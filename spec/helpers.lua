@@ -69,7 +69,8 @@ function H.curl_transport(cafile, yield_first, seen)
     local f = assert(io.open(req_file, "w"))
     f:write(req.body)
     f:close()
-    local cmd = { "env -u LD_PRELOAD curl -sS -o", q(body_file), "-D", q(head_file), "--max-time", tostring(req.timeout),
+    local cmd = { "env -u LD_PRELOAD curl -sS -o", q(body_file), "-D", q(head_file),
+                  "--max-time", tostring(req.timeout),
                   "--connect-timeout", tostring(req.connect_timeout or req.timeout),
                   "--cacert", q(cafile), "-X", req.method, "-w '%{size_request} %{exitcode}'", "-H 'Expect:'" }
     if req.method ~= "GET" and req.method ~= "HEAD" then cmd[#cmd + 1] = "--data-binary @" .. q(req_file) end

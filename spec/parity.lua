@@ -138,7 +138,8 @@ case { name = "an answer cut inside its header block (POST: not sent again)", pr
        call = { op = "request", opts = ORDER },
        want = { kind = "protocol", retryable = true, maybe_sent = true, attempts = 1, seen = { order = 1 } } }
 case { name = "a body cut short is truncated (GET: retried)", prime = true,
-       faults = { { endpoint = "protected", status = 200, truncate = true, body = '{"code":"00","data":{', times = 3 } },
+       faults = { { endpoint = "protected", status = 200, truncate = true, body = '{"code":"00","data":{',
+                    times = 3 } },
        call = { op = "request", opts = BALANCE },
        want = { kind = "protocol", retryable = true, maybe_sent = true, attempts = 3, seen = { protected = 3 } } }
 case { name = "an echoed bearer is redacted from the answer and the error", prime = true,

@@ -72,6 +72,16 @@ static int core_json_decode(lua_State *L)
     return json_push(L, s, n, depth);
 }
 
+/* core.visible(s): whether s is not empty and all visible ASCII: what a
+ * token may hold (codec_visible, the check of answers and saved tokens). */
+static int core_visible(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    lua_pushboolean(L, n > 0 && codec_visible(s, n));
+    return 1;
+}
+
 /* core.spaceless(s): whether s is not empty and holds no space and no
  * control byte (0 to 32, 127): what a path or a token may hold. */
 static int core_spaceless(lua_State *L)
@@ -207,6 +217,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
         {"sleep", core_sleep},
         {"json_decode", core_json_decode},
         {"spaceless", core_spaceless},
+        {"visible", core_visible},
         {"hygiene", core_hygiene},
         {NULL, NULL}
     };

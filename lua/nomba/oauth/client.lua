@@ -54,7 +54,7 @@ function Client:refresh(refresh_token)
   if rt ~= nil and (type(rt) ~= "string" or rt == "") then
     error("nomba.oauth: bad argument #1 to 'refresh' (refresh_token must be a non-empty string)", 2)
   end
-  if at ~= nil and (type(at) ~= "string" or not at:match("^[\33-\126]+$")) then
+  if at ~= nil and (type(at) ~= "string" or not core.visible(at)) then
     error("nomba.oauth: bad argument #1 to 'refresh' (access_token must be a non-empty string of visible ASCII)", 2)
   end
   return run(self, st, "refresh", { refresh_token = rt, access_token = at })

@@ -28,8 +28,14 @@ O.DEFAULTS = {
   renew_pause = 1,                        -- seconds between renewal tries while valid, or after a failure
   busy_backoff = { first = 0.0025, cap = 0.2 },   -- seconds: waiting for another holder of the store's lock
   rate_wait_cap = 3600,                   -- the longest rate-limit wait a client keeps to itself
-  -- the OpenResty transport's connection pool
-  resty = { pool_size = 16, keepalive_ms = 60000 },
+  -- the OpenResty transport's connection pool, and keep_fresh's timer (seconds)
+  resty = { pool_size = 16, keepalive_ms = 60000, keep_fresh_interval = 1 },
+  -- the stores: the prefix of their keys; Redis' pooled connections (ms);
+  -- the file store's largest value and the wait of its add lock (seconds)
+  store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, file_max = 65536, file_add_wait = 5 },
+  -- webhooks: how far a delivery's timestamp may be off the local clock,
+  -- how long a requestId is remembered, the largest body received
+  webhook = { max_age = 300, dedupe_ttl = 86400, max_body = 1048576 },
   paths = {
     issue = "/v1/auth/token/issue",
     refresh = "/v1/auth/token/refresh",

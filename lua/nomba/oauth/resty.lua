@@ -194,7 +194,9 @@ local function receive(op, sock, deadline, max)
   end
   if not body then
     sock:close()
-    if err == "too big" then return fail("protocol", op, "the answer exceeds max_response_bytes", false, nil, status) end
+    if err == "too big" then
+      return fail("protocol", op, "the answer exceeds max_response_bytes", false, nil, status)
+    end
     if type(err) == "string" and err:find("timeout", 1, true) then
       return fail("timeout", op, "receive: timeout", true, nil, status)
     end
@@ -255,7 +257,7 @@ end
 -- @return true, or nil and the error of ngx.timer.every
 function M.keep_fresh(client, opts)
   opts = opts or {}
-  local interval = opts.interval or 1
+  local interval = opts.interval or DEFAULTS.resty.keep_fresh_interval
   if type(interval) ~= "number" or interval <= 0 then
     error("nomba.oauth.resty.keep_fresh: interval must be a positive number", 2)
   end
@@ -311,7 +313,7 @@ function M.webhook(opts)
   if type(opts) ~= "table" or type(opts.handler) ~= "function" then
     error("nomba.oauth.resty.webhook: opts.handler must be a function", 2)
   end
-  local max = opts.max_body or 1048576
+  local max = opts.max_body or DEFAULTS.webhook.max_body
   local body = raw_body(max)
   if not body then return answer(413, { error = "too_large" }) end
   local event, err = webhook.verify { key = opts.key, body = body, headers = ngx.req.get_headers(100),

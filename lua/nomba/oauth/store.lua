@@ -15,6 +15,7 @@
 
 local core = require "nomba.oauth.core"
 local common = require "nomba.oauth.store.common"
+local PREFIX = require("nomba.oauth.options").DEFAULTS.store.prefix
 
 local type, error, setmetatable = type, error, setmetatable
 local now = core.now
@@ -86,7 +87,7 @@ function M.shdict(dict, opts)
     error("nomba.oauth.store.shdict: bad argument #1 (ngx.shared.DICT expected)", 2)
   end
   opts = opts or {}
-  return setmetatable({ dict = dict, prefix = opts.prefix or "nomba-oauth:", owners = {} }, Shdict)
+  return setmetatable({ dict = dict, prefix = opts.prefix or PREFIX, owners = {} }, Shdict)
 end
 
 function Shdict:get(key)

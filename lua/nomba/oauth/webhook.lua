@@ -19,6 +19,7 @@
 -- @module nomba.oauth.webhook
 
 local core = require "nomba.oauth.core"
+local DEFAULTS = require("nomba.oauth.options").DEFAULTS.webhook
 local json = require("cjson.safe").new()
 
 local type, error, floor = type, error, math.floor
@@ -27,8 +28,8 @@ local verify_c, sign_c = core.webhook_verify, core.webhook_sign
 local M = {}
 
 local ALGORITHM, VERSION = core.WEBHOOK_ALGORITHM, core.WEBHOOK_VERSION
-local MAX_AGE = 300                  -- seconds a delivery may be off the local clock
-local DEDUPE_TTL = 86400
+local MAX_AGE = DEFAULTS.max_age           -- seconds a delivery may be off the local clock
+local DEDUPE_TTL = DEFAULTS.dedupe_ttl
 
 local function fail(reason, msg)
   local err = core.error("webhook", "webhook", msg)

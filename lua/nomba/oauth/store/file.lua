@@ -2,6 +2,7 @@
 -- @submodule nomba.oauth.store
 local core = require "nomba.oauth.core"
 local common = require "nomba.oauth.store.common"
+local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 
 local type, error, setmetatable = type, error, setmetatable
 local check_key = common.check_key
@@ -11,7 +12,7 @@ local M = {}
 local File = {}
 File.__index = File
 
-local FILE_MAX = 65536
+local FILE_MAX = DEFAULTS.file_max
 
 -- A store key as a file name: the key's own characters when they are
 -- plain, else its hex.
@@ -90,7 +91,7 @@ end
 
 function File:add(key, value, ttl)
   check_key(key)
-  local lk, err = core.fs_lockwait(self.dir, "add", self.timeout or 5)   -- held for one read and one write
+  local lk, err = core.fs_lockwait(self.dir, "add", self.timeout or DEFAULTS.file_add_wait)   -- one read, one write
   if not lk then return nil, err end
   local first = self:get(key) == nil
   local ok, werr = true, nil

@@ -1,6 +1,7 @@
 --- The Redis store: every process on every host.
 -- @submodule nomba.oauth.store
 local common = require "nomba.oauth.store.common"
+local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 
 local type, error, tostring, setmetatable = type, error, tostring, setmetatable
 local owner_id, check_key = common.owner_id, common.check_key
@@ -51,8 +52,8 @@ function M.redis(client, opts)
   if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0 and opts.timeout <= 300) then
     error("nomba.oauth.store.redis: opts.timeout must be a number of seconds from 0 to 300", 2)
   end
-  local store = setmetatable({ r = client, connect = connect, keepalive = opts.keepalive or 10000,
-                               prefix = opts.prefix or "nomba-oauth:", owners = {} }, Redis)
+  local store = setmetatable({ r = client, connect = connect, keepalive = opts.keepalive or DEFAULTS.redis_keepalive_ms,
+                               prefix = opts.prefix or DEFAULTS.prefix, owners = {} }, Redis)
   if opts.timeout then store:set_timeout(opts.timeout) end
   return store
 end
