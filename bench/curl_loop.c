@@ -5,7 +5,8 @@
  *   usage: curl_loop URL CAFILE N
  *          curl_loop URL CAFILE serve
  * serve: reads a count per line on stdin, makes that many requests, and
- * answers the seconds they took on a line of stdout, until end of input;
+ * answers the seconds they took and the CPU seconds (user + system,
+ * getrusage) this process spent on them on a line of stdout, until end of input;
  * the benchmark alternates short blocks of ours and of this loop, on one
  * connection each, so that drift on a shared machine hits both alike.
  * With BENCH_BEARER_FILE in the environment (a file holding a token): a GET
@@ -16,7 +17,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <curl/curl.h>
+
+static double cpu_seconds(void)
+{
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + (double)u.ru_stime.tv_sec +
+           u.ru_stime.tv_usec / 1e6;
+}
 
 static size_t sink(char *p, size_t s, size_t n, void *ud)
 {
@@ -88,12 +98,14 @@ int main(int argc, char **argv)
     if (strcmp(argv[3], "serve") == 0) {
         char line[64];
         while (fgets(line, sizeof line, stdin) != NULL) {
+            double cpu;
             n = atol(line);
+            cpu = cpu_seconds();
             clock_gettime(CLOCK_MONOTONIC, &a);
             if (!loop(c, n))
                 return 1;
             clock_gettime(CLOCK_MONOTONIC, &b);
-            printf("%.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9);
+            printf("%.9f %.9f\n", (b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9, cpu_seconds() - cpu);
             fflush(stdout);
         }
     } else {

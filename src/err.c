@@ -60,51 +60,33 @@ static size_t run_in(const char *p, size_t n, const sbuf *s)
  * at least 4) found inside any secret of the client or of the request
  * being answered, so a secret echoed whole, cut short or with a byte
  * changed is still caught, piece by piece. To scan a whole answer in one
- * pass, the secrets' ECHO_MIN-byte pieces are indexed first (32-bit
- * fingerprints, open addressing); a position whose piece is in the index is
- * then measured exactly.
+ * pass, every ECHO_MIN-byte piece of the secrets sets two bits of a bloom
+ * filter (about 0.06% false positives for a 600-byte token); a position
+ * whose piece finds both bits set is then measured exactly. The filter is
+ * kept per Lua state for the client and the token generation it was made
+ * for (echo_for), so the usual API call only scans.
  */
 #define ECHO_MIN 8
 
-static uint32_t piece_of(const char *p)
+static uint64_t piece_of(const char *p)
 {
     uint64_t v;
     memcpy(&v, p, 8);
-    return (uint32_t)((v * 0x9E3779B97F4A7C15ull) >> 32) | 1u;
+    return v * 0x9E3779B97F4A7C15ull;
 }
 
-static void index_put(echo_index *ix, uint32_t f)
-{
-    size_t i = f & ix->mask;
-    while (ix->slot[i] != 0 && ix->slot[i] != f)
-        i = (i + 1) & ix->mask;
-    ix->slot[i] = f;
-}
+#define BIT1(h) ((h) >> 49)                      /* 15 bits each: ECHO_BITS */
+#define BIT2(h) (((h) >> 34) & (ECHO_BITS - 1))
+#define HAS(ix, b) (((ix)->bits[(b) >> 6] >> ((b) & 63)) & 1u)
 
-static int index_has(const echo_index *ix, uint32_t f)
-{
-    size_t i = f & ix->mask;
-    while (ix->slot[i] != 0) {
-        if (ix->slot[i] == f)
-            return 1;
-        i = (i + 1) & ix->mask;
-    }
-    return 0;
-}
-
-/* Indexes the secrets of c (none when c is NULL). The index lives in the
- * caller's frame (nothing to free, nothing lost if a push raises); secrets
- * with more pieces than it holds leave it empty, and every position is
- * then measured: slower, never weaker. */
+/* Indexes the secrets of c (none when c is NULL). */
 void echo_begin(echo_index *ix, const client *c)
 {
     const sbuf *cands[5];
-    size_t pieces = 0, size = 16, i;
+    size_t i;
     int k;
-    ix->nsec = 0;
-    ix->slot = NULL;
-    ix->mask = 0;
-    ix->slow = 0;
+    ix->nlong = ix->nshort = 0;
+    ix->owner = NULL;
     if (c == NULL)
         return;
     cands[0] = &c->tok.secret;
@@ -112,27 +94,52 @@ void echo_begin(echo_index *ix, const client *c)
     cands[2] = &c->tok.refresh;
     cands[3] = &c->at.req_secret[0];
     cands[4] = &c->at.req_secret[1];
+    memset(ix->bits, 0, sizeof ix->bits);
     for (k = 0; k < 5; k++) {
-        if (cands[k]->n < 4)
+        const sbuf *s = cands[k];
+        if (s->n < 4)
             continue;
-        ix->sec[ix->nsec++] = cands[k];
-        if (cands[k]->n >= ECHO_MIN)
-            pieces += cands[k]->n - ECHO_MIN + 1;
+        if (s->n < ECHO_MIN) {
+            ix->shorts[ix->nshort++] = s;
+            continue;
+        }
+        ix->longs[ix->nlong++] = s;
+        for (i = 0; i + ECHO_MIN <= s->n; i++) {
+            uint64_t h = piece_of(s->p + i);
+            ix->bits[BIT1(h) >> 6] |= 1ull << (BIT1(h) & 63);
+            ix->bits[BIT2(h) >> 6] |= 1ull << (BIT2(h) & 63);
+        }
     }
-    if (pieces == 0)
-        return;
-    while (size < pieces * 2)
-        size <<= 1;
-    if (size > sizeof ix->local / sizeof ix->local[0]) {
-        ix->slow = 1;
-        return;
+}
+
+static const char cache_key = 'e';   /* registry key: the Lua state's kept index */
+
+/* The index of c's secrets: the one kept for this Lua state when it was
+ * made for c at this token generation and the request carries no secret
+ * of its own; else made anew (and kept when it can be reused). */
+const echo_index *echo_for(lua_State *L, const client *c)
+{
+    echo_index *ix;
+    int reusable = c->at.req_secret[0].n == 0 && c->at.req_secret[1].n == 0;
+    lua_pushlightuserdata(L, (void *)&cache_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    ix = (echo_index *)lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (ix == NULL) {
+        lua_pushlightuserdata(L, (void *)&cache_key);
+        ix = (echo_index *)lua_newuserdata(L, sizeof *ix);
+        ix->owner = NULL;
+        lua_rawset(L, LUA_REGISTRYINDEX);   /* the userdata stays referenced: ix stays valid */
     }
-    ix->slot = ix->local;
-    memset(ix->local, 0, size * sizeof ix->local[0]);
-    ix->mask = size - 1;
-    for (k = 0; k < ix->nsec; k++)
-        for (i = 0; i + ECHO_MIN <= ix->sec[k]->n; i++)
-            index_put(ix, piece_of(ix->sec[k]->p + i));
+    if (reusable && ix->owner == c && ix->serial == c->xfer.serial && ix->gen == c->tok.gen)
+        return ix;
+    echo_begin(ix, c);
+    if (reusable) {
+        ix->owner = c;
+        ix->serial = c->xfer.serial;
+        ix->gen = c->tok.gen;
+    }
+    return ix;
 }
 
 /* How many bytes at p (of n) are an echoed secret: 0 when none. */
@@ -140,20 +147,20 @@ static size_t echo_at(const echo_index *ix, const char *p, size_t n)
 {
     size_t best = 0;
     int k;
-    if (!ix->slow && (n < ECHO_MIN || ix->mask == 0 || !index_has(ix, piece_of(p)))) {
-        /* no piece starts here: only a whole short secret can */
-        for (k = 0; k < ix->nsec; k++) {
-            const sbuf *s = ix->sec[k];
-            if (s->n < ECHO_MIN && s->n <= n && memcmp(p, s->p, s->n) == 0 && s->n > best)
-                best = s->n;
-        }
-        return best;
+    for (k = 0; k < ix->nshort; k++) {
+        const sbuf *s = ix->shorts[k];
+        if (s->n <= n && memcmp(p, s->p, s->n) == 0 && s->n > best)
+            best = s->n;
     }
-    for (k = 0; k < ix->nsec; k++) {
-        size_t need = ix->sec[k]->n < ECHO_MIN ? ix->sec[k]->n : ECHO_MIN;
-        size_t r = run_in(p, n, ix->sec[k]);
-        if (r >= need && r > best)
-            best = r;
+    if (ix->nlong > 0 && n >= ECHO_MIN) {
+        uint64_t h = piece_of(p);
+        if (HAS(ix, BIT1(h)) && HAS(ix, BIT2(h))) {
+            for (k = 0; k < ix->nlong; k++) {
+                size_t r = run_in(p, n, ix->longs[k]);
+                if (r >= ECHO_MIN && r > best)
+                    best = r;
+            }
+        }
     }
     return best;
 }
@@ -162,14 +169,29 @@ static size_t echo_at(const echo_index *ix, const char *p, size_t n)
 int echo_find(const echo_index *ix, const char *p, size_t n, size_t *at, size_t *len)
 {
     size_t i;
-    if (ix->nsec == 0)
+    if (ix->nlong == 0 && ix->nshort == 0)
         return 0;
-    for (i = 0; i < n; i++) {
-        size_t hit = echo_at(ix, p + i, n - i);
-        if (hit) {
-            *at = i;
-            *len = hit;
-            return 1;
+    if (ix->nshort > 0) {                   /* rare: a whole short secret anywhere */
+        for (i = 0; i < n; i++) {
+            size_t hit = echo_at(ix, p + i, n - i);
+            if (hit) {
+                *at = i;
+                *len = hit;
+                return 1;
+            }
+        }
+        return 0;
+    }
+    /* the usual scan: a piece's two bits, tested inline, at every position */
+    for (i = 0; i + ECHO_MIN <= n; i++) {
+        uint64_t h = piece_of(p + i);
+        if (HAS(ix, BIT1(h)) && HAS(ix, BIT2(h))) {
+            size_t hit = echo_at(ix, p + i, n - i);
+            if (hit) {
+                *at = i;
+                *len = hit;
+                return 1;
+            }
         }
     }
     return 0;
@@ -205,7 +227,7 @@ static void push_clean(lua_State *L, const echo_index *ix, const char *p, size_t
     char out[MSG_MAX + 16];
     size_t i = 0, o = 0;
     while (i < n && o < MSG_MAX) {
-        size_t hit = ix->nsec ? echo_at(ix, p + i, n - i) : 0;
+        size_t hit = echo_at(ix, p + i, n - i);
         if (hit) {
             size_t m = sizeof RED - 1;
             if (o + m > MSG_MAX)
@@ -232,8 +254,11 @@ static void push_clean(lua_State *L, const echo_index *ix, const char *p, size_t
 
 void err_push(lua_State *L, const client *c, const nomba_err *e)
 {
-    echo_index ix;
-    echo_begin(&ix, c);
+    echo_index none;
+    const echo_index *ix = &none;
+    none.nlong = none.nshort = 0;
+    if (c != NULL)
+        ix = echo_for(L, c);
     lua_createtable(L, 0, 8);
     lua_pushstring(L, e->kind);
     lua_setfield(L, -2, "kind");
@@ -244,10 +269,10 @@ void err_push(lua_State *L, const client *c, const nomba_err *e)
         lua_setfield(L, -2, "status");
     }
     if (e->code != NULL) {
-        push_clean(L, &ix, e->code, e->codelen);
+        push_clean(L, ix, e->code, e->codelen);
         lua_setfield(L, -2, "code");
     }
-    push_clean(L, &ix, e->message ? e->message : e->kind, e->message ? e->msglen : strlen(e->kind));
+    push_clean(L, ix, e->message ? e->message : e->kind, e->message ? e->msglen : strlen(e->kind));
     lua_setfield(L, -2, "message");
     lua_pushboolean(L, e->retryable);
     lua_setfield(L, -2, "retryable");

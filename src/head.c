@@ -45,19 +45,19 @@ int head_field(const char *p, size_t n, const char **name, size_t *nn, const cha
 }
 
 /* The names the interpreter notes, and where each goes. */
+#define NOTE(name, field) {name, sizeof name - 1, offsetof(nomba_answer_meta, field), \
+                           sizeof ((nomba_answer_meta *)0)->field}
 static const struct {
     const char *name;
-    size_t off, cap;
+    size_t len, off, cap;
 } NOTED[] = {
-    {"date", offsetof(nomba_answer_meta, date), sizeof ((nomba_answer_meta *)0)->date},
-    {"retry-after", offsetof(nomba_answer_meta, retry_after), sizeof ((nomba_answer_meta *)0)->retry_after},
-    {"content-type", offsetof(nomba_answer_meta, content_type), sizeof ((nomba_answer_meta *)0)->content_type},
-    {"x-rate-limit-limit", offsetof(nomba_answer_meta, rl_limit), sizeof ((nomba_answer_meta *)0)->rl_limit},
-    {"x-rate-limit-remaining", offsetof(nomba_answer_meta, rl_remaining),
-     sizeof ((nomba_answer_meta *)0)->rl_remaining},
-    {"x-rate-limit-window", offsetof(nomba_answer_meta, rl_window), sizeof ((nomba_answer_meta *)0)->rl_window},
-    {"content-length", offsetof(nomba_answer_meta, content_length),
-     sizeof ((nomba_answer_meta *)0)->content_length},
+    NOTE("date", date),
+    NOTE("retry-after", retry_after),
+    NOTE("content-type", content_type),
+    NOTE("x-rate-limit-limit", rl_limit),
+    NOTE("x-rate-limit-remaining", rl_remaining),
+    NOTE("x-rate-limit-window", rl_window),
+    NOTE("content-length", content_length),
 };
 #define NNOTED (sizeof NOTED / sizeof NOTED[0])
 
@@ -81,8 +81,13 @@ void head_note(nomba_answer_meta *m, const char *p, size_t n)
     }
     if (!head_field(p, n, &name, &nn, &val, &vn))
         return;
+    {
+        char first = (char)(name[0] | 0x20);     /* most lines are none of these: a cheap look first */
+        if (first != 'd' && first != 'r' && first != 'c' && first != 'x')
+            return;
+    }
     for (i = 0; i < NNOTED; i++) {
-        if (!(m->seen & (1u << i)) && codec_name_is(name, nn, NOTED[i].name)) {
+        if (!(m->seen & (1u << i)) && NOTED[i].len == nn && codec_name_is(name, nn, NOTED[i].name)) {
             char *dst = (char *)m + NOTED[i].off;
             size_t k = vn < NOTED[i].cap - 1 ? vn : NOTED[i].cap - 1;
             memcpy(dst, val, k);

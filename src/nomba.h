@@ -257,17 +257,21 @@ typedef struct {
     int retryable;
     double retry_after;     /* < 0: none */
 } nomba_err;
-/* The secrets an answer must not echo (err.c): their 8-byte pieces indexed. */
+/* The secrets an answer must not echo (err.c): their 8-byte pieces in a
+ * bloom filter of ECHO_BITS bits, two per piece; kept per Lua state for the
+ * client (serial) and token generation it was made for. */
 struct client;
+#define ECHO_BITS 32768
 typedef struct {
-    const sbuf *sec[5];
-    int nsec;
-    int slow;               /* more pieces than the index holds: measure every position */
-    uint32_t *slot;         /* the index (local), or NULL */
-    size_t mask;
-    uint32_t local[4096];
+    const sbuf *longs[5], *shorts[5];   /* secrets of 8 bytes or more; of 4 to 7 */
+    int nlong, nshort;
+    const struct client *owner;         /* the cache: whose secrets, at which generation */
+    unsigned long serial;
+    unsigned gen;
+    uint64_t bits[ECHO_BITS / 64];
 } echo_index;
 NOMBA_HIDDEN void echo_begin(echo_index *ix, const struct client *c);
+NOMBA_HIDDEN const echo_index *echo_for(lua_State *L, const struct client *c);
 NOMBA_HIDDEN int  echo_find(const echo_index *ix, const char *p, size_t n, size_t *at, size_t *len);
 NOMBA_HIDDEN void echo_push(lua_State *L, const echo_index *ix, const char *p, size_t n);
 NOMBA_HIDDEN void err_init(nomba_err *e, const char *kind, int op, const char *msg);

@@ -721,18 +721,17 @@ static int count_of(const char *s, double *out)
 static void push_answer(lua_State *L, const client *c, const nomba_answer_meta *m, const char *head, size_t hn,
                         const char *body, size_t n, const char *code, size_t codelen, int json)
 {
-    echo_index ix;
+    const echo_index *ix = echo_for(L, c);
     size_t at, len;
     double limit = 0, remaining = 0, window = 0;
     int has_limit, has_remaining;
-    echo_begin(&ix, c);
     lua_createtable(L, 0, 7);
     lua_pushinteger(L, (lua_Integer)m->status);
     lua_setfield(L, -2, "status");
-    if (echo_find(&ix, head, hn, &at, &len)) {
+    if (echo_find(ix, head, hn, &at, &len)) {
         size_t k;
         const char *h;
-        echo_push(L, &ix, head, hn);
+        echo_push(L, ix, head, hn);
         h = lua_tolstring(L, -1, &k);
         head_push(L, h, k);
         lua_remove(L, -2);
@@ -740,7 +739,7 @@ static void push_answer(lua_State *L, const client *c, const nomba_answer_meta *
         head_push(L, head, hn);
     }
     lua_setfield(L, -2, "headers");
-    echo_push(L, &ix, body, n);
+    echo_push(L, ix, body, n);
     lua_setfield(L, -2, "body");
     if (code != NULL) {
         lua_pushlstring(L, code, codelen);

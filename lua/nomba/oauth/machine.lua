@@ -133,13 +133,15 @@ function M.Op(self, st, job, what, res, err, status, elapsed)
   return "done", nil, err
 end
 
---- An operation's job. `how` may give `renewal` (a refused refresh falls
--- back to issue), `idempotent` (false: resent only when it never left),
--- `timeout` and `event` (fields for its events).
-function M.op(op, args, how)
-  if not how then return { kind = M.Op, op = op, args = args, attempt = 1 } end
-  return { kind = M.Op, op = op, args = args, attempt = 1, renewal = how.renewal, idempotent = how.idempotent,
-           timeout = how.timeout, event = how.event }
+--- An operation's job: `renewal` (a refused refresh falls back to issue),
+-- `idempotent` (false: resent only when it never left), `timeout` and
+-- `event` (fields for its events). `into`, when given, is a finished job
+-- table made again (an API call reuses its own).
+function M.op(op, args, renewal, idempotent, timeout, event, into)
+  local job = into or { kind = M.Op }
+  job.op, job.args, job.attempt, job.renewal = op, args, 1, renewal
+  job.idempotent, job.timeout, job.event, job.child = idempotent, timeout, event, nil
+  return job
 end
 
 -- Undoes what an unfinished job holds (a raise went through it): the
@@ -153,14 +155,13 @@ end
 
 -- Blocking ---------------------------------------------------------------------------
 
+-- One attempt on the blocking driver; its duration only when an event
+-- will tell it.
 local function attempt(self, st, opjob)
+  local drive = st.transport and drivers.transport or drivers.easy
+  if not (st.on_event or st.log) then return drive(self, st, opjob.op, opjob.args, opjob.timeout) end
   local t0 = now()
-  local res, err, status
-  if st.transport then
-    res, err, status = drivers.transport(self, st, opjob.op, opjob.args, opjob.timeout)
-  else
-    res, err, status = drivers.easy(self, st, opjob.op, opjob.args, opjob.timeout)
-  end
+  local res, err, status = drive(self, st, opjob.op, opjob.args, opjob.timeout)
   return res, err, status, now() - t0
 end
 

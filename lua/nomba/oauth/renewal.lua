@@ -121,7 +121,7 @@ local function renew(self, st, job)
     finished(self, st, job, nil, err)
     return "done", nil, err
   end
-  return machine.call(self, st, job, machine.op(op, op == "refresh" and {} or nil, { renewal = true }))
+  return machine.call(self, st, job, machine.op(op, op == "refresh" and {} or nil, true))
 end
 
 -- The look at the store, again until the holder is done.

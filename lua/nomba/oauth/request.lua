@@ -241,12 +241,13 @@ local function pending_error()
   return new_error("pending", "request", "no valid token yet; a renewal is in flight")
 end
 
--- The call itself, with the token the client holds now.
+-- The call itself, with the token the client holds now (its operation's
+-- job table is the call's own, made again).
 local function send(self, st, job, tok)
   local args = job.args
   job.state, job.tok = "send", tok
-  return machine.call(self, st, job, machine.op("request", args,
-    { idempotent = args.idempotent, timeout = args.timeout, event = args.event }))
+  job.op_job = machine.op("request", args, nil, args.idempotent, args.timeout, args.event, job.op_job)
+  return machine.call(self, st, job, job.op_job)
 end
 
 -- The gate (a spent rate-limit window is waited out where the caller may
@@ -294,9 +295,22 @@ function R.Call(self, st, job, what, a, b)
   return send(self, st, job, a)
 end
 
---- client:request (blocking).
+--- client:request (blocking). The job table is the client's, made again
+-- for each call, unless another coroutine's call holds it.
 function R.call(self, st, args)
-  return machine.run(self, st, { kind = R.Call, args = args })
+  local job = st.idle_call
+  if job then
+    st.idle_call = nil
+    job.state, job.retried, job.child = nil, nil, nil
+  else
+    job = { kind = R.Call }
+  end
+  job.args = args
+  local res, err = machine.run(self, st, job)
+  job.args, job.tok, job.refusal = nil, nil, nil          -- nothing of the call stays
+  if job.op_job then job.op_job.args = nil end
+  st.idle_call = job
+  return res, err
 end
 
 --- client:start("request", opts, callback): the call on the multi driver,
