@@ -16,7 +16,9 @@
  *    one bit away from the corpus's signing key: then only the
  *    other one verifies, which is right). The corpus
  *    holds a valid delivery, so mutations of its unsigned fields keep it
- *    valid and drive the JSON decoder behind a good signature.
+ *    valid and drive the JSON decoder behind a good signature. A verified
+ *    event never holds a ':' in a signed field but its time (no re-cut
+ *    message verifies).
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -33,13 +35,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static const char SETUP[] =
     "local core = ...\n"
     "local REASONS = {missing_header = 1, bad_signature = 1, stale = 1, future = 1, unknown_algorithm = 1,\n"
-    "                 unknown_version = 1, bad_json = 1}\n"
+    "                 unknown_version = 1, bad_json = 1, bad_field = 1}\n"
     "return function(key, other, headers, body)\n"
-    "  local ok, ev, reason, msg = pcall(core.webhook_verify, key, body, headers, 1704067200, 1e12)\n"
+    "  local ok, ev, reason, msg = pcall(core.webhook_verify, key, body, headers, 1704067200, 1e12, 1e12)\n"
     "  if not ok then error('raised: ' .. tostring(ev)) end\n"
     "  if ev == nil and not (REASONS[reason] and type(msg) == 'string') then error('no reason') end\n"
     "  if ev ~= nil and type(ev) ~= 'table' then error('an event that is not a table') end\n"
-    "  if ev ~= nil and core.webhook_verify(other, body, headers, 1704067200, 1e12) then\n"
+    "  if ev ~= nil then\n"
+    "    local d = type(ev.data) == 'table' and ev.data or {}\n"
+    "    local m = type(d.merchant) == 'table' and d.merchant or {}\n"
+    "    local t = type(d.transaction) == 'table' and d.transaction or {}\n"
+    "    for _, v in ipairs {ev.event_type, ev.requestId, m.userId, m.walletId, t.transactionId, t.type,\n"
+    "                        t.responseCode} do\n"
+    "      if type(v) == 'string' and v:find(':', 1, true) then error('a re-cut message verified') end\n"
+    "      if type(v) == 'table' then error('an object or array verified as a signed field') end\n"
+    "    end\n"
+    "  end\n"
+    "  if ev ~= nil and core.webhook_verify(other, body, headers, 1704067200, 1e12, 1e12) then\n"
     "    error('verified under two keys one bit apart')\n"
     "  end\n"
     "  core.json_decode(body)\n"

@@ -98,7 +98,7 @@ describe("sessions", function()
       assert.is_nil(s:get("k"))
       assert.is_true(s:set("k", "v1", 60))
       assert.are.equal("v1", s:get("k"))
-      assert.are.equal("600", mode_of(dir .. "/k"))
+      assert.are.equal("600", mode_of(dir .. "/v-k"))
       assert.is_true(s:set("k", "v2"))
       assert.are.equal("v2", s:get("k"))
       assert.is_true(s:set("e", "x", 0.2))
@@ -115,7 +115,7 @@ describe("sessions", function()
       assert.is_true(s:add("once", "1", 60))
       assert.is_false(other:add("once", "1", 60))
       -- a holder of add's lock that hangs never blocks add past the store's timeout
-      local held = assert(core.fs_lockwait(dir, "add", 1))
+      local held = assert(core.fs_lockwait(dir, "lock-add", 1))
       other:set_timeout(0.2)
       local r, err = other:add("twice", "1", 60)
       assert.is_nil(r)
@@ -142,8 +142,10 @@ describe("sessions", function()
       local s = oauth.store.file(dir)
       local c = H.client { store = s }
       local key = core.store_id(c)
-      for _, junk in ipairs { "", "garbage", "123", "0\nnot-sealed", "0\nn1.AAAA" } do
-        local f = assert(io.open(dir .. "/" .. key, "w"))
+      local name = key:len() .. "\n" .. key .. "\n"
+      for _, junk in ipairs { "", "garbage", "123", "0\nnot-sealed", "0\nn1.AAAA", "0\n" .. name .. "not-sealed",
+                              "0\n999\n" .. key .. "\nx", "0\n" .. name:gsub(".$", "x") } do
+        local f = assert(io.open(dir .. "/v-" .. core.fs_name(key), "w"))
         f:write(junk)
         f:close()
         assert.is_string(c:token())
@@ -155,6 +157,30 @@ describe("sessions", function()
       o.store_key = ("z"):rep(32)
       local pk = oauth.new(o)
       assert.is_nil((pk:token()))                  -- a PKCE client cannot issue, and adopts nothing
+    end)
+
+    it("names every key's file apart: long and odd keys by their hash, the key checked on read", function()
+      local s = oauth.store.file(dir)
+      -- two ids that shared a file when names were a hex prefix of the first 90 bytes
+      local long = ("r"):rep(200)
+      local odd = "req/0001?x"
+      for _, k in ipairs { long .. "-a", long .. "-b", odd, odd .. "\0", "foo", "foo.lock", "x" .. ("6"):rep(179) } do
+        assert.is_true(s:set(k, "value of " .. k, 60))
+      end
+      for _, k in ipairs { long .. "-a", long .. "-b", odd, odd .. "\0", "foo", "foo.lock", "x" .. ("6"):rep(179) } do
+        assert.are.equal("value of " .. k, s:get(k))
+      end
+      assert.are_not.equal(core.fs_name(long .. "-a"), core.fs_name(long .. "-b"))
+      assert.matches("^=%x+$", core.fs_name(odd))
+      -- a value is not a lock: a key named like another's lock file stays apart from it
+      assert.is_true(s:lock("foo", 5))
+      assert.are.equal("value of foo.lock", s:get("foo.lock"))
+      assert.is_true(s:unlock("foo"))
+      -- a file holding another key (written over by hand) is a miss, not that key's value
+      local f = assert(io.open(dir .. "/v-" .. core.fs_name(odd), "w"))
+      f:write("0\n3\nfoo\nsomeone else's")
+      f:close()
+      assert.is_nil(s:get(odd))
     end)
 
     it("a killed lock holder never blocks the others", function()

@@ -11,11 +11,18 @@
  *   core.fs_trylock(dir, name)      -> lock | false | nil, why   (flock LOCK_EX|LOCK_NB)
  *   core.fs_lockwait(dir, name, s)  -> lock | nil, why   (waits at most s seconds)
  *   core.fs_unlock(lock)            -> true   (also its __gc)
+ *   core.fs_name(key)               -> the name of a key's files, without their prefix
  *
- * Names are [A-Za-z0-9._:-], at most 200 bytes, not starting with '.'.
- * Every file is opened O_NOFOLLOW | O_CLOEXEC. A lock is an flock() on a
- * lock file: the kernel releases it when its holder dies, so a crashed
- * holder never blocks the others.
+ * A key's name is the key itself when it is plain ([A-Za-z0-9_:.-], at most
+ * 180 bytes, not starting with '.'), else '=' and the hex of its SHA-256:
+ * names never collide, and the store keeps the key in the file and checks
+ * it on read anyway. Files are named by kind, so no kind's name is
+ * another's: "v-NAME" holds a value, "l-NAME" is a lock, "t-NAME.PID.N" a
+ * value being written (N counts this process's writes: two threads never
+ * share one). Names are [A-Za-z0-9._:=-], at most 200 bytes, not starting
+ * with '.'. Every file is opened O_NOFOLLOW | O_CLOEXEC. A lock is an
+ * flock() on a lock file: the kernel releases it when its holder dies, so
+ * a crashed holder never blocks the others.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +33,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <openssl/evp.h>
 #include "nomba.h"
 
 #define NAME_MAX_LEN 200
@@ -40,7 +48,7 @@ static const char *check_name(lua_State *L, int idx)
     for (i = 0; i < n; i++) {
         char ch = s[i];
         if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
+              ch == '.' || ch == '_' || ch == ':' || ch == '-' || ch == '='))
             luaL_argerror(L, idx, "bad store file name");
     }
     return s;
@@ -141,9 +149,11 @@ static int fs_write(lua_State *L)
     size_t n;
     const char *data = luaL_checklstring(L, 3, &n);
     int fd, dfd, ok;
+    static unsigned long writes;
     if (!path_of(L, path, sizeof path, ""))
         return luaL_error(L, "nomba.oauth.store.file: path too long");
-    (void)snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    (void)snprintf(tmp, sizeof tmp, "%s/t-%s.%ld.%lu", luaL_checkstring(L, 1), luaL_checkstring(L, 2),
+                   (long)getpid(), __atomic_add_fetch(&writes, 1, __ATOMIC_RELAXED));
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
         return fail_errno(L, "cannot write the store file");
@@ -177,7 +187,7 @@ static int lock_file(lua_State *L, int how)
 {
     char path[4096];
     int fd;
-    if (!path_of(L, path, sizeof path, ".lock"))
+    if (!path_of(L, path, sizeof path, ""))
         return luaL_error(L, "nomba.oauth.store.file: path too long");
     fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0)
@@ -237,9 +247,40 @@ static int fs_unlock(lua_State *L)
     return 1;
 }
 
+/* core.fs_name(key): the key when plain, else '=' and its SHA-256 in hex. */
+static int fs_name(lua_State *L)
+{
+    size_t n, i;
+    const char *k = luaL_checklstring(L, 1, &n);
+    int plain = n > 0 && n <= 180 && k[0] != '.';
+    for (i = 0; plain && i < n; i++) {
+        char ch = k[i];
+        plain = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                ch == '_' || ch == ':' || ch == '-';
+    }
+    if (plain) {
+        lua_pushvalue(L, 1);
+    } else {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char md[32];
+        char out[65];
+        unsigned int mn = 0;
+        if (EVP_Digest(k, n, md, &mn, EVP_sha256(), NULL) != 1 || mn != 32)
+            return luaL_error(L, "nomba.oauth.store.file: SHA-256 failed");
+        out[0] = '=';
+        for (i = 0; i < 32; i++) {
+            out[1 + 2 * i] = hex[md[i] >> 4];
+            out[2 + 2 * i] = hex[md[i] & 15];
+        }
+        lua_pushlstring(L, out, 65);
+    }
+    return 1;
+}
+
 void filestore_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
+        {"fs_name", fs_name},
         {"fs_dir", fs_dir},
         {"fs_read", fs_read},
         {"fs_write", fs_write},

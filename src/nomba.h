@@ -282,6 +282,7 @@ NOMBA_HIDDEN void err_open(lua_State *L);
 
 /* timeparse.c: pure C, no Lua (fuzzed). */
 NOMBA_HIDDEN int    nt_iso8601(const char *s, size_t n, double *out);
+NOMBA_HIDDEN int    nt_rfc3339(const char *s, size_t n, double *out);   /* strict: seconds and an offset */
 NOMBA_HIDDEN int    nt_httpdate(const char *s, size_t n, double *out);
 NOMBA_HIDDEN int    nt_retry_after(const char *s, size_t n, double now, double *out);
 NOMBA_HIDDEN double nt_mono(void);

@@ -158,6 +158,35 @@ int nt_iso8601(const char *s, size_t n, double *out)
     return 1;
 }
 
+/* RFC 3339 exactly, as a webhook's times must be: a full date, 'T', the
+ * time with its seconds (fractions allowed) and an offset, 'Z' or +hh:mm
+ * (no bare local time: "2026-12-02T18:58:00" alone is refused). */
+int nt_rfc3339(const char *s, size_t n, double *out)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd";
+    size_t i, k = sizeof shape - 1;
+    if (n < k + 1)
+        return 0;
+    for (i = 0; i < k; i++) {
+        int digit = s[i] >= '0' && s[i] <= '9';
+        if (shape[i] == 'd' ? !digit : shape[i] == 'T' ? (s[i] != 'T' && s[i] != 't') : s[i] != shape[i])
+            return 0;
+    }
+    if (s[k] == '.') {
+        for (k++; k < n && s[k] >= '0' && s[k] <= '9'; k++)
+            ;
+        if (s[k - 1] == '.')
+            return 0;
+    }
+    if (k == n - 1 && (s[k] == 'Z' || s[k] == 'z'))
+        return nt_iso8601(s, n, out);
+    if (k + 6 == n && (s[k] == '+' || s[k] == '-') && s[k + 1] >= '0' && s[k + 1] <= '9' &&
+        s[k + 2] >= '0' && s[k + 2] <= '9' && s[k + 3] == ':' && s[k + 4] >= '0' && s[k + 4] <= '9' &&
+        s[k + 5] >= '0' && s[k + 5] <= '9')
+        return nt_iso8601(s, n, out);
+    return 0;
+}
+
 static int month_of(const char *m)
 {
     static const char names[] = "JanFebMarAprMayJunJulAugSepOctNovDec";

@@ -9,7 +9,16 @@
  *   data.transaction.time:data.transaction.responseCode:<timestamp>
  *
  * A missing field or null is "", a number is written as JavaScript writes
- * it (Nomba's signer), a boolean as true/false.
+ * it (Nomba's signer), a boolean as true/false. A responseCode of the
+ * string "null" is signed as "" (all of Nomba's samples do so; the Java one
+ * in any letter case, so a "NULL" verifies under either reading).
+ *
+ * The fields are joined with ':' and data.transaction.time holds colons,
+ * so a delivery could be re-cut into other fields giving the same message:
+ * verify refuses a ':' in the seven fields that never hold one, a time
+ * that is not an RFC 3339 timestamp, and a signed field that is an object
+ * or an array (reason "bad_field"). The nomba-timestamp header is RFC 3339
+ * with its offset, or Unix seconds (Nomba's older pages).
  *
  *   core.webhook_verify(key, body, headers, now, max_age)
  *       -> event | nil, reason, message
@@ -171,11 +180,21 @@ int webhook_check(const char *key, size_t kn, const char *msg, size_t mn, const 
 /* ---- the signed fields ---------------------------------------------------- */
 
 #define NFIELDS 8
+#define F_TIME 6
+#define F_CODE 7
+
+static const char *const FIELD_NAME[NFIELDS] = {
+    "event_type", "requestId", "data.merchant.userId", "data.merchant.walletId",
+    "data.transaction.transactionId", "data.transaction.type", "data.transaction.time",
+    "data.transaction.responseCode"
+};
 
 typedef struct {
     const char *s[NFIELDS];
     size_t n[NFIELDS];
     char num[NFIELDS][32];
+    int table[NFIELDS];     /* the field is an object or an array */
+    int null_case;          /* responseCode is "null" in another letter case ("NULL") */
 } fields;
 
 /* v as JavaScript's Number.prototype.toString writes it: the shortest
@@ -247,9 +266,13 @@ static void field(lua_State *L, fields *f, int i)
 {
     f->s[i] = "";
     f->n[i] = 0;
+    f->table[i] = 0;
     switch (lua_type(L, -1)) {
     case LUA_TSTRING:
         f->s[i] = lua_tolstring(L, -1, &f->n[i]);
+        break;
+    case LUA_TTABLE:
+        f->table[i] = 1;        /* signed as "", and refused by verify */
         break;
     case LUA_TNUMBER:
 #if LUA_VERSION_NUM >= 503
@@ -308,6 +331,33 @@ static void fields_of(lua_State *L, int ev, fields *f)
         field(L, f, 4 + i);
     }
     lua_pop(L, 2);
+    /* Nomba's signers write a responseCode "null" as "" */
+    f->null_case = 0;
+    if (f->n[F_CODE] == 4 && codec_name_is(f->s[F_CODE], 4, "null")) {
+        if (memcmp(f->s[F_CODE], "null", 4) != 0)
+            f->null_case = 1;   /* "NULL": "" for the Java sample, itself for the others */
+        else
+            f->n[F_CODE] = 0;
+    }
+}
+
+/* Why the fields cannot be the ones Nomba signed, or NULL: a ':' where none
+ * belongs, a time that is no timestamp, an object or array signed as "". */
+static const char *bad_field(const fields *f, const char **which)
+{
+    int i;
+    double t;
+    for (i = 0; i < NFIELDS; i++) {
+        *which = FIELD_NAME[i];
+        if (f->table[i])
+            return "%s is an object or an array";
+        if (i != F_TIME && memchr(f->s[i], ':', f->n[i]) != NULL)
+            return "%s holds a ':', the separator of the signed fields";
+    }
+    *which = FIELD_NAME[F_TIME];
+    if (f->n[F_TIME] > 0 && !nt_rfc3339(f->s[F_TIME], f->n[F_TIME], &t))
+        return "%s is not an RFC 3339 timestamp";
+    return NULL;
 }
 
 static void mac_fields(mac_t *m, const fields *f, const char *ts, size_t tn)
@@ -400,33 +450,44 @@ static int refuse(lua_State *L, const char *reason, const char *message, const c
     return 3;
 }
 
-/* An RFC 3339 time that starts with a full date. */
+/* The nomba-timestamp: RFC 3339 with its offset, or Unix seconds. */
 static int timestamp(const char *s, size_t n, double *t)
 {
-    static const char shape[] = "dddd-dd-ddT";
-    size_t i;
-    if (n < sizeof shape - 1)
-        return 0;
-    for (i = 0; i < sizeof shape - 1; i++)
-        if (shape[i] == 'd' ? !(s[i] >= '0' && s[i] <= '9') : s[i] != shape[i])
-            return 0;
-    return nt_iso8601(s, n, t);
+    if (n > 0 && n <= 11 && s[0] >= '0' && s[0] <= '9')
+        return codec_digits(s, n, 99999999999.0, t);
+    return nt_rfc3339(s, n, t);
 }
 
-/* core.webhook_verify(key, body, headers, now, max_age) */
+/* Whether the signature holds over the fields with the responseCode read
+ * as it is given (code = 0) or as "" (code = 1). */
+static int signed_with(const char *key, size_t kn, fields *f, const char *ts, size_t tn, const char *sig,
+                       size_t sn, int empty_code)
+{
+    mac_t m;
+    size_t n = f->n[F_CODE];
+    if (empty_code)
+        f->n[F_CODE] = 0;
+    mac_begin(&m, key, kn);
+    mac_fields(&m, f, ts, tn);
+    f->n[F_CODE] = n;
+    return mac_matches(&m, sig, sn);
+}
+
+/* core.webhook_verify(key, body, headers, now, max_age, max_skew) */
 static int webhook_verify(lua_State *L)
 {
     size_t kn, bn, hn[NHEADERS], i;
     const char *key = luaL_checklstring(L, 1, &kn);
     const char *body = luaL_checklstring(L, 2, &bn);
-    const char *h[NHEADERS];
-    double now, max_age, t;
+    const char *h[NHEADERS], *why, *which;
+    double now, max_age, max_skew, t;
     fields f;
-    mac_t m;
+    int ok;
     luaL_checktype(L, 3, LUA_TTABLE);
     now = (double)luaL_checknumber(L, 4);
     max_age = (double)luaL_checknumber(L, 5);
-    lua_settop(L, 5);
+    max_skew = (double)luaL_checknumber(L, 6);
+    lua_settop(L, 6);
     headers_of(L, 3, h, hn);
     if (h[H_SIGNATURE] == NULL) {
         h[H_SIGNATURE] = h[H_SIG_VALUE];
@@ -445,19 +506,23 @@ static int webhook_verify(lua_State *L)
     if (hn[H_VERSION] != strlen(VERSION) || memcmp(h[H_VERSION], VERSION, hn[H_VERSION]) != 0)
         return refuse(L, "unknown_version", "the signature version is not %s", VERSION);
     if (!timestamp(h[H_TIMESTAMP], hn[H_TIMESTAMP], &t))
-        return refuse(L, "missing_header", "nomba-timestamp is not an RFC 3339 time", "");
+        return refuse(L, "missing_header", "nomba-timestamp is not an RFC 3339 time with its offset, "
+                      "nor Unix seconds", "");
     for (i = 0; i < bn && (body[i] == ' ' || body[i] == '\t' || body[i] == '\n' || body[i] == '\r'); i++)
         ;
     if (i == bn || body[i] != '{' || !json_push(L, body, bn, MAX_DEPTH))
         return refuse(L, "bad_json", "the body is not a JSON object", "");
-    fields_of(L, 6, &f);                    /* may raise (memory) before anything is held */
-    mac_begin(&m, key, kn);
-    mac_fields(&m, &f, h[H_TIMESTAMP], hn[H_TIMESTAMP]);
-    if (!mac_matches(&m, h[H_SIGNATURE], hn[H_SIGNATURE]))
+    fields_of(L, 7, &f);                    /* may raise (memory) before anything is held */
+    if ((why = bad_field(&f, &which)) != NULL)
+        return refuse(L, "bad_field", why, which);
+    ok = signed_with(key, kn, &f, h[H_TIMESTAMP], hn[H_TIMESTAMP], h[H_SIGNATURE], hn[H_SIGNATURE], 0);
+    if (f.null_case)                        /* the samples disagree on "NULL": either reading */
+        ok |= signed_with(key, kn, &f, h[H_TIMESTAMP], hn[H_TIMESTAMP], h[H_SIGNATURE], hn[H_SIGNATURE], 1);
+    if (!ok)
         return refuse(L, "bad_signature", "the signature does not match", "");
     if (now - t > max_age)
         return refuse(L, "stale", "the delivery is older than max_age", "");
-    if (t - now > max_age)
+    if (t - now > max_skew)
         return refuse(L, "future", "the delivery is dated in the future", "");
     return 1;
 }

@@ -152,7 +152,16 @@ do
   assert(not oauth.webhook.verify { key = key .. "x", body = body, headers = h, now = 1704067200 })
   assert(not oauth.webhook.verify { key = key, body = "{", headers = h, now = 1704067200 })
   assert(not oauth.webhook.verify { key = key, body = body, headers = {}, now = 1704067200 })
-  assert(not oauth.webhook.verify { key = key, body = body, headers = h, now = 1704067200 + 3600 })
+  assert(not oauth.webhook.verify { key = key, body = body, headers = h, now = 1704067200 + 9000 })
+  local wh = oauth.store.memory()
+  assert(oauth.webhook.claim(wh, "r-1") == "first" and oauth.webhook.claim(wh, "r-1") == "held")
+  assert(oauth.webhook.done(wh, "r-1") and oauth.webhook.claim(wh, "r-1") == "done")
+  assert(oauth.webhook.claim(wh, "r-2") == "first" and oauth.webhook.release(wh, "r-2"))
+  assert(not oauth.webhook.claim(wh, "r\0"))
+  local recut = core.json_decode(body)
+  recut.requestId = "r:1"
+  local h2, body2 = oauth.webhook.sign { key = key, event = recut, timestamp = "1704067200" }
+  assert(not oauth.webhook.verify { key = key, body = body2, headers = h2, now = 1704067200 })
   assert(core.json_decode('[1, 2.5, "\\u00e9", {"a": null}, true]'))
   assert(not core.json_decode(("["):rep(100)))
   assert(not core.json_decode("1e400"))

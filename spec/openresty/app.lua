@@ -143,19 +143,43 @@ routes["/hostile"] = function()
          elapsed = ngx.now() - t0 }
 end
 
--- a Nomba webhook receiver: each requestId granted once across the workers
+-- a Nomba webhook receiver: each requestId granted once across the workers.
+-- The transaction type steers the handler: "fail_me" raises; "fail_N"
+-- fails the first N deliveries of the event; "hang" records its worker's
+-- pid and waits (for a test to kill the worker inside the handler)
 routes["/webhook"] = function()
   local store = cfg.redis_port and redis_store(cfg.redis_port) or oauth.store.shdict(ngx.shared.nomba)
   return resty.webhook {
-    key = cfg.webhook_key or "sim-webhook-key-0001", store = store,
+    key = cfg.webhook_key or "sim-webhook-key-0001", store = store, lease = cfg.webhook_lease,
     handler = function(event)
-      if event.data.transaction.type == "fail_me" then error("the handler failed") end
-      ngx.shared.test:incr("granted:" .. event.requestId, 1, 0)
-      ngx.shared.test:incr("granted", 1, 0)
+      local kind, id, t = event.data.transaction.type, event.requestId, ngx.shared.test
+      t:incr("delivered:" .. id, 1, 0)
+      if kind == "fail_me" then error("the handler failed") end
+      local n = tonumber(kind:match("^fail_(%d+)$"))
+      if n and t:incr("failed:" .. id, 1, 0) <= n then return false end
+      if kind == "hang" and not t:get("hung:" .. id) then
+        t:set("hung:" .. id, ngx.worker.pid())
+        ngx.sleep(30)
+      end
+      t:incr("granted:" .. id, 1, 0)
+      t:incr("granted", 1, 0)
       return true
     end,
   }
 end
+
+-- resty.webhook's refusals of a configuration that would grant twice
+routes["/webhook_config"] = function()
+  local cases = {
+    nostore = { key = "k", handler = function() end },
+    shortttl = { key = "k", handler = function() end, store = oauth.store.shdict(ngx.shared.nomba),
+                 ttl = 3600, max_age = 7200 },
+  }
+  local ok, err = pcall(resty.webhook, cases[ngx.var.arg_case])
+  ngx.say(ok and "accepted" or tostring(err))
+end
+
+routes["/hung"] = function() ngx.say(ngx.shared.test:get("hung:" .. ngx.var.arg_id) or "none") end
 
 routes["/granted"] = function()
   local id = ngx.var.arg_id

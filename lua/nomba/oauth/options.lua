@@ -33,9 +33,13 @@ O.DEFAULTS = {
   -- the stores: the prefix of their keys; Redis' pooled connections (ms);
   -- the file store's largest value and the wait of its add lock (seconds)
   store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, file_max = 65536, file_add_wait = 5 },
-  -- webhooks: how far a delivery's timestamp may be off the local clock,
-  -- how long a requestId is remembered, the largest body received
-  webhook = { max_age = 300, dedupe_ttl = 86400, max_body = 1048576 },
+  -- webhooks: how old a delivery's timestamp may be (Nomba's fifth retry
+  -- comes about 95 minutes after the first send, with the first send's
+  -- timestamp), how far in the future (clock skew), how long a processed
+  -- requestId is remembered (never less than max_age), how long a claim
+  -- holds while its handler runs (less than Nomba's first retry, 120 s),
+  -- the largest body received
+  webhook = { max_age = 7200, max_skew = 300, dedupe_ttl = 86400, lease = 60, max_body = 1048576 },
   paths = {
     issue = "/v1/auth/token/issue",
     refresh = "/v1/auth/token/refresh",

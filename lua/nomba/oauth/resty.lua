@@ -297,43 +297,71 @@ local function answer(status, t)
 end
 
 --- Receives a Nomba webhook in a content handler: reads the raw body
--- (also when nginx buffered it to a file), verifies it, processes each
--- `requestId` once across everything that shares `store`, calls
--- `handler(event)`, and answers itself: 200 when processed (or a
--- duplicate), 401 when verification failed, 400 for a body that is not a
--- JSON event or has no requestId, 413 for a body over `max_body`, 500 when
--- the store failed or the handler raised or returned false (the dedupe
--- mark is then removed, so Nomba's next delivery is processed).
+-- (also when nginx buffered it to a file), verifies it, grants each
+-- `requestId` exactly once across everything that shares `store` (a claim
+-- while `handler(event)` runs, then a mark that it was processed), and
+-- answers itself:
+--   200  processed, or a duplicate of one processed;
+--   400  a body that is not a JSON event, or a requestId that cannot be a key;
+--   401  verification failed (the reason is in the body);
+--   413  a body over `max_body`;
+--   503  another worker or host is processing this event now (with
+--        Retry-After): Nomba delivers it again later;
+--   500  the store failed, or the handler raised or returned false: the
+--        claim is let go, so Nomba's next delivery is processed.
+-- A worker killed inside the handler leaves its claim to expire after
+-- `lease` seconds; the next delivery is then processed.
 -- @tparam table opts `key` (the signature key), `handler` (function(event)),
---   `store` (optional, for deduplication), `ttl` (seconds a requestId is
---   remembered, default 86400), `max_age` (default 300), `max_body`
---   (bytes, default 1 MiB)
+--   `store` (required, unless `dedupe = false`), `ttl` (seconds a processed
+--   requestId is remembered, default 86400, never less than `max_age`),
+--   `lease` (seconds a claim holds while the handler runs, default 60),
+--   `max_age` (default 7200: Nomba's retries carry the first send's
+--   timestamp), `max_skew` (default 300), `max_body` (bytes, default 1 MiB)
 function M.webhook(opts)
   local webhook = require "nomba.oauth.webhook"
+  local W = DEFAULTS.webhook
   if type(opts) ~= "table" or type(opts.handler) ~= "function" then
     error("nomba.oauth.resty.webhook: opts.handler must be a function", 2)
   end
-  local max = opts.max_body or DEFAULTS.webhook.max_body
+  local store, dedupe = opts.store, opts.dedupe ~= false
+  if dedupe and store == nil then
+    error("nomba.oauth.resty.webhook: opts.store is required to grant each event once " ..
+          "(Nomba delivers events more than once); give dedupe = false to go without", 2)
+  end
+  local max_age, ttl = opts.max_age or W.max_age, opts.ttl or W.dedupe_ttl
+  if dedupe and type(ttl) == "number" and type(max_age) == "number" and ttl < max_age then
+    error("nomba.oauth.resty.webhook: opts.ttl must be at least max_age: a delivery replayed inside " ..
+          "the window after its requestId was forgotten would be granted again", 2)
+  end
+  local max = opts.max_body or W.max_body
   local body = raw_body(max)
   if not body then return answer(413, { error = "too_large" }) end
   local event, err = webhook.verify { key = opts.key, body = body, headers = ngx.req.get_headers(100),
-                                      max_age = opts.max_age }
+                                      max_age = max_age, max_skew = opts.max_skew }
   if not event then return answer(err.reason == "bad_json" and 400 or 401, { error = err.reason }) end
   local id = event.requestId
-  if opts.store then
-    if type(id) ~= "string" or id == "" then return answer(400, { error = "no_request_id" }) end
-    local first, derr = webhook.dedupe(opts.store, id, opts.ttl)
-    if first == nil then
-      ngx.log(ngx.ERR, "nomba.oauth webhook: ", tostring(derr))
+  if dedupe then
+    local state, cerr = webhook.claim(store, id, opts.lease)
+    if not state then
+      if cerr.reason == "bad_request_id" then return answer(400, { error = "bad_request_id" }) end
+      ngx.log(ngx.ERR, "nomba.oauth webhook: ", tostring(cerr))
       return answer(500, { error = "store" })
     end
-    if not first then return answer(200, { ok = true, duplicate = true }) end
+    if state == "done" then return answer(200, { ok = true, duplicate = true }) end
+    if state == "held" then
+      ngx.header["Retry-After"] = tostring(opts.lease or W.lease)
+      return answer(503, { error = "in_progress" })
+    end
   end
   local ok, res = pcall(opts.handler, event)
   if not ok or res == false then
     if not ok then ngx.log(ngx.ERR, "nomba.oauth webhook handler: ", tostring(res)) end
-    if opts.store then pcall(opts.store.delete, opts.store, webhook.dedupe_key(id)) end
+    if dedupe then webhook.release(store, id) end
     return answer(500, { error = "handler" })
+  end
+  if dedupe then
+    local done, derr = webhook.done(store, id, ttl)
+    if not done then ngx.log(ngx.ERR, "nomba.oauth webhook: processed, but not marked: ", tostring(derr)) end
   end
   return answer(200, { ok = true })
 end

@@ -14,12 +14,12 @@ File.__index = File
 
 local FILE_MAX = DEFAULTS.file_max
 
--- A store key as a file name: the key's own characters when they are
--- plain, else its hex.
-local function file_name(key)
-  if key:match("^[%w_:%-][%w_:%.%-]*$") and #key <= 180 then return key end
-  return "x" .. (key:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)):sub(1, 180)
-end
+-- The files of a key: "v-NAME" its value, "l-NAME" its lock, where NAME is
+-- the key when plain, else its SHA-256 (core.fs_name): never another key's.
+local fs_name = core.fs_name
+local function value_file(key) return "v-" .. fs_name(key) end
+local function lock_file(key) return "l-" .. fs_name(key) end
+local ADD_LOCK = "lock-add"
 
 --- A store in a directory: every process of one host (cron jobs, CLI runs,
 -- restarts, the processes of one server). One file per key, written to a
@@ -41,7 +41,9 @@ function M.file(dir)
   return setmetatable({ dir = dir, owners = {} }, File)
 end
 
--- A value on disk: "<expiry>\n<value>", expiry in wall-clock seconds (0: none).
+-- A value on disk: "<expiry>\n<key length>\n<key>\n<value>", expiry in
+-- wall-clock seconds (0: none); a file whose key is not the one asked for
+-- (foreign, torn, or of an older layout) is a miss.
 --- Bounds the wait for the lock `add` takes (seconds; default 5). A client
 -- that uses this store calls it with its own `timeout`.
 -- @tparam number seconds
@@ -51,30 +53,32 @@ end
 
 function File:get(key)
   check_key(key)
-  local raw = core.fs_read(self.dir, file_name(key), FILE_MAX)
+  local raw = core.fs_read(self.dir, value_file(key), FILE_MAX)
   if not raw then return nil end
-  local expiry, value = raw:match("^(%d+%.?%d*)\n(.*)$")
-  expiry = tonumber(expiry)
-  if not expiry then return nil end                  -- torn or foreign: a miss
+  local expiry, klen, at = raw:match("^(%d+%.?%d*)\n(%d+)\n()")
+  expiry, klen = tonumber(expiry), tonumber(klen)
+  if not expiry or raw:sub(at, at + klen - 1) ~= key or raw:sub(at + klen, at + klen) ~= "\n" then
+    return nil                                       -- torn, foreign or another key's: a miss
+  end
   if expiry > 0 and expiry <= core.time() then return nil end
-  return value
+  return raw:sub(at + klen + 1)
 end
 
 function File:set(key, value, ttl)
   check_key(key)
   local expiry = ttl and ttl > 0 and ("%.3f"):format(core.time() + ttl) or "0"
-  return core.fs_write(self.dir, file_name(key), expiry .. "\n" .. value)
+  return core.fs_write(self.dir, value_file(key), expiry .. "\n" .. #key .. "\n" .. key .. "\n" .. value)
 end
 
 function File:delete(key)
   check_key(key)
-  return core.fs_remove(self.dir, file_name(key))
+  return core.fs_remove(self.dir, value_file(key))
 end
 
 function File:lock(key)
   check_key(key)
   if self.owners[key] then return false end          -- held by this store already
-  local lk, err = core.fs_trylock(self.dir, file_name(key))
+  local lk, err = core.fs_trylock(self.dir, lock_file(key))
   if lk == nil then return nil, err end
   if not lk then return false end
   self.owners[key] = lk
@@ -91,7 +95,7 @@ end
 
 function File:add(key, value, ttl)
   check_key(key)
-  local lk, err = core.fs_lockwait(self.dir, "add", self.timeout or DEFAULTS.file_add_wait)   -- one read, one write
+  local lk, err = core.fs_lockwait(self.dir, ADD_LOCK, self.timeout or DEFAULTS.file_add_wait)  -- a read, a write
   if not lk then return nil, err end
   local first = self:get(key) == nil
   local ok, werr = true, nil
