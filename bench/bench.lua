@@ -335,12 +335,17 @@ if wanted "webhook" then
   end
   local fetched = median(cr)
   local rest = ours - dec
+  -- the hand-rolled equivalent: the C loop's check, and lua-cjson's decode of the same body
+  local hand = base + cj
   results.webhook = { body_bytes = #body, verify_ns = ours, check_ns = c_part, c_loop_ns = base,
                       decode_ns = dec, cjson_decode_ns = cj, c_loop_fetched_ns = fetched,
-                      verify_without_decode_ns = rest,
-                      ratio = ours / base, check_ratio = c_part / base, without_decode_ratio = rest / base }
-  row(("oauth.webhook.verify, a %d-byte event"):format(#body), fmt(ours), "ns", "C loop: HMAC, base64, memcmp",
-      fmt(base), fmt(ours / base, 2) .. "x", "<= 1.5x", ours / base <= 1.5)
+                      verify_without_decode_ns = rest, hand_rolled_ns = hand, ratio = ours / hand,
+                      ratio_c_loop = ours / base, check_ratio = c_part / base, without_decode_ratio = rest / base }
+  row(("oauth.webhook.verify, a %d-byte event"):format(#body), fmt(ours), "ns",
+      "by hand: the C loop's HMAC, base64, memcmp + lua-cjson's decode", fmt(hand), fmt(ours / hand, 2) .. "x",
+      "<= 0.8x", ours / hand <= 0.8)
+  row("  the same", fmt(ours), "ns", "C loop: HMAC, base64, memcmp alone", fmt(base), fmt(ours / base, 2) .. "x",
+      "report", true)
   row("  all of it but the event's decode (verify - decode)", fmt(rest), "ns", "the same C loop", fmt(base),
       fmt(rest / base, 2) .. "x", "<= 1.5x", rest / base <= 1.5)
   row("  its signature check alone (core, from Lua)", fmt(c_part), "ns", "the same C loop", fmt(base),
