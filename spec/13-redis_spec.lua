@@ -116,8 +116,10 @@ describe("Redis store", function()
     assert.matches("%S", redis.cli("--scan --pattern 'fleet:*:lock'"))
     os.execute("kill -KILL " .. holder_pid)
     holder:close()
+    -- half the fleet on a connected redis-lua client (the README's first
+    -- form), half on the store's own connection (parameters)
     local procs = {}
-    for i = 1, 6 do procs[i] = spawn_worker(sim, "127.0.0.1", redis.port, 17) end
+    for i = 1, 6 do procs[i] = spawn_worker(sim, "127.0.0.1", redis.port, 17, i > 3 and "params" or nil) end
     local key = redis.cli("--scan --pattern 'fleet:*:lock'"):match("fleet:([^:%s]+):lock")
     H.sleep(6)                                  -- the lock TTL (2 s x 2 + 1) ran out; one renewed
     local shared = "fleet:" .. key
@@ -144,6 +146,13 @@ describe("Redis store", function()
       H.sleep(0.1)
     end
     assert.is_true(rejoined, "the fleet did not publish a token after Redis came back")
+    -- and shares again: one renewal per window (2 s), not one per process (six
+    -- alone, which is what a store that never reconnects does)
+    local counts0 = assert(sim:counts())
+    H.sleep(4.2)
+    local counts1 = assert(sim:counts())
+    local renewals = ((counts1.refresh or 0) + (counts1.issue or 0)) - ((counts0.refresh or 0) + (counts0.issue or 0))
+    assert.is_true(renewals <= 3, "after the restart the fleet made " .. renewals .. " renewals in two windows")
     local errors = 0
     for i = 1, 6 do
       local s = collect(procs[i])
@@ -152,5 +161,29 @@ describe("Redis store", function()
       errors = errors + s.store_errors
     end
     assert.is_true(errors > 0)                   -- they noticed the outage, and went on
+  end)
+
+  it("authenticates with an ACL user (the password in no event), and gets past a Redis restart", function()
+    redis = assert(H.redis(nil, "--user default off --user nomba on '>s3cret-pass-9' '~*' '&*' '+@all'"))
+    redis.auth = "--user nomba --pass s3cret-pass-9 --no-auth-warning "
+    assert(sim:config { lifetime = 4 })
+    local procs = {}
+    for i = 1, 4 do procs[i] = spawn_worker(sim, "127.0.0.1", redis.port, 6, "acl:nomba:s3cret-pass-9") end
+    local wrong = spawn_worker(sim, "127.0.0.1", redis.port, 2, "acl:nomba:not-the-password-1")
+    for i = 1, 4 do
+      local s = collect(procs[i])
+      assert.are.equal(0, s.failures, cjson.encode(s))
+      assert.are.equal(0, s.store_errors, cjson.encode(s))
+    end
+    assert.is_true((assert(sim:counts()).issue or 0) <= 1 + 3)   -- one issue, then a refresh per window
+    local w = collect(wrong)                     -- refused by Redis: alone, and it says so
+    assert.are.equal(0, w.failures)
+    assert.is_true(w.store_errors > 0)
+    for _, m in ipairs(w.store_messages) do
+      assert.is_nil(m:find("not-the-password-1", 1, true), m)
+      assert.matches("AUTH", m)
+    end
+    assert.matches("^n1%.", redis.cli("--scan --pattern 'fleet:*' | head -1 | xargs -r redis-cli -p " ..
+                                      redis.port .. " --user nomba --pass s3cret-pass-9 --no-auth-warning get"))
   end)
 end)

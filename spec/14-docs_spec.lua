@@ -44,7 +44,7 @@ describe("documentation", function()
     "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close", "Client:request",
     "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify",
     "M.memory", "M.shdict", "M.redis", "M.request", "M.keep_fresh",
-    "M.verify", "M.sign", "M.dedupe", "M.webhook", "M.file",
+    "M.verify", "M.sign", "M.dedupe", "M.claim", "M.done", "M.release", "M.webhook", "M.file",
   } do
     it("documents " .. name, function()
       assert.is_string(doc_block(name), name .. " has no doc comment")
@@ -64,6 +64,21 @@ describe("documentation", function()
     for _, name in ipairs { "M.verify", "M.dedupe" } do
       assert.matches("@treturn[2] nil", doc_block(name), 1, true)
     end
+  end)
+
+  it("the rockspec installs every Lua module of lua/ and every C file of src/, and no other", function()
+    local spec = read("rockspec/nomba-oauth-scm-1.rockspec")
+    local listed, files = {}, {}
+    for module, path in spec:gmatch('%["([%w%.]+)"%]%s*=%s*"(lua/[^"]+%.lua)"') do
+      listed[path] = true
+      assert.are.equal(path, "lua/" .. module:gsub("%.", "/") .. ".lua", module)
+    end
+    for path in io.popen("git ls-files 'lua/*.lua'"):lines() do files[path] = true end
+    for path in pairs(files) do assert.is_true(listed[path], path .. " is not in the rockspec") end
+    for path in pairs(listed) do assert.is_true(files[path], path .. " is in the rockspec, not in lua/") end
+    local csrc = {}
+    for path in spec:gmatch('"(src/[%w_]+%.c)"') do csrc[path] = true end
+    for path in io.popen("git ls-files 'src/*.c'"):lines() do assert.is_true(csrc[path], path) end
   end)
 
   it("has one version: C core, Lua module, CHANGELOG, user agent", function()

@@ -1,9 +1,11 @@
 -- One process of a fleet (spec/13-redis, spec/20-session): calls token() in
--- a loop for a while, sharing the token through Redis (or a directory, with
--- "file:DIR"; or alone, with "alone"), checks
--- every token it gets, and prints a JSON summary. Never raises: a raise is
--- a failure of the library and ends the process with status 3.
---   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone | file:DIR]
+-- a loop for a while, sharing the token through Redis (a connected
+-- redis-lua client, the form the README shows first; "params" for the
+-- store's own connection, "acl:USER:PASSWORD" for that with an ACL user), or
+-- a directory ("file:DIR"), or alone ("alone"), checks every token it gets,
+-- and prints a JSON summary. Never raises: a raise is a failure of the
+-- library and ends the process with status 3.
+--   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone | file:DIR | params | acl:U:P]
 local url, cafile, rhost, rport, seconds, mode = arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), arg[6]
 package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
 local oauth = require "nomba.oauth"
@@ -16,33 +18,26 @@ local ok, err = pcall(function()
   local store
   if mode and mode:sub(1, 5) == "file:" then
     store = oauth.store.file(mode:sub(6))
+  elseif mode == "params" then
+    store = oauth.store.redis({ host = rhost, port = rport }, { prefix = "fleet:" })
+  elseif mode and mode:sub(1, 4) == "acl:" then
+    local user, password = mode:match("^acl:([^:]+):(.*)$")
+    store = oauth.store.redis({ host = rhost, port = rport, username = user, password = password },
+                              { prefix = "fleet:" })
   elseif mode ~= "alone" then
-    local redis = require "redis"
-    -- reconnects when Redis went away, so the fleet rejoins when it is back
-    local conn
-    local function connection()
-      if not conn then
-        local okc, c = pcall(redis.connect, rhost, rport)
-        if okc then conn = c end
-      end
-      return conn
-    end
-    local proxy = setmetatable({}, { __index = function(_, method)
-      return function(_, ...)
-        local c = connection()
-        if not c then return nil, "redis unreachable" end
-        local okr, v, e = pcall(c[method], c, ...)
-        if not okr then conn = nil return nil, tostring(v) end
-        return v, e
-      end
-    end })
-    store = oauth.store.redis(proxy, { prefix = "fleet:" })
+    store = oauth.store.redis(require("redis").connect(rhost, rport), { prefix = "fleet:" })
   end
   local client = oauth.new {
     account_id = simulator.CLIENT.account_id, client_id = simulator.CLIENT.client_id,
     client_secret = simulator.CLIENT.client_secret, base_url = url, cafile = cafile,
     store = store, retries = 1, timeout = 2,
-    on_event = function(ev) if ev.kind == "store_error" then summary.store_errors = summary.store_errors + 1 end end,
+    on_event = function(ev)
+      if ev.kind == "store_error" then
+        summary.store_errors = summary.store_errors + 1
+        summary.store_messages = summary.store_messages or {}
+        summary.store_messages[#summary.store_messages + 1] = ev.message
+      end
+    end,
   }
   local deadline = core.now() + seconds
   while core.now() < deadline do

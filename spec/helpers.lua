@@ -105,20 +105,22 @@ function H.curl_transport(cafile, yield_first, seen)
 end
 
 --- Starts a redis-server on a free loopback port (no persistence), or nil
--- and a message. `binds` lists the addresses (default {"127.0.0.1"}).
-function H.redis(binds)
+-- and a message. `binds` lists the addresses (default {"127.0.0.1"});
+-- `extra` more command-line arguments (an ACL user, a password).
+function H.redis(binds, extra)
   local dir = io.popen("mktemp -d /tmp/nomba-redis.XXXXXX"):read("*l")
   for _ = 1, 20 do
     local port = simulator.free_port()
     local cmd = ("env -u LD_PRELOAD redis-server --port %d --bind %s --save '' --appendonly no " ..
-                 "--daemonize yes --pidfile %s/redis.pid --dir %s --logfile %s/redis.log"):format(
-                 port, table.concat(binds or { "127.0.0.1" }, " "), dir, dir, dir)
+                 "--daemonize yes --pidfile %s/redis.pid --dir %s --logfile %s/redis.log %s"):format(
+                 port, table.concat(binds or { "127.0.0.1" }, " "), dir, dir, dir, extra or "")
     if os.execute(cmd) then
       for _ = 1, 50 do
         local f = io.open(dir .. "/redis.pid")
         local pid = f and tonumber(f:read("*a"))
         if f then f:close() end
-        if pid and io.popen("env -u LD_PRELOAD redis-cli -p " .. port .. " ping 2>/dev/null"):read("*l") == "PONG" then
+        local ping = io.popen("env -u LD_PRELOAD redis-cli -p " .. port .. " ping 2>/dev/null"):read("*l")
+        if pid and (ping == "PONG" or (ping or ""):match("NOAUTH")) then
           local r = { port = port, pid = pid, dir = dir }
           function r.stop()
             os.execute("kill " .. r.pid .. " 2>/dev/null")
@@ -129,7 +131,7 @@ function H.redis(binds)
           end
           function r.cleanup() r.stop() os.execute("rm -rf " .. dir) end
           function r.cli(args)
-            local p = io.popen("env -u LD_PRELOAD redis-cli -p " .. port .. " " .. args .. " 2>&1")
+            local p = io.popen("env -u LD_PRELOAD redis-cli -p " .. port .. " " .. (r.auth or "") .. args .. " 2>&1")
             local out = p:read("*a")
             p:close()
             return out
@@ -140,7 +142,10 @@ function H.redis(binds)
               local g = io.open(dir .. "/redis.pid")
               local newpid = g and tonumber(g:read("*a"))
               if g then g:close() end
-              if newpid and newpid ~= r.pid and r.cli("ping"):match("PONG") then r.pid = newpid return true end
+              if newpid and newpid ~= r.pid and r.cli("ping"):match("PONG") then
+                r.pid = newpid
+                return true
+              end
               H.sleep(0.02)
             end
             return false

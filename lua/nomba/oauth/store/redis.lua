@@ -1,9 +1,36 @@
 --- The Redis store: every process on every host.
+--
+-- Three ways to give it Redis:
+--   * connection parameters, `oauth.store.redis{host =, port =, username =,
+--     password =, db =, ssl =, server_name =}`: the store owns its
+--     connection (redis-lua in plain Lua; lua-resty-redis on cosockets in
+--     OpenResty, a connection per operation from nginx's pool), connects,
+--     authenticates (AUTH, with an ACL user when `username` is given) and
+--     selects `db` itself, and connects again after a failure: a Redis
+--     restart costs one failed call, never the fleet's one session;
+--   * a connected redis-lua client: the store remembers its peer and, after
+--     a connection failure, connects the client again (and authenticates
+--     with `opts.password`, `opts.username`, selects `opts.db` when given);
+--   * a function returning a connected client (or nil, err), called per
+--     operation: OpenResty's lua-resty-redis, whose connections cannot
+--     outlive a request, or any Sentinel-aware connector of yours.
+-- Every call is bounded by the store's timeout (the client's `timeout`
+-- unless `opts.timeout`). No password ever reaches an event, an error or a
+-- log line.
+--
+-- Redis Sentinel or Cluster: a renewal touches three keys of one client,
+-- `<prefix><id>`, `<prefix><id>:lock` and `<prefix><id>:gen`, and webhook
+-- claims two per event, `<prefix>webhook:<requestId>` and its `:done`; every
+-- command is a single-key one (GET, SET with PX and NX, DEL, and an EVAL of
+-- one key for the lock's release), so a Cluster needs no hash tags, and a
+-- Sentinel deployment needs a connect function that asks Sentinel for the
+-- master.
 -- @submodule nomba.oauth.store
 local common = require "nomba.oauth.store.common"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 
-local type, error, tostring, setmetatable = type, error, tostring, setmetatable
+local type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs =
+  type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs
 local owner_id, check_key = common.owner_id, common.check_key
 
 local M = {}
@@ -22,44 +49,15 @@ local function redis_value(v)
   return nil        -- nil, false, ngx.null, cjson.null: a miss
 end
 
---- A store in Redis: every process on every host.
--- Works with any client object that has `get`, `set` (with `NX`/`PX`), `del`
--- and `eval`, e.g. redis-lua (`redis`, Debian `lua-redis`) for plain Lua.
--- Under OpenResty a cosocket connection cannot outlive its request, so give
--- a function that returns a connected lua-resty-redis object (Debian
--- `lua-nginx-redis`'s `nginx.redis`); the store connects per operation and
--- hands the connection back to the pool with `set_keepalive`.
--- @param client a connected Redis client, or a function returning one (or nil, err)
--- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`), `timeout`
---   (seconds each Redis call may take; default: the timeout of the client
---   that uses the store),
---   `keepalive` (milliseconds an idle pooled connection lives, default 10000)
--- @treturn table store
-function M.redis(client, opts)
-  opts = opts or {}
-  local connect
-  if type(client) == "function" then
-    connect = client
-  elseif type(client) == "table" then
-    for _, m in ipairs { "get", "set", "del", "eval" } do
-      if client[m] == nil then
-        error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
-      end
-    end
-  else
-    error("nomba.oauth.store.redis: bad argument #1 (Redis client or connect function expected)", 2)
-  end
-  if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0 and opts.timeout <= 300) then
-    error("nomba.oauth.store.redis: opts.timeout must be a number of seconds from 0 to 300", 2)
-  end
-  local store = setmetatable({ r = client, connect = connect, keepalive = opts.keepalive or DEFAULTS.redis_keepalive_ms,
-                               prefix = opts.prefix or DEFAULTS.prefix, owners = {} }, Redis)
-  if opts.timeout then store:set_timeout(opts.timeout) end
-  return store
+-- A connection failure a new connection may cure (not a command Redis refused).
+local function broken(err)
+  local s = tostring(err):lower()
+  return s:find("closed", 1, true) or s:find("timeout", 1, true) or s:find("refused", 1, true) or
+         s:find("broken pipe", 1, true) or s:find("reset", 1, true) or s:find("connect", 1, true) or
+         s:find("loading", 1, true) or s:find("noauth", 1, true)
 end
 
--- Bounds each Redis call of a connection by the store's timeout, where the
--- client library allows it.
+-- Bounds each Redis call of a connection, where the client library allows it.
 local function bound(conn, seconds)
   if not seconds then return end
   if type(conn.set_timeout) == "function" then                   -- lua-resty-redis
@@ -69,6 +67,163 @@ local function bound(conn, seconds)
   end
 end
 
+-- AUTH (with an ACL user when given) and SELECT on a new connection; the
+-- password goes to Redis only, never into a message.
+local function greet(conn, p)
+  if p.password ~= nil then
+    local ok, v, err = pcall(function()
+      if p.username ~= nil then return conn:auth(p.username, p.password) end
+      return conn:auth(p.password)
+    end)
+    if not ok or (v == nil and err) or v == false then
+      return nil, "redis AUTH failed" .. (p.username and (" for user " .. p.username) or "")
+    end
+  end
+  if p.db ~= nil then
+    local ok, v, err = pcall(conn.select, conn, p.db)
+    if not ok or (v == nil and err) then return nil, "redis SELECT " .. tostring(p.db) .. " failed" end
+  end
+  return true
+end
+
+local function in_openresty()
+  local ngx = rawget(_G, "ngx")
+  return type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.get_phase) == "function" and
+         ngx.get_phase() ~= "init"
+end
+
+-- A connect function from parameters: lua-resty-redis on cosockets in
+-- OpenResty (TLS verified against lua_ssl_trusted_certificate), redis-lua
+-- elsewhere.
+local function connector(p, store)
+  if in_openresty() then
+    local ok, lib = pcall(require, "resty.redis")
+    if not ok then ok, lib = pcall(require, "nginx.redis") end     -- Debian's lua-nginx-redis
+    if not ok then error("nomba.oauth.store.redis: lua-resty-redis is not installed", 3) end
+    return function()
+      local red = lib:new()
+      if store.timeout then red:set_timeout(store.timeout * 1000) end
+      local ok2, err = red:connect(p.host, p.port, { pool = p.pool, pool_size = p.pool_size })
+      if not ok2 then return nil, "redis connect " .. p.host .. ":" .. p.port .. ": " .. tostring(err) end
+      if red:get_reused_times() == 0 then
+        if p.ssl then
+          -- lua-resty-redis 0.27 (Debian) has no TLS option: the handshake on its socket,
+          -- verified (there is no switch to turn verification off)
+          local sock = rawget(red, "_sock")
+          local session, herr = sock:sslhandshake(nil, p.server_name or p.host, true)
+          if not session then
+            red:close()
+            return nil, "redis TLS handshake: " .. tostring(herr)
+          end
+        end
+        local greeted, gerr = greet(red, p)
+        if not greeted then
+          red:close()
+          return nil, gerr
+        end
+      end
+      return red
+    end
+  end
+  if p.ssl then
+    error("nomba.oauth.store.redis: ssl needs OpenResty's cosockets (redis-lua speaks plain TCP)", 3)
+  end
+  if not package.path:find("/usr/share/lua/5.1/", 1, true) then
+    package.path = package.path .. ";/usr/share/lua/5.1/?.lua"    -- Debian's lua-redis, on any Lua
+  end
+  local ok, redis = pcall(require, "redis")
+  if not ok then error("nomba.oauth.store.redis: redis-lua (Debian lua-redis) is not installed", 3) end
+  return function()
+    local okc, conn = pcall(redis.connect, { host = p.host, port = p.port, timeout = store.timeout or 5 })
+    if not okc then return nil, tostring(conn) end
+    local greeted, gerr = greet(conn, p)
+    if not greeted then
+      pcall(conn.quit, conn)
+      return nil, gerr
+    end
+    return conn
+  end
+end
+
+--- A store in Redis: every process on every host.
+-- @param client connection parameters `{host, port, username, password, db,
+--   ssl, server_name}` (the store owns the connection), a connected redis-lua
+--   client, or a function returning a connected client (or nil, err)
+-- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`), `timeout`
+--   (seconds each Redis call may take; default: the timeout of the client
+--   that uses the store), `keepalive` (milliseconds an idle pooled
+--   connection lives, default 10000), and for a connected client the
+--   `password`, `username` and `db` to use when it connects again
+-- @treturn table store
+function M.redis(client, opts)
+  opts = opts or {}
+  if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0 and opts.timeout <= 300) then
+    error("nomba.oauth.store.redis: opts.timeout must be a number of seconds from 0 to 300", 2)
+  end
+  local store = setmetatable({ keepalive = opts.keepalive or DEFAULTS.redis_keepalive_ms,
+                               prefix = opts.prefix or DEFAULTS.prefix, owners = {} }, Redis)
+  if type(client) == "function" then
+    store.connect = client
+  elseif type(client) == "table" and client.get == nil and client.host ~= nil then
+    local p = {}
+    for k, v in pairs(client) do p[k] = v end
+    if type(p.host) ~= "string" or p.host == "" then
+      error("nomba.oauth.store.redis: bad argument #1 (host must be a non-empty string)", 2)
+    end
+    p.port = p.port or 6379
+    if type(p.port) ~= "number" then error("nomba.oauth.store.redis: bad argument #1 (port must be a number)", 2) end
+    for _, k in ipairs { "username", "password", "server_name" } do
+      if p[k] ~= nil and type(p[k]) ~= "string" then
+        error("nomba.oauth.store.redis: bad argument #1 (" .. k .. " must be a string)", 2)
+      end
+    end
+    if p.username ~= nil and p.password == nil then
+      error("nomba.oauth.store.redis: bad argument #1 (username needs a password)", 2)
+    end
+    p.pool = p.pool or ("nomba-oauth-redis:" .. p.host .. ":" .. p.port .. ":" .. tostring(p.db or 0) ..
+                        ":" .. (p.username or "") .. (p.ssl and ":tls" or ""))
+    local connect = connector(p, store)
+    if in_openresty() then
+      store.connect = connect                 -- a connection per operation, from nginx's pool
+    else
+      store.reconnect = connect               -- owned: made when first needed, made again after a failure
+    end
+  elseif type(client) == "table" then
+    for _, m in ipairs { "get", "set", "del", "eval" } do
+      if client[m] == nil then
+        error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
+      end
+    end
+    store.r = client
+    -- a redis-lua client: its peer, to connect it again after a failure
+    local sock = type(client.network) == "table" and client.network.socket
+    local host, port
+    if sock and type(sock.getpeername) == "function" then host, port = sock:getpeername() end
+    if host then
+      local p = { username = opts.username, password = opts.password, db = opts.db }
+      store.reconnect = function()
+        local new = require("socket").tcp()
+        new:settimeout(store.timeout or 5)
+        local ok, err = new:connect(host, tonumber(port))
+        if not ok then
+          new:close()
+          return nil, "redis connect " .. host .. ":" .. port .. ": " .. tostring(err)
+        end
+        pcall(function() client.network.socket:close() end)
+        client.network.socket = new
+        local greeted, gerr = greet(client, p)
+        if not greeted then return nil, gerr end
+        return client
+      end
+    end
+  else
+    error("nomba.oauth.store.redis: bad argument #1 (connection parameters, a Redis client or a connect " ..
+          "function expected)", 2)
+  end
+  if opts.timeout then store:set_timeout(opts.timeout) end
+  return store
+end
+
 --- Bounds every Redis call (seconds). A client that uses this store calls it
 -- with its own `timeout` unless `opts.timeout` was given. A client object is
 -- bounded at once; with a connect function each connection is bounded after
@@ -76,22 +231,43 @@ end
 -- @tparam number seconds
 function Redis:set_timeout(seconds)
   self.timeout = seconds
-  if not self.connect then bound(self.r, seconds) end
+  if self.r then bound(self.r, seconds) end
 end
 
--- Runs f(conn) on the client or on a connection from the connect function.
+-- Runs f(conn) on the store's connection, or on one from the connect
+-- function; an owned or remembered connection that failed is connected
+-- again and f run once more.
 local function with_conn(self, f)
-  if not self.connect then return f(self.r) end
-  local conn, err = self.connect()
-  if not conn then return nil, "redis connect: " .. tostring(err) end
-  bound(conn, self.timeout)
-  local a, b = f(conn)
-  if a ~= nil or b == nil then
-    if type(conn.set_keepalive) == "function" then conn:set_keepalive(self.keepalive, 16) end
-  elseif type(conn.close) == "function" then
-    conn:close()
+  if self.connect then
+    local conn, err = self.connect()
+    if not conn then return nil, "redis connect: " .. tostring(err) end
+    bound(conn, self.timeout)
+    local a, b = f(conn)
+    if a ~= nil or b == nil then
+      if type(conn.set_keepalive) == "function" then conn:set_keepalive(self.keepalive, 16) end
+    elseif type(conn.close) == "function" then
+      conn:close()
+    end
+    return a, b
   end
-  return a, b
+  if not self.r then                                   -- owned, not connected yet
+    local conn, err = self.reconnect()
+    if not conn then return nil, err end
+    self.r = conn
+    bound(conn, self.timeout)
+  end
+  local ok, a, b = pcall(f, self.r)
+  if ok and not (a == nil and b ~= nil and broken(b)) then return a, b end
+  local err = ok and b or a
+  if not self.reconnect or not broken(err) then
+    if ok then return a, b end
+    error(err, 0)
+  end
+  local conn, rerr = self.reconnect()                  -- once, within the timeout
+  if not conn then return nil, "redis (" .. tostring(err) .. "), then " .. tostring(rerr) end
+  self.r = conn
+  bound(conn, self.timeout)
+  return f(conn)
 end
 
 function Redis:get(key)
