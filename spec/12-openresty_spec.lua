@@ -120,6 +120,36 @@ describe("OpenResty", function()
     assert.are.equal(2, H.count("issue"))
   end)
 
+  it("shares one token through Redis over TLS (the store's own connection, verified), with AUTH", function()
+    local dir = H.sim().cafile:gsub("/ca%.crt$", "")   -- the simulator's certificate, for localhost
+    local tls_port = require("nomba.oauth.simulator").free_port()
+    local redis = assert(H.redis(nil, ("--tls-port %d --tls-cert-file %s/server.crt --tls-key-file %s/server.key " ..
+                                        "--tls-ca-cert-file %s/ca.crt --tls-auth-clients no --requirepass tls-pass-7")
+                                       :format(tls_port, dir, dir, dir)))
+    redis.auth = "-a tls-pass-7 --no-auth-warning "
+    a = app { workers = 4, config = { redis_tls_port = tls_port, redis_password = "tls-pass-7" } }
+    for _ = 1, 8 do
+      local code, body = get(a, "/token")
+      assert.are.equal(200, code, body)
+    end
+    assert.are.equal(1, H.count("issue"))
+    local key = redis.cli("--scan --pattern 'tls:*'"):match("(tls:[%w%-_]+)\n")
+    assert.is_string(key)
+    assert.matches("^n1%.", redis.cli("get " .. key))
+    a:stop()
+    -- a certificate for another name is refused: the workers go on alone, and say why
+    H.reset()
+    redis.cli("flushall")
+    a = app { workers = 1, config = { redis_tls_port = tls_port, redis_password = "tls-pass-7",
+                                      redis_server_name = "nomba.example" } }
+    local code = get(a, "/token")
+    assert.are.equal(200, code)
+    assert.are.equal("", redis.cli("--scan --pattern 'tls:*'"))
+    assert.matches("TLS handshake", a:error_log())
+    assert.is_nil(a:error_log():find("tls-pass-7", 1, true))
+    redis.cleanup()
+  end)
+
   it("shares one token through Redis with lua-resty-redis on cosockets", function()
     local redis = assert(H.redis())
     a = app { workers = 4, config = { redis_port = redis.port } }

@@ -183,6 +183,45 @@ describe("sessions", function()
       assert.is_nil(s:get(odd))
     end)
 
+    it("removes the temporary files a process killed between write and rename left", function()
+      oauth.store.file(dir)
+      local function t_files()
+        local n = 0
+        for name in io.popen("ls -A " .. dir):lines() do if name:match("^t%-") then n = n + 1 end end
+        return n
+      end
+      -- a real one: a process writing in a loop, killed -9
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(("local s = require('nomba.oauth').store.file(%q) local v = ('x'):rep(60000) " ..
+               "while true do s:set('k', v) end"):format(dir))
+      f:close()
+      local pid = H.sh(LUA .. " " .. script .. " >/dev/null 2>&1 & echo $!"):match("%d+")
+      H.sleep(0.5)
+      os.execute("kill -9 " .. pid)
+      H.sleep(0.1)
+      os.remove(script)
+      -- and made by hand: a dead process's, a live one's that is fresh, a live one's that is old
+      local dead = H.sh("sh -c 'echo $$'"):match("%d+")
+      local live = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
+      local function touch(name, old)
+        local g = assert(io.open(dir .. "/" .. name, "w"))
+        g:write("sealed")
+        g:close()
+        if old then os.execute("touch -d '20 minutes ago' " .. dir .. "/" .. name) end
+      end
+      touch("t-v-k." .. dead .. ".1")
+      touch("t-v-other." .. live .. ".7")
+      touch("t-v-old." .. live .. ".8", true)
+      assert.is_true(t_files() >= 3)
+      local s = oauth.store.file(dir)                     -- opening the store sweeps
+      assert.are.equal(1, t_files())                      -- only the live writer's fresh file
+      assert.is_not_nil(io.open(dir .. "/t-v-other." .. live .. ".7"))
+      assert.is_true(s:set("k", "v"))
+      assert.are.equal("v", s:get("k"))
+      os.remove(dir .. "/t-v-other." .. live .. ".7")
+    end)
+
     it("a killed lock holder never blocks the others", function()
       local s = oauth.store.file(dir)
       local script = os.tmpname()

@@ -12,6 +12,7 @@
  *   core.fs_lockwait(dir, name, s)  -> lock | nil, why   (waits at most s seconds)
  *   core.fs_unlock(lock)            -> true   (also its __gc)
  *   core.fs_name(key)               -> the name of a key's files, without their prefix
+ *   core.fs_sweep(dir)              -> how many temporary files a crash left were removed
  *
  * A key's name is the key itself when it is plain ([A-Za-z0-9_:.-], at most
  * 180 bytes, not starting with '.'), else '=' and the hex of its SHA-256:
@@ -32,6 +33,8 @@
 #include <unistd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <dirent.h>
+#include <signal.h>
 #include <time.h>
 #include <openssl/evp.h>
 #include "nomba.h"
@@ -247,6 +250,73 @@ static int fs_unlock(lua_State *L)
     return 1;
 }
 
+/* core.fs_sweep(dir): removes the temporary files ("t-NAME.PID.N") that
+ * processes killed between write and rename left behind (each a sealed
+ * copy of a token): those whose process is gone, and any over ten minutes
+ * old (a write renames its file within milliseconds). */
+#define SWEEP_AGE 600
+
+/* Whether process pid is gone: no such process, or a zombie nobody reaped. */
+static int process_gone(long pid)
+{
+    char path[64], stat[256];
+    int fd;
+    ssize_t n;
+    const char *close_paren;
+    if (kill((pid_t)pid, 0) != 0)
+        return errno == ESRCH;
+    (void)snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return 0;
+    n = read(fd, stat, sizeof stat - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    stat[n] = '\0';
+    close_paren = strrchr(stat, ')');          /* "pid (comm) S ...": comm may hold spaces */
+    return close_paren != NULL && close_paren[1] == ' ' && close_paren[2] == 'Z';
+}
+
+static int fs_sweep(lua_State *L)
+{
+    const char *dir = luaL_checkstring(L, 1);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    time_t now = time(NULL);
+    int removed = 0;
+    if (d == NULL) {
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    while ((e = readdir(d)) != NULL) {
+        const char *dot;
+        long pid;
+        struct stat st;
+        int gone;
+        if (strncmp(e->d_name, "t-", 2) != 0)
+            continue;
+        /* the pid is the second last dot-separated part */
+        dot = strrchr(e->d_name, '.');
+        if (dot == NULL || dot == e->d_name)
+            continue;
+        {
+            const char *p = dot - 1;
+            while (p > e->d_name && *p != '.')
+                p--;
+            pid = *p == '.' ? strtol(p + 1, NULL, 10) : 0;
+        }
+        gone = pid > 0 && process_gone(pid);
+        if (!gone && (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                      now - st.st_mtime < SWEEP_AGE))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            removed++;
+    }
+    closedir(d);
+    lua_pushinteger(L, removed);
+    return 1;
+}
+
 /* core.fs_name(key): the key when plain, else '=' and its SHA-256 in hex. */
 static int fs_name(lua_State *L)
 {
@@ -281,6 +351,7 @@ void filestore_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"fs_name", fs_name},
+        {"fs_sweep", fs_sweep},
         {"fs_dir", fs_dir},
         {"fs_read", fs_read},
         {"fs_write", fs_write},

@@ -36,6 +36,11 @@ end
 
 function M.init_worker()
   local store = cfg.redis_port and redis_store(cfg.redis_port) or oauth.store.shdict(ngx.shared.nomba)
+  if cfg.redis_tls_port then          -- the store's own connection, TLS verified by nginx's trusted CAs
+    store = oauth.store.redis({ host = "127.0.0.1", port = cfg.redis_tls_port, ssl = true,
+                                server_name = cfg.redis_server_name or "localhost", password = cfg.redis_password },
+                              { prefix = "tls:" })
+  end
   client = oauth.new(options { transport = resty, store = store })
   if cfg.keep_fresh then assert(resty.keep_fresh(client, { interval = cfg.keep_fresh })) end
 end

@@ -32,7 +32,8 @@ O.DEFAULTS = {
   resty = { pool_size = 16, keepalive_ms = 60000, keep_fresh_interval = 1 },
   -- the stores: the prefix of their keys; Redis' pooled connections (ms);
   -- the file store's largest value and the wait of its add lock (seconds)
-  store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, file_max = 65536, file_add_wait = 5 },
+  store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, file_max = 65536, file_add_wait = 5,
+            file_sweep_every = 60 },
   -- webhooks: how old a delivery's timestamp may be (Nomba's fifth retry
   -- comes about 95 minutes after the first send, with the first send's
   -- timestamp), how far in the future (clock skew), how long a processed

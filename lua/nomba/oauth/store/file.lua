@@ -20,6 +20,7 @@ local fs_name = core.fs_name
 local function value_file(key) return "v-" .. fs_name(key) end
 local function lock_file(key) return "l-" .. fs_name(key) end
 local ADD_LOCK = "lock-add"
+local SWEEP_EVERY = DEFAULTS.file_sweep_every    -- seconds between two looks for a crash's leftovers
 
 --- A store in a directory: every process of one host (cron jobs, CLI runs,
 -- restarts, the processes of one server). One file per key, written to a
@@ -28,7 +29,9 @@ local ADD_LOCK = "lock-add"
 -- symbolic link, owned by another user or writable by group or others is
 -- refused. The lock is an `flock` on a lock file: the kernel releases it
 -- when its holder dies, so a crashed holder never blocks the others (the
--- lock's ttl is not needed).
+-- lock's ttl is not needed). A process killed between write and rename
+-- leaves its temporary file (a sealed copy): opening the store, and then a
+-- write at most once a minute, removes those of dead processes.
 -- @tparam string dir the directory
 -- @treturn table store (raises when the directory is unusable)
 function M.file(dir)
@@ -38,7 +41,8 @@ function M.file(dir)
   dir = dir:gsub("/+$", "")
   local ok, why = core.fs_dir(dir)
   if not ok then error("nomba.oauth.store.file: " .. dir .. ": " .. why, 2) end
-  return setmetatable({ dir = dir, owners = {} }, File)
+  core.fs_sweep(dir)                        -- what a crash between write and rename left
+  return setmetatable({ dir = dir, owners = {}, swept = core.now() }, File)
 end
 
 -- A value on disk: "<expiry>\n<key length>\n<key>\n<value>", expiry in
@@ -66,6 +70,10 @@ end
 
 function File:set(key, value, ttl)
   check_key(key)
+  if core.now() - self.swept > SWEEP_EVERY then
+    self.swept = core.now()
+    core.fs_sweep(self.dir)
+  end
   local expiry = ttl and ttl > 0 and ("%.3f"):format(core.time() + ttl) or "0"
   return core.fs_write(self.dir, value_file(key), expiry .. "\n" .. #key .. "\n" .. key .. "\n" .. value)
 end
