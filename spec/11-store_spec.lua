@@ -156,6 +156,22 @@ describe("a shared store", function()
     assert.are_not.equal("n1.garbage", garbage:get(core.store_id(g)))
   end)
 
+  it("keeps a valid token while the store fails, and renews alone only when it would expire first", function()
+    assert(sim:config { lifetime = 8 })           -- due at 4 s; a renewal may take 3 s (timeout 1, lock 2)
+    local store = oauth.store.memory()
+    local c = H.client { store = store, timeout = 1, retries = 0 }
+    local t = assert(c:token())
+    for _, m in ipairs { "get", "set", "lock", "unlock", "delete" } do
+      store[m] = function() error("redis down") end
+    end
+    H.sleep(4.3)                                   -- due, the store down: no login of its own yet
+    assert.are.equal(t, c:token())
+    assert.are.equal(0, H.count("refresh"))
+    H.sleep(1.2)                                   -- 2.5 s left, less than a renewal may take: alone now
+    assert.are_not.equal(t, assert(c:token()))
+    assert.are.equal(1, H.count("refresh"))
+  end)
+
   it("revoke drops the shared token too", function()
     local store = oauth.store.memory()
     local a, b = H.client { store = store }, H.client { store = store }

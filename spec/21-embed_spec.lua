@@ -20,7 +20,8 @@ describe("embedding host", function()
       "LUA_PATH=" .. q(ROOT .. "/lua/?.lua;;"), "LUA_CPATH=" .. q(ROOT .. "/build/5.4/?.so;;"),
       "NOMBA_ACCOUNT_ID=" .. q(c.account_id), "NOMBA_CLIENT_ID=" .. q(c.client_id),
       "NOMBA_CLIENT_SECRET=" .. q(c.client_secret), "NOMBA_BASE_URL=" .. q(sim.url),
-      "NOMBA_CAFILE=" .. q(sim.cafile) }, " ")
+      "NOMBA_CAFILE=" .. q(sim.cafile),
+      "NOMBA_PKCE_CLIENT_ID=" .. q(require("nomba.oauth.simulator").PKCE_CLIENT.client_id) }, " ")
   end)
   before_each(function() H.reset() end)
 

@@ -259,7 +259,7 @@ static void framing_line(void *ud, const char *line, size_t len)
     if (!head_field(line, len, &name, &nn, &val, &vn))
         return;
     if (codec_name_is(name, nn, "content-length")) {
-        double v;
+        double v = 0;
         if (f->has_length || !codec_digits(val, vn, 999999999999999.0, &v))
             f->bad_length = 1;      /* two lengths, or not digits: no length to trust */
         f->has_length = 1;

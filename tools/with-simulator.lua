@@ -20,7 +20,7 @@ local env = {
   NOMBA_SIM_URL = sim.url, NOMBA_SIM_CAFILE = sim.cafile, NOMBA_SIM_PID = sim.pid,
   NOMBA_BASE_URL = sim.url, NOMBA_CAFILE = sim.cafile,
   NOMBA_ACCOUNT_ID = sim.client.account_id, NOMBA_CLIENT_ID = sim.client.client_id,
-  NOMBA_CLIENT_SECRET = sim.client.client_secret,
+  NOMBA_CLIENT_SECRET = sim.client.client_secret, NOMBA_PKCE_CLIENT_ID = simulator.PKCE_CLIENT.client_id,
 }
 local parts = {}
 for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. q(v) end

@@ -14,6 +14,12 @@ local oauth = require "nomba.oauth"
 
 local thread, tokens, store_spec = ...
 
+-- assert, with an error's text (the host prints strings; an oauth.Error is a table)
+local function must(v, err, ...)
+  if not v then error(tostring(err), 2) end
+  return v, err, ...
+end
+
 local function env(name)
   local v = os.getenv(name)
   if not v or v == "" then error("set " .. name .. " (make embed-demo does)", 0) end
@@ -70,19 +76,23 @@ for i = 1, tokens do
   got = got + 1
   -- halfway, the first thread renews the shared session through the server
   if thread == 1 and i == tokens // 2 then
-    assert(client:refresh())
+    must(client:refresh())
   end
 end
 
 -- PKCE in this state: its own randomness, its own client for the exchange.
+-- A public (PKCE) app is a client of its own at Nomba: were it the shared
+-- client's id, its exchange would be a second login, ending the shared session.
 local verifier, challenge = oauth.pkce.pair()
 assert(oauth.pkce.verify(verifier, challenge))
 local solo_events, solo_summary = counter()
-local solo = oauth.new(options(solo_events))
-local code = assert(solo:authorize { code_challenge = challenge, state = "t" .. thread })
-assert(solo:exchange(code, verifier))
-assert(solo:refresh())
-assert(solo:revoke())
+local pkce_options = options(solo_events, { client_id = env("NOMBA_PKCE_CLIENT_ID") })
+pkce_options.client_secret = nil                   -- a public app has none
+local solo = oauth.new(pkce_options)
+local code = must(solo:authorize { code_challenge = challenge, state = "t" .. thread })
+must(solo:exchange(code, verifier))
+must(solo:refresh())
+must(solo:revoke())
 solo = nil   -- luacheck: ignore 311 (left to the garbage collector, like most clients)
 collectgarbage()
 

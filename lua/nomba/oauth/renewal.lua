@@ -14,7 +14,11 @@
 --     released, on every path, in `finished`) by the one that renews; while
 --     another holder renews, the kept token is used if it is still valid,
 --     else the client waits for the holder (backing off) and renews alone
---     after a bound.
+--     after a bound. While the store fails, a client keeps its valid token
+--     (looking at the store again after the pause) and renews alone only
+--     when the token would expire before a renewal could end: every member
+--     of a fleet renewing alone would be as many logins, and Nomba keeps one
+--     session per client.
 --   * A failed renewal never throws away a still-valid token.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
@@ -129,7 +133,14 @@ local function at_store(self, st, job)
   job.state = "store"
   local c = claim(self, st)
   if c == "fresh" then return "done", (fresh(self)) end
-  if c == nil then return renew(self, st, job) end           -- the store failed: alone
+  if c == nil then                                            -- the store failed
+    local left = core.remaining(self)
+    if left > busy_limit(st) then                             -- keep the valid token; look again later
+      st.last_try, st.last_err = now(), nil
+      return "done", (fresh(self, 0))
+    end
+    return renew(self, st, job)                               -- else alone: it would expire first
+  end
   if c ~= "busy" then
     job.lock = c
     return renew(self, st, job)

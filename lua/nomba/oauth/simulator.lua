@@ -26,6 +26,12 @@ M.CLIENT = {
   sub_accounts = { "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d" },   -- sub-accounts its token may act for
 }
 
+--- A second client of the same business, registered for PKCE alone (no
+-- secret): a public app's sessions are its own, apart from the server's.
+M.PKCE_CLIENT = {
+  account_id = M.CLIENT.account_id, client_id = "sim-pkce-0001", business_id = M.CLIENT.business_id,
+}
+
 --- The answer of /fixed/v1/auth/token/issue, served by nginx alone: a token
 -- valid for 30 minutes from whenever it is received.
 M.FIXED_ANSWER = '{"code":"00","description":"Success","data":{' ..
@@ -101,7 +107,7 @@ function M.start(opts)
     run("rm -rf " .. sh_quote(dir))
     return nil, err
   end
-  local clients = { M.CLIENT }
+  local clients = { M.CLIENT, M.PKCE_CLIENT }
   for _, c in ipairs(opts.clients or {}) do clients[#clients + 1] = c end
   local config = cjson.encode({ clients = clients, settings = { lifetime = opts.lifetime } })
   local nginx

@@ -9,11 +9,31 @@ local setting, now, respond, fail, store, load = S.setting, S.now, S.respond, S.
 local b64url, sha256, random_text, iso = S.b64url, S.sha256, S.random_text, S.iso
 local find_client = S.find_client
 
+-- One session per client, as Nomba keeps it for a server's logins: a new
+-- client-credentials issue ends the one before, whose tokens are refused
+-- from then on (setting one_session, on by default). A session that ended
+-- while still in use (its access token not yet expired, not revoked) is
+-- counted: a parallel login, which a fleet sharing its token never makes.
+-- A PKCE exchange starts a session of its own (a public app has one per
+-- user), which no login ends.
+local function begin_session(client, session, pkce)
+  if pkce then return session or ("pkce:" .. random_text(16)) end
+  local key = "session:" .. client.client_id
+  local prev = load(key)
+  if not session and prev and prev.exp > now() and setting("one_session") then
+    S.dict:incr("count:sessions_ended", 1, 0)
+    S.dict:incr("count:sessions_ended:" .. client.client_id, 1, 0)
+  end
+  session = session or random_text(16)
+  store(key, { id = session, exp = now() + setting("lifetime") })
+  return session
+end
+
 -- A pair belongs to a session: issue starts one, refresh continues it. An
 -- access token record outlives its expiry (a day) because an expired access
 -- token is still the bearer a refresh of the same session needs.
-local function issue_pair(client, session)
-  session = session or random_text(16)
+local function issue_pair(client, session, pkce)
+  session = begin_session(client, session, pkce)
   local lifetime = setting("lifetime")
   local t = now()
   local payload = b64url(cjson.encode({ sub = client.client_id, iat = math.floor(t),
@@ -69,7 +89,7 @@ function handlers.issue(body, account)
       ok = b64url(sha256(verifier)) == code.challenge
     end
     if not ok then return fail(401, "01", "code_verifier does not match code_challenge") end
-    return issue_pair(client)
+    return issue_pair(client, nil, true)
   end
   if body.grant_type ~= "client_credentials" then
     return fail(400, "02", "Unsupported grant_type", { "grant_type must be client_credentials" })
@@ -99,10 +119,13 @@ function handlers.refresh(body, account)
   if not at or at.session ~= rt.session then
     return fail(401, "401", "The bearer token does not belong to this session")
   end
+  if rt.session:sub(1, 5) ~= "pkce:" and not S.current_session(rt.client_id, rt.session) then
+    return fail(401, "401", "This session was ended by another login")
+  end
   S.dict:delete("rt:" .. body.refresh_token)             -- retired on use
   local client = find_client(rt.client_id)
   if not client then return fail(401, "401", "Unknown client") end
-  return issue_pair(client, rt.session)
+  return issue_pair(client, rt.session, rt.session:sub(1, 5) == "pkce:")
 end
 
 function handlers.revoke(body, account)
@@ -119,6 +142,12 @@ function handlers.revoke(body, account)
   end
   S.dict:delete("at:" .. body.access_token)
   S.dict:incr("count:revoked", 1, 0)
+  -- a session whose token was revoked is over by intent: the next login ends no session in use
+  local cur = at and at.session:sub(1, 5) ~= "pkce:" and load("session:" .. client.client_id)
+  if cur and cur.id == at.session then
+    cur.exp = 0
+    store("session:" .. client.client_id, cur)
+  end
   return respond(200, { code = "00", description = "Token revoked successfully" })
 end
 

@@ -8,13 +8,24 @@ local setting, now, store, load = S.setting, S.now, S.store, S.load
 local F = {}
 
 
+-- A fault with `during = seconds` is played to every request for that long
+-- from when it was queued (a burst), instead of `times` requests.
 function F.take(endpoint)
   local key = "faults:" .. endpoint
   local q = load(key)
   if not q or #q == 0 then return nil end
   local f = q[1]
-  f.times = (f.times or 1) - 1
-  if f.times <= 0 then table.remove(q, 1) end
+  if f.during then
+    f.until_t = f.until_t or (ngx.now() + f.during)
+    if ngx.now() >= f.until_t then
+      table.remove(q, 1)
+      store(key, q)
+      return F.take(endpoint)
+    end
+  else
+    f.times = (f.times or 1) - 1
+    if f.times <= 0 then table.remove(q, 1) end
+  end
   store(key, q)
   return f
 end

@@ -12,11 +12,29 @@ local respond, fail, now, load = S.respond, S.fail, S.now, S.load
 
 local H = {}
 
+-- Why a call is refused, counted: no token, unknown (revoked or never
+-- issued), expired, or of a session another login ended.
+local function refused(why)
+  S.dict:incr("count:api_refused", 1, 0)
+  S.dict:incr("count:api_refused_" .. why, 1, 0)
+end
+
 -- The token's record when the bearer is valid for this accountId.
 local function authorized(account)
   local b = S.bearer()
   local at = b and load("at:" .. b)
-  if not at or at.exp <= now() then return nil end
+  if not at then
+    refused(b and "unknown" or "missing")
+    return nil
+  end
+  if at.exp <= now() then
+    refused("expired")
+    return nil
+  end
+  if not S.current_session(at.client_id, at.session) then
+    refused("ended")
+    return nil
+  end
   if at.account_id == account then return at end
   for _, c in ipairs(S.clients()) do
     if c.client_id == at.client_id then
@@ -41,6 +59,7 @@ end
 local function guarded(account, f)
   local at = authorized(account)
   if not at then return fail(401, "401", "Unauthorized") end
+  S.dict:incr("count:api_accepted", 1, 0)
   local h, over = rate(account)
   if over then
     h["Retry-After"] = "1"

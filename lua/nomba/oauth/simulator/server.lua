@@ -15,9 +15,13 @@
 --                       text=, hold=}
 --                      (pass = true: only the delay, then the normal answer;
 --                       hold = true: the request waits for /_sim/release first)
+--                      (during = s: every request for s seconds, instead of `times`)
+--   POST /_sim/revoke_all {client_id=}  revokes every access token of a client (server side)
 --   POST /_sim/release {endpoint=}  lets the held requests to an endpoint go on
 --   POST /_sim/config  {lifetime=, clock_offset=, code_lifetime=, omit_date=,
---                       expires_in=, clients={...}}
+--                       expires_in=, one_session=, clients={...}}
+--                      (one_session, on by default: a login ends the client's session
+--                       before, as Nomba's does; counts sessions_ended when it was in use)
 --   POST /_sim/webhook {url=, key=, event_type=, duplicate=, stale=, future=, tamper=, ...}
 --                      builds a payment event, signs it as Nomba does and POSTs it
 --                      to url (http://127.x.x.x only); answers the event and statuses
@@ -71,6 +75,21 @@ local function control(path, body)
     local q = load("faults:" .. ep) or {}
     q[#q + 1] = body
     store("faults:" .. ep, q)
+  elseif path == "/_sim/revoke_all" then           -- server-side revocation: every access token of a client
+    local n = 0
+    for _, k in ipairs(S.dict:get_keys(0)) do
+      local t = k:sub(1, 3) == "at:" and load(k)
+      if t and t.client_id == body.client_id then
+        S.dict:delete(k)
+        n = n + 1
+      end
+    end
+    local cur = load("session:" .. tostring(body.client_id))
+    if cur then
+      cur.exp = 0
+      store("session:" .. body.client_id, cur)
+    end
+    S.dict:incr("count:revoked", n, 0)
   elseif path == "/_sim/release" then
     S.dict:set("release:" .. (body.endpoint or "issue"), true)
   elseif path == "/_sim/clear_faults" then

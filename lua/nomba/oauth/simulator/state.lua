@@ -20,7 +20,8 @@ function S.bind()
 end
 
 S.DEFAULTS = { rate_limit = 40,  lifetime = 1800, clock_offset = 0, code_lifetime = 60,
-                   omit_date = false, expires_in = false, webhook_key = "sim-webhook-key-0001" }
+                   omit_date = false, expires_in = false, webhook_key = "sim-webhook-key-0001",
+                   one_session = true }
 
 function S.setting(name)
   local v = S.dict:get("set:" .. name)
@@ -93,6 +94,14 @@ function S.load(key)
   return v and cjson.decode(v)
 end
 
+
+--- Whether a token's session is its client's current one (one session per
+-- client, setting one_session; auth.lua starts sessions).
+function S.current_session(client_id, session)
+  if not S.setting("one_session") or session:sub(1, 5) == "pkce:" then return true end
+  local cur = S.load("session:" .. client_id)
+  return cur == nil or cur.id == session
+end
 
 function S.bearer()
   local h = ngx.var.http_authorization
