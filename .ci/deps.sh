@@ -4,7 +4,7 @@
 PKGS="build-essential pkg-config lua5.4 liblua5.4-dev lua-busted lua-cjson libcurl4-openssl-dev
       libssl-dev openssl curl nginx libnginx-mod-http-lua luarocks lua-check
       luajit2 libluajit2-5.1-dev redis-server lua-redis lua-nginx-redis lua-ldoc lua-discount
-      git unzip lua-luv lua-cqueues"
+      git unzip lua-luv lua-cqueues libfaketime wrk"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

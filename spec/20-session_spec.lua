@@ -267,5 +267,38 @@ describe("sessions", function()
       -- 5 s with 4 s tokens renewed 2 s before expiry: a refresh or two for all 8, not 8 each
       assert.is_true(H.count("refresh") <= 3, "refreshes: " .. H.count("refresh"))
     end)
+
+    it("a process whose wall clock steps an hour keeps to the fleet's session (the server's clock)", function()
+      local lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+      assert.is_not_nil(io.open(lib), "libfaketime (Debian libfaketime) is needed")
+      assert(sim:config { lifetime = 4 })
+      local step = os.tmpname()
+      local f = assert(io.open(step, "w"))
+      f:write("+0\n")
+      f:close()
+      local function worker(env)
+        return io.popen(("%s %s spec/fleet_worker.lua '%s' '%s' - 0 7 file:%s 2>&1"):format(
+          env, LUA, sim.url, sim.cafile, dir))
+      end
+      local normal = worker("")
+      H.sleep(0.5)
+      -- its clock is ours, then an hour ahead (the monotonic clock, as a kernel's, does not jump)
+      local stepped = worker(("env LD_PRELOAD=%s FAKETIME_TIMESTAMP_FILE=%s FAKETIME_NO_CACHE=1 " ..
+                              "DONT_FAKE_MONOTONIC=1"):format(lib, step))
+      H.sleep(2)
+      f = assert(io.open(step, "w"))
+      f:write("+3600\n")
+      f:close()
+      for _, p in ipairs { normal, stepped } do
+        local out = p:read("*a")
+        assert(p:close(), out)
+        local s = assert(cjson.decode(out:match("{.*}$") or "null"), out)
+        assert.are.equal(0, s.failures, out)
+      end
+      os.remove(step)
+      local counts = assert(sim:counts())
+      assert.are.equal(1, counts.issue)               -- no login of its own
+      assert.is_nil(counts.sessions_ended)            -- and no session ended by one
+    end)
   end)
 end)

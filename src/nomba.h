@@ -147,6 +147,8 @@ typedef struct {
     double lifetime;        /* seconds the kept token was issued for */
     double expires_wall;    /* local wall clock, corrected for skew */
     unsigned int gen;       /* bumped whenever the kept token changes (LuaJIT's hot-path copy checks it) */
+    double anchor;          /* the server's clock minus the monotonic one (the last answer's Date) */
+    int anchored;           /* anchor is known */
 } token_state;
 
 /* One attempt: the request as built and the answer as read. proto.c owns
@@ -226,6 +228,8 @@ NOMBA_HIDDEN int  token_keep(lua_State *L, int cidx, client *c, sbuf *access, sb
 NOMBA_HIDDEN void token_drop(lua_State *L, int cidx, client *c);
 NOMBA_HIDDEN void token_push(lua_State *L, int cidx, const client *c);
 NOMBA_HIDDEN void token_forget(client *c);   /* wipes and frees every secret (cleanup) */
+NOMBA_HIDDEN void token_anchor(client *c, double server_date);   /* an answer's Date */
+NOMBA_HIDDEN double token_server_now(const client *c);           /* the server's clock, as known */
 NOMBA_HIDDEN void token_open(lua_State *L);
 
 /* proto.c: the wire contract (sans-I/O) and the attempt's buffers. */

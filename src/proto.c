@@ -923,6 +923,11 @@ int proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answe
     size_t codelen = 0;
 
     luaL_checkstack(L, 24, "nomba.oauth");
+    {
+        double date;
+        if (m->date[0] != '\0' && nt_httpdate(m->date, strlen(m->date), &date))
+            token_anchor(c, date);
+    }
     if (json && json_scan(body, n, field_names, F__N, a.top, a.data, &a.has_data)) {
         const json_span *cs = &a.top[F_CODE];
         a.d = a.has_data ? a.data : a.top;

@@ -17,7 +17,9 @@
  * aad is the store key and the store's generation (see nomba/oauth.lua):
  * a revoke renews the generation, so an old value written back never opens.
  *
- * Plaintext layout (version 1): u8 version, f64 expires_at (wall clock),
+ * Plaintext layout (version 1): u8 version, f64 expires_at (the server's
+ * clock as the sealing client knows it, token_server_now: a host whose wall
+ * clock stepped still agrees with the others; the wall clock before any answer),
  * f64 lifetime, then three u32-length-prefixed fields: access, refresh,
  * business id.
  */
@@ -152,7 +154,7 @@ static int seal_token(lua_State *L)
     sbuf_wipe(ct);
     {
         double left = c->tok.expires_mono - nt_mono();
-        double at = nt_wall() + left;
+        double at = token_server_now(c) + left;     /* on the server's clock: see token_anchor */
         ok = sbuf_add(pt, (const char *)&version, 1) &&
              sbuf_add(pt, (const char *)&at, sizeof at) &&
              sbuf_add(pt, (const char *)&c->tok.lifetime, sizeof c->tok.lifetime) &&
@@ -239,7 +241,7 @@ static int adopt_token(lua_State *L)
     }
     if (!isfinite(at) || !isfinite(lifetime))
         goto done;
-    left = at - nt_wall();
+    left = at - token_server_now(c);
     /* only a valid token that outlives the kept one replaces it, and never
      * the very token this client invalidated (after a 401 elsewhere) */
     if (p != e || flen[0] == 0 || !(left > 0) || !(lifetime > 0) ||

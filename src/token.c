@@ -115,6 +115,27 @@ void token_forget(client *c)
     forget_clock(c);
 }
 
+/* The server's clock, reckoned from the monotonic clock since an answer
+ * said what time it was (its Date): a step of this host's wall clock moves
+ * neither. Sealed values in a shared store carry their expiry on it, so the
+ * members of a fleet agree on it whatever their own clocks say. Until an
+ * answer came, the wall clock. */
+void token_anchor(client *c, double server_date)
+{
+    double a = server_date - nt_mono();
+    /* a Date has whole seconds: the anchor moves only when it is off by more
+     * (the first answer, or the server's clock stepped) */
+    if (!c->tok.anchored || a > c->tok.anchor + 2 || a < c->tok.anchor - 2) {
+        c->tok.anchor = a;
+        c->tok.anchored = 1;
+    }
+}
+
+double token_server_now(const client *c)
+{
+    return c->tok.anchored ? nt_mono() + c->tok.anchor : nt_wall();
+}
+
 /* Pushes the kept token as a token table (the shape issue() returns). The
  * access token is the hot path's Lua string when there is one: no second
  * copy. */
