@@ -8,3 +8,4 @@ files["lua/nomba/oauth/resty/**"] = { globals = { "ngx" } }
 files["examples/openresty/**"] = { globals = { "ngx" } }
 files["spec/openresty/**"] = { globals = { "ngx" } }
 files["bench/openresty_bench.lua"] = { globals = { "ngx" } }
+files["tools/soak_app.lua"] = { globals = { "ngx" } }

@@ -9,6 +9,7 @@
 #   make env             the exports to run examples and the CLI from the checkout (eval "$(make -s env)")
 #   make lint            luacheck on all Lua
 #   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
+#   make soak            the chaos soak: a fleet sharing one session under faults (SOAK_S=1800 for 30 min)
 #   make examples        runs every example against the simulator
 #   make docs            the LDoc API reference in build/docs/ (Markdown through lua-discount)
 #   make rock            luarocks lint, offline install for 5.1, 5.3, 5.4 and LuaJIT, luarocks pack
@@ -60,7 +61,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -105,6 +106,10 @@ demo: deps all
 
 openresty-demo: deps jit-module
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) tools/openresty-demo.lua
+
+# The chaos soak (tools/soak.lua): SOAK_S seconds (180; 1800 for a long run)
+soak: deps all jit-module
+	$(LUA_ENV) SOAK_S=$${SOAK_S:-180} $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) tools/soak.lua
 
 lint:
 	luacheck lua spec bin/nomba-oauth examples tools bench

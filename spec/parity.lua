@@ -73,7 +73,10 @@ end
 -- `call`: op ("issue", "request", "token"), opts, times; `prime`: a token
 -- first; `revoke`: the primed token revoked elsewhere; `saved`: start from
 -- a saved token (no request); `pair`: a second client sharing a store makes
--- the same call after the first; `client`: options; `config`: the
+-- the same call after the first; `fleet`: that many clients, each making
+-- the call in turn, `times` rounds (the outcome is the first client's first
+-- call: the later ones find no token, "pending" when non-blocking); `broken_store`: a store whose every
+-- method fails (Redis down) instead; `client`: options; `config`: the
 -- simulator's settings; `want`: the outcome (`seen`: requests per endpoint).
 P.CASES = {}
 for _, row in ipairs(P.MATRIX) do
@@ -164,6 +167,9 @@ case { name = "a 401 that renewing cannot cure: two calls, then the 401", prime 
 case { name = "a 401 to two clients sharing a store: one renewal for both", prime = true, revoke = true, pair = true,
        call = { op = "request", opts = BALANCE },
        want = { ok = true, status = 200, seen = { protected = 4, refresh = 1, issue = 2 } } }
+case { name = "a fleet of three whose store fails logs in once each, not once per 401", prime = true, fleet = 3,
+       broken_store = true, call = { op = "request", opts = BALANCE, times = 4 },
+       want = { kind = "store_error", seen = { issue = 3, protected = 6 } } }
 case { name = "five token() calls against a failing server: one try a second", client = { retries = 0 },
        faults = { text(503, 10, { endpoint = "issue" }) }, call = { op = "token", times = 5 },
        want = { kind = "http", status = 503, retryable = true, seen = { issue = 1 } } }
@@ -215,17 +221,21 @@ function P.run(c, d)
     opts.token = { access_token = "saved-access-token-0001", expires_at = os.time() + 600, expires_in = 1800 }
   end
   local store = c.pair and d.store() or nil
+  if c.broken_store then
+    local function down() return nil, "connection refused" end
+    store = { get = down, set = down, delete = down, lock = down, unlock = down }
+  end
   opts.store = store
   local client = make(opts)
   local tok
   if c.prime then tok = assert(client:token()) end
-  local other
-  if c.pair then
+  local others = {}
+  for _ = 2, c.pair and 2 or c.fleet or 1 do
     local o2 = {}
     for k, v in pairs(opts) do o2[k] = v end
     o2.on_event = nil
-    other = make(o2)
-    assert(other:token())
+    others[#others + 1] = make(o2)
+    assert(others[#others]:token())
   end
   if c.revoke then assert(revoke(tok)) end
   if after_prime then after_prime() end
@@ -253,10 +263,18 @@ function P.run(c, d)
     while cl:step() do cl:wait(0.05) end
     return r, e
   end
-  for _ = 1, call.times or 1 do res, err = once(client) end
-  if other then
-    local r2, e2 = once(other)
-    assert(r2, tostring(e2))
+  if c.fleet then
+    for round = 1, call.times or 1 do            -- the outcome: the first client's first call
+      local r, e = once(client)
+      if round == 1 then res, err = r, e end
+      for _, o in ipairs(others) do once(o) end
+    end
+  else
+    for _ = 1, call.times or 1 do res, err = once(client) end
+    for _, o in ipairs(others) do
+      local r2, e2 = once(o)
+      assert(r2, tostring(e2))
+    end
   end
   return outcome(res, err, events, call.op == "token" and "issue" or call.op, tok)
 end

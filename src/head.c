@@ -45,7 +45,7 @@ int head_field(const char *p, size_t n, const char **name, size_t *nn, const cha
 }
 
 /* The names the interpreter notes, and where each goes. */
-#define NOTE(name, field) {name, sizeof name - 1, offsetof(nomba_answer_meta, field), \
+#define NOTE(name, field) {(name), sizeof (name) - 1, offsetof(nomba_answer_meta, field), \
                            sizeof ((nomba_answer_meta *)0)->field}
 static const struct {
     const char *name;

@@ -27,6 +27,7 @@ O.DEFAULTS = {
   retry_after_cap = 30,                   -- the longest Retry-After (or rate-limit window) waited out
   renew_pause = 1,                        -- seconds between renewal tries while valid, or after a failure
   busy_backoff = { first = 0.0025, cap = 0.2 },   -- seconds: waiting for another holder of the store's lock
+  alone_backoff = { first = 1, cap = 30 },        -- seconds between renewals alone while the store fails
   rate_wait_cap = 3600,                   -- the longest rate-limit wait a client keeps to itself
   -- the OpenResty transport's connection pool, and keep_fresh's timer (seconds)
   resty = { pool_size = 16, keepalive_ms = 60000, keep_fresh_interval = 1 },

@@ -16,9 +16,11 @@
 --     else the client waits for the holder (backing off) and renews alone
 --     after a bound. While the store fails, a client keeps its valid token
 --     (looking at the store again after the pause) and renews alone only
---     when the token would expire before a renewal could end: every member
---     of a fleet renewing alone would be as many logins, and Nomba keeps one
---     session per client.
+--     when it is two attempts' time from expiry (or has none: a 401), and
+--     then no more often than a backoff allows (1 s doubling to 30 s until
+--     the store answers again): every member of a fleet renewing alone is a
+--     login, Nomba keeps one session per client, and each login's 401s to
+--     the others would make them log in again (a storm for the outage).
 --   * A failed renewal never throws away a still-valid token.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
@@ -35,6 +37,7 @@ local R = {}
 
 local PAUSE = DEFAULTS.renew_pause                -- seconds between renewal tries
 local BUSY = DEFAULTS.busy_backoff               -- {first, cap}: the wait for another holder
+local ALONE = DEFAULTS.alone_backoff             -- {first, cap}: renewals alone while the store fails
 
 local function closed_error()
   return new_error("closed", "token", "the client is closed")
@@ -48,6 +51,14 @@ end
 -- How long a client waits for another holder before it renews alone.
 local function busy_limit(st)
   return lock_ttl(st) + st.timeout
+end
+
+-- While the store fails, how close to expiry a kept token may come before
+-- the client renews alone: two attempts' time. Sooner would be a login of
+-- its own while the fleet's session is still good, ending it for the others
+-- (whose 401s would make them log in too: a storm for as long as the outage).
+local function alone_margin(st)
+  return 2 * st.timeout
 end
 
 -- A failed renewal in the log: an error when no valid token remains (or
@@ -132,13 +143,21 @@ end
 local function at_store(self, st, job)
   job.state = "store"
   local c = claim(self, st)
+  if c ~= nil then st.alone_gap, st.alone_next = nil, nil end -- the store answers
   if c == "fresh" then return "done", (fresh(self)) end
   if c == nil then                                            -- the store failed
-    local left = core.remaining(self)
-    if left > busy_limit(st) then                             -- keep the valid token; look again later
-      st.last_try, st.last_err = now(), nil
+    local left, t = core.remaining(self), now()
+    if left > alone_margin(st) then                           -- keep the valid token; look again later
+      st.last_try, st.last_err = t, nil
       return "done", (fresh(self, 0))
     end
+    if st.alone_next and t < st.alone_next then               -- renewed alone a moment ago
+      return answer(self, nil, st.last_err or new_error("store_error", "token",
+        "the store fails and this client renewed alone moments ago; it renews alone again in " ..
+        ("%.1f s"):format(st.alone_next - t)))
+    end
+    st.alone_gap = math_min(st.alone_gap and st.alone_gap * 2 or ALONE.first, ALONE.cap)
+    st.alone_next = t + st.alone_gap
     return renew(self, st, job)                               -- else alone: it would expire first
   end
   if c ~= "busy" then

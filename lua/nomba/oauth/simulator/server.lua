@@ -19,7 +19,7 @@
 --   POST /_sim/revoke_all {client_id=}  revokes every access token of a client (server side)
 --   POST /_sim/release {endpoint=}  lets the held requests to an endpoint go on
 --   POST /_sim/config  {lifetime=, clock_offset=, code_lifetime=, omit_date=,
---                       expires_in=, one_session=, clients={...}}
+--                       expires_in=, one_session=, log=, clients={...}}
 --                      (one_session, on by default: a login ends the client's session
 --                       before, as Nomba's does; counts sessions_ended when it was in use)
 --   POST /_sim/webhook {url=, key=, event_type=, duplicate=, stale=, future=, tamper=, ...}
@@ -143,7 +143,15 @@ local function control(path, body)
   return ngx.exit(200)
 end
 
+local TOKEN_ENDPOINTS = { issue = true, refresh = true, revoke = true, authorize = true }
+
+-- Logs a request (setting log: "all", or "auth" for the token endpoints
+-- alone, as a long soak wants), and counts it either way.
 local function log_request(endpoint, raw)
+  if setting("log") ~= "all" and not TOKEN_ENDPOINTS[endpoint] then
+    S.dict:incr("count:" .. endpoint, 1, 0)
+    return
+  end
   local headers = {}
   for k, v in pairs(ngx.req.get_headers(50, true)) do headers[k] = v end
   local n = S.dict:incr("log:n", 1, 0)

@@ -21,7 +21,7 @@ end
 
 S.DEFAULTS = { rate_limit = 40,  lifetime = 1800, clock_offset = 0, code_lifetime = 60,
                    omit_date = false, expires_in = false, webhook_key = "sim-webhook-key-0001",
-                   one_session = true }
+                   one_session = true, log = "all" }
 
 function S.setting(name)
   local v = S.dict:get("set:" .. name)

@@ -1,0 +1,53 @@
+-- A plain Lua member of the chaos soak (tools/soak.lua): a client sharing
+-- the fleet's session through Redis makes an API call every 100 ms, blocking
+-- (client:request) or non-blocking (start + step() from a 10 ms game loop),
+-- until the deadline, and logs each outcome as nginx members do:
+--   c <time> <ok 1|0> <kind>
+--   lua5.4 tools/soak_worker.lua NAME blocking|nonblocking URL CAFILE REDIS_PORT SECONDS LOGFILE
+local name, mode, url, cafile, rport, seconds, logfile = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5]),
+  tonumber(arg[6]), arg[7]
+local oauth = require "nomba.oauth"
+local core = require "nomba.oauth.core"
+local simulator = require "nomba.oauth.simulator"
+
+local log = assert(io.open(logfile, "a"))
+log:setvbuf("line")
+local pid = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
+local client = oauth.new {
+  account_id = simulator.CLIENT.account_id, client_id = simulator.CLIENT.client_id,
+  client_secret = simulator.CLIENT.client_secret, base_url = url, cafile = cafile, timeout = 2, retries = 1,
+  store = oauth.store.redis({ host = "127.0.0.1", port = rport }, { prefix = "soak:" }),
+  nonblocking = mode == "nonblocking", user_agent = "soak-" .. name .. "-" .. pid,
+}
+
+local function record(ok, kind)
+  log:write(("c %.3f %d %s\n"):format(core.now(), ok and 1 or 0, kind))   -- monotonic: one clock for all
+end
+
+local deadline = core.now() + seconds
+local next_call = core.now()
+if mode == "nonblocking" then
+  local in_flight = false
+  while core.now() < deadline do
+    client:step()
+    if not in_flight and core.now() >= next_call then
+      next_call = core.now() + 0.1
+      local started, err = client:start("request", { path = "/v1/accounts/balance" }, function(res, e)
+        in_flight = false
+        record(res ~= nil, res and "ok" or tostring(e.kind))
+      end)
+      if started then in_flight = true else record(false, tostring(err.kind)) end
+    end
+    core.sleep(0.01)
+  end
+else
+  while core.now() < deadline do
+    local res, err = client:request { path = "/v1/accounts/balance" }
+    record(res ~= nil, res and "ok" or tostring(err.kind))
+    local wait = next_call + 0.1 - core.now()
+    next_call = core.now() + math.max(wait, 0)
+    if wait > 0 then core.sleep(wait) end
+  end
+end
+log:close()
+client:close()
