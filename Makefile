@@ -75,10 +75,16 @@ $(MODULE): $(OBJS)
 
 # The exports that run the examples and the CLI from this checkout:
 #   eval "$(make -s env)"
-env:
+env: all
+	@mkdir -p $(BUILD)/bin
+	@printf '%s\n' '#!/bin/sh' '# nomba-oauth from the checkout $(CURDIR) (made by make env)' \
+	  'LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$${LUA_PATH:-;}"' \
+	  'LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;$${LUA_CPATH:-;}"' 'export LUA_PATH LUA_CPATH' \
+	  'exec $(LUA_BIN) "$(CURDIR)/bin/nomba-oauth" "$$@"' > $(BUILD)/bin/nomba-oauth
+	@chmod 755 $(BUILD)/bin/nomba-oauth
 	@echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'
 	@echo 'export LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"'
-	@echo 'nomba-oauth() { $(LUA_BIN) "$(CURDIR)/bin/nomba-oauth" "$$@"; }'
+	@echo 'export PATH="$(CURDIR)/$(BUILD)/bin:$$PATH"'
 
 # Installs what a fresh Debian 12 machine lacks (as root), or says what to install.
 deps:

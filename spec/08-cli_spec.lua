@@ -17,14 +17,16 @@ local function run(args, env, stdin)
   local parts = {}
   for k, v in pairs(vars) do parts[#parts + 1] = k .. "='" .. v .. "'" end
   local feed = stdin and ("printf '%s\\n' '" .. stdin .. "' | ") or "</dev/null "
+  local errfile = os.tmpname()
   local cmd = feed .. "env " .. table.concat(parts, " ") .. " " .. LUA .. " bin/nomba-oauth " .. args ..
-              " 2>/tmp/nomba-cli-stderr; echo \"exit=$?\""
+              " 2>" .. errfile .. "; echo \"exit=$?\""
   local p = io.popen(cmd)
   local out = p:read("*a")
   p:close()
-  local f = io.open("/tmp/nomba-cli-stderr")
+  local f = io.open(errfile)
   local err = f:read("*a")
   f:close()
+  os.remove(errfile)
   local code = tonumber(out:match("exit=(%d+)%s*$"))
   return code, out:gsub("exit=%d+%s*$", ""), err
 end
@@ -36,11 +38,43 @@ describe("nomba-oauth CLI", function()
   end)
   after_each(function() os.execute("rm -rf " .. CACHE) end)
 
-  it("issue prints a redacted token", function()
+  it("issue prints the whole token (it exists to print it); --redact shortens it", function()
     local code, out = run("issue")
     assert.are.equal(0, code)
-    assert.matches("access_token%s+eyJhbG…%(%d+ chars%)", out)
+    local t = out:match("access_token%s+(%S+)")
+    assert.is_true(#t > 300)
+    assert.are.equal(200, H.protected { Authorization = "Bearer " .. t, accountId = H.sim().client.account_id })
     assert.matches("expires_in%s+1800", out)
+    local c2, out2 = run("issue --redact")
+    assert.are.equal(0, c2)
+    assert.matches("access_token%s+eyJhbG…%(%d+ chars%)", out2)
+    assert.matches("refresh_token%s+%w+…%(%d+ chars%)", out2)
+    local _, out3 = run("token --redact")
+    assert.matches("^eyJhbG…%(%d+ chars%)\n$", out3)
+  end)
+
+  it("every session it starts or rotates goes to the cache; issue warns before ending a cached one", function()
+    local code, out, err = run("issue --json")
+    assert.are.equal(0, code, err)
+    assert.are.equal("", err)                                  -- nothing cached yet: no warning
+    local t = cjson.decode(out)
+    local _, tok = run("token")
+    assert.are.equal(t.access_token .. "\n", tok)              -- the issued session, reused
+    assert.are.equal(1, H.count("issue"))
+    local c2, out2, err2 = run("refresh --json", { NOMBA_REFRESH_TOKEN = t.refresh_token,
+                                                   NOMBA_ACCESS_TOKEN = t.access_token })
+    assert.are.equal(0, c2, err2)
+    local t2 = cjson.decode(out2)
+    assert.are_not.equal(t.refresh_token, t2.refresh_token)
+    local _, tok2 = run("headers --json")
+    assert.are.equal("Bearer " .. t2.access_token, cjson.decode(tok2).Authorization)   -- the rotated pair
+    assert.are.equal(1, H.count("issue"))
+    local c3, out3, err3 = run("issue --json")
+    assert.are.equal(0, c3)
+    assert.matches("warning: a login starts a new Nomba session, which ends the cached one", err3, 1, true)
+    local _, tok3 = run("token")
+    assert.are.equal(cjson.decode(out3).access_token .. "\n", tok3)
+    assert.are.equal(2, H.count("issue"))
   end)
 
   it("issue --json --show-secrets prints the whole token as JSON", function()
@@ -64,7 +98,7 @@ describe("nomba-oauth CLI", function()
     local t2 = cjson.decode(out2)
     local code3, out3, err3 = run("refresh - --json", { NOMBA_ACCESS_TOKEN = t2.access_token }, t2.refresh_token)
     assert.are.equal(0, code3, err3)
-    assert.matches("…", cjson.decode(out3).access_token)
+    assert.is_true(#cjson.decode(out3).access_token > 300)
     assert.are.equal(0, (run("revoke -", nil, t.access_token)))
     assert.are.equal(0, (run("revoke", { NOMBA_ACCESS_TOKEN = t2.access_token })))
     assert.are.equal(2, #H.log("revoke"))
@@ -275,6 +309,53 @@ describe("nomba-oauth CLI", function()
       H.sleep(0.05)
     end
     assert.is_nil(io.open(dir .. "/ca.crt"), "the simulator's directory is still there")
+  end)
+
+  it("usage errors are JSON under --json; -V and version; a bad --timestamp; revoke with nothing cached", function()
+    local code, _, err = run("issue --bogus --json")
+    assert.are.equal(2, code)
+    local e = cjson.decode(err).error
+    assert.are.same({ "usage", "unknown option --bogus" }, { e.kind, e.message })
+    local c2, _, err2 = run("pkce 7 --json")
+    assert.are.equal(2, c2)
+    assert.are.equal("usage", cjson.decode(err2).error.kind)
+    for _, a in ipairs { "-V", "version", "--version" } do
+      local c, out = run(a)
+      assert.are.equal(0, c, a)
+      assert.are.equal(require("nomba.oauth")._VERSION .. "\n", out)
+    end
+    local ev = '{"event_type":"payment_success","requestId":"r-1","data":{}}'
+    for _, ts in ipairs { "yesterday", "2026-12-02T18:58:00", "", "1e9" } do
+      local c, _, e3 = run("webhook sign --key-env K --timestamp '" .. ts .. "'", { K = "k" }, ev)
+      assert.are.equal(2, c, ts)
+      assert.matches("--timestamp must be RFC 3339", e3, 1, true)
+    end
+    for _, ts in ipairs { "2026-12-02T18:58:00Z", "2026-12-02T18:58:00+01:00", "1796302000" } do
+      local c, out, e4 = run("webhook sign --key-env K --timestamp " .. ts, { K = "k" }, ev)
+      assert.are.equal(0, c, e4)
+      assert.matches("nomba%-timestamp: " .. ts:gsub("%p", "%%%0"), out)
+    end
+    local c5, _, err5 = run("revoke")
+    assert.are.equal(2, c5)
+    assert.matches("nothing to revoke: no session is cached", err5, 1, true)
+    assert.are.equal(0, #H.log("revoke"))
+  end)
+
+  it("a TLS failure says to give the CA; --query repeated keeps every value", function()
+    local code, _, err = run("token --no-cache", { NOMBA_CAFILE = "/etc/ssl/certs/ca-certificates.crt" })
+    assert.are.equal(1, code)
+    assert.matches("--cafile FILE or $NOMBA_CAFILE", err, 1, true)
+    local c2, _, err2 = run("token --no-cache --json", { NOMBA_CAFILE = "/etc/ssl/certs/ca-certificates.crt" })
+    assert.are.equal(1, c2)
+    local e = cjson.decode(err2).error
+    assert.are.equal("tls", e.kind)
+    assert.matches("--cafile", e.hint, 1, true)
+    local c3 = run("request GET /v1/transactions/accounts --no-cache --query status=a --query status=b " ..
+                   "--query page=2")
+    assert.are.equal(0, c3)
+    local sent = H.log("transactions")
+    assert.matches("status=a&status=b$", sent[#sent].uri:gsub("page=2&", ""))
+    assert.matches("?page=2&status=a&status=b", sent[#sent].uri, 1, true)
   end)
 
   it("exit code 2 on usage errors", function()

@@ -174,6 +174,22 @@ describe("a shared store", function()
     assert.are.equal(1, H.count("refresh"))
   end)
 
+  it("an explicit issue or refresh is the session now: it replaces the shared token", function()
+    local store = oauth.store.memory()
+    local a, b = H.client { store = store }, H.client { store = store }
+    local t1 = assert(b:token())                   -- the fleet's session
+    local issued = assert(a:issue())               -- a login of a's own ends it at Nomba
+    assert.are_not.equal(t1, issued.access_token)
+    b:invalidate()                                 -- as a 401 to the ended session would
+    assert.are.equal(issued.access_token, assert(b:token()))
+    assert.are.equal(2, H.count("issue"))          -- b adopted a's session: no login of its own
+    local refreshed = assert(a:refresh())
+    b:invalidate()
+    assert.are.equal(refreshed.access_token, assert(b:token()))
+    assert.are.equal(2, H.count("issue"))
+    assert.are.equal(1, H.count("refresh"))
+  end)
+
   it("revoke drops the shared token too", function()
     local store = oauth.store.memory()
     local a, b = H.client { store = store }, H.client { store = store }

@@ -93,6 +93,9 @@ describe("client:request", function()
     -- a whole number is written the same on every Lua (5.3+ would write 4 / 2 as "2.0")
     assert(c:request { path = "/v1/transactions/accounts", query = { page = 4 / 2, limit = 2.5 } })
     assert.are.equal("/v1/transactions/accounts?limit=2.5&page=2", H.log("transactions")[2].uri)
+    -- a list value: its key once per value, in order
+    assert(c:request { path = "/v1/transactions/accounts", query = { status = { "b", "a", 3 }, page = 1 } })
+    assert.are.equal("/v1/transactions/accounts?page=1&status=b&status=a&status=3", H.log("transactions")[3].uri)
     res = assert(c:request { path = "/v1/accounts/balance", account_id = SUB })
     assert.are.equal(SUB, res.data.accountId)
   end)
@@ -278,6 +281,9 @@ describe("client:request", function()
       { { path = "/x", query = { page = 0 / 0 } }, "query.page must be a finite number" },
       { { path = "/x", query = { page = math.huge } }, "query.page must be a finite number" },
       { { path = "/x", query = { page = -math.huge } }, "query.page must be a finite number" },
+      { { path = "/x", query = { status = {} } }, "query.status is an empty list" },
+      { { path = "/x", query = { status = { "a", {} } } }, "query.status.2 must be a string or number" },
+      { { path = "/x", query = { status = { 0 / 0 } } }, "query.status.1 must be a finite number" },
       { { path = "/x", max_response_bytes = 10 }, "max_response_bytes must be" },
       { { path = "/x", account_id = ("a"):rep(129) }, "account_id must be" },
     } do

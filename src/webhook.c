@@ -551,6 +551,19 @@ static int webhook_sign(lua_State *L)
     return push_signature(L, &m);
 }
 
+/* core.webhook_timestamp(s): the seconds a nomba-timestamp stands for, or
+ * nil when verify would refuse it (the CLI's --timestamp check). */
+static int webhook_timestamp_l(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    double t;
+    if (!timestamp(s, n, &t))
+        return 0;
+    lua_pushnumber(L, t);
+    return 1;
+}
+
 static int webhook_check_l(lua_State *L)
 {
     size_t kn, mn, sn;
@@ -577,6 +590,7 @@ void webhook_open(lua_State *L)
     static const luaL_Reg funcs[] = {
         {"webhook_verify", webhook_verify},
         {"webhook_sign", webhook_sign},
+        {"webhook_timestamp", webhook_timestamp_l},
         {"webhook_check", webhook_check_l},
         {"webhook_mac", webhook_mac_l},
         {NULL, NULL}

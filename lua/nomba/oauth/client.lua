@@ -28,7 +28,8 @@ local function run(self, st, op, args)
   return machine.run(self, st, machine.op(op, args))
 end
 
---- Issues a token with the client credentials; the client keeps it.
+--- Issues a token with the client credentials; the client keeps it and,
+-- with a store, publishes it: the login ended the shared session at Nomba.
 -- @treturn table token `{access_token, refresh_token, expires_at, expires_in, business_id, token_type}`
 -- @treturn[2] nil
 -- @treturn[2] Error err
@@ -36,7 +37,8 @@ function Client:issue()
   return run(self, check_client(self, "issue"), "issue")
 end
 
---- Refreshes the session; the client keeps the new token. Nomba needs the
+--- Refreshes the session; the client keeps the new token (and publishes
+-- it, with a store). Nomba needs the
 -- refresh token and, as the bearer, the session's access token (an
 -- expired one will do): the kept ones, or the ones given, e.g. saved by
 -- an earlier process: `client:refresh{refresh_token = rt, access_token = at}`.

@@ -95,6 +95,7 @@ local function finished(self, st, job, res)
   local op = job.op
   if op == "issue" or op == "refresh" or op == "exchange" then
     events.adopted(st, res)
+    if st.store and not job.renewal then shared.publish(self, st) end   -- a renewal publishes under its lock
   elseif op == "revoke" and core.drop(self, job.args and job.args.access_token) and st.store then
     shared.revoked(st)
   end

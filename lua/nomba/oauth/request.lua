@@ -48,22 +48,37 @@ local function query_of(q)
   if q == nil then return "" end
   if type(q) ~= "table" then bad("query must be a table") end
   local keys = {}
-  for k, v in pairs(q) do
-    if type(k) ~= "string" then bad("query keys must be strings") end
+  local function check(k, v, where)
     local tv = type(v)
     if tv ~= "string" and tv ~= "number" and tv ~= "boolean" then
-      bad("query." .. k .. " must be a string or number")
+      bad(where .. " must be a string or number" .. (where == "query." .. k and " (or a list of them)" or ""))
     end
-    if tv == "number" and v - v ~= 0 then bad("query." .. k .. " must be a finite number") end
+    if tv == "number" and v - v ~= 0 then bad(where .. " must be a finite number") end
+  end
+  for k, v in pairs(q) do
+    if type(k) ~= "string" then bad("query keys must be strings") end
+    if type(v) == "table" then                       -- a list: the key once per value, in order
+      if #v == 0 then bad("query." .. k .. " is an empty list") end
+      for i = 1, #v do check(k, v[i], "query." .. k .. "." .. i) end
+    else
+      check(k, v, "query." .. k)
+    end
     keys[#keys + 1] = k
   end
   sort(keys)
   local parts = {}
-  for i, k in ipairs(keys) do
-    local v = q[k]
+  local function add(k, v)
     -- a whole number reads the same on every Lua: 4 / 2 is "2", not 5.3+'s "2.0"
     if type(v) == "number" and v % 1 == 0 and v > -2 ^ 53 and v < 2 ^ 53 then v = ("%d"):format(v) end
-    parts[i] = urlencode(k) .. "=" .. urlencode(v)
+    parts[#parts + 1] = urlencode(k) .. "=" .. urlencode(v)
+  end
+  for _, k in ipairs(keys) do
+    local v = q[k]
+    if type(v) == "table" then
+      for i = 1, #v do add(k, v[i]) end
+    else
+      add(k, v)
+    end
   end
   return #parts > 0 and "?" .. concat(parts, "&") or ""
 end

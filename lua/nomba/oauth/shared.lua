@@ -76,15 +76,24 @@ end
 --- The end of a renewal under the lock `{ad =, before =}`: publishes the
 -- kept token, sealed, when the renewal made it newer than it was before,
 -- then releases the lock. Only the first call for a lock does anything.
+local function publish(self, st, ad)
+  local left = core.remaining(self)
+  local sealed = left > 0 and core.seal(self, ad)
+  if sealed then S.call(st, "set", st.skey, sealed, left) end
+end
+
 function S.release(self, st, lock, renewed)
   if lock.released then return end
   lock.released = true
-  local left = core.remaining(self)
-  if renewed and lock.ad and left > lock.before then
-    local sealed = core.seal(self, lock.ad)
-    if sealed then S.call(st, "set", st.skey, sealed, left) end
-  end
+  if renewed and lock.ad and core.remaining(self) > lock.before then publish(self, st, lock.ad) end
   S.call(st, "unlock", st.lkey)
+end
+
+--- After an explicit issue, refresh or exchange: the new token is the
+-- session now (Nomba ended the one before), so it replaces the shared one.
+function S.publish(self, st)
+  local gen, failed = S.call(st, "get", st.gkey)
+  if not failed then publish(self, st, aad(st, gen)) end
 end
 
 --- Tries the renewal lock once, for `ttl` seconds: true, false (another
