@@ -294,6 +294,7 @@ describe("nomba-oauth CLI", function()
     assert.is_string(nginx_pid, tostring(banner))
     local dir = p:read("*l"):match("CA file:%s+(.*)/ca%.crt$")
     assert.is_string(dir)
+    H.sleep(0.5)                                   -- it is waiting by now (past its banner and watchdog)
     os.execute("kill -TERM " .. pid)
     local alive = require("nomba.oauth.simulator.nginx").alive   -- a zombie has ended
     local gone = false
@@ -309,6 +310,10 @@ describe("nomba-oauth CLI", function()
       H.sleep(0.05)
     end
     assert.is_nil(io.open(dir .. "/ca.crt"), "the simulator's directory is still there")
+    -- and nothing of it is left running (it waited in a `sleep` child before, which outlived it)
+    local left = io.popen("ps -eo ppid=,args= | awk '$1 == " .. pid .. "'"):read("*a")
+    assert.are.equal("", left)
+    assert.are.equal("", io.popen("pgrep -f 'sleep 214748364[7]'"):read("*a"))
   end)
 
   it("usage errors are JSON under --json; -V and version; a bad --timestamp; revoke with nothing cached", function()
