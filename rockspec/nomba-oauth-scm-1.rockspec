@@ -40,6 +40,7 @@ build = {
     ["nomba.oauth.shared"] = "lua/nomba/oauth/shared.lua",
     ["nomba.oauth.drivers"] = "lua/nomba/oauth/drivers.lua",
     ["nomba.oauth.machine"] = "lua/nomba/oauth/machine.lua",
+    ["nomba.oauth.status"] = "lua/nomba/oauth/status.lua",
     ["nomba.oauth.renewal"] = "lua/nomba/oauth/renewal.lua",
     ["nomba.oauth.token"] = "lua/nomba/oauth/token.lua",
     ["nomba.oauth.client"] = "lua/nomba/oauth/client.lua",

@@ -32,6 +32,49 @@ describe("OpenResty", function()
     a = nil
   end)
 
+  it("a TLS failure on cosockets is a tls error", function()
+    a = app {}
+    local code, body = get(a, "/tls_refused")
+    assert.are.equal(200, code, body)
+    local r = cjson.decode(body)
+    assert.is_false(r.raised, r.message)
+    assert.are.equal("tls", r.kind, r.message)
+    assert.matches("TLS handshake", r.message)
+    assert.is_nil(a:error_log():find("assertion failed", 1, true))
+  end)
+
+  it("status, metrics and the nginx-lua-prometheus adapter in a worker; log lines name their source", function()
+    a = app { workers = 1 }
+    local code, body = get(a, "/status")
+    assert.are.equal(200, code, body)
+    local r = cjson.decode(body)
+    assert.are.equal("valid", r.status.token)
+    assert.are.equal(1, r.status.counts.issues)
+    assert.matches('\nnomba_oauth_issues_total{account_id="[^"]+",client_id="sim%-client%-0001",worker="0"} 1\n',
+                   r.metrics)
+    assert.matches('\nnomba_oauth_renewal_failures_total{[^}]*} 1\n', r.metrics)
+    local made, incs, sets = {}, {}, 0
+    for i, c in ipairs(r.calls) do
+      if c[1]:match("^new ") then made[c[2]] = c[3]
+      elseif c[3] == "inc" and i <= r.first then incs[c[2]] = (incs[c[2]] or 0) + c[4]
+      elseif c[3] == "set" then sets = sets + 1 end
+    end
+    assert.are.same({ "account_id", "client_id" }, made.nomba_oauth_issues_total)
+    assert.is_table(made.nomba_oauth_token_expires_in_seconds)
+    assert.are.equal(1, incs.nomba_oauth_issues_total)
+    assert.are.equal(1, incs.nomba_oauth_renewal_failures_total)
+    assert.is_true(sets >= 2)
+    for i = r.first + 1, r.second do assert.are.equal("set", r.calls[i][3]) end   -- no increment twice
+    -- the failed renewal: one warning or error, naming the application's line, not the library's
+    local lines = {}
+    for line in a:error_log():gmatch("[^\n]+") do
+      if line:find("renewal failed", 1, true) then lines[#lines + 1] = line end
+    end
+    assert.are.equal(1, #lines, a:error_log())
+    assert.matches("app%.lua:%d+: nomba%.oauth: renewal failed", lines[1])
+    assert.is_nil(a:error_log():find("events.lua", 1, true))
+  end)
+
   it("loads the module and runs every public method from content_by_lua", function()
     a = app {}
     local code, body = get(a, "/all")
@@ -210,7 +253,8 @@ describe("OpenResty", function()
     get(a, "/invalidate")                      -- no valid token: the timer's renewals fail
     H.sleep(1.5)
     local log = a:error_log()
-    assert.matches("%[warn%][^\n]*nomba%.oauth: refresh attempt 1 failed: http, HTTP 503", log)
+    -- one line per failed renewal; its attempts are info, below this log's level
+    assert.is_nil(log:find("attempt 1 failed", 1, true))
     assert.matches("%[error%][^\n]*nomba%.oauth: renewal failed %(", log)
     assert.is_nil(log:find(sim.client.client_secret, 1, true))
     assert.is_nil(log:find("eyJ", 1, true))

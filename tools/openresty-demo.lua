@@ -8,7 +8,7 @@
 -- checkout's paths for the Lua files and the LuaJIT build of the module, and
 -- no resolver (the simulator is on localhost, which the resty transport
 -- never resolves). Then: two API calls through it (one issue for all the
--- workers), signed webhook deliveries (a duplicate, a tampered one), the
+-- workers), /health and /metrics, signed webhook deliveries (a duplicate, a tampered one), the
 -- log lines the example writes, and both servers stopped.
 local simulator = require "nomba.oauth.simulator"
 local cjson = require "cjson"
@@ -76,6 +76,13 @@ local ok, why = pcall(function()
   print(("the simulator saw %d issue(s) and %d balance call(s) for the whole node"):format(
     counts.issue or 0, counts.protected or counts.balance or 0))
   if (counts.issue or 0) ~= 1 then error("expected one issue for the node") end
+  local hs, hbody = get("/health")
+  print(("GET /health -> HTTP %s %s"):format(tostring(hs), hbody or ""))
+  if hs ~= 200 or not cjson.decode(hbody).token:match("^valid") then error("GET /health is not healthy") end
+  local ms, mbody = get("/metrics")
+  local expires = mbody and mbody:match("\nnomba_oauth_token_expires_in_seconds{[^}]*} (%d+)")
+  print(("GET /metrics -> HTTP %s, nomba_oauth_token_expires_in_seconds %s"):format(tostring(ms), tostring(expires)))
+  if ms ~= 200 or not tonumber(expires) or tonumber(expires) <= 0 then error("GET /metrics has no token gauge") end
 
   local hook = base .. "/nomba/webhook"
   local function statuses(r)

@@ -12,10 +12,26 @@ M.client = oauth.new {
   base_url = os.getenv("NOMBA_BASE_URL"),           -- nil: production
   transport = resty,                                -- never block the worker
   store = oauth.store.shdict(ngx.shared.nomba),     -- one token, one session, for all workers
-  on_event = function(ev)
-    if not ev.ok then ngx.log(ngx.WARN, "nomba-oauth ", ev.op, " attempt ", ev.attempt, ": ", ev.kind) end
-  end,
+  -- the client logs to the error log itself: each renewal (info), a failed
+  -- renewal once (warn or error), a failed attempt (info)
 }
+
+-- For a load balancer or an orchestrator: 200 while this worker holds a
+-- usable token, else 503; the body is client:status() (no secret in it).
+function M.health()
+  local s = M.client:status()
+  ngx.status = (s.token == "valid" or s.token == "expiring") and 200 or 503
+  ngx.header["Content-Type"] = "application/json"
+  ngx.say(require("cjson").encode(s))
+end
+
+-- For Prometheus: the counters of this worker's clients (each scrape sees
+-- the worker that answers it; nomba.oauth.resty.prometheus feeds
+-- nginx-lua-prometheus, which adds the workers up, when you use it).
+function M.metrics()
+  ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+  ngx.print(oauth.metrics())
+end
 
 -- One Nomba API call proxied: client:request rides the same cosocket
 -- transport, renews the shared token once on a 401, and retries a GET

@@ -15,6 +15,7 @@ local core = require "nomba.oauth.core"
 local options = require "nomba.oauth.options"
 local shared = require "nomba.oauth.shared"
 local events = require "nomba.oauth.events"
+local status = require "nomba.oauth.status"
 local token = require "nomba.oauth.token"
 
 local pcall, error, getmetatable = pcall, error, getmetatable
@@ -103,10 +104,11 @@ function M.new(opts)
   if log == nil then log = events.default_log elseif log == false then log = nil end
   local state = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
                   retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token,
-                  log = log, base_url = o.base_url, account_id = o.account_id,
+                  log = log, base_url = o.base_url, account_id = o.account_id, client_id = o.client_id,
                   -- the default of API calls only when given (else calls take 1 MiB)
                   max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil }
   local client = core.new(o, state)
+  status.register(client, state)
   if o.token then
     local seeded, why = pcall(core.seed, client, o.token)
     if not seeded then error(why, 2) end
@@ -119,6 +121,16 @@ function M.new(opts)
     end
   end
   return client
+end
+
+--- A Prometheus text exposition (format 0.0.4) of every live client of this
+-- Lua state: `nomba_oauth_token_expires_in_seconds`, the last renewal's
+-- time and success, and counters of issues, refreshes, renewal failures,
+-- 401s, rate-limit waits, API calls and their failures, labelled by
+-- `account_id` and `client_id` (and `worker` in nginx). No secret.
+-- @treturn string the exposition, for a `/metrics` endpoint
+function M.metrics()
+  return status.metrics()
 end
 
 M.store = require "nomba.oauth.store"

@@ -135,6 +135,43 @@ routes["/all"] = function()
   json(out)
 end
 
+-- a certificate that does not cover the name asked for: a typed error
+routes["/tls_refused"] = function()
+  local c = oauth.new(options { transport = resty, base_url = cfg.url:gsub("//localhost:", "//127.0.0.1:") })
+  local ok, t, err = pcall(c.issue, c)
+  json { raised = not ok, kind = ok and not t and err.kind, message = ok and not t and err.message or tostring(t) }
+end
+
+-- status, metrics, the nginx-lua-prometheus adapter (fed into a recorder of
+-- the calls it makes: counter/gauge, inc/set), and a log line's source
+routes["/status"] = function()
+  local calls = {}
+  local function metric(kind, name)
+    return {
+      inc = function(_, v, labels) calls[#calls + 1] = { kind, name, "inc", v, labels } end,
+      set = function(_, v, labels) calls[#calls + 1] = { kind, name, "set", v, labels } end,
+    }
+  end
+  local prom = {
+    counter = function(_, name, _, labels)
+      calls[#calls + 1] = { "new counter", name, labels }
+      return metric("c", name)
+    end,
+    gauge = function(_, name, _, labels)
+      calls[#calls + 1] = { "new gauge", name, labels }
+      return metric("g", name)
+    end,
+  }
+  local sync = resty.prometheus(prom, { interval = 3600 })
+  assert(client:token())
+  local logged = oauth.new(options { transport = resty, client_secret = "wrong", retries = 1 })
+  logged:token()                                          -- one failed renewal: logged with its source
+  sync()
+  local first = #calls
+  sync()                                                  -- nothing new: no increment
+  json { status = client:status(), metrics = oauth.metrics(), calls = calls, first = first, second = #calls }
+end
+
 -- one issue on cosockets against whatever the simulator was told to answer
 routes["/hostile"] = function()
   local args = ngx.req.get_uri_args()

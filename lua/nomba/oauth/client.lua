@@ -10,6 +10,7 @@ local machine = require "nomba.oauth.machine"
 local token = require "nomba.oauth.token"
 local drivers = require "nomba.oauth.drivers"
 local request = require "nomba.oauth.request"
+local status = require "nomba.oauth.status"
 
 local type, error, ipairs = type, error, ipairs
 local math_max, math_floor = math.max, math.floor
@@ -26,6 +27,15 @@ end
 
 local function run(self, st, op, args)
   return machine.run(self, st, machine.op(op, args))
+end
+
+--- Where the client stands, for a health check or a dashboard: no secret.
+-- @treturn table `{account_id, client_id, token = "none"|"valid"|"expiring"|"expired"|"closed",
+--   expires_in, renewing, last_renewal = {at, op, ok, kind, status, code} | nil,
+--   counts = {issues, refreshes, renewal_failures, unauthorized, rate_limit_waits, requests,
+--   request_failures}, store, nonblocking}`
+function Client:status()
+  return status.status(self, check_client(self, "status"))
 end
 
 --- Issues a token with the client credentials; the client keeps it and,

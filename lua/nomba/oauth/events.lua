@@ -8,12 +8,39 @@ local pcall, tostring, type = pcall, tostring, type
 
 local E = {}
 
--- The default log: ngx.log inside OpenResty, nothing elsewhere.
+-- Where a log line comes from: the first caller outside this library (the
+-- application's line that made the call, or a timer of its own), else the
+-- library's line that logs. ngx.log would name this file, whoever logs.
+local getinfo = debug and debug.getinfo
+local function source()
+  if not getinfo then return nil end
+  local ours
+  for level = 3, 30 do
+    local info = getinfo(level, "Sl")
+    if not info then break end
+    if info.currentline and info.currentline > 0 then
+      local src = info.short_src
+      if not src:find("nomba/oauth", 1, true) and not src:find("nomba%.oauth") then
+        return src .. ":" .. info.currentline
+      end
+      ours = ours or (src:match("[^/]*/[^/]*$") or src) .. ":" .. info.currentline
+    end
+  end
+  return ours
+end
+
+-- The default log: the error log inside OpenResty (ngx.errlog.raw_log, so
+-- the line names its real source), nothing elsewhere.
 local LEVELS
 if runtime.ngx then
   local ngx = runtime.ngx
   LEVELS = { error = ngx.ERR, warn = ngx.WARN, info = ngx.INFO }
+  local ok, errlog = pcall(require, "ngx.errlog")
+  local raw = ok and type(errlog) == "table" and errlog.raw_log
   E.default_log = function(level, message)
+    local where = source()
+    if where then message = where .. ": " .. message end
+    if raw then return raw(LEVELS[level] or ngx.WARN, message) end
     ngx.log(LEVELS[level] or ngx.WARN, message)
   end
 end
@@ -35,11 +62,13 @@ local function describe(ev)
   return s
 end
 
---- An event for on_event; a failure is also a "warn" log line.
+--- An event for on_event; a failure is also a log line: "warn" for the
+-- store, "info" for a failed attempt (the operation's outcome is the
+-- caller's, or the renewal's one line: one failure, one warning).
 function E.emit(st, ev)
   local f = st.on_event
   if f then pcall(f, ev) end
-  if not ev.ok and st.log then E.log(st, "warn", describe(ev)) end
+  if not ev.ok and st.log then E.log(st, ev.op == "store" and "warn" or "info", describe(ev)) end
 end
 
 --- on_token: the application's hook, called with every token the client

@@ -30,6 +30,7 @@ local runtime = require "nomba.oauth.runtime"
 local events = require "nomba.oauth.events"
 local shared = require "nomba.oauth.shared"
 local drivers = require "nomba.oauth.drivers"
+local client_status = require "nomba.oauth.status"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local math_random, math_min, math_max, pairs, error = math.random, math.min, math.max, pairs, error
@@ -94,6 +95,7 @@ end
 local function finished(self, st, job, res)
   local op = job.op
   if op == "issue" or op == "refresh" or op == "exchange" then
+    if op ~= "exchange" then client_status.count(st, op == "issue" and "issues" or "refreshes") end
     events.adopted(st, res)
     if st.store and not job.renewal then shared.publish(self, st) end   -- a renewal publishes under its lock
   elseif op == "revoke" and core.drop(self, job.args and job.args.access_token) and st.store then

@@ -28,6 +28,7 @@ local runtime = require "nomba.oauth.runtime"
 local machine = require "nomba.oauth.machine"
 local shared = require "nomba.oauth.shared"
 local events = require "nomba.oauth.events"
+local status = require "nomba.oauth.status"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local tostring, math_random, math_min, math_floor = tostring, math.random, math.min, math.floor
@@ -104,10 +105,15 @@ local function finished(self, st, job, res, err)
   if job.renewing then st.renewing = false end
   if job.tried then
     st.last_err = err
+    local op = job.op_job and job.op_job.op or job.op_name
+    status.renewed(st, op, err)
     if err and (err.kind == "config" or err.kind == "closed") then
       st.last_try = nil                 -- nothing left: nothing to pause for
     elseif err then
       log_failure(self, st, err)
+    elseif st.log then
+      events.log(st, "info", ("nomba.oauth: token renewed (%s); it expires in %d s"):format(
+        tostring(op), math_floor(core.remaining(self))))
     end
   end
 end
@@ -129,14 +135,15 @@ local function renew(self, st, job)
   end
   local op = core.has(self, "refresh") and "refresh" or core.has(self, "secret") and "issue"
   st.renewing, st.last_try, st.last_err = true, now(), nil
-  job.renewing, job.tried, job.state = true, true, "renewing"
+  job.renewing, job.tried, job.state, job.op_name = true, true, "renewing", op or nil
   if not op then
     local err = new_error("config", "token",
       "this PKCE client has no valid token and cannot issue one: use authorize and exchange")
     finished(self, st, job, nil, err)
     return "done", nil, err
   end
-  return machine.call(self, st, job, machine.op(op, op == "refresh" and {} or nil, true))
+  job.op_job = machine.op(op, op == "refresh" and {} or nil, true)      -- (a refused refresh turns into issue)
+  return machine.call(self, st, job, job.op_job)
 end
 
 -- The look at the store, again until the holder is done.

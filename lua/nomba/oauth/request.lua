@@ -17,6 +17,7 @@ local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
 local machine = require "nomba.oauth.machine"
 local renewal = require "nomba.oauth.renewal"
+local status = require "nomba.oauth.status"
 local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
@@ -256,6 +257,13 @@ local function pending_error()
   return new_error("pending", "request", "no valid token yet; a renewal is in flight")
 end
 
+-- The call's end, counted.
+local function ended(st, res, err)
+  status.count(st, "requests")
+  if not res then status.count(st, "request_failures") end
+  return "done", res, err
+end
+
 -- The call itself, with the token the client holds now (its operation's
 -- job table is the call's own, made again).
 local function send(self, st, job, tok)
@@ -271,8 +279,9 @@ end
 local function gate(self, st, job)
   local wait = rate_wait(st)
   if wait then
+    if job.state ~= "gate" then status.count(st, "rate_limit_waits") end
     if job.nb or not runtime.cosockets() or wait > machine.RETRY_AFTER_CAP then
-      return "done", nil, rate_limited(wait)
+      return ended(st, nil, rate_limited(wait))
     end
     job.state = "gate"
     return "sleep", wait
@@ -281,7 +290,7 @@ local function gate(self, st, job)
   -- step() renews); the blocking one renews first when it is not fresh
   local tok = job.nb and fresh(self, 0) or fresh(self)
   if tok then return send(self, st, job, tok) end
-  if job.nb then return "done", nil, pending_error() end
+  if job.nb then return ended(st, nil, pending_error()) end
   job.state = "token"
   return machine.call(self, st, job, renewal.job(false))
 end
@@ -294,6 +303,7 @@ function R.Call(self, st, job, what, a, b)
   if job.state == "send" then
     local res, err = a, b
     note_rate(st, res or (err and err.response), err)
+    if err and err.status == 401 then status.count(st, "unauthorized") end
     if err and err.status == 401 and not job.retried then
       -- the token sent is refused: invalidated while the client still holds
       -- it (another coroutine, worker or host may have renewed already),
@@ -302,10 +312,10 @@ function R.Call(self, st, job, what, a, b)
       job.retried, job.refusal, job.state = true, err, "renew"
       return machine.call(self, st, job, renewal.job(true))
     end
-    return "done", res, err
+    return ended(st, res, err)
   end
   -- a renewal ended (before the first call, or after a 401)
-  if not a then return "done", nil, b or job.refusal end
+  if not a then return ended(st, nil, b or job.refusal) end
   if job.state == "renew" then return gate(self, st, job) end
   return send(self, st, job, a)
 end

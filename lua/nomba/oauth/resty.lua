@@ -273,6 +273,66 @@ function M.keep_fresh(client, opts)
   return true
 end
 
+--- Feeds every client of this worker into nginx-lua-prometheus (the
+-- `prometheus` module of knyar/nginx-lua-prometheus, which adds the workers
+-- up in its shared dict): the counters of `oauth.metrics()` as counters
+-- (`nomba_oauth_issues_total`, ...), incremented by what each client did
+-- since the last sync, and `nomba_oauth_token_expires_in_seconds` as a
+-- gauge, labelled `account_id` and `client_id`. Call it from
+-- init_worker_by_lua with the instance `require("prometheus").init(dict)`
+-- made there; the `/metrics` location then calls its `collect()`.
+-- @param prometheus the nginx-lua-prometheus instance
+-- @tparam[opt] table opts `interval` (seconds between syncs, default 1)
+-- @treturn function sync, to call before `collect()` for figures to the moment
+function M.prometheus(prometheus, opts)
+  if type(prometheus) ~= "table" or type(prometheus.counter) ~= "function" or
+     type(prometheus.gauge) ~= "function" then
+    error("nomba.oauth.resty.prometheus: bad argument #1 (an nginx-lua-prometheus instance expected)", 2)
+  end
+  opts = opts or {}
+  local interval = opts.interval or DEFAULTS.resty.keep_fresh_interval
+  if type(interval) ~= "number" or interval <= 0 then
+    error("nomba.oauth.resty.prometheus: interval must be a positive number", 2)
+  end
+  local status = require "nomba.oauth.status"
+  local labels = { "account_id", "client_id" }
+  local counters = {}
+  for _, c in ipairs(status.COUNTERS) do
+    counters[c[1]] = prometheus:counter("nomba_oauth_" .. c[1] .. "_total", c[2], labels)
+  end
+  local expires = prometheus:gauge("nomba_oauth_token_expires_in_seconds",
+                                   "seconds the freshest kept token has left (0: none)", labels)
+  local pushed = setmetatable({}, { __mode = "k" })     -- per client: the counts already fed in
+  local function sync()
+    local freshest = {}
+    for client, st in status.each() do
+      if not core.closed(client) then
+        local l = { tostring(st.account_id), tostring(st.client_id) }
+        local seen = pushed[client]
+        if not seen then
+          seen = {}
+          pushed[client] = seen
+        end
+        for name, metric in pairs(counters) do
+          local n = st.counts[name]
+          local d = n - (seen[name] or 0)
+          if d > 0 then
+            metric:inc(d, l)
+            seen[name] = n
+          end
+        end
+        local key = l[1] .. "\0" .. l[2]
+        local left = core.remaining(client)
+        if not freshest[key] or left > freshest[key][1] then freshest[key] = { left, l } end
+      end
+    end
+    for _, f in pairs(freshest) do expires:set(math.floor(f[1]), f[2]) end
+  end
+  local ok, err = ngx.timer.every(interval, function(premature) if not premature then sync() end end)
+  if not ok then error("nomba.oauth.resty.prometheus: " .. tostring(err), 2) end
+  return sync
+end
+
 -- The raw body of the request being served: in memory, or from the file
 -- nginx buffered it to; nil when it is larger than max.
 local function raw_body(max)
