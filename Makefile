@@ -61,7 +61,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -127,8 +127,13 @@ examples: all
 	  $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $$e || exit 1; done
 
 docs:
+	@mkdir -p build/docs/docs
 	ldoc -q .
 	@echo "API reference: build/docs/index.html"
+
+# The LDoc pages in a real browser (Debian chromium, headless): sections, tables, code blocks
+docs-browser: docs
+	$(LUA_BIN) tools/docs_browser.lua build/docs
 
 ROCKSPEC := rockspec/nomba-oauth-scm-1.rockspec
 rock:

@@ -40,7 +40,7 @@ describe("documentation", function()
   end
 
   for _, name in ipairs {
-    "M.new", "Client:issue", "Client:refresh", "Client:revoke", "Client:token", "Client:headers",
+    "new", "metrics", "Client:status", "M.prometheus", "Client:issue", "Client:refresh", "Client:revoke", "Client:token", "Client:headers",
     "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close", "Client:request",
     "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify",
     "M.memory", "M.shdict", "M.redis", "M.request", "M.keep_fresh",
@@ -99,7 +99,8 @@ describe("documentation", function()
 
   it("renders Markdown in the LDoc pages: no raw backticks or # headings", function()
     local dir = io.popen("mktemp -d /tmp/nomba-ldoc.XXXXXX"):read("*l")
-    local out, status = sh("ldoc -d " .. dir .. " . && ls " .. dir .. "/topics " .. dir .. "/modules")
+    local out, status = sh("mkdir -p " .. dir .. "/docs && ldoc -d " .. dir .. " . && ls " .. dir .. "/topics " ..
+                           dir .. "/modules")
     assert.equals(0, status, out)
     assert.not_matches("falling back to text", out, 1, true)
     local pages = 0
@@ -109,9 +110,50 @@ describe("documentation", function()
       pages = pages + 1
       assert.is_nil(html:find("`", 1, true), name .. " has a raw backtick")
       assert.is_nil(html:find("\n#+ ") or html:find("<p>#+ "), name .. " has a raw # heading")
+      assert.is_nil(html:find("<code>lua\n", 1, true), name .. " has a code block rendered as a paragraph")
+      assert.is_nil(html:find("&lt;/code&gt;", 1, true), name .. " shows a code span's tags as text")
+      assert.is_truthy(html:find("ldoc-extra.css", 1, true), name .. " lacks the stylesheet with table borders")
     end
     os.execute("rm -rf " .. dir)
     assert.is_true(pages >= 8, "pages rendered: " .. pages)   -- 5 modules, README, API, NOMBA_API
+  end)
+
+  it("the module's page: its sections in order, each function in its own, new() listing its options", function()
+    local dir = io.popen("mktemp -d /tmp/nomba-ldoc.XXXXXX"):read("*l")
+    local out, status = sh("mkdir -p " .. dir .. "/docs && ldoc -d " .. dir .. " . 2>&1")
+    assert.equals(0, status, out)
+    local html = read(dir .. "/modules/nomba.oauth.html")
+    os.execute("rm -rf " .. dir)
+    local got, current = {}, nil
+    local pos = 1
+    while true do
+      local s1, e1, title = html:find('<h2 class="section%-header[^"]*"><a name="[^"]*"></a>([^<]*)</h2>', pos)
+      local s2, e2, name = html:find('<dt>%s*<a name = "([^"]+)"></a>', pos)
+      if not s1 and not s2 then break end
+      if s1 and (not s2 or s1 < s2) then
+        current = { title = title:gsub("%s+$", ""), items = {} }
+        got[#got + 1] = current
+        pos = e1 + 1
+      else
+        assert.is_table(current, name .. " is outside every section")
+        current.items[#current.items + 1] = name
+        pos = e2 + 1
+      end
+    end
+    assert.are.same({
+      { title = "Making a client", items = { "new", "metrics" } },
+      { title = "A client's methods", items = { "Client", "Client:token", "Client:headers", "Client:invalidate",
+        "Client:close", "Client:status", "Client:issue", "Client:refresh", "Client:revoke", "Client:authorize",
+        "Client:exchange", "Client:request", "Client:step", "Client:wait", "Client:start", "Client:sockets" } },
+      { title = "PKCE helpers", items = { "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify" } },
+      { title = "Errors", items = { "Error" } },
+    }, got)
+    local new = html:match('<a name = "new"></a>(.-)</dd>')
+    assert.is_nil(new:find("see docs/API.md", 1, true))
+    assert.matches("<li>", new)
+    for _, opt in ipairs { "account_id", "client_secret", "store", "timeout", "transport", "on_token" } do
+      assert.is_truthy(new:find(opt, 1, true), "new() does not list " .. opt)
+    end
   end)
 
   it("points only at files of the repository", function()

@@ -28,11 +28,62 @@ local M = {
   pkce = core.pkce,
 }
 
---- The method table of every client (metatable `nomba.oauth.Client`); the
--- methods live in nomba/oauth/client.lua and nomba/oauth/token.lua.
+--- Making a client.
+-- And the metrics of every client.
+-- @section clients
+
+--- Makes a client. Misused options raise, naming the option; nothing is
+-- sent until a token is needed. The options (docs/API.md has the table
+-- with every default and bound):
+--
+-- * `account_id`, `client_id` (required); `client_secret` for the
+--   client-credentials flow (without it, a PKCE client);
+-- * `base_url` (production; `sandbox = true` for the sandbox), `paths`
+--   (the token endpoints' paths), `proxy`;
+-- * `cafile`, `capath` (CAs to trust besides the system's), `pinned_pubkey`;
+-- * `timeout` (seconds for one attempt), `connect_timeout`, `retries`,
+--   `refresh_skew` (how early a token is renewed), `max_response_bytes`;
+-- * `store` (share one token: `oauth.store.memory()`, `.shdict(dict)`,
+--   `.redis(...)`, `.file(dir)`, or your own), `store_key`;
+-- * `token` (start from a saved token), `on_token(tok)` (every adopted
+--   token: save it), `on_event(ev)`, `log(level, message)` (`false`: none);
+-- * `transport` (a Lua transport, e.g. `require "nomba.oauth.resty"`),
+--   `nonblocking` (the step() mode), `user_agent`.
+-- @function new
+-- @tparam table opts the options above
+-- @treturn Client a client (raises on a misused option, naming it)
+
+--- A Prometheus text exposition (format 0.0.4) of every live client of this
+-- Lua state: `nomba_oauth_token_expires_in_seconds`, the last renewal's
+-- time and success, and counters of issues, refreshes, renewal failures,
+-- 401s, rate-limit waits, API calls and their failures, labelled by
+-- `account_id` and `client_id` (and `worker` in nginx). No secret.
+-- @function metrics
+-- @treturn string the exposition, for a `/metrics` endpoint
+
+--- A client's methods.
+-- A misused argument raises, naming it; a failure returns `nil, err`.
+-- @section methods
+
+--- The method table of every client (metatable `nomba.oauth.Client`).
+-- @table Client
 local Client = require "nomba.oauth.client"
 M.Client = Client
 token.install(Client)
+
+--- The kept access token while more than `refresh_skew` seconds remain;
+-- otherwise refresh, and on a refused refresh issue afresh. On Lua 5.3 and
+-- 5.4 the fresh-token path is C (core.install_fast_paths) and only the
+-- renewal runs in Lua. With `{wait = false}` it never blocks: the kept
+-- token while it is valid (even during a renewal), else `nil, err` with
+-- `err.kind == "pending"`.
+-- @function Client:token
+-- @tparam[opt] table opts `wait = false` for the non-blocking mode
+-- @treturn string access_token, or `nil, err`
+
+--- Headers for calling any other Nomba API.
+-- @function Client:headers
+-- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
 
 --- Forgets the kept access token (after a 401 from another Nomba API): it is
 -- never handed out again and the next `token()` renews. Written in C.
@@ -43,7 +94,8 @@ token.install(Client)
 -- twice is fine; `__gc` and `__close` do the same. Written in C.
 -- @function Client:close
 
---- PKCE helpers (RFC 7636), in C on OpenSSL.
+--- PKCE helpers.
+-- RFC 7636, in C on OpenSSL.
 -- @section pkce
 
 --- A code verifier: 43 to 128 (default 43) characters of `[A-Za-z0-9-._~]`
@@ -72,28 +124,15 @@ token.install(Client)
 -- @tparam[opt="S256"] string method
 -- @treturn boolean
 
---- Errors: the metatable of every error value (`getmetatable(err) == oauth.Error`).
+--- Errors.
+-- @section errors
+
+--- The metatable of every error value (`getmetatable(err) == oauth.Error`).
 -- Fields: `kind`, `op`, `status`, `code`, `message`, `retryable`, `retry_after`.
 -- @table Error
 
---- The hot path: the kept access token while more than `refresh_skew` seconds
--- remain; otherwise refresh, and on a refused refresh issue afresh. On Lua
--- 5.3 and 5.4 the fresh-token path is C (core.install_fast_paths) and only
--- the renewal runs here.
--- With `{wait = false}` it never blocks: the kept token while it is valid
--- (even during a renewal), else `nil, err` with `err.kind == "pending"`.
--- @function Client:token
--- @tparam[opt] table opts `wait = false` for the non-blocking mode
--- @treturn string access_token, or `nil, err`
 
---- Headers for calling any other Nomba API.
--- @function Client:headers
--- @treturn table `{Authorization = "Bearer ...", accountId = "..."}`, or `nil, err`
-
---- Makes a client.
--- @tparam table opts see docs/API.md: `account_id` and `client_id` are
---   required; `client_secret` for the client-credentials flow.
--- @treturn Client a client (raises on a misused option, naming it)
+-- (the functions documented in the "clients" section)
 function M.new(opts)
   local ok, o = pcall(options.normalize, opts)
   if not ok then
@@ -123,12 +162,6 @@ function M.new(opts)
   return client
 end
 
---- A Prometheus text exposition (format 0.0.4) of every live client of this
--- Lua state: `nomba_oauth_token_expires_in_seconds`, the last renewal's
--- time and success, and counters of issues, refreshes, renewal failures,
--- 401s, rate-limit waits, API calls and their failures, labelled by
--- `account_id` and `client_id` (and `worker` in nginx). No secret.
--- @treturn string the exposition, for a `/metrics` endpoint
 function M.metrics()
   return status.metrics()
 end

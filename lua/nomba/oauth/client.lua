@@ -3,7 +3,11 @@
 -- `token`, `headers` (nomba.oauth.token), `invalidate` and `close` (C) are
 -- the others. Each method checks its arguments (a misuse raises, naming
 -- the argument) and hands the operation to the machine.
--- @submodule nomba.oauth
+-- @module nomba.oauth
+
+--- A client's methods.
+-- (Continued from nomba/oauth.lua: one section.)
+-- @section methods
 local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
 local machine = require "nomba.oauth.machine"
