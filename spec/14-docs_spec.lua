@@ -40,7 +40,8 @@ describe("documentation", function()
   end
 
   for _, name in ipairs {
-    "new", "metrics", "Client:status", "M.prometheus", "Client:issue", "Client:refresh", "Client:revoke", "Client:token", "Client:headers",
+    "new", "metrics", "Client:status", "M.prometheus", "Client:issue", "Client:refresh", "Client:revoke",
+    "Client:token", "Client:headers",
     "Client:invalidate", "Client:authorize", "Client:exchange", "Client:close", "Client:request",
     "pkce.verifier", "pkce.challenge", "pkce.pair", "pkce.verify",
     "M.memory", "M.shdict", "M.redis", "M.request", "M.keep_fresh",
