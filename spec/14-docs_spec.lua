@@ -190,6 +190,9 @@ describe("documentation", function()
     out, status = sh(r .. "sh tools/release.sh 9.9.9")
     assert.equals(1, status)
     assert.matches("src/nomba.h says " .. v .. ", not 9.9.9", out, 1, true)
+    -- a refused release leaves nothing behind: no build/release, no temporary directory
+    assert.is_nil(io.open(dir .. "/r/build/release/nomba-oauth-9.9.9-1.rockspec"))
+    assert.are.equal("", sh("ls " .. dir .. "/r/build/release 2>/dev/null"))
     -- a release needs its CHANGELOG heading
     sh(r .. "sed -i '0,/^## .*/s//## Unreleased/' CHANGELOG.md && " .. git .. "commit -qam wip")
     out, status = sh(r .. "sh tools/release.sh " .. v)

@@ -28,8 +28,11 @@ homepage=$(sed -n 's/^ *homepage = "\(.*\)",$/\1/p' "$SCM")
 [ -n "$homepage" ] || die "$SCM has no homepage"
 tag="v$VERSION"
 out=build/release
-mkdir -p "$out"
-spec="$out/nomba-oauth-$VERSION-1.rockspec"
+# everything is made in a temporary directory and moved to build/release only
+# once the release is checked and packed: a refused release leaves nothing
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+spec="$work/nomba-oauth-$VERSION-1.rockspec"
 
 # the scm rockspec with the version, the release's source and its tag
 sed -e "s/^version = \"scm-1\"/version = \"$VERSION-1\"/" \
@@ -39,7 +42,7 @@ grep -q "^version = \"$VERSION-1\"" "$spec" && grep -q "^  tag = \"$tag\"," "$sp
   die "could not derive $spec from $SCM"
 luarocks lint "$spec" || die "luarocks lint $spec failed"
 if [ "$lint_only" = 1 ]; then
-  echo "release: $spec lints"
+  echo "release: the rockspec of $VERSION lints"
   exit 0
 fi
 
@@ -55,13 +58,15 @@ git rev-parse -q --verify "refs/tags/$tag" >/dev/null || die "there is no tag $t
 
 # the source rock: packed from this repository at the tag, then given the
 # published rockspec (luarocks pack fetches source.url, which is offline here)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-sed "s|^  url = \"git+https://.*\",\$|  url = \"git+file://$(pwd)\",|" "$spec" > "$work/$(basename "$spec")"
-(cd "$work" && luarocks pack "$(basename "$spec")" >/dev/null) || die "luarocks pack failed"
+pack="$work/pack"
+mkdir "$pack"
+sed "s|^  url = \"git+https://.*\",\$|  url = \"git+file://$(pwd)\",|" "$spec" > "$pack/$(basename "$spec")"
+(cd "$pack" && luarocks pack "$(basename "$spec")" >/dev/null) || die "luarocks pack failed"
 rock="nomba-oauth-$VERSION-1.src.rock"
-cp "$spec" "$work/$(basename "$spec")"
-(cd "$work" && zip -q "$rock" "$(basename "$spec")")
-cp "$work/$rock" "$out/$rock"
-echo "release: $spec"
-echo "release: $out/$rock ($(wc -c < "$out/$rock") bytes); publish with: luarocks upload $spec"
+cp "$spec" "$pack/$(basename "$spec")"
+(cd "$pack" && zip -q "$rock" "$(basename "$spec")")
+mkdir -p "$out"
+cp "$spec" "$out/"
+cp "$pack/$rock" "$out/$rock"
+echo "release: $out/$(basename "$spec")"
+echo "release: $out/$rock ($(wc -c < "$out/$rock") bytes); publish with: luarocks upload $out/$(basename "$spec")"
