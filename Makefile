@@ -61,7 +61,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: deps-demo deps-docs install uninstall docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -89,6 +89,10 @@ env: all
 # Installs what a fresh Debian 12 machine lacks (as root), or says what to install.
 deps:
 	@sh .ci/deps.sh
+deps-demo:
+	@sh .ci/deps.sh demo
+deps-docs:
+	@sh .ci/deps.sh docs
 
 # The LuaJIT build of the module, for the specs that run inside nginx.
 jit-module:
@@ -107,7 +111,7 @@ test-runtimes:
 test: deps all test-build jit-module
 	$(TEST_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $(BUSTED) $(BUSTED_ARGS)
 
-demo: deps all
+demo: deps-demo all
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) examples/client_credentials.lua
 
 openresty-demo: deps jit-module
@@ -126,7 +130,7 @@ examples: all
 	@for e in $(EXAMPLES); do echo "== $$e"; \
 	  $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) $$e || exit 1; done
 
-docs:
+docs: deps-docs
 	@mkdir -p build/docs/docs
 	ldoc -q .
 	@echo "API reference: build/docs/index.html"
@@ -156,6 +160,37 @@ rock:
 
 release:
 	sh tools/release.sh $(VERSION)
+
+# make install [PREFIX=/usr/local] [DESTDIR=] [LUA_VERSIONS="5.1 5.4"]: for every Lua
+# whose headers are present (5.1's build serves LuaJIT too), the module in
+# PREFIX/lib/lua/V and the Lua files in PREFIX/share/lua/V (both on Lua's
+# default paths for /usr/local), and bin/nomba-oauth run by the newest Lua.
+PREFIX       ?= /usr/local
+LUA_VERSIONS ?= $(shell for v in 5.1 5.2 5.3 5.4; do [ -f /usr/include/lua$$v/lua.h ] && printf '%s ' $$v; done)
+LUA_FILES    := $(shell cd lua && find nomba -name '*.lua' | sort)
+install:
+	@[ -n "$(strip $(LUA_VERSIONS))" ] || { echo "install: no Lua headers (liblua5.x-dev) found"; exit 1; }
+	@for v in $(LUA_VERSIONS); do \
+	  $(MAKE) -s all LUA=$$v || exit 1; \
+	  install -d "$(DESTDIR)$(PREFIX)/lib/lua/$$v/nomba/oauth" || exit 1; \
+	  install -m 0644 build/$$v/nomba/oauth/core.so "$(DESTDIR)$(PREFIX)/lib/lua/$$v/nomba/oauth/core.so" || exit 1; \
+	  for f in $(LUA_FILES); do \
+	    install -D -m 0644 lua/$$f "$(DESTDIR)$(PREFIX)/share/lua/$$v/$$f" || exit 1; \
+	  done; \
+	  echo "install: Lua $$v -> $(DESTDIR)$(PREFIX)/lib/lua/$$v, $(DESTDIR)$(PREFIX)/share/lua/$$v"; \
+	done
+	@newest=$$(echo $(LUA_VERSIONS) | tr ' ' '\n' | tail -1); \
+	install -d "$(DESTDIR)$(PREFIX)/bin" && \
+	sed "1s|.*|#!/usr/bin/env lua$$newest|" bin/nomba-oauth > "$(DESTDIR)$(PREFIX)/bin/nomba-oauth" && \
+	chmod 0755 "$(DESTDIR)$(PREFIX)/bin/nomba-oauth" && \
+	echo "install: $(DESTDIR)$(PREFIX)/bin/nomba-oauth (lua$$newest)"
+
+uninstall:
+	@for v in $(LUA_VERSIONS); do \
+	  rm -f "$(DESTDIR)$(PREFIX)/lib/lua/$$v/nomba/oauth/core.so"; \
+	  for f in $(LUA_FILES); do rm -f "$(DESTDIR)$(PREFIX)/share/lua/$$v/$$f"; done; \
+	done
+	rm -f "$(DESTDIR)$(PREFIX)/bin/nomba-oauth"
 
 BENCH_BIN := $(CURDIR)/build/bench
 bench: all jit-module
