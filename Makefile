@@ -61,7 +61,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: deps-demo deps-docs install uninstall docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: deb deps-demo deps-docs install uninstall docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
 
 all: $(MODULE)
 
@@ -163,21 +163,23 @@ release:
 
 # make install [PREFIX=/usr/local] [DESTDIR=] [LUA_VERSIONS="5.1 5.4"]: for every Lua
 # whose headers are present (5.1's build serves LuaJIT too), the module in
-# PREFIX/lib/lua/V and the Lua files in PREFIX/share/lua/V (both on Lua's
-# default paths for /usr/local), and bin/nomba-oauth run by the newest Lua.
+# LIBDIR/lua/V (LIBDIR: PREFIX/lib) and the Lua files in PREFIX/share/lua/V
+# (both on Lua's default paths for /usr/local), and bin/nomba-oauth run by
+# the newest Lua.
 PREFIX       ?= /usr/local
+LIBDIR       ?= $(PREFIX)/lib
 LUA_VERSIONS ?= $(shell for v in 5.1 5.2 5.3 5.4; do [ -f /usr/include/lua$$v/lua.h ] && printf '%s ' $$v; done)
 LUA_FILES    := $(shell cd lua && find nomba -name '*.lua' | sort)
 install:
 	@[ -n "$(strip $(LUA_VERSIONS))" ] || { echo "install: no Lua headers (liblua5.x-dev) found"; exit 1; }
 	@for v in $(LUA_VERSIONS); do \
 	  $(MAKE) -s all LUA=$$v || exit 1; \
-	  install -d "$(DESTDIR)$(PREFIX)/lib/lua/$$v/nomba/oauth" || exit 1; \
-	  install -m 0644 build/$$v/nomba/oauth/core.so "$(DESTDIR)$(PREFIX)/lib/lua/$$v/nomba/oauth/core.so" || exit 1; \
+	  install -d "$(DESTDIR)$(LIBDIR)/lua/$$v/nomba/oauth" || exit 1; \
+	  install -m 0644 build/$$v/nomba/oauth/core.so "$(DESTDIR)$(LIBDIR)/lua/$$v/nomba/oauth/core.so" || exit 1; \
 	  for f in $(LUA_FILES); do \
 	    install -D -m 0644 lua/$$f "$(DESTDIR)$(PREFIX)/share/lua/$$v/$$f" || exit 1; \
 	  done; \
-	  echo "install: Lua $$v -> $(DESTDIR)$(PREFIX)/lib/lua/$$v, $(DESTDIR)$(PREFIX)/share/lua/$$v"; \
+	  echo "install: Lua $$v -> $(DESTDIR)$(LIBDIR)/lua/$$v, $(DESTDIR)$(PREFIX)/share/lua/$$v"; \
 	done
 	@newest=$$(echo $(LUA_VERSIONS) | tr ' ' '\n' | tail -1); \
 	install -d "$(DESTDIR)$(PREFIX)/bin" && \
@@ -185,9 +187,19 @@ install:
 	chmod 0755 "$(DESTDIR)$(PREFIX)/bin/nomba-oauth" && \
 	echo "install: $(DESTDIR)$(PREFIX)/bin/nomba-oauth (lua$$newest)"
 
+# make deb: the Debian package lua-nomba-oauth (dpkg-buildpackage with debhelper and
+# dh-lua, for Lua 5.1 (and LuaJIT), 5.2, 5.3 and 5.4) in build/deb/
+DEB_VERSION = $(shell sed -n '1s/^lua-nomba-oauth (\(.*\)) .*/\1/p' debian/changelog)
+deb:
+	@sh .ci/deps.sh deb
+	rm -rf build/deb && mkdir -p build/deb/src
+	git ls-files -z | xargs -0 cp --parents -t build/deb/src
+	cd build/deb/src && dpkg-buildpackage -b -us -uc >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
+	@ls build/deb/lua-nomba-oauth_$(DEB_VERSION)_*.deb
+
 uninstall:
 	@for v in $(LUA_VERSIONS); do \
-	  rm -f "$(DESTDIR)$(PREFIX)/lib/lua/$$v/nomba/oauth/core.so"; \
+	  rm -f "$(DESTDIR)$(LIBDIR)/lua/$$v/nomba/oauth/core.so"; \
 	  for f in $(LUA_FILES); do rm -f "$(DESTDIR)$(PREFIX)/share/lua/$$v/$$f"; done; \
 	done
 	rm -f "$(DESTDIR)$(PREFIX)/bin/nomba-oauth"

@@ -3,6 +3,7 @@
 # root), or says what to install (otherwise).
 #   sh .ci/deps.sh demo   the build and the simulator (make demo, make, make env)
 #   sh .ci/deps.sh docs   the API reference (make docs)
+#   sh .ci/deps.sh deb    the Debian package (make deb)
 #   sh .ci/deps.sh        everything the suite, the soak and the gates use
 BUILD="build-essential pkg-config lua5.4 liblua5.4-dev lua-cjson libcurl4-openssl-dev libssl-dev openssl
        curl nginx libnginx-mod-http-lua"
@@ -12,8 +13,9 @@ TEST="lua-busted lua-check luarocks luajit2 libluajit2-5.1-dev redis-server lua-
 case "${1:-all}" in
   demo) PKGS="$BUILD" ;;
   docs) PKGS="$DOCS" ;;
+  deb) PKGS="$BUILD debhelper dh-lua dpkg-dev fakeroot liblua5.1-0-dev liblua5.2-dev liblua5.3-dev git" ;;
   all) PKGS="$BUILD $DOCS $TEST" ;;
-  *) echo "deps.sh: unknown set '$1' (demo, docs or nothing for all)" >&2; exit 2 ;;
+  *) echo "deps.sh: unknown set '$1' (demo, docs, deb or nothing for all)" >&2; exit 2 ;;
 esac
 missing=""
 for p in $PKGS; do

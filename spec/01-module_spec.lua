@@ -19,7 +19,7 @@ end
 
 describe("nomba.oauth module", function()
   it("has its version and URLs", function()
-    assert.are.equal("nomba.oauth 0.1.0", oauth._VERSION)
+    assert.are.equal("nomba.oauth 0.2.0", oauth._VERSION)
     assert.are.equal("https://api.nomba.com", oauth.PRODUCTION_URL)
     assert.are.equal("https://sandbox.nomba.com", oauth.SANDBOX_URL)
     assert.are.equal(require("nomba.oauth.core")._VERSION, oauth._VERSION)

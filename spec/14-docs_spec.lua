@@ -82,11 +82,12 @@ describe("documentation", function()
     for path in io.popen("git ls-files 'src/*.c'"):lines() do assert.is_true(csrc[path], path) end
   end)
 
-  it("has one version: C core, Lua module, CHANGELOG, user agent", function()
+  it("has one version: C core, Lua module, CHANGELOG, Debian package, user agent", function()
     local v = oauth._VERSION:match("^nomba%.oauth (%d+%.%d+%.%d+)$")
     assert.is_string(v)
     assert.are.equal(require("nomba.oauth.core")._VERSION, oauth._VERSION)
     assert.matches("## " .. v:gsub("%.", "%%."), read("CHANGELOG.md"))
+    assert.matches("^lua%-nomba%-oauth %(" .. v:gsub("%.", "%%.") .. "%-%d+%) ", read("debian/changelog"))
     assert.matches('#define NOMBA_VERSION%s+"' .. v:gsub("%.", "%%.") .. '"', read("src/nomba.h"))
     assert.matches("version = \"scm%-1\"", read("rockspec/nomba-oauth-scm-1.rockspec"))
   end)

@@ -37,7 +37,7 @@
 #include <curl/curl.h>
 #include "compat.h"
 
-#define NOMBA_VERSION      "0.1.0"
+#define NOMBA_VERSION      "0.2.0"
 #define NOMBA_CLIENT_MT    "nomba.oauth.Client"
 #define NOMBA_ERROR_MT     "nomba.oauth.Error"
 
