@@ -314,7 +314,7 @@ function M.prometheus(prometheus, opts)
           pushed[client] = seen
         end
         for name, metric in pairs(counters) do
-          local n = st.counts[name]
+          local n = st.counts and st.counts[name] or 0
           local d = n - (seen[name] or 0)
           if d > 0 then
             metric:inc(d, l)

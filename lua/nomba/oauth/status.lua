@@ -28,17 +28,26 @@ local COUNTERS = {
   { "request_failures", "API calls that ended in an error" },
 }
 
---- A new client: its counts, and its place among the state's clients.
-function S.register(self, st)
+-- The counts, all zero.
+local function zeros()
   local c = {}
   for _, k in ipairs(COUNTERS) do c[k[1]] = 0 end
-  st.counts = c
+  return c
+end
+
+--- A new client: its place among the state's clients (its counts are made
+-- when it first counts something: a client costs no more until it works).
+function S.register(self, st)
   clients[self] = st
 end
 
 --- One more of `name` (a COUNTERS name).
 function S.count(st, name)
   local c = st.counts
+  if not c then
+    c = zeros()
+    st.counts = c
+  end
   c[name] = c[name] + 1
 end
 
@@ -61,8 +70,8 @@ end
 --- client:status(): a table with no secret in it.
 function S.status(self, st)
   local left = core.remaining(self)
-  local counts = {}
-  for k, v in pairs(st.counts) do counts[k] = v end
+  local counts = zeros()
+  for k, v in pairs(st.counts or counts) do counts[k] = v end
   local r = st.renewal
   return {
     account_id = st.account_id, client_id = st.client_id,
@@ -89,14 +98,15 @@ function S.metrics()
       local key = tostring(st.account_id) .. "\0" .. tostring(st.client_id)
       local g = groups[key]
       if not g then
-        g = { account_id = st.account_id, client_id = st.client_id, counts = {}, expires_in = 0, clients = 0,
+        g = { account_id = st.account_id, client_id = st.client_id, counts = zeros(), expires_in = 0, clients = 0,
               last = nil }
-        for _, k in ipairs(COUNTERS) do g.counts[k[1]] = 0 end
         groups[key] = g
         order[#order + 1] = key
       end
       g.clients = g.clients + 1
-      for k, v in pairs(st.counts) do g.counts[k] = g.counts[k] + v end
+      if st.counts then
+        for k, v in pairs(st.counts) do g.counts[k] = g.counts[k] + v end
+      end
       local left = core.remaining(self)
       if left > g.expires_in then g.expires_in = left end
       local r = st.renewal
