@@ -517,6 +517,21 @@ describe("webhooks", function()
       assert.are.equal(1, granted("retry-1"))
     end)
 
+    it("an event granted while the store takes no mark is marked from a timer, never granted again", function()
+      -- the first two "done" marks fail (Redis restarting): the delivery is granted and answered
+      -- 200, the mark lands from a timer inside the claim's lease, and the redelivery after the
+      -- lease (the same event to another worker, or Nomba's retry) is a duplicate, not a grant
+      local url = a.url .. "/webhook?fail_marks=2"
+      local r = assert(sim:webhook { url = url, request_id = "mark-1" })
+      assert.are.same({ 200 }, r.statuses)
+      assert.are.equal(1, granted("mark-1"))
+      H.sleep(1.5)                                    -- past the claim's lease (1 s in this app)
+      r = assert(sim:webhook { url = url, request_id = "mark-1" })
+      assert.are.same({ 200 }, r.statuses)
+      assert.are.equal(1, granted("mark-1"))
+      assert.matches("processed, but not marked yet", a:error_log(), 1, true)
+    end)
+
     it("a large body buffered to a temp file by nginx still verifies", function()
       local e = event()
       e.requestId = "big-1"

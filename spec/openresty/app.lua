@@ -191,6 +191,18 @@ end
 -- pid and waits (for a test to kill the worker inside the handler)
 routes["/webhook"] = function()
   local store = cfg.redis_port and redis_store(cfg.redis_port) or oauth.store.shdict(ngx.shared.nomba)
+  local fail_marks = tonumber(ngx.var.arg_fail_marks)
+  if fail_marks then                        -- the store takes no "done" mark for its first fail_marks tries
+    local inner, t = store, ngx.shared.test
+    store = setmetatable({ set = function(self, key, value, ttl)
+      if key:find(":done$") and t:incr("mark_failures", 1, 0) <= fail_marks then return nil, "READONLY" end
+      return inner.set(inner, key, value, ttl)
+    end }, { __index = function(_, k)
+      local f = inner[k]
+      if type(f) == "function" then return function(_, ...) return f(inner, ...) end end
+      return f
+    end })
+  end
   return resty.webhook {
     key = cfg.webhook_key or "sim-webhook-key-0001", store = store, lease = cfg.webhook_lease,
     handler = function(event)

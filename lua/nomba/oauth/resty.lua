@@ -421,7 +421,22 @@ function M.webhook(opts)
   end
   if dedupe then
     local done, derr = webhook.done(store, id, ttl)
-    if not done then ngx.log(ngx.ERR, "nomba.oauth webhook: processed, but not marked: ", tostring(derr)) end
+    if not done then
+      -- granted, but the store did not take the mark (Redis restarting, say):
+      -- the claim still holds the event for its lease; the mark is tried
+      -- again from a timer until it lands or the lease would be over, since
+      -- an event whose claim lapsed unmarked would be granted again
+      ngx.log(ngx.ERR, "nomba.oauth webhook: processed, but not marked yet (trying again): ", tostring(derr))
+      local until_t, wait = now() + (opts.lease or W.lease), 0.1
+      local function again(premature)
+        if premature then return end
+        if webhook.done(store, id, ttl) then return end
+        wait = math.min(wait * 2, 2)
+        if now() + wait < until_t then ngx.timer.at(wait, again)
+        else ngx.log(ngx.ERR, "nomba.oauth webhook: ", id, " was processed but could not be marked done") end
+      end
+      ngx.timer.at(wait, again)
+    end
   end
   return answer(200, { ok = true })
 end
