@@ -575,6 +575,14 @@ md[#md + 1] = "How each is measured: `bench/bench.lua`; the C baselines are `ben
   "`os.clock()` for ours (the process's CPU clock), `getrusage` in the C loop. " ..
   "An idle client's RSS includes the page its secret buffer takes (secrets live in whole pages " ..
   "kept out of core dumps)."
+-- the last 30-minute chaos soak's record (make soak; tools/soak_report.lua)
+package.path = "tools/?.lua;" .. package.path
+local soak_report = require "soak_report"
+local soak = soak_report.read("bench/soak.json")
+if soak then
+  md[#md + 1] = ""
+  for _, line in ipairs(soak_report.lines(soak)) do md[#md + 1] = line end
+end
 local mf = assert(io.open(out_md, "w"))
 mf:write(table.concat(md, "\n"), "\n")
 mf:close()

@@ -194,7 +194,7 @@ routes["/webhook"] = function()
   local fail_marks = tonumber(ngx.var.arg_fail_marks)
   if fail_marks then                        -- the store takes no "done" mark for its first fail_marks tries
     local inner, t = store, ngx.shared.test
-    store = setmetatable({ set = function(self, key, value, ttl)
+    store = setmetatable({ set = function(_, key, value, ttl)
       if key:find(":done$") and t:incr("mark_failures", 1, 0) <= fail_marks then return nil, "READONLY" end
       return inner.set(inner, key, value, ttl)
     end }, { __index = function(_, k)
