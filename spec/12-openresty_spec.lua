@@ -32,6 +32,60 @@ describe("OpenResty", function()
     a = nil
   end)
 
+  it("goes through an HTTP CONNECT proxy (proxy option), TLS verified for Nomba's name", function()
+    local sim_port = sim.url:match(":(%d+)$")
+    local function proxy(mode)
+      local port = require("nomba.oauth.simulator").free_port()
+      local logfile = os.tmpname()
+      local pid = H.sh(("%s spec/connect_proxy.lua %d %s %s >/dev/null 2>&1 & echo $!"):format(
+        arg and arg[-1] or "lua5.4", port, logfile, mode)):match("%d+")
+      for _ = 1, 100 do
+        local f = io.open(logfile)
+        local up = f and f:read("*a"):find("listening", 1, true)
+        if f then f:close() end
+        if up then break end
+        H.sleep(0.02)
+      end
+      return "http://127.0.0.1:" .. port, logfile, pid
+    end
+    a = app { workers = 1 }
+    local url, logfile, pid = proxy("ok")
+    local code, body = get(a, "/proxied?proxy=" .. url)
+    assert.are.equal(200, code, body)
+    local r = cjson.decode(body)
+    assert.is_true(r.ok, body)
+    assert.are.equal(200, r.status)
+    local seen = io.open(logfile):read("*a")
+    assert.matches("CONNECT localhost:" .. sim_port, seen, 1, true)
+    -- libcurl takes the same proxy the same way
+    local c = H.client { proxy = url }
+    assert(c:token())
+    assert.are.equal(200, assert(c:request { path = "/v1/accounts/balance" }).status)
+    c:close()
+    local _, n = io.open(logfile):read("*a"):gsub("CONNECT localhost:" .. sim_port, "")
+    assert.is_true(n >= 2, io.open(logfile):read("*a"))
+    os.execute("kill " .. pid)
+    os.remove(logfile)
+    -- a proxy that wants credentials: config; one that refuses: transport, nothing sent
+    url, logfile, pid = proxy("407")
+    r = cjson.decode(select(2, get(a, "/proxied?proxy=" .. url)))
+    assert.are.same({ false, "config", false }, { r.ok, r.kind, r.maybe_sent })
+    assert.matches("asks for authentication", r.message)
+    os.execute("kill " .. pid)
+    os.remove(logfile)
+    url, logfile, pid = proxy("403")
+    r = cjson.decode(select(2, get(a, "/proxied?proxy=" .. url)))
+    assert.are.same({ false, "transport" }, { r.ok, r.kind })
+    assert.matches("proxy answered 403", r.message)
+    os.execute("kill " .. pid)
+    os.remove(logfile)
+    -- an https:// or "env" proxy is a config error
+    for _, bad in ipairs { "https://127.0.0.1:9", "env" } do
+      r = cjson.decode(select(2, get(a, "/proxied?proxy=" .. bad)))
+      assert.are.same({ false, "config" }, { r.ok, r.kind }, bad)
+    end
+  end)
+
   it("a TLS failure on cosockets is a tls error", function()
     a = app {}
     local code, body = get(a, "/tls_refused")

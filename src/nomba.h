@@ -96,7 +96,9 @@ typedef struct {
     int loopback;
 } url_parts;
 /* NULL, or why the URL is refused; a query only where allow_query */
-NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int allow_query);
+#define URL_QUERY 1   /* url_split: a query is allowed (an API call's URL) */
+#define URL_PROXY 2   /* url_split: an http:// proxy, on any host */
+NOMBA_HIDDEN const char *url_split(const char *url, url_parts *p, int flags);
 NOMBA_HIDDEN void url_free(url_parts *p);
 NOMBA_HIDDEN int  url_on(const url_parts *base, const char *url, const char **why); /* 1 same origin, 0, -1 */
 NOMBA_HIDDEN int  url_on_parts(const url_parts *base, const char *url, url_parts *u, const char **why);

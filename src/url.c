@@ -47,8 +47,9 @@ void url_free(url_parts *p)
     memset(p, 0, sizeof *p);
 }
 
-const char *url_split(const char *url, url_parts *p, int allow_query)
+const char *url_split(const char *url, url_parts *p, int flags)
 {
+    int allow_query = (flags & URL_QUERY) != 0;
     CURLU *u = curl_url();
     char *x = NULL, *port = NULL;
     const char *why = NULL;
@@ -76,7 +77,12 @@ const char *url_split(const char *url, url_parts *p, int allow_query)
         p->loopback = is_loopback(p->host);
         if (p->port < 1 || p->port > 65535)
             why = "has no valid port";
-        else if (strcasecmp(p->scheme, "https") != 0 &&
+        else if (flags & URL_PROXY) {
+            if (strcasecmp(p->scheme, "http") != 0)
+                why = "must be an http:// proxy (a CONNECT tunnel carries the TLS to Nomba)";
+            else if (strcmp(p->path, "/") != 0 && p->path[0] != '\0')
+                why = "must not have a path";
+        } else if (strcasecmp(p->scheme, "https") != 0 &&
             (strcasecmp(p->scheme, "http") != 0 || !p->loopback))
             why = strcasecmp(p->scheme, "http") == 0
                       ? "must be https:// (plain http:// is allowed only for a loopback host)"
@@ -95,7 +101,7 @@ const char *url_split(const char *url, url_parts *p, int allow_query)
  * their absolute URLs. */
 int url_on_parts(const url_parts *base, const char *url, url_parts *u, const char **why)
 {
-    *why = url_split(url, u, 1);
+    *why = url_split(url, u, URL_QUERY);
     if (*why != NULL)
         return -1;
     return strcasecmp(u->scheme, base->scheme) == 0 && strcasecmp(u->host, base->host) == 0 &&
@@ -148,11 +154,13 @@ static int core_url_on(lua_State *L)
     return r ? 2 : 1;
 }
 
-/* core.url(url): the parts libcurl sees, or nil and why it is refused. */
+/* core.url(url[, "proxy"]): the parts libcurl sees, or nil and why it is
+ * refused; with "proxy", the rules of an http:// proxy URL. */
 static int core_url(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    int proxy = lua_isstring(L, 2) && strcmp(lua_tostring(L, 2), "proxy") == 0;
     url_parts p;
     const char *why;
     if (strlen(s) != n) {
@@ -160,7 +168,7 @@ static int core_url(lua_State *L)
         lua_pushliteral(L, "must not contain NUL bytes");
         return 2;
     }
-    why = url_split(s, &p, 0);
+    why = url_split(s, &p, proxy ? URL_PROXY : 0);
     if (why != NULL) {
         lua_pushnil(L);
         lua_pushstring(L, why);

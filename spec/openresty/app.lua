@@ -135,6 +135,17 @@ routes["/all"] = function()
   json(out)
 end
 
+-- through an HTTP CONNECT proxy (spec/connect_proxy.lua): a renewal and a call
+routes["/proxied"] = function()
+  local c = oauth.new(options { transport = resty, proxy = ngx.var.arg_proxy })
+  local t, err = c:token()
+  local res, rerr
+  if t then res, rerr = c:request { path = "/v1/accounts/balance" } end
+  local e = err or rerr
+  json { ok = res ~= nil, status = res and res.status, kind = e and e.kind, message = e and e.message,
+         maybe_sent = e and e.maybe_sent }
+end
+
 -- a certificate that does not cover the name asked for: a typed error
 routes["/tls_refused"] = function()
   local c = oauth.new(options { transport = resty, base_url = cfg.url:gsub("//localhost:", "//127.0.0.1:") })

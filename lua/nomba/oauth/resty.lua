@@ -19,8 +19,11 @@
 -- `resolver_timeout`. Answers are read in pieces: headers are capped at
 -- 32 KiB, a body is refused as soon as it passes `max_response_bytes`
 -- (Content-Length, chunked, or up to the close). The URL is the one
--- libcurl's parser sees (`core.url`); a `proxy` option is refused, and no
--- proxy variable of the environment is ever read.
+-- libcurl's parser sees (`core.url`). The client's `proxy` option, an
+-- http:// URL, makes every connection a CONNECT tunnel through that proxy
+-- (as lua-resty-http's `https_proxy`), TLS verified end to end for Nomba's
+-- name; no proxy variable of the environment is ever read (`"env"` is
+-- refused here).
 --
 -- Connections are kept alive in a pool whose name holds the host, the port
 -- and the verification, so a pooled connection is never reused for another
@@ -107,12 +110,70 @@ local function io_fail(op, what, err, sent)
   return fail(timeout and "timeout" or "transport", op, what .. ": " .. tostring(err), true, sent)
 end
 
+-- The proxy of a request: its parts (and the pool of tunnels through it to
+-- the request's host), or nil and a config error.
+local proxies = {}
+local function proxy_of(op, proxy, u)
+  local p = proxies[proxy]
+  if not p then
+    if proxy == "env" then
+      return nil, select(2, fail("config", op, "the OpenResty transport reads no proxy variables: give the " ..
+        "proxy's URL as the proxy option", false, false))
+    end
+    local why
+    p, why = core.url(proxy, "proxy")
+    if not p then return nil, select(2, fail("config", op, "proxy " .. tostring(why), false, false)) end
+    p.literal = literal(p.host)
+    proxies[proxy] = p
+  end
+  return p, fmt("%s via %s:%d", u.pool, p.host, p.port)
+end
+
+-- Through a proxy: asks it for a tunnel to the request's host (CONNECT),
+-- within the deadline. True, or nil and the error (the request never left).
+local function tunnel(op, sock, u, deadline)
+  local target = u.host:find(":", 1, true) and not u.host:find("^%[") and ("[" .. u.host .. "]") or u.host
+  target = target .. ":" .. u.port
+  if not bound(sock, deadline) then return fail("timeout", op, "proxy CONNECT: timeout", true, false) end
+  local ok, err = sock:send("CONNECT " .. target .. " HTTP/1.1\r\nHost: " .. target .. "\r\n\r\n")
+  if not ok then return io_fail(op, "proxy CONNECT", err, false) end
+  local status, total = nil, 0
+  while true do                                 -- the status line, then header lines up to the empty one
+    if not bound(sock, deadline) then return fail("timeout", op, "proxy CONNECT: timeout", true, false) end
+    local line, rerr = sock:receive("*l")
+    if not line then return io_fail(op, "proxy CONNECT", rerr, false) end
+    total = total + #line + 2
+    if total > 8192 then return fail("protocol", op, "proxy CONNECT: an answer over 8 KiB", false, false) end
+    if not status then
+      status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
+      if not status then return fail("protocol", op, "proxy CONNECT: not an HTTP answer", false, false) end
+    elseif line == "" then
+      break
+    end
+  end
+  if status == 407 then
+    return fail("config", op, "proxy CONNECT: the proxy asks for authentication (407), which this " ..
+      "transport does not send", false, false)
+  end
+  if status < 200 or status > 299 then
+    return fail("transport", op, ("proxy CONNECT: the proxy answered %d"):format(status), true, false)
+  end
+  return true
+end
+
 -- A connected (and, for https, TLS-verified) socket for the request's
--- host, within the deadlines; or nil and the error.
-local function open(op, u, deadline, connect_deadline)
+-- host, within the deadlines; or nil and the error. Through a proxy: a
+-- tunnel to the host, in a pool of its own.
+local function open(op, u, deadline, connect_deadline, proxy)
   local host, verify = u.host, u.scheme == "https"
   local sock = ngx.socket.tcp()
-  local ok, err = connect(sock, u, { pool = u.pool, pool_size = POOL_SIZE }, connect_deadline)
+  local via, pool = nil, u.pool
+  if proxy then
+    local p, perr = proxy_of(op, proxy, u)
+    if not p then return nil, perr end
+    via, pool = p, perr
+  end
+  local ok, err = connect(sock, via or u, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
   if not ok then
     sock:close()
     if type(err) == "string" and err:find("no resolver defined", 1, true) then
@@ -120,7 +181,14 @@ local function open(op, u, deadline, connect_deadline)
         "to the http block (the nameserver of /etc/resolv.conf, e.g. `resolver 127.0.0.53 ipv6=off;`)", false,
         false)
     end
-    return io_fail(op, "connect", err, false)
+    return io_fail(op, via and "connect to the proxy" or "connect", err, false)
+  end
+  if via and sock:getreusedtimes() == 0 then
+    local tok, terr = tunnel(op, sock, u, connect_deadline)
+    if not tok then
+      sock:close()
+      return nil, terr
+    end
   end
   if verify and sock:getreusedtimes() == 0 then
     if not bound(sock, deadline) then
@@ -224,15 +292,12 @@ function M.request(req)
       "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
       " from init_worker_by_lua and read the shared token", false, false)
   end
-  if req.proxy ~= nil then
-    return fail("config", op, "the OpenResty transport never uses a proxy: remove the proxy option", false, false)
-  end
   -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
   local u, why = parsed(req.url)
   if not u then return fail("config", op, "bad URL: " .. tostring(why), false, false) end
   local deadline = now() + (req.timeout or DEFAULTS.timeout)
   local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
-  local sock, err = open(op, u, deadline, connect_deadline)
+  local sock, err = open(op, u, deadline, connect_deadline, req.proxy)
   if not sock then return nil, err end
   local sent
   if bound(sock, deadline) then
