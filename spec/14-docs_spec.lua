@@ -183,7 +183,7 @@ describe("documentation", function()
 
   it("make install puts the module for every Lua present under PREFIX (in DESTDIR), and the command", function()
     local dir = io.popen("mktemp -d /tmp/nomba-install.XXXXXX"):read("*l")
-    local out, status = sh("make -s install DESTDIR=" .. dir .. " PREFIX=/opt/nomba 2>&1")
+    local out, status = sh("make -s --no-print-directory install DESTDIR=" .. dir .. " PREFIX=/opt/nomba 2>&1")
     assert.equals(0, status, out)
     local versions = 0
     for v in out:gmatch("install: Lua (%d%.%d) ") do
@@ -201,7 +201,7 @@ describe("documentation", function()
     assert.is_true(versions >= 1, out)
     local newest = out:match("bin/nomba%-oauth %((lua[%d%.]+)%)")
     assert.are.equal("#!/usr/bin/env " .. newest, io.open(dir .. "/opt/nomba/bin/nomba-oauth"):read("*l"))
-    out, status = sh("make -s uninstall DESTDIR=" .. dir .. " PREFIX=/opt/nomba 2>&1 && find " .. dir .. " -type f")
+    out, status = sh("make -s --no-print-directory uninstall DESTDIR=" .. dir .. " PREFIX=/opt/nomba 2>&1 && find " .. dir .. " -type f")
     assert.equals(0, status, out)
     assert.are.equal("", (out:gsub("status=%d+%s*$", "")))
     os.execute("rm -rf " .. dir)
@@ -219,7 +219,8 @@ describe("documentation", function()
     assert.matches("src/nomba.h says " .. v .. ", not 9.9.9", out, 1, true)
     -- a refused release leaves nothing behind: no build/release, no temporary directory
     assert.is_nil(io.open(dir .. "/r/build/release/nomba-oauth-9.9.9-1.rockspec"))
-    assert.is_falsy(os.execute("test -e " .. dir .. "/r/build/release"))
+    local gone = os.execute("test -e " .. dir .. "/r/build/release")   -- (5.1 and LuaJIT: a number)
+    assert.is_true(gone == false or gone == nil or (type(gone) == "number" and gone ~= 0))
     -- a release needs its CHANGELOG heading
     sh(r .. "sed -i '0,/^## .*/s//## Unreleased/' CHANGELOG.md && " .. git .. "commit -qam wip")
     out, status = sh(r .. "sh tools/release.sh " .. v)
