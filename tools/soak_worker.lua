@@ -27,6 +27,13 @@ end
 local deadline = core.now() + seconds
 local next_call = core.now()
 if mode == "nonblocking" then
+  -- a game loop starts its calls once it holds a token (before, start() answers
+  -- "pending" by design, which is no call made): step() until then, 10 s at most
+  local ready_by = core.now() + 10
+  while not client:token { wait = false } and core.now() < ready_by do
+    client:step()
+    client:wait(0.01)
+  end
   local in_flight = false
   while core.now() < deadline do
     client:step()
