@@ -234,7 +234,7 @@ asan:
 	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=23:detect_odr_violation=0 \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/tools/asan.supp:print_suppressions=0 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(LUA_BIN) $(BUSTED) --exclude-tags=slow $(BUSTED_ARGS)
+	  $(LUA_BIN) $(BUSTED) --exclude-tags=slow,preload $(BUSTED_ARGS)
 
 valgrind: test-build
 	$(TEST_ENV) $(LUA_BIN) tools/with-simulator.lua valgrind -q --leak-check=full \

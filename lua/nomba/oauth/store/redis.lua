@@ -110,7 +110,9 @@ local function connector(p, store)
           -- lua-resty-redis 0.27 (Debian) has no TLS option: the handshake on its socket,
           -- verified (there is no switch to turn verification off)
           local sock = rawget(red, "_sock")
-          local session, herr = sock:sslhandshake(nil, p.server_name or p.host, true)
+          -- (Debian's lua-resty-core 0.1.25 can raise there: keep it a failure)
+          local called, session, herr = pcall(sock.sslhandshake, sock, nil, p.server_name or p.host, true)
+          if not called then session, herr = nil, session end
           if not session then
             red:close()
             return nil, "redis TLS handshake: " .. tostring(herr)
