@@ -225,7 +225,7 @@ ASAN_SAN   := address,undefined,float-cast-overflow
 # LeakSanitizer sees only our module's and libcurl/OpenSSL's memory: Lua's
 # own heap is still reachable at exit (busted does not close the state), so
 # no suppression is needed; tools/asan.supp documents the only one we keep.
-asan:
+asan: jit-module
 	$(MAKE) all BUILD=$(ASAN_BUILD) CC=gcc CFLAGS="-O1 -g -fno-omit-frame-pointer" \
 	  EXTRA_CFLAGS="-DNOMBA_TEST_HOOKS -fsanitize=$(ASAN_SAN) -fno-sanitize-recover=all" \
 	  LDFLAGS="-fsanitize=$(ASAN_SAN)"
