@@ -49,7 +49,7 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden
 
 BUILD    ?= build/$(LUA)
 SRCS     := src/core.c src/client.c src/token.c src/proto.c src/http.c src/err.c src/sbuf.c src/codec.c \
-            src/timeparse.c src/pkce.c src/seal.c src/url.c src/json.c src/head.c src/webhook.c src/filestore.c
+            src/timeparse.c src/pkce.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/webhook.c src/filestore.c
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
 
@@ -210,7 +210,12 @@ bench: all jit-module
 	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/pkce_c bench/pkce_c.c $(DEPS_LIBS)
 	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/curl_loop bench/curl_loop.c $(DEPS_LIBS)
 	$(CC) -O2 -Wall -Wextra -Werror -o $(BENCH_BIN)/webhook_c bench/webhook_c.c $(DEPS_LIBS)
-	BENCH_BIN=$(BENCH_BIN) $(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) bench/bench.lua
+	@if command -v go >/dev/null 2>&1 && [ -d /usr/share/gocode/src/golang.org/x/oauth2 ]; then \
+	  GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$(CURDIR)/build/gocache \
+	    go build -o $(BENCH_BIN)/go_tenants bench/go_tenants.go; \
+	else echo "bench: Go's row needs golang-go and golang-golang-x-oauth2-dev (Debian)"; fi
+	BENCH_BIN=$(BENCH_BIN) BENCH_LUAJIT_CPATH="$(CURDIR)/build/jit/?.so;;" $(LUA_ENV) $(LUA_BIN) \
+	  tools/with-simulator.lua $(LUA_BIN) bench/bench.lua
 
 # ---- quality gates ---------------------------------------------------------
 
@@ -256,7 +261,7 @@ FUZZ_TIME  ?= 60
 FUZZ_BUILD := build/fuzz
 FUZZERS    := iso8601 httpdate verifier answer url webhook
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all -D_GNU_SOURCE -I src -I$(LUA_INCDIR) $(DEPS_CFLAGS)
-FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/json.c src/head.c src/webhook.c src/filestore.c \
+FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/webhook.c src/filestore.c \
               -llua$(LUA) $(DEPS_LIBS)
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)

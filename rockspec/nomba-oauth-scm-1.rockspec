@@ -62,7 +62,7 @@ build = {
     ["nomba.oauth.resty.reader"] = "lua/nomba/oauth/resty/reader.lua",
     ["nomba.oauth.core"] = {
       sources = { "src/core.c", "src/client.c", "src/token.c", "src/proto.c", "src/http.c", "src/err.c", "src/codec.c",
-                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/json.c",
+                  "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/endpoint.c", "src/json.c",
                   "src/head.c", "src/webhook.c", "src/filestore.c" },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "ssl", "crypto" },

@@ -30,25 +30,27 @@ static void free_str(char **s)
  * capacity is zero before it is freed, and remember the verdict. */
 static void test_check_wiped(client *c)
 {
-    sbuf *bufs[14];
-    int i;
+    sbuf *bufs[13];
+    attempt *a = c->at;                 /* an attempt cut short (an error, GC mid-transfer) */
+    int i, nb = 0;
     size_t k;
-    bufs[0] = &c->tok.secret;
-    bufs[1] = &c->tok.access;
-    bufs[2] = &c->tok.refresh;
-    bufs[3] = &c->at.body;
-    bufs[4] = &c->at.bearer_hdr;
-    bufs[5] = &c->at.resp;
-    bufs[6] = &c->seal.ikm;
-    bufs[7] = &c->seal.aes;
-    bufs[8] = &c->seal.pt;
-    bufs[9] = &c->seal.ct;
-    bufs[10] = &c->at.req_secret[0];
-    bufs[11] = &c->at.scratch[0];
-    bufs[12] = &c->at.scratch[1];
-    bufs[13] = &c->at.req_secret[1];
+    bufs[nb++] = &c->tok.secret;
+    bufs[nb++] = &c->tok.access;
+    bufs[nb++] = &c->tok.refresh;
+    bufs[nb++] = &c->seal.ikm;
+    bufs[nb++] = &c->seal.aes;
+    if (a != NULL) {
+        bufs[nb++] = &a->body;
+        bufs[nb++] = &a->bearer_hdr;
+        bufs[nb++] = &a->resp;
+        bufs[nb++] = &a->head;
+        bufs[nb++] = &a->req_secret[0];
+        bufs[nb++] = &a->req_secret[1];
+        bufs[nb++] = &a->scratch[0];
+        bufs[nb++] = &a->scratch[1];
+    }
     c->test_wiped = 1;
-    for (i = 0; i < 14; i++) {
+    for (i = 0; i < nb; i++) {
         sbuf_wipe(bufs[i]);
         for (k = 0; bufs[i]->p != NULL && k < bufs[i]->cap; k++)
             if (bufs[i]->p[k] != 0)
@@ -62,7 +64,6 @@ static void test_check_wiped(client *c)
 /* close, __gc and __close: any number of times. */
 static void cleanup(client *c)
 {
-    int i;
     http_release(c);
 #ifdef NOMBA_TEST_HOOKS
     if (!c->closed)
@@ -72,21 +73,10 @@ static void cleanup(client *c)
     token_forget(c);
     sbuf_free(&c->seal.ikm);
     sbuf_free(&c->seal.aes);
-    sbuf_free(&c->seal.pt);
-    sbuf_free(&c->seal.ct);
     free_str(&c->cfg.account_id);
     free_str(&c->cfg.client_id);
-    free_str(&c->cfg.base_url);
-    free_str(&c->cfg.cafile);
-    free_str(&c->cfg.capath);
-    free_str(&c->cfg.pinned_pubkey);
-    free_str(&c->cfg.proxy);
-    free_str(&c->cfg.user_agent);
-    url_free(&c->cfg.base);             /* the parse is freed with the client, also a half-built one */
-    for (i = 0; i < OP_PATHS; i++) {
-        free_str(&c->cfg.paths[i]);
-        free_str(&c->cfg.urls[i]);
-    }
+    endpoint_release(c->cfg.ep);        /* also a half-built client's */
+    c->cfg.ep = NULL;
     c->closed = 1;
 }
 
@@ -128,39 +118,11 @@ static double opt_number(lua_State *L, int t, const char *name, double lo, doubl
     return v;
 }
 
-/* The base URL and every operation's URL, judged on libcurl's own parse:
- * each must go to the base URL's scheme, host and port. Plain http is
- * allowed only for a loopback host (url_split refuses anything else). */
-static void check_urls(lua_State *L, client *c)
-{
-    url_parts *base = &c->cfg.base;
-    char full[1024];
-    const char *why = url_split(c->cfg.base_url, base, 0);
-    int i;
-    if (why != NULL)
-        luaL_error(L, "nomba.oauth: option 'base_url' %s", why);
-    c->cfg.allow_http = strcasecmp(base->scheme, "http") == 0;
-    for (i = 0; i < OP_PATHS; i++) {
-        int n;
-        if (c->cfg.paths[i] == NULL)
-            continue;
-        n = snprintf(full, sizeof full, "%s%s", c->cfg.base_url, c->cfg.paths[i]);
-        if (n < 0 || (size_t)n >= sizeof full)
-            luaL_error(L, "nomba.oauth: option 'paths' makes a URL over %d bytes", (int)sizeof full - 1);
-        if (url_on(base, full, &why) != 1)
-            luaL_error(L, "nomba.oauth: option 'paths' (%s) must stay on base_url's scheme, host and port",
-                       nomba_op_names[i]);
-        if ((c->cfg.urls[i] = nomba_strndup(full, (size_t)n)) == NULL)
-            luaL_error(L, "nomba.oauth: out of memory");
-    }
-}
-
 /* core.new(opts, state): opts already checked and completed by the Lua
  * layer (every default filled in); state becomes the user value. */
 static int client_new(lua_State *L)
 {
     client *c;
-    int i;
     size_t n;
     luaL_checktype(L, 1, LUA_TTABLE);
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -178,30 +140,11 @@ static int client_new(lua_State *L)
         return luaL_error(L, "nomba.oauth: option 'account_id' is longer than %d bytes",
                           NOMBA_MAX_ACCOUNT_ID);
     opt_string(L, 1, "client_id", &c->cfg.client_id, 1);
-    opt_string(L, 1, "base_url", &c->cfg.base_url, 1);
-    opt_string(L, 1, "cafile", &c->cfg.cafile, 0);
-    opt_string(L, 1, "capath", &c->cfg.capath, 0);
-    opt_string(L, 1, "pinned_pubkey", &c->cfg.pinned_pubkey, 0);
-    opt_string(L, 1, "proxy", &c->cfg.proxy, 0);
-    opt_string(L, 1, "user_agent", &c->cfg.user_agent, 1);
-    lua_getfield(L, 1, "paths");
-    luaL_checktype(L, -1, LUA_TTABLE);
-    for (i = 0; i < OP_PATHS; i++)       /* every op the paths table names; exchange uses issue's */
-        opt_string(L, lua_gettop(L), nomba_op_names[i], &c->cfg.paths[i], 0);
-    lua_pop(L, 1);
-    if (c->cfg.paths[OP_ISSUE] == NULL)
-        return luaL_error(L, "nomba.oauth: option 'paths' has no issue path");
-    free_str(&c->cfg.paths[OP_EXCHANGE]);
-    c->cfg.paths[OP_EXCHANGE] = nomba_strndup(c->cfg.paths[OP_ISSUE], strlen(c->cfg.paths[OP_ISSUE]));
-    if (c->cfg.paths[OP_EXCHANGE] == NULL)
-        return luaL_error(L, "nomba.oauth: out of memory");
-    check_urls(L, c);
+    c->cfg.ep = endpoint_get(L, 1);     /* base_url, paths, TLS, proxy, user_agent: shared */
 
     c->cfg.timeout = opt_number(L, 1, "timeout", 0.001, NOMBA_MAX_TIMEOUT);
-    c->cfg.connect_timeout = opt_number(L, 1, "connect_timeout", 0.001, NOMBA_MAX_TIMEOUT);
     c->cfg.refresh_skew = opt_number(L, 1, "refresh_skew", 0, NOMBA_MAX_LIFETIME);
     c->cfg.max_response = (size_t)opt_number(L, 1, "max_response_bytes", 256, NOMBA_MAX_RESPONSE);
-    c->at.max_response = c->cfg.max_response;     /* the cap of an attempt not yet made */
 
     lua_getfield(L, 1, "client_secret");
     if (!lua_isnil(L, -1)) {
@@ -281,7 +224,7 @@ static int client__tostring(lua_State *L)
         state = "invalidated";
     }
     lua_pushfstring(L, "nomba.oauth.Client (account %s, client %s, %s, token %s): %p",
-                    c->cfg.account_id, c->cfg.client_id, c->cfg.base_url, state, (void *)c);
+                    c->cfg.account_id, c->cfg.client_id, c->cfg.ep->base_url, state, (void *)c);
     return 1;
 }
 

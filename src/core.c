@@ -253,12 +253,6 @@ int luaopen_nomba_oauth_core(lua_State *L)
     lua_pushinteger(L, NOMBA_MAX_ACCOUNT_ID);
     lua_setfield(L, -2, "account_id");
     lua_setfield(L, -2, "LIMITS");
-#ifdef CLOCK_MONOTONIC_COARSE           /* the clock of the hot path's deadlines (nt_mono_coarse) */
-    lua_pushinteger(L, CLOCK_MONOTONIC_COARSE);
-#else
-    lua_pushinteger(L, CLOCK_MONOTONIC);
-#endif
-    lua_setfield(L, -2, "CLOCK");
     err_open(L);
     http_open(L);
     proto_open(L);
@@ -266,6 +260,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     token_open(L);
     seal_open(L);
     url_open(L);
+    endpoint_open(L);
     head_open(L);
     webhook_open(L);
     filestore_open(L);

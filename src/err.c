@@ -79,6 +79,8 @@ static uint64_t piece_of(const char *p)
 #define BIT2(h) (((h) >> 34) & (ECHO_BITS - 1))
 #define HAS(ix, b) (((ix)->bits[(b) >> 6] >> ((b) & 63)) & 1u)
 
+static const sbuf no_secret = {NULL, 0, 0};
+
 /* Indexes the secrets of c (none when c is NULL). */
 void echo_begin(echo_index *ix, const client *c)
 {
@@ -92,8 +94,8 @@ void echo_begin(echo_index *ix, const client *c)
     cands[0] = &c->tok.secret;
     cands[1] = &c->tok.access;
     cands[2] = &c->tok.refresh;
-    cands[3] = &c->at.req_secret[0];
-    cands[4] = &c->at.req_secret[1];
+    cands[3] = c->at != NULL ? &c->at->req_secret[0] : &no_secret;   /* between attempts: none */
+    cands[4] = c->at != NULL ? &c->at->req_secret[1] : &no_secret;
     memset(ix->bits, 0, sizeof ix->bits);
     for (k = 0; k < 5; k++) {
         const sbuf *s = cands[k];
@@ -120,7 +122,7 @@ static const char cache_key = 'e';   /* registry key: the Lua state's kept index
 const echo_index *echo_for(lua_State *L, const client *c)
 {
     echo_index *ix;
-    int reusable = c->at.req_secret[0].n == 0 && c->at.req_secret[1].n == 0;
+    int reusable = c->at == NULL || (c->at->req_secret[0].n == 0 && c->at->req_secret[1].n == 0);
     lua_pushlightuserdata(L, (void *)&cache_key);
     lua_rawget(L, LUA_REGISTRYINDEX);
     ix = (echo_index *)lua_touserdata(L, -1);
@@ -131,12 +133,12 @@ const echo_index *echo_for(lua_State *L, const client *c)
         ix->owner = NULL;
         lua_rawset(L, LUA_REGISTRYINDEX);   /* the userdata stays referenced: ix stays valid */
     }
-    if (reusable && ix->owner == c && ix->serial == c->xfer.serial && ix->gen == c->tok.gen)
+    if (reusable && ix->owner == c && ix->serial == c->serial && ix->gen == c->tok.gen)
         return ix;
     echo_begin(ix, c);
     if (reusable) {
         ix->owner = c;
-        ix->serial = c->xfer.serial;
+        ix->serial = c->serial;
         ix->gen = c->tok.gen;
     }
     return ix;

@@ -182,11 +182,11 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     client *c = (client *)ud;
     size_t n = size * nmemb;
-    if (c->at.resp.n + n > c->at.max_response) {
-        c->at.overflow = OVERFLOW_BODY;
+    if (c->at->resp.n + n > c->at->max_response) {
+        c->at->overflow = OVERFLOW_BODY;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
-    if (!sbuf_add(&c->at.resp, p, n))
+    if (!sbuf_add(&c->at->resp, p, n))
         return 0;
     return n;
 }
@@ -199,25 +199,25 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
 {
     client *c = (client *)ud;
     size_t n = size * nmemb;
-    c->at.header_bytes += n;
-    if (c->at.header_bytes > NOMBA_MAX_HEADERS) {
-        c->at.overflow = OVERFLOW_HEADERS;
+    c->at->header_bytes += n;
+    if (c->at->header_bytes > NOMBA_MAX_HEADERS) {
+        c->at->overflow = OVERFLOW_HEADERS;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         /* a new response (after 1xx or a retry inside libcurl): start over */
-        head_note(&c->at.meta, p, n);
-        sbuf_wipe(&c->at.head);
-        c->at.head_done = 0;
+        head_note(&c->at->meta, p, n);
+        sbuf_wipe(&c->at->head);
+        c->at->head_done = 0;
         return n;
     }
     if ((n == 2 && p[0] == '\r' && p[1] == '\n') || (n == 1 && p[0] == '\n')) {
-        c->at.head_done = 1;
+        c->at->head_done = 1;
         return n;
     }
-    if (c->at.method != NULL && !sbuf_add(&c->at.head, p, n))
+    if (c->at->method != NULL && !sbuf_add(&c->at->head, p, n))
         return 0;
-    head_note(&c->at.meta, p, n);
+    head_note(&c->at->meta, p, n);
     return n;
 }
 
@@ -383,21 +383,21 @@ static int on_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
     (void)sockp;
     if (curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&c) != CURLE_OK || c == NULL)
         return 0;                   /* libcurl's own (closing a cached connection) */
-    for (i = 0; i < c->xfer.nsocks; i++)
-        if (c->xfer.socks[i].fd == (int)fd)
+    for (i = 0; i < c->at->xfer.nsocks; i++)
+        if (c->at->xfer.socks[i].fd == (int)fd)
             slot = i;
     if (what == CURL_POLL_REMOVE) {
         if (slot >= 0)
-            c->xfer.socks[slot] = c->xfer.socks[--c->xfer.nsocks];
+            c->at->xfer.socks[slot] = c->at->xfer.socks[--c->at->xfer.nsocks];
         return 0;
     }
     if (slot < 0) {
-        if (c->xfer.nsocks == NB_MAX_SOCKS)
+        if (c->at->xfer.nsocks == NB_MAX_SOCKS)
             return -1;              /* never: one transfer uses at most two */
-        slot = c->xfer.nsocks++;
+        slot = c->at->xfer.nsocks++;
     }
-    c->xfer.socks[slot].fd = (int)fd;
-    c->xfer.socks[slot].what = what;
+    c->at->xfer.socks[slot].fd = (int)fd;
+    c->at->xfer.socks[slot].what = what;
     return 0;
 }
 
@@ -477,7 +477,7 @@ static int pool_ready(http_pool *p)
  * between its attempts. */
 static void configure(CURL *h, http_pool *p, client *c)
 {
-    nomba_set_protocols(h, c->cfg.allow_http);
+    nomba_set_protocols(h, c->cfg.ep->allow_http);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -486,21 +486,21 @@ static void configure(CURL *h, http_pool *p, client *c)
     curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(h, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->cfg.connect_timeout * 1000));
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->cfg.ep->connect_timeout * 1000));
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    if (c->cfg.cafile)
-        curl_easy_setopt(h, CURLOPT_CAINFO, c->cfg.cafile);
-    if (c->cfg.capath)
-        curl_easy_setopt(h, CURLOPT_CAPATH, c->cfg.capath);
-    if (c->cfg.pinned_pubkey)
-        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, c->cfg.pinned_pubkey);
+    if (c->cfg.ep->cafile)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->cfg.ep->cafile);
+    if (c->cfg.ep->capath)
+        curl_easy_setopt(h, CURLOPT_CAPATH, c->cfg.ep->capath);
+    if (c->cfg.ep->pinned_pubkey)
+        curl_easy_setopt(h, CURLOPT_PINNEDPUBLICKEY, c->cfg.ep->pinned_pubkey);
     /* a proxy only when the proxy option names one: "" makes libcurl
      * ignore http_proxy, https_proxy and ALL_PROXY; "env" opts in to them */
-    if (c->cfg.proxy == NULL)
+    if (c->cfg.ep->proxy == NULL)
         curl_easy_setopt(h, CURLOPT_PROXY, "");
-    else if (strcmp(c->cfg.proxy, "env") != 0)
-        curl_easy_setopt(h, CURLOPT_PROXY, c->cfg.proxy);
+    else if (strcmp(c->cfg.ep->proxy, "env") != 0)
+        curl_easy_setopt(h, CURLOPT_PROXY, c->cfg.ep->proxy);
     curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
     curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
     if (p->share != NULL)
@@ -514,7 +514,7 @@ static CURL *borrow(http_pool *p, client *c)
     int i, pick = -1;
     CURL *h;
     for (i = 0; i < p->nspare; i++)
-        if (p->spare_owner[i] == c->xfer.serial)
+        if (p->spare_owner[i] == c->serial)
             pick = i;
     if (pick >= 0) {
         h = p->spare[pick];
@@ -543,7 +543,7 @@ static void give_back(http_pool *p, client *c, CURL *h)
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
     if (p->nspare < POOL_SPARE && p->pid == me()) {
         p->spare[p->nspare] = h;
-        p->spare_owner[p->nspare++] = c->xfer.serial;
+        p->spare_owner[p->nspare++] = c->serial;
     } else {
         curl_easy_cleanup(h);
     }
@@ -555,55 +555,55 @@ static void give_back(http_pool *p, client *c, CURL *h)
  * closed, which must never happen to a payment). */
 static void set_method(CURL *h, client *c)
 {
-    const char *m = c->at.method;
+    const char *m = c->at->method;
     int get = m != NULL && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 ||
-                            ((strcmp(m, "DELETE") == 0 || strcmp(m, "OPTIONS") == 0) && c->at.body.n == 0));
+                            ((strcmp(m, "DELETE") == 0 || strcmp(m, "OPTIONS") == 0) && c->at->body.n == 0));
     curl_easy_setopt(h, CURLOPT_NOBODY, (long)(m != NULL && strcmp(m, "HEAD") == 0));
     if (get) {
         curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
     } else {
         curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->at.body.p ? c->at.body.p : "");
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->at.body.n);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->at->body.p ? c->at->body.p : "");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->at->body.n);
     }
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
                      m != NULL && strcmp(m, "GET") != 0 && strcmp(m, "POST") != 0 && strcmp(m, "HEAD") != 0
                          ? m : NULL);
-    curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, (long)c->at.fresh_connect);
+    curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, (long)c->at->fresh_connect);
 }
 
 /* Starts the client's attempt (built by proto_build) on the pool's multi
  * handle; 0 when it could not (out of memory). */
 static int start(client *c, double timeout)
 {
-    http_pool *p = c->xfer.pool;
+    http_pool *p = c->pool;
     struct curl_slist *hdrs;
     CURL *h;
     int running;
     if (!pool_ready(p) || (h = borrow(p, c)) == NULL)
         return 0;
-    hdrs = c->at.lines;                     /* proto.c's, for every operation */
-    if (c->at.bearer_hdr.n > 0) {
+    hdrs = c->at->lines;                     /* proto.c's, for every operation */
+    if (c->at->bearer_hdr.n > 0) {
         /* the bearer's only copy stays in the attempt's buffer */
-        c->xfer.hdr_bearer.data = c->at.bearer_hdr.p;
-        c->xfer.hdr_bearer.next = hdrs;
-        hdrs = &c->xfer.hdr_bearer;
+        c->at->xfer.hdr_bearer.data = c->at->bearer_hdr.p;
+        c->at->xfer.hdr_bearer.next = hdrs;
+        hdrs = &c->at->xfer.hdr_bearer;
     }
-    c->xfer.errbuf[0] = '\0';
+    c->at->xfer.errbuf[0] = '\0';
     curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)c);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->xfer.errbuf);
-    curl_easy_setopt(h, CURLOPT_URL, c->at.url);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, c->at->xfer.errbuf);
+    curl_easy_setopt(h, CURLOPT_URL, c->at->url);
     set_method(h, c);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
-    c->xfer.h = h;
-    c->xfer.pid = me();
-    c->xfer.done = 0;
-    c->xfer.nsocks = 0;
+    c->at->xfer.h = h;
+    c->at->xfer.pid = me();
+    c->at->xfer.done = 0;
+    c->at->xfer.nsocks = 0;
     if (curl_multi_add_handle(p->multi, h) != CURLM_OK) {
-        c->xfer.h = NULL;
+        c->at->xfer.h = NULL;
         give_back(p, c, h);
         return 0;
     }
@@ -621,9 +621,10 @@ static void collect(http_pool *p)
         client *x = NULL;
         if (m->msg != CURLMSG_DONE)
             continue;
-        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x) == CURLE_OK && x != NULL) {
-            x->xfer.done = 1;
-            x->xfer.rc = m->data.result;
+        if (curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x) == CURLE_OK && x != NULL &&
+            x->at != NULL) {
+            x->at->xfer.done = 1;
+            x->at->xfer.rc = m->data.result;
         }
     }
 }
@@ -632,12 +633,12 @@ static void collect(http_pool *p)
  * checks each one itself), then the pool's due timers. */
 static void advance(client *c)
 {
-    http_pool *p = c->xfer.pool;
-    int i, n = c->xfer.nsocks, running = 0;
+    http_pool *p = c->pool;
+    int i, n = c->at->xfer.nsocks, running = 0;
     int fds[NB_MAX_SOCKS];
     for (i = 0; i < n; i++)
-        fds[i] = c->xfer.socks[i].fd;
-    for (i = 0; i < n && !c->xfer.done; i++)
+        fds[i] = c->at->xfer.socks[i].fd;
+    for (i = 0; i < n && !c->at->xfer.done; i++)
         (void)curl_multi_socket_action(p->multi, (curl_socket_t)fds[i], 0, &running);
     (void)curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     collect(p);
@@ -647,9 +648,9 @@ static void advance(client *c)
  * timer, then acts on what is ready (and on due timers); never longer. */
 static void wait_for(client *c, double seconds)
 {
-    http_pool *p = c->xfer.pool;
+    http_pool *p = c->pool;
     struct pollfd fds[NB_MAX_SOCKS];
-    int i, n = c->xfer.nsocks, r, running = 0;
+    int i, n = c->at->xfer.nsocks, r, running = 0;
     double until = nt_mono() + seconds;
     long ms;
     if (p->timer >= 0 && p->timer < until)
@@ -658,8 +659,8 @@ static void wait_for(client *c, double seconds)
     if (ms < 0)
         ms = 0;
     for (i = 0; i < n; i++) {
-        int what = c->xfer.socks[i].what;
-        fds[i].fd = c->xfer.socks[i].fd;
+        int what = c->at->xfer.socks[i].what;
+        fds[i].fd = c->at->xfer.socks[i].fd;
         fds[i].events = (short)((what == CURL_POLL_IN || what == CURL_POLL_INOUT ? POLLIN : 0) |
                                 (what == CURL_POLL_OUT || what == CURL_POLL_INOUT ? POLLOUT : 0));
         fds[i].revents = 0;
@@ -680,28 +681,28 @@ static void wait_for(client *c, double seconds)
 /* Ends the client's transfer: the handle leaves the multi and goes back. */
 static void stop(client *c)
 {
-    http_pool *p = c->xfer.pool;
-    CURL *h = c->xfer.h;
+    http_pool *p = c->pool;
+    CURL *h = c->at != NULL ? c->at->xfer.h : NULL;
     if (h == NULL)
         return;
-    c->xfer.h = NULL;
-    if (c->xfer.pid == me() && p->pid == me() && p->multi != NULL) {
+    c->at->xfer.h = NULL;
+    if (c->at->xfer.pid == me() && p->pid == me() && p->multi != NULL) {
         curl_multi_remove_handle(p->multi, h);
         p->active--;
         give_back(p, c, h);
     }
     /* else the parent's (fork): abandoned */
-    c->xfer.nsocks = 0;
-    c->xfer.done = 0;
-    c->xfer.hdr_bearer.data = NULL;
-    c->xfer.hdr_bearer.next = NULL;
+    c->at->xfer.nsocks = 0;
+    c->at->xfer.done = 0;
+    c->at->xfer.hdr_bearer.data = NULL;
+    c->at->xfer.hdr_bearer.next = NULL;
 }
 
 /* Whether the transfer in flight was started by another process (this is a
  * child of fork): the child forgets it, and wipes its own copies. */
 static int stolen(client *c)
 {
-    if (c->xfer.h == NULL || c->xfer.pid == me())
+    if (c->at == NULL || c->at->xfer.h == NULL || c->at->xfer.pid == me())
         return 0;
     stop(c);
     attempt_end(c);
@@ -716,28 +717,28 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
     nomba_err e;
     int r;
     long sent_bytes = 0;
-    if (c->xfer.h != NULL) {
-        curl_easy_getinfo(c->xfer.h, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_getinfo(c->xfer.h, CURLINFO_REQUEST_SIZE, &sent_bytes);
+    if (c->at->xfer.h != NULL) {
+        curl_easy_getinfo(c->at->xfer.h, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(c->at->xfer.h, CURLINFO_REQUEST_SIZE, &sent_bytes);
     }
     stop(c);
-    c->at.meta.status = status;
-    if (rc == CURLE_OK && !c->at.head_done) {
+    c->at->meta.status = status;
+    if (rc == CURLE_OK && !c->at->head_done) {
         /* libcurl ends an answer cut inside its header block "OK" */
         r = proto_truncated(L, c, op, status, "the answer is truncated (in its headers)");
         attempt_end(c);
         return r;
     }
     if (rc != CURLE_OK) {
-        const char *msg = c->xfer.errbuf[0] ? c->xfer.errbuf : curl_easy_strerror(rc);
+        const char *msg = c->at->xfer.errbuf[0] ? c->at->xfer.errbuf : curl_easy_strerror(rc);
         int retryable;
         const char *kind = kind_of(rc, &retryable);
-        if (c->at.overflow == OVERFLOW_BODY) {
+        if (c->at->overflow == OVERFLOW_BODY) {
             kind = "protocol";
             retryable = 0;
             msg = "the answer exceeds max_response_bytes";
-        } else if (c->at.overflow == OVERFLOW_HEADERS ||
-                   (rc == CURLE_OUT_OF_MEMORY && c->at.header_bytes > 0)) {
+        } else if (c->at->overflow == OVERFLOW_HEADERS ||
+                   (rc == CURLE_OUT_OF_MEMORY && c->at->header_bytes > 0)) {
             /* libcurl refuses one header line over 100 KiB as "out of memory" */
             kind = "protocol";
             retryable = 0;
@@ -764,8 +765,8 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
         attempt_end(c);
         return 3;
     }
-    r = proto_interpret(L, cidx, c, op, &c->at.meta, c->at.head.p ? c->at.head.p : "", c->at.head.n,
-                        c->at.resp.p ? c->at.resp.p : "", c->at.resp.n);
+    r = proto_interpret(L, cidx, c, op, &c->at->meta, c->at->head.p ? c->at->head.p : "", c->at->head.n,
+                        c->at->resp.p ? c->at->resp.p : "", c->at->resp.n);
     attempt_end(c);
     return r;
 }
@@ -773,11 +774,11 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
 /* Leaves the pool (cleanup): a transfer in flight is dropped. */
 void http_release(client *c)
 {
-    if (c->xfer.pool == NULL)
+    if (c->pool == NULL)
         return;
     stop(c);
-    pool_unref(c->xfer.pool);
-    c->xfer.pool = NULL;
+    pool_unref(c->pool);
+    c->pool = NULL;
 }
 
 /* ---- bindings -------------------------------------------------------------- */
@@ -800,7 +801,7 @@ static int launch(lua_State *L, client *c, int *op)
     lua_settop(L, 4);
     (void)stolen(c);
     if ((r = attempt_begin(L, c, *op)) != 0 || (r = proto_build(L, c, *op, 3)) != 0) {
-        if (!c->at.in_flight)
+        if (c->at != NULL && !c->at->in_flight)
             attempt_end(c);
         return r;
     }
@@ -817,9 +818,9 @@ static int http_perform(lua_State *L)
     int op, r = launch(L, c, &op);
     if (r != 0)
         return r;
-    while (!c->xfer.done)
+    while (!c->at->xfer.done)
         wait_for(c, 1.0);
-    return finish(L, 1, c, op, c->xfer.rc);
+    return finish(L, 1, c, op, c->at->xfer.rc);
 }
 
 static int http_nb_start(lua_State *L)
@@ -828,7 +829,7 @@ static int http_nb_start(lua_State *L)
     int op, r = launch(L, c, &op);
     if (r != 0)
         return r;
-    c->at.in_flight = op + 1;       /* the attempt stays begun until the transfer ends */
+    c->at->in_flight = op + 1;       /* the attempt stays begun until the transfer ends */
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -837,11 +838,11 @@ static int http_nb_progress(lua_State *L)
 {
     client *c = client_check(L, 1);
     int op, r;
-    if (c->closed || !c->at.in_flight) {
+    if (c->closed || c->at == NULL || !c->at->in_flight) {
         lua_pushnil(L);
         return 1;
     }
-    op = c->at.in_flight - 1;
+    op = c->at->in_flight - 1;
     if (stolen(c)) {
         nomba_err e;
         err_init(&e, "transport", op, "the transfer in flight belongs to the parent process (fork)");
@@ -852,14 +853,14 @@ static int http_nb_progress(lua_State *L)
         lua_pushnil(L);
         return 4;
     }
-    if (!c->xfer.done)
+    if (!c->at->xfer.done)
         advance(c);
-    if (!c->xfer.done) {
+    if (!c->at->xfer.done) {
         lua_pushboolean(L, 0);
         return 1;
     }
-    c->at.in_flight = 0;
-    r = finish(L, 1, c, op, c->xfer.rc);
+    c->at->in_flight = 0;
+    r = finish(L, 1, c, op, c->at->xfer.rc);
     lua_pushboolean(L, 1);
     lua_insert(L, -(r + 1));
     return r + 1;
@@ -869,7 +870,8 @@ static int http_nb_wait(lua_State *L)
 {
     client *c = client_check(L, 1);
     double seconds = luaL_checknumber(L, 2);
-    if (c->closed || stolen(c) || c->xfer.h == NULL || c->xfer.done || !(seconds > 0))
+    if (c->closed || stolen(c) || c->at == NULL || c->at->xfer.h == NULL || c->at->xfer.done ||
+        !(seconds > 0))
         return 0;
     wait_for(c, seconds > NOMBA_MAX_TIMEOUT ? NOMBA_MAX_TIMEOUT : seconds);
     return 0;
@@ -881,11 +883,11 @@ static int http_nb_sockets(lua_State *L)
     long ms = -1;
     int i;
     lua_newtable(L);
-    if (!c->closed && !stolen(c) && c->xfer.h != NULL) {
-        for (i = 0; i < c->xfer.nsocks; i++) {
-            int what = c->xfer.socks[i].what;
+    if (!c->closed && !stolen(c) && c->at != NULL && c->at->xfer.h != NULL) {
+        for (i = 0; i < c->at->xfer.nsocks; i++) {
+            int what = c->at->xfer.socks[i].what;
             lua_createtable(L, 0, 3);
-            lua_pushinteger(L, c->xfer.socks[i].fd);
+            lua_pushinteger(L, c->at->xfer.socks[i].fd);
             lua_setfield(L, -2, "fd");
             lua_pushboolean(L, what == CURL_POLL_IN || what == CURL_POLL_INOUT);
             lua_setfield(L, -2, "read");
@@ -893,10 +895,10 @@ static int http_nb_sockets(lua_State *L)
             lua_setfield(L, -2, "write");
             lua_rawseti(L, -2, i + 1);
         }
-        if (c->xfer.done) {
+        if (c->at->xfer.done) {
             ms = 0;
-        } else if (c->xfer.pool->timer >= 0) {
-            double left = (c->xfer.pool->timer - nt_mono()) * 1000;
+        } else if (c->pool->timer >= 0) {
+            double left = (c->pool->timer - nt_mono()) * 1000;
             ms = left <= 0 ? 0 : left >= NOMBA_MAX_TIMEOUT * 1000 ? (long)(NOMBA_MAX_TIMEOUT * 1000)
                                                                   : (long)left + 1;
         }
@@ -950,9 +952,9 @@ void http_attach(lua_State *L, int cidx, client *c)
     lua_pushvalue(L, -2);
     lua_rawseti(L, -2, UV_POOL);
     lua_pop(L, 2);
-    c->xfer.pool = *box;
-    c->xfer.pool->refs++;
-    c->xfer.serial = ++c->xfer.pool->serials;
+    c->pool = *box;
+    c->pool->refs++;
+    c->serial = ++c->pool->serials;
 }
 
 /* Makes the state's pool (before any client) and adds the bindings to the

@@ -8,6 +8,7 @@
  * The files, one concept each, and what each may call (never a file
  * above it in this list, so there are no circles):
  *   sbuf.c codec.c timeparse.c json.c url.c head.c err.c   leaves
+ *   endpoint.c  where requests go, shared by clients alike    -> leaves
  *   token.c     the kept token: keep, drop, the hot path      -> leaves
  *   seal.c      the token sealed for a shared store           -> token
  *   proto.c     the wire contract and the attempt's buffers   -> token
@@ -129,16 +130,34 @@ NOMBA_HIDDEN void head_open(lua_State *L);
 enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
 #define NB_MAX_SOCKS 4          /* sockets of one transfer (happy eyeballs: 2) */
 
-/* The configuration: fixed once core.new returns. */
-typedef struct {
-    char *account_id, *client_id, *base_url;
+/* endpoint.c: where requests go and how, one immutable object per
+ * process for every client configured alike (found by value, counted). */
+typedef struct endpoint {
+    struct endpoint *next;  /* the process's table (endpoint.c) */
+    unsigned long refs, hash;
+    char *base_url;
     char *paths[OP_PATHS];  /* path per token operation (exchange uses issue's) */
     char *urls[OP_PATHS];   /* base_url + path */
     url_parts base;         /* base_url as libcurl parses it (every URL must keep its scheme, host, port) */
     char *cafile, *capath, *pinned_pubkey, *proxy, *user_agent;
-    double timeout, connect_timeout, refresh_skew;
-    size_t max_response;
+    double connect_timeout;
     int allow_http;         /* base_url is http:// on a loopback host */
+    struct curl_slist *ct_tail;   /* Content-Type, then the tail: the token operations' lines */
+    struct curl_slist *tail;      /* Accept, User-Agent, "Expect:": every request ends with them */
+} endpoint;
+/* The endpoint of the options table at t (checked: raises naming the option). */
+NOMBA_HIDDEN const endpoint *endpoint_get(lua_State *L, int t);
+NOMBA_HIDDEN void endpoint_release(const endpoint *e);
+/* Appends "name: value" to l (a new list when NULL); NULL when out of memory. */
+NOMBA_HIDDEN struct curl_slist *endpoint_line(struct curl_slist *l, const char *name, const char *value);
+NOMBA_HIDDEN void endpoint_open(lua_State *L);
+
+/* The configuration: fixed once core.new returns. */
+typedef struct {
+    char *account_id, *client_id;
+    const endpoint *ep;     /* shared: never written through */
+    double timeout, refresh_skew;
+    size_t max_response;
 } client_config;
 
 /* The secrets and the kept token (token.c is the only writer). */
@@ -153,6 +172,19 @@ typedef struct {
     int anchored;           /* anchor is known */
 } token_state;
 
+/* libcurl: the transfer of an attempt (http.c). */
+typedef struct http_pool http_pool;
+typedef struct {
+    CURL *h;                /* an easy handle, borrowed from the pool for the transfer */
+    pid_t pid;              /* the process that borrowed it */
+    int done;               /* the multi handle said the transfer ended ... */
+    CURLcode rc;            /* ... with this */
+    struct { int fd, what; } socks[NB_MAX_SOCKS];   /* its sockets (CURL_POLL_*) */
+    int nsocks;
+    struct curl_slist hdr_bearer;   /* the bearer's header node, in front of the attempt's lines */
+    char errbuf[256];       /* CURL_ERROR_SIZE */
+} transfer;
+
 /* One attempt: the request as built and the answer as read. proto.c owns
  * it: attempt_begin() and attempt_end() are the only places that start and
  * end one, and attempt_end() wipes every buffer that held a secret. */
@@ -160,8 +192,6 @@ typedef struct {
     const char *url;        /* the op's URL (the configuration's, or req_url) */
     sbuf body, bearer_hdr, resp;   /* bearer_hdr: "Authorization: Bearer ..." or empty */
     struct curl_slist *lines;      /* the header lines the attempt sends after the bearer (not owned) */
-    struct curl_slist *tail;       /* made once per client: Accept, User-Agent, libcurl's "Expect:" */
-    struct curl_slist *op_lines;   /* made once per client: accountId, Content-Type, then the tail */
     /* OP_REQUEST, an authorized API call: */
     char *req_url;          /* its URL */
     const char *method;     /* its method (a static string) */
@@ -173,41 +203,28 @@ typedef struct {
     sbuf req_secret[2];     /* the secret values the request carries (a token, a verifier;
                              * a refresh's explicit bearer), redacted from its answer */
     sbuf scratch[2];        /* an answer's new tokens, before they are kept */
-    char *body_open[OP_PATHS];  /* the cached non-secret start of a body, per token operation */
     nomba_answer_meta meta;
     int head_done;          /* the answer's header block ended (its empty line came) */
     int overflow;           /* OVERFLOW_BODY or OVERFLOW_HEADERS: the answer was cut */
     size_t header_bytes;    /* of the answer being read */
     int in_flight;          /* 1 + the op of a non-blocking attempt, or 0 */
+    transfer xfer;          /* libcurl's part (http.c) */
 } attempt;
-
-/* libcurl: what a client holds of the Lua state's pool (http.c). */
-typedef struct http_pool http_pool;
-typedef struct {
-    http_pool *pool;        /* the Lua state's libcurl pool (refcounted) */
-    CURL *h;                /* an easy handle, borrowed for the attempt in flight */
-    pid_t pid;              /* the process that borrowed it */
-    int done;               /* the multi handle said the transfer ended ... */
-    CURLcode rc;            /* ... with this */
-    struct { int fd, what; } socks[NB_MAX_SOCKS];   /* its sockets (CURL_POLL_*) */
-    int nsocks;
-    struct curl_slist hdr_bearer;   /* the bearer's header node, in front of the attempt's lines */
-    unsigned long serial;   /* this client, for the pool's handle reuse */
-    char errbuf[256];       /* CURL_ERROR_SIZE */
-} transfer;
 
 /* Sealing for a shared store (seal.c). */
 typedef struct {
     sbuf ikm, aes;          /* store_key option; the derived AES key */
-    sbuf pt, ct;            /* scratch, wiped after use */
 } sealing;
 
 typedef struct client {
     int closed;
     client_config cfg;
     token_state tok;
-    attempt at;
-    transfer xfer;
+    attempt *at;            /* the attempt in progress, or NULL: an idle client holds none (proto.c) */
+    struct curl_slist *op_lines;   /* made once per client: accountId, then the endpoint's ct_tail */
+    char *body_open[OP_PATHS];     /* the cached non-secret start of a body, per token operation */
+    http_pool *pool;        /* the Lua state's libcurl pool (refcounted; http.c) */
+    unsigned long serial;   /* this client, for the pool's handle reuse and the echo cache */
     sealing seal;
 #ifdef NOMBA_TEST_HOOKS
     int test_wiped, test_checked;   /* verdict of the last cleanup */
@@ -236,6 +253,7 @@ NOMBA_HIDDEN void token_open(lua_State *L);
 
 /* proto.c: the wire contract (sans-I/O) and the attempt's buffers. */
 NOMBA_HIDDEN int  attempt_begin(lua_State *L, client *c, int op);   /* 0, or pushes nil, err */
+NOMBA_HIDDEN int  attempt_ensure(client *c);   /* an attempt, begun if none is; 0 when out of memory */
 NOMBA_HIDDEN void attempt_end(client *c);
 NOMBA_HIDDEN void attempt_free(client *c);
 NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */

@@ -39,58 +39,51 @@ static void push_json_fn(lua_State *L, const char *name)
     lua_remove(L, -2);
 }
 
-/* Starts an attempt: refused while a non-blocking one is in flight. */
+/* Starts an attempt: refused while a non-blocking one is in flight. The
+ * attempt's memory is the client's only while it lasts. */
 int attempt_begin(lua_State *L, client *c, int op)
 {
     nomba_err e;
-    if (c->at.in_flight) {
+    if (c->at != NULL && c->at->in_flight) {
         err_init(&e, "config", op, "a non-blocking transfer is in flight: finish it with step() or wait()");
         return err_return(L, c, &e);
     }
     attempt_end(c);
+    if (!attempt_ensure(c))
+        return luaL_error(L, "nomba.oauth: out of memory");
     return 0;
 }
 
-/* Ends an attempt: every buffer that held a secret is wiped. */
-void attempt_end(client *c)
+/* An attempt, begun if none is: 0 when out of memory. */
+int attempt_ensure(client *c)
 {
-    /* every writer of these goes through sbuf_add/sbuf_set: the bytes in
-     * use are all there is to wipe */
-    sbuf_clear(&c->at.body);
-    sbuf_clear(&c->at.bearer_hdr);
-    sbuf_clear(&c->at.resp);
-    sbuf_clear(&c->at.req_secret[0]);
-    sbuf_clear(&c->at.req_secret[1]);
-    sbuf_clear(&c->at.scratch[0]);
-    sbuf_clear(&c->at.scratch[1]);
-    sbuf_clear(&c->at.head);
-    memset(&c->at.meta, 0, sizeof c->at.meta);
-    c->at.head_done = 0;
-    c->at.overflow = 0;
-    c->at.header_bytes = 0;
-    c->at.in_flight = 0;
-    free(c->at.req_url);
-    c->at.req_url = NULL;
-    if (c->at.extra_last != NULL)
-        c->at.extra_last->next = NULL;      /* the tail is the client's, not this attempt's */
-    curl_slist_free_all(c->at.extra);
-    c->at.extra = c->at.extra_last = NULL;
-    c->at.lines = NULL;
-    c->at.method = NULL;
-    c->at.fresh_connect = 0;
-    c->at.max_response = c->cfg.max_response;
+    if (c->at == NULL && (c->at = (attempt *)calloc(1, sizeof *c->at)) != NULL)
+        c->at->max_response = c->cfg.max_response;
+    return c->at != NULL;
 }
 
-/* Frees a list of header lines made by lines_of: its own count nodes, then
- * whatever they linked to. */
-static void free_lines(struct curl_slist *l, int own)
+/* Ends an attempt: every buffer that held a secret is wiped and given back
+ * (the secret slab keeps the memory for the next attempt of any client). */
+void attempt_end(client *c)
 {
-    struct curl_slist *next;
-    for (; l != NULL && own-- > 0; l = next) {
-        next = l->next;
-        l->next = NULL;
-        curl_slist_free_all(l);
+    attempt *a = c->at;
+    int i;
+    if (a == NULL)
+        return;
+    sbuf_free(&a->body);
+    sbuf_free(&a->bearer_hdr);
+    sbuf_free(&a->resp);
+    sbuf_free(&a->head);
+    for (i = 0; i < 2; i++) {
+        sbuf_free(&a->req_secret[i]);
+        sbuf_free(&a->scratch[i]);
     }
+    free(a->req_url);
+    if (a->extra_last != NULL)
+        a->extra_last->next = NULL;         /* the tail is the endpoint's, not this attempt's */
+    curl_slist_free_all(a->extra);
+    free(a);
+    c->at = NULL;
 }
 
 /* Wipes and frees the attempt's buffers (cleanup). */
@@ -98,62 +91,29 @@ void attempt_free(client *c)
 {
     int i;
     attempt_end(c);
-    sbuf_free(&c->at.body);
-    sbuf_free(&c->at.bearer_hdr);
-    sbuf_free(&c->at.resp);
-    sbuf_free(&c->at.head);
-    for (i = 0; i < 2; i++) {
-        sbuf_free(&c->at.req_secret[i]);
-        sbuf_free(&c->at.scratch[i]);
-    }
     for (i = 0; i < OP_PATHS; i++) {
-        free(c->at.body_open[i]);
-        c->at.body_open[i] = NULL;
+        free(c->body_open[i]);
+        c->body_open[i] = NULL;
     }
-    free_lines(c->at.op_lines, 2);          /* accountId, Content-Type; then the tail */
-    c->at.op_lines = NULL;
-    curl_slist_free_all(c->at.tail);
-    c->at.tail = NULL;
+    if (c->op_lines != NULL) {
+        c->op_lines->next = NULL;        /* the endpoint's lines are not the client's */
+        curl_slist_free_all(c->op_lines);
+        c->op_lines = NULL;
+    }
 }
 
-/* The header lines, written once for every operation and every driver:
- * every request ends with Accept, User-Agent and "Expect:" (libcurl's
- * directive not to wait for 100-continue; a Lua transport never sees a
- * line without a value); the token operations put accountId and
- * Content-Type in front. Made once per client; 0 when out of memory. */
-static struct curl_slist *add_line(struct curl_slist *l, const char *name, const char *value)
-{
-    size_t n = strlen(name) + strlen(value) + 3;
-    char *line = malloc(n);
-    struct curl_slist *r = NULL;
-    if (line != NULL) {
-        (void)snprintf(line, n, "%s: %s", name, value);
-        r = curl_slist_append(l, line);
-        free(line);
-    }
-    return r;
-}
-
+/* The token operations' lines: the client's accountId in front of the
+ * endpoint's (Content-Type, Accept, User-Agent, "Expect:"). Made once per
+ * client; 0 when out of memory. */
 static int client_lines(client *c)
 {
-    struct curl_slist *t, *a;
-    if (c->at.op_lines != NULL)
+    struct curl_slist *a;
+    if (c->op_lines != NULL)
         return 1;
-    t = curl_slist_append(NULL, "Accept: application/json");
-    if (t == NULL || add_line(t, "User-Agent", c->cfg.user_agent) == NULL ||
-        curl_slist_append(t, "Expect:") == NULL) {
-        curl_slist_free_all(t);
+    if ((a = endpoint_line(NULL, "accountId", c->cfg.account_id)) == NULL)
         return 0;
-    }
-    a = add_line(NULL, "accountId", c->cfg.account_id);
-    if (a == NULL || curl_slist_append(a, "Content-Type: application/json") == NULL) {
-        curl_slist_free_all(a);
-        curl_slist_free_all(t);
-        return 0;
-    }
-    a->next->next = t;
-    c->at.op_lines = a;
-    c->at.tail = t;
+    a->next = c->cfg.ep->ct_tail;
+    c->op_lines = a;
     return 1;
 }
 
@@ -215,9 +175,9 @@ static char *encode_open(lua_State *L, size_t *n)
 static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t *n, int *fresh)
 {
     *fresh = 0;
-    if (c->at.body_open[op] != NULL) {
-        *n = strlen(c->at.body_open[op]);
-        return c->at.body_open[op];
+    if (c->body_open[op] != NULL) {
+        *n = strlen(c->body_open[op]);
+        return c->body_open[op];
     }
     lua_createtable(L, 0, 6);
     switch (op) {
@@ -250,8 +210,8 @@ static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t
         *fresh = 1;
         return encode_open(L, n);
     }
-    c->at.body_open[op] = encode_open(L, n);
-    return c->at.body_open[op];
+    c->body_open[op] = encode_open(L, n);
+    return c->body_open[op];
 }
 
 /* An authorized API call (OP_REQUEST). The Lua layer checked the caller's
@@ -278,28 +238,28 @@ static int end_lines(client *c)
 {
     const struct curl_slist *t;
     int own = 0;
-    for (t = c->at.tail; t != NULL; t = t->next)
-        own |= named(c->at.extra, t->data);
+    for (t = c->cfg.ep->tail; t != NULL; t = t->next)
+        own |= named(c->at->extra, t->data);
     if (own) {
-        for (t = c->at.tail; t != NULL; t = t->next) {
+        for (t = c->cfg.ep->tail; t != NULL; t = t->next) {
             struct curl_slist *next;
-            if (named(c->at.extra, t->data))
+            if (named(c->at->extra, t->data))
                 continue;
-            if ((next = curl_slist_append(c->at.extra, t->data)) == NULL)
+            if ((next = curl_slist_append(c->at->extra, t->data)) == NULL)
                 return 0;
-            c->at.extra = next;
+            c->at->extra = next;
         }
-        c->at.lines = c->at.extra;
+        c->at->lines = c->at->extra;
         return 1;
     }
-    if (c->at.extra == NULL) {
-        c->at.lines = c->at.tail;
+    if (c->at->extra == NULL) {
+        c->at->lines = c->cfg.ep->tail;
         return 1;
     }
-    for (c->at.extra_last = c->at.extra; c->at.extra_last->next != NULL;)
-        c->at.extra_last = c->at.extra_last->next;
-    c->at.extra_last->next = c->at.tail;
-    c->at.lines = c->at.extra;
+    for (c->at->extra_last = c->at->extra; c->at->extra_last->next != NULL;)
+        c->at->extra_last = c->at->extra_last->next;
+    c->at->extra_last->next = c->cfg.ep->tail;
+    c->at->lines = c->at->extra;
     return 1;
 }
 
@@ -313,26 +273,26 @@ static int build_request(lua_State *L, client *c, int argidx)
     lua_getfield(L, argidx, "method");
     m = lua_type(L, -1) == LUA_TSTRING ? luaL_checkoption(L, -1, NULL, METHODS) : 0;
     lua_pop(L, 1);
-    c->at.method = METHODS[m];
+    c->at->method = METHODS[m];
     url = arg_string(L, argidx, "url", &n);
     if (url == NULL || c->tok.access.n == 0)
         return config_error(L, c, OP_REQUEST, url == NULL ? "no URL" : "there is no access token to send");
-    k = strlen(c->cfg.base_url);
+    k = strlen(c->cfg.ep->base_url);
     if (strlen(url) != n) {
         same = 0;
-    } else if (n > k && memcmp(url, c->cfg.base_url, k) == 0 && url[k] == '/' &&
+    } else if (n > k && memcmp(url, c->cfg.ep->base_url, k) == 0 && url[k] == '/' &&
                strpbrk(url, "\r\n\t ") == NULL) {
         /* base_url, then a path: the authority is base_url's own (it ends
          * at the first '/' after "//"), already judged at new */
         same = 1;
     } else {
-        same = url_on(&c->cfg.base, url, &why) == 1;
+        same = url_on(&c->cfg.ep->base, url, &why) == 1;
     }
     if (!same)
         return config_error(L, c, OP_REQUEST, "the URL must stay on base_url's scheme, host and port");
-    if ((c->at.req_url = nomba_strndup(url, n)) == NULL)
+    if ((c->at->req_url = nomba_strndup(url, n)) == NULL)
         return luaL_error(L, "nomba.oauth: out of memory");
-    c->at.url = c->at.req_url;
+    c->at->url = c->at->req_url;
     if (!client_lines(c))
         return luaL_error(L, "nomba.oauth: out of memory");
     lua_getfield(L, argidx, "lines");
@@ -350,31 +310,31 @@ static int build_request(lua_State *L, client *c, int argidx)
             lua_pop(L, 2);
             return config_error(L, c, OP_REQUEST, "a header line has a line break or NUL");
         }
-        next = curl_slist_append(c->at.extra, line);
+        next = curl_slist_append(c->at->extra, line);
         lua_pop(L, 1);
         if (next == NULL) {
             lua_pop(L, 1);
             return luaL_error(L, "nomba.oauth: out of memory");
         }
-        c->at.extra = next;
+        c->at->extra = next;
     }
     lua_pop(L, 1);
     if (!end_lines(c))
         return luaL_error(L, "nomba.oauth: out of memory");
     body = arg_string(L, argidx, "body", &bn);
-    if (body != NULL && !sbuf_add(&c->at.body, body, bn))
+    if (body != NULL && !sbuf_add(&c->at->body, body, bn))
         return luaL_error(L, "nomba.oauth: out of memory");
     lua_getfield(L, argidx, "fresh");
-    c->at.fresh_connect = lua_toboolean(L, -1);
+    c->at->fresh_connect = lua_toboolean(L, -1);
     lua_getfield(L, argidx, "max_response");
     if (lua_type(L, -1) == LUA_TNUMBER) {
         double mr = lua_tonumber(L, -1);
         if (mr >= 256 && mr <= NOMBA_MAX_RESPONSE)
-            c->at.max_response = (size_t)mr;
+            c->at->max_response = (size_t)mr;
     }
     lua_pop(L, 2);
-    if (!sbuf_adds(&c->at.bearer_hdr, "Authorization: Bearer ") ||
-        !sbuf_add(&c->at.bearer_hdr, c->tok.access.p, c->tok.access.n))
+    if (!sbuf_adds(&c->at->bearer_hdr, "Authorization: Bearer ") ||
+        !sbuf_add(&c->at->bearer_hdr, c->tok.access.p, c->tok.access.n))
         return luaL_error(L, "nomba.oauth: out of memory");
     return 0;
 }
@@ -391,12 +351,12 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
         return build_request(L, c, argidx);
     if (op >= OP_PATHS)                     /* "token", "webhook": no request of their own */
         return config_error(L, c, op, "this operation sends no request");
-    c->at.url = c->cfg.urls[op];
-    if (c->at.url == NULL)
+    c->at->url = c->cfg.ep->urls[op];
+    if (c->at->url == NULL)
         return config_error(L, c, op, "this operation has no URL");
     if (!client_lines(c))
         return luaL_error(L, "nomba.oauth: out of memory");
-    c->at.lines = c->at.op_lines;
+    c->at->lines = c->op_lines;
 
     switch (op) {
     case OP_ISSUE:
@@ -425,7 +385,7 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
                 if (!codec_visible(b, bn))      /* it goes into a header line */
                     return config_error(L, c, op, "the access_token to send as bearer has bytes "
                                         "outside visible ASCII");
-                if (!sbuf_set(&c->at.req_secret[1], b, bn))
+                if (!sbuf_set(&c->at->req_secret[1], b, bn))
                     return luaL_error(L, "nomba.oauth: out of memory");
             } else if (c->tok.access.n > 0) {
                 b = c->tok.access.p;
@@ -434,7 +394,7 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
                 return config_error(L, c, op, "a refresh needs the session's access token (an expired one "
                                     "will do) as its bearer: refresh{refresh_token = ..., access_token = ...}");
             }
-            if (!sbuf_adds(&c->at.bearer_hdr, "Authorization: Bearer ") || !sbuf_add(&c->at.bearer_hdr, b, bn))
+            if (!sbuf_adds(&c->at->bearer_hdr, "Authorization: Bearer ") || !sbuf_add(&c->at->bearer_hdr, b, bn))
                 return luaL_error(L, "nomba.oauth: out of memory");
         }
         break;
@@ -462,19 +422,19 @@ int proto_build(lua_State *L, client *c, int op, int argidx)
         return config_error(L, c, op, "this operation sends no request");
     }
 
-    if (secret != NULL && secret != c->tok.secret.p && !sbuf_set(&c->at.req_secret[0], secret, secret_len))
+    if (secret != NULL && secret != c->tok.secret.p && !sbuf_set(&c->at->req_secret[0], secret, secret_len))
         return luaL_error(L, "nomba.oauth: out of memory");
     open = body_open(L, c, op, argidx, &on, &fresh);
     if (open == NULL)
         return config_error(L, c, op, "could not encode the request");
-    ok = sbuf_add(&c->at.body, open, on);
+    ok = sbuf_add(&c->at->body, open, on);
     if (ok && secret_name != NULL)
-        ok = (on <= 1 || sbuf_adds(&c->at.body, ",")) &&
-             sbuf_adds(&c->at.body, "\"") && sbuf_adds(&c->at.body, secret_name) &&
-             sbuf_adds(&c->at.body, "\":\"") &&
-             sbuf_add_json_string(&c->at.body, secret, secret_len) &&
-             sbuf_adds(&c->at.body, "\"");
-    ok = ok && sbuf_adds(&c->at.body, "}");
+        ok = (on <= 1 || sbuf_adds(&c->at->body, ",")) &&
+             sbuf_adds(&c->at->body, "\"") && sbuf_adds(&c->at->body, secret_name) &&
+             sbuf_adds(&c->at->body, "\":\"") &&
+             sbuf_add_json_string(&c->at->body, secret, secret_len) &&
+             sbuf_adds(&c->at->body, "\"");
+    ok = ok && sbuf_adds(&c->at->body, "}");
     if (fresh)
         free((void *)open);
     if (!ok)
@@ -583,7 +543,7 @@ static int take_token(lua_State *L, int cidx, client *c, int op, const answer *a
     const json_span *biz = pick(a->d, F_BUSINESSID, F_BUSINESS_ID, J_STRING);
     const json_span *exp = pick(a->d, F_EXPIRESAT, F_EXPIRY, J_STRING);
     const json_span *in = pick(a->d, F_EXPIRES_IN, F_EXPIRESIN, J_NUMBER);
-    sbuf *new_at = &c->at.scratch[0], *new_rt = &c->at.scratch[1];
+    sbuf *new_at = &c->at->scratch[0], *new_rt = &c->at->scratch[1];
     sbuf b = {NULL, 0, 0};
     double lifetime = 0, now_wall = nt_wall(), server_now = now_wall, t = 0;
     const char *why = NULL;
@@ -1014,16 +974,16 @@ static int proto_request(lua_State *L)
         return r;
     }
     lua_createtable(L, 0, 9);
-    lua_pushstring(L, c->at.method != NULL ? c->at.method : "POST");
+    lua_pushstring(L, c->at->method != NULL ? c->at->method : "POST");
     lua_setfield(L, -2, "method");
-    lua_pushstring(L, c->at.url);
+    lua_pushstring(L, c->at->url);
     lua_setfield(L, -2, "url");
-    lua_pushlstring(L, c->at.body.p ? c->at.body.p : "", c->at.body.n);
+    lua_pushlstring(L, c->at->body.p ? c->at->body.p : "", c->at->body.n);
     lua_setfield(L, -2, "body");
     lua_createtable(L, 0, 6);
     {
         const struct curl_slist *l;
-        for (l = c->at.lines; l != NULL; l = l->next) {
+        for (l = c->at->lines; l != NULL; l = l->next) {
             const char *name, *val;
             size_t nn, vn;
             if (!head_field(l->data, strlen(l->data), &name, &nn, &val, &vn) || vn == 0)
@@ -1033,28 +993,28 @@ static int proto_request(lua_State *L)
             lua_rawset(L, -3);
         }
     }
-    if (c->at.bearer_hdr.n > 0) {
+    if (c->at->bearer_hdr.n > 0) {
         /* "Authorization: Bearer x" -> "Bearer x" */
-        const char *v = c->at.bearer_hdr.p + sizeof "Authorization: " - 1;
-        lua_pushlstring(L, v, c->at.bearer_hdr.n - (sizeof "Authorization: " - 1));
+        const char *v = c->at->bearer_hdr.p + sizeof "Authorization: " - 1;
+        lua_pushlstring(L, v, c->at->bearer_hdr.n - (sizeof "Authorization: " - 1));
         lua_setfield(L, -2, "Authorization");
     }
     lua_setfield(L, -2, "headers");
     lua_pushnumber(L, c->cfg.timeout);
     lua_setfield(L, -2, "timeout");
-    lua_pushnumber(L, c->cfg.connect_timeout);
+    lua_pushnumber(L, c->cfg.ep->connect_timeout);
     lua_setfield(L, -2, "connect_timeout");
-    lua_pushinteger(L, (lua_Integer)c->at.max_response);
+    lua_pushinteger(L, (lua_Integer)c->at->max_response);
     lua_setfield(L, -2, "max_response_bytes");
     lua_pushstring(L, nomba_op_names[op]);
     lua_setfield(L, -2, "op");
-    if (c->cfg.proxy != NULL) {
-        lua_pushstring(L, c->cfg.proxy);
+    if (c->cfg.ep->proxy != NULL) {
+        lua_pushstring(L, c->cfg.ep->proxy);
         lua_setfield(L, -2, "proxy");
     }
     /* the secrets stay until the answer: its messages are redacted of them */
-    sbuf_wipe(&c->at.body);
-    sbuf_wipe(&c->at.bearer_hdr);
+    sbuf_wipe(&c->at->body);
+    sbuf_wipe(&c->at->bearer_hdr);
     return 1;
 }
 
@@ -1065,7 +1025,7 @@ static int truncated(const client *c, const nomba_answer_meta *m, int raw, const
                      const char **why)
 {
     double want;
-    int bodiless = (c->at.method != NULL && strcmp(c->at.method, "HEAD") == 0) || m->status == 204 ||
+    int bodiless = (c->at->method != NULL && strcmp(c->at->method, "HEAD") == 0) || m->status == 204 ||
                    m->status == 304;
     if (raw && !(hn >= 2 && head[hn - 1] == '\n' && (head[hn - 2] == '\n' ||
                                                      (hn >= 4 && memcmp(head + hn - 4, "\r\n\r\n", 4) == 0)))) {
@@ -1098,8 +1058,10 @@ static int proto_answer(lua_State *L)
     int r;
     if (c->closed)
         return err_simple(L, "closed", op, "the client is closed");
-    memset(&c->at.meta, 0, sizeof c->at.meta);
-    c->at.meta.status = (long)status;
+    if (!attempt_ensure(c))             /* an answer to no request still gets the same reading */
+        return luaL_error(L, "nomba.oauth: out of memory");
+    memset(&c->at->meta, 0, sizeof c->at->meta);
+    c->at->meta.status = (long)status;
     body = luaL_optlstring(L, 5, "", &n);
     if (lua_type(L, 4) == LUA_TSTRING) {
         head = lua_tolstring(L, 4, &hn);
@@ -1112,11 +1074,11 @@ static int proto_answer(lua_State *L)
         head = lines.p ? lines.p : "";
         hn = lines.n;
     }
-    head_scan(&c->at.meta, head, hn);
-    c->at.meta.status = (long)status;
-    if (truncated(c, &c->at.meta, lua_type(L, 4) == LUA_TSTRING, head, hn, n, &why)) {
+    head_scan(&c->at->meta, head, hn);
+    c->at->meta.status = (long)status;
+    if (truncated(c, &c->at->meta, lua_type(L, 4) == LUA_TSTRING, head, hn, n, &why)) {
         r = proto_truncated(L, c, op, (long)status, why);
-    } else if (n > c->at.max_response) {
+    } else if (n > c->at->max_response) {
         nomba_err e;
         err_init(&e, "protocol", op, "the answer exceeds max_response_bytes");
         e.status = (long)status;
@@ -1126,10 +1088,10 @@ static int proto_answer(lua_State *L)
             lua_setfield(L, -2, "maybe_sent");
         }
     } else {
-        r = proto_interpret(L, 1, c, op, &c->at.meta, head, hn, body, n);
+        r = proto_interpret(L, 1, c, op, &c->at->meta, head, hn, body, n);
     }
     sbuf_free(&lines);
-    if (!c->at.in_flight)
+    if (c->at != NULL && !c->at->in_flight)
         attempt_end(c);
     return r;
 }
@@ -1164,7 +1126,7 @@ static int proto_abandon(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    if (!c->at.in_flight)
+    if (c->at != NULL && !c->at->in_flight)
         attempt_end(c);
     lua_pushnil(L);
     lua_insert(L, -2);

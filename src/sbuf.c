@@ -17,17 +17,30 @@
 
 /*
  * Secret memory is kept out of core dumps (MADV_DONTDUMP), which works on
- * whole pages. Small buffers (64 B to 2 KiB, powers of two) are carved from
+ * whole pages. Small buffers (64 B to 2 KiB, in 12 sizes: 64-byte steps to
+ * 512, so a 390-byte JWT takes 448 bytes, then 768, 1 KiB, 1.5 KiB, 2 KiB;
+ * a buffer's first size fits what it is made for) are carved from
  * 64 KiB regions of such pages and kept on a free list per size once
  * released (wiped first), so an idle client's secret costs 64 bytes, not a
  * page. Larger buffers take whole pages of their own. The regions are never
  * returned to the system. Under AddressSanitizer every buffer is a plain
  * malloc, so ASan still sees every overflow.
  */
-#define SLAB_MIN 64
 #define SLAB_MAX 2048
-#define SLAB_CLASSES 6
+#define SLAB_CLASSES 12
 #define SLAB_REGION 65536
+static const size_t slab_sizes[SLAB_CLASSES] = {64, 128, 192, 256, 320, 384, 448, 512, 768, 1024, 1536, 2048};
+
+/* The capacity a buffer of at least n bytes gets: its size class, or n
+ * itself above the largest. */
+static size_t size_for(size_t n)
+{
+    int k;
+    for (k = 0; k < SLAB_CLASSES; k++)
+        if (slab_sizes[k] >= n)
+            return slab_sizes[k];
+    return n;
+}
 
 #if defined(__SANITIZE_ADDRESS__)
 #define NOMBA_NO_SLAB 1
@@ -65,11 +78,8 @@ static void slab_init(void) { (void)pthread_atfork(slab_prepare, slab_release_lo
 static int slab_class(size_t cap)
 {
     int k = 0;
-    size_t sz = SLAB_MIN;
-    while (sz < cap) {
-        sz <<= 1;
+    while (slab_sizes[k] < cap)
         k++;
-    }
     return k;
 }
 
@@ -161,9 +171,8 @@ int sbuf_reserve(sbuf *b, size_t extra)
     need = b->n + extra + 1;
     if (need <= b->cap)
         return 1;
-    cap = b->cap ? b->cap : SLAB_MIN;
-    while (cap < need)
-        cap *= 2;
+    cap = b->cap * 2;                   /* growing doubles; a first size fits */
+    cap = size_for(cap > need ? cap : need);
     p = secret_alloc(cap);
     if (p == NULL)
         return 0;

@@ -146,7 +146,8 @@ static int seal_token(lua_State *L)
     const char *aad = luaL_checklstring(L, 2, &aadlen);
     unsigned char nonce[NONCE], tag[TAG];
     unsigned char version = 1;
-    sbuf *pt = &c->seal.pt, *ct = &c->seal.ct;
+    sbuf pt_ = {NULL, 0, 0}, ct_ = {NULL, 0, 0};   /* freed (wiped) on every path */
+    sbuf *pt = &pt_, *ct = &ct_;
     int ok;
     if (c->closed || c->tok.access.n == 0 || c->tok.expires_mono <= 0 || !key_of(L, c))
         return 0;
@@ -166,9 +167,9 @@ static int seal_token(lua_State *L)
     ok = ok && RAND_bytes(nonce, NONCE) == 1 && sbuf_reserve(ct, n + 16) &&
          gcm(1, (const unsigned char *)c->seal.aes.p, nonce, (const unsigned char *)aad, aadlen,
              (const unsigned char *)pt->p, n, (unsigned char *)ct->p, tag);
-    sbuf_wipe(pt);
+    sbuf_free(pt);
     if (!ok) {
-        sbuf_wipe(ct);
+        sbuf_free(ct);
         ERR_clear_error();
         return 0;
     }
@@ -180,7 +181,7 @@ static int seal_token(lua_State *L)
              sbuf_add(&raw, (const char *)tag, TAG) && sbuf_adds(&out, PREFIX) &&
              b64_add(&out, (const unsigned char *)raw.p, raw.n);
         sbuf_free(&raw);
-        sbuf_wipe(ct);
+        sbuf_free(ct);
         if (ok)
             lua_pushlstring(L, out.p, out.n);   /* ciphertext only: not a secret */
         sbuf_free(&out);
@@ -200,11 +201,13 @@ static int adopt_token(lua_State *L)
     size_t aadlen, sn, n;
     const char *aad = luaL_checklstring(L, 2, &aadlen);
     const char *s = luaL_optlstring(L, 3, NULL, &sn);
-    sbuf *raw = &c->seal.ct, *pt = &c->seal.pt;
+    sbuf raw_ = {NULL, 0, 0}, pt_ = {NULL, 0, 0};  /* freed (wiped) at done */
+    sbuf *raw = &raw_, *pt = &pt_;
     const unsigned char *p, *e, *f[3];
     uint32_t flen[3];
     double at, lifetime, left;
     int i, ok = 0;
+    sbuf s0 = {NULL, 0, 0}, s1 = {NULL, 0, 0};
 
     lua_pushboolean(L, 0);
     if (c->closed || s == NULL || sn < sizeof PREFIX || memcmp(s, PREFIX, sizeof PREFIX - 1) != 0 ||
@@ -250,17 +253,15 @@ static int adopt_token(lua_State *L)
         (c->tok.expires_mono <= 0 && c->tok.access.n == flen[0] &&
          memcmp(c->tok.access.p, f[0], flen[0]) == 0))
         goto done;
-    if (!sbuf_set(&c->at.scratch[0], (const char *)f[0], flen[0]) ||
-        !sbuf_set(&c->at.scratch[1], (const char *)f[1], flen[1]) ||
-        !token_keep(L, 1, c, &c->at.scratch[0], &c->at.scratch[1],
-                    flen[2] ? (const char *)f[2] : NULL, flen[2], lifetime, left))
+    if (!sbuf_set(&s0, (const char *)f[0], flen[0]) || !sbuf_set(&s1, (const char *)f[1], flen[1]) ||
+        !token_keep(L, 1, c, &s0, &s1, flen[2] ? (const char *)f[2] : NULL, flen[2], lifetime, left))
         goto done;
     ok = 1;
 done:
-    sbuf_wipe(raw);
-    sbuf_wipe(pt);
-    sbuf_wipe(&c->at.scratch[0]);
-    sbuf_wipe(&c->at.scratch[1]);
+    sbuf_free(raw);
+    sbuf_free(pt);
+    sbuf_free(&s0);                     /* token_keep swapped them with the kept ones */
+    sbuf_free(&s1);
     lua_pushboolean(L, ok);
     return 1;
 }
@@ -290,7 +291,7 @@ static int store_id(lua_State *L)
         return 0;
     x = EVP_MD_CTX_new();
     if (x == NULL || EVP_DigestInit_ex(x, EVP_sha256(), NULL) != 1 ||
-        EVP_DigestUpdate(x, c->cfg.base_url, strlen(c->cfg.base_url) + 1) != 1 ||
+        EVP_DigestUpdate(x, c->cfg.ep->base_url, strlen(c->cfg.ep->base_url) + 1) != 1 ||
         EVP_DigestUpdate(x, c->cfg.account_id, strlen(c->cfg.account_id) + 1) != 1 ||
         EVP_DigestUpdate(x, c->cfg.client_id, strlen(c->cfg.client_id)) != 1 ||
         EVP_DigestFinal_ex(x, md, &mdlen) != 1) {

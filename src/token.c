@@ -10,7 +10,7 @@
  * hot path kept in the client's user value (UV_TOKEN, UV_BEARER).
  *
  *   core.fresh(client[, margin]) -> token, bearer, account[, fresh_until, gen] | nothing
- *   core.genp(client)            -> lightuserdata: the generation's address
+ *   core.hot_check()             -> lightuserdata: the address of int f(const void *client, unsigned gen)
  *   core.remaining(client)       -> seconds the kept token is still valid (0: none)
  *   core.has(client, what)       -> boolean ("secret", "refresh" or "access")
  *   core.seed(client, token)     -> nothing (raises on a bad saved token)
@@ -37,21 +37,35 @@ static void uv_token(lua_State *L, int cidx, const client *c, int set)
 {
     nomba_getuv(L, cidx);
     if (lua_istable(L, -1)) {
-        if (set) {
+        if (set)
             lua_pushlstring(L, c->tok.access.p, c->tok.access.n);
-            lua_rawseti(L, -2, UV_TOKEN);
-            lua_pushliteral(L, "Bearer ");
-            lua_pushlstring(L, c->tok.access.p, c->tok.access.n);
-            lua_concat(L, 2);
-            lua_rawseti(L, -2, UV_BEARER);
-        } else {
+        else
             lua_pushnil(L);
-            lua_rawseti(L, -2, UV_TOKEN);
-            lua_pushnil(L);
-            lua_rawseti(L, -2, UV_BEARER);
-        }
+        lua_rawseti(L, -2, UV_TOKEN);
+        lua_pushnil(L);                 /* made from the token when headers() first asks */
+        lua_rawseti(L, -2, UV_BEARER);
     }
     lua_pop(L, 1);
+}
+
+/* Pushes "Bearer <token>" from the user value table at uv (absolute),
+ * made once per token: a client that only asks token() never holds it. */
+static void push_bearer(lua_State *L, int uv)
+{
+    lua_rawgeti(L, uv, UV_BEARER);
+    if (!lua_isnil(L, -1))
+        return;
+    lua_pop(L, 1);
+    lua_pushliteral(L, "Bearer ");
+    lua_rawgeti(L, uv, UV_TOKEN);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 2);
+        lua_pushnil(L);
+        return;
+    }
+    lua_concat(L, 2);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, uv, UV_BEARER);
 }
 
 static void swap_sbuf(sbuf *a, sbuf *b)
@@ -182,7 +196,7 @@ static int token_fresh(lua_State *L)
         return 0;
     nomba_getuv(L, 1);
     lua_rawgeti(L, -1, UV_TOKEN);
-    lua_rawgeti(L, -2, UV_BEARER);
+    push_bearer(L, lua_gettop(L) - 1);
     lua_rawgeti(L, -3, UV_ACCOUNT);
     if (!window)
         return 3;
@@ -191,10 +205,23 @@ static int token_fresh(lua_State *L)
     return 5;
 }
 
-static int token_genp(lua_State *L)
+/* The hot path's check for LuaJIT, called through the FFI (which LuaJIT
+ * compiles, and which its interpreter calls for less than two calls of a
+ * C function through the Lua API): whether the client (the userdata's
+ * payload, as the FFI passes a userdata to a pointer) still keeps the
+ * token of generation gen, fresh. */
+static int hot_check(const void *ud, unsigned int gen)
 {
-    client *c = client_check(L, 1);
-    lua_pushlightuserdata(L, (void *)&c->tok.gen);
+    const client *c = (const client *)ud;
+    return !c->closed && c->tok.gen == gen && c->tok.expires_mono > 0 &&
+           c->tok.expires_mono - nt_mono_coarse() > skew_of(c);
+}
+
+/* core.hot_check(): hot_check's address, for ffi.cast. */
+static int token_hot_check(lua_State *L)
+{
+    int (*f)(const void *, unsigned int) = hot_check;
+    lua_pushlightuserdata(L, *(void **)&f);
     return 1;
 }
 
@@ -269,11 +296,13 @@ static int token_seed(lua_State *L)
         lifetime = left > 0 ? left : 0;
     if (c->closed)
         return 0;
-    ok = sbuf_set(&c->at.scratch[0], at, an) && (rt == NULL || sbuf_set(&c->at.scratch[1], rt, rn)) &&
-         token_keep(L, 1, c, &c->at.scratch[0], rt != NULL ? &c->at.scratch[1] : NULL, biz, bn,
-                    lifetime, left);
-    sbuf_wipe(&c->at.scratch[0]);
-    sbuf_wipe(&c->at.scratch[1]);
+    {
+        sbuf a = {NULL, 0, 0}, r = {NULL, 0, 0};   /* token_keep swaps them with the kept ones */
+        ok = sbuf_set(&a, at, an) && (rt == NULL || sbuf_set(&r, rt, rn)) &&
+             token_keep(L, 1, c, &a, rt != NULL ? &r : NULL, biz, bn, lifetime, left);
+        sbuf_free(&a);
+        sbuf_free(&r);
+    }
     if (!ok)
         return luaL_error(L, "nomba.oauth: out of memory");
     return 0;
@@ -366,7 +395,7 @@ static int headers_fast(lua_State *L)
         nomba_getuv(L, 1);
         lua_createtable(L, 0, 2);
         lua_pushvalue(L, lua_upvalueindex(3));
-        lua_rawgeti(L, -3, UV_BEARER);
+        push_bearer(L, lua_gettop(L) - 2);
         lua_rawset(L, -3);
         lua_pushvalue(L, lua_upvalueindex(4));
         lua_rawgeti(L, -3, UV_ACCOUNT);
@@ -410,7 +439,7 @@ void token_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
         {"fresh", token_fresh},
-        {"genp", token_genp},
+        {"hot_check", token_hot_check},
         {"remaining", token_remaining},
         {"has", token_has},
         {"seed", token_seed},

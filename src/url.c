@@ -135,7 +135,7 @@ static int core_url_on(lua_State *L)
     }
     if (c->closed)
         return luaL_error(L, "nomba.oauth: the client is closed");
-    r = url_on_parts(&c->cfg.base, s, &u, &why);
+    r = url_on_parts(&c->cfg.ep->base, s, &u, &why);
     if (r < 0) {
         lua_pushnil(L);
         lua_pushstring(L, why);

@@ -18,7 +18,31 @@ local events = require "nomba.oauth.events"
 local status = require "nomba.oauth.status"
 local token = require "nomba.oauth.token"
 
-local pcall, error, getmetatable = pcall, error, getmetatable
+local pcall, error, getmetatable, setmetatable = pcall, error, getmetatable, setmetatable
+
+-- What clients made with the same options share, read through their
+-- state's metatable: the configuration the policy reads (a platform's
+-- thousands of tenants then hold only their own fields). The last one made
+-- is reused while its fields match; held weakly, so it goes with its
+-- clients (and with them, say, a store's connection).
+local PROFILE = { "on_event", "transport", "nonblocking", "retries", "timeout", "store", "on_token",
+                  "log", "base_url", "max_response" }
+local last_profile = setmetatable({}, { __mode = "v" })
+
+local function profile_of(p)
+  local mt = last_profile[1]
+  if mt then
+    local q, same = mt.__index, true
+    for i = 1, #PROFILE do
+      local k = PROFILE[i]
+      if q[k] ~= p[k] then same = false break end
+    end
+    if same then return mt end
+  end
+  mt = { __index = p }
+  last_profile[1] = mt
+  return mt
+end
 
 local M = {
   _VERSION = core._VERSION,
@@ -141,11 +165,12 @@ function M.new(opts)
   end
   local log = o.log
   if log == nil then log = events.default_log elseif log == false then log = nil end
-  local state = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
-                  retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token,
-                  log = log, base_url = o.base_url, account_id = o.account_id, client_id = o.client_id,
-                  -- the default of API calls only when given (else calls take 1 MiB)
-                  max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil }
+  local profile = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
+                    retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token,
+                    log = log, base_url = o.base_url,
+                    -- the default of API calls only when given (else calls take 1 MiB)
+                    max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil }
+  local state = setmetatable({ account_id = o.account_id, client_id = o.client_id }, profile_of(profile))
   local client = core.new(o, state)
   status.register(client, state)
   if o.token then

@@ -71,6 +71,21 @@ local function printable(name, v)
   if v:find("[%z\1-\31\127]") then bad(name, "must not contain control characters") end
 end
 
+-- The base URLs libcurl's parse accepted (core.url), so the next client of
+-- the same one is not parsed again; bounded: emptied when it fills.
+local good_urls, n_good_urls = {}, 0
+local function check_base_url(u)
+  if good_urls[u] then return end
+  printable("base_url", u)
+  local parts, why = core.url(u)
+  if not parts then bad("base_url", why) end
+  if n_good_urls >= 64 then good_urls, n_good_urls = {}, 0 end
+  good_urls[u], n_good_urls = true, n_good_urls + 1
+end
+
+local REQUIRED = { "account_id", "client_id" }
+local STORE_METHODS = { "get", "set", "delete", "lock", "unlock" }
+
 local function callable(v)
   local mt = type(v) == "table" and getmetatable(v)
   return mt and mt.__call ~= nil
@@ -95,7 +110,11 @@ function O.normalize(opts)
     error(setmetatable({ "nomba.oauth.new: bad argument #1 (options table expected, got " ..
                          type(opts) .. ")" }, O.Misuse), 0)
   end
-  local o = {}
+  -- sized once for the fields every client gets (a constructor with nil
+  -- values sizes the table, and saves its growing one field at a time)
+  local o = { account_id = nil, client_id = nil, client_secret = nil, base_url = nil, timeout = nil,
+              connect_timeout = nil, retries = nil, refresh_skew = nil, max_response_bytes = nil,
+              user_agent = nil, paths = nil, log = nil }
   for k, v in pairs(opts) do
     local want = TYPES[k]
     if not want then bad(tostring(k), "is unknown") end
@@ -103,7 +122,7 @@ function O.normalize(opts)
     if not ok then bad(k, "must be a " .. want .. " (got " .. type(v) .. ")") end
     o[k] = v
   end
-  for _, k in ipairs { "account_id", "client_id" } do
+  for _, k in ipairs(REQUIRED) do
     if o[k] == nil or o[k] == "" then bad(k, "is required") end
     printable(k, o[k])
   end
@@ -112,7 +131,7 @@ function O.normalize(opts)
   end
   if o.client_secret == "" then bad("client_secret", "must not be empty") end
   if o.store ~= nil then
-    for _, m in ipairs { "get", "set", "delete", "lock", "unlock" } do
+    for _, m in ipairs(STORE_METHODS) do
       if o.store[m] == nil then bad("store", "has no '" .. m .. "' method") end
     end
     if not o.client_secret and not o.store_key then
@@ -124,13 +143,12 @@ function O.normalize(opts)
     bad("nonblocking", "works with the default libcurl transport (remove transport)")
   end
   if o.base_url and o.sandbox then bad("sandbox", "conflicts with base_url: give one") end
-  o.base_url = (o.base_url or (o.sandbox and O.SANDBOX_URL or O.PRODUCTION_URL)):gsub("/+$", "")
-  o.sandbox = nil
-  printable("base_url", o.base_url)
+  local base = o.base_url or (o.sandbox and O.SANDBOX_URL or O.PRODUCTION_URL)
+  if base:byte(-1) == 47 then base = base:gsub("/+$", "") end     -- a trailing "/"
+  o.base_url, o.sandbox = base, nil
   -- judged on libcurl's own parse (the parser that connects): no user info,
   -- query or fragment; plain http only to a loopback host
-  local parts, why = core.url(o.base_url)
-  if not parts then bad("base_url", why) end
+  check_base_url(base)
   number(o, "timeout", 0.001, LIMITS.timeout, false, "seconds")
   number(o, "connect_timeout", 0.001, LIMITS.timeout, false, "seconds")
   number(o, "refresh_skew", 0, LIMITS.lifetime, false, "seconds")
@@ -140,11 +158,14 @@ function O.normalize(opts)
   if o.pinned_pubkey and not o.pinned_pubkey:match("^sha256//[%w%+/=;]+") then
     bad("pinned_pubkey", "must look like \"sha256//BASE64\"")
   end
-  o.user_agent = o.user_agent or O.DEFAULTS.user_agent
-  printable("user_agent", o.user_agent)
+  if o.user_agent then printable("user_agent", o.user_agent) else o.user_agent = O.DEFAULTS.user_agent end
+  if o.paths == nil then
+    o.paths = O.DEFAULTS.paths          -- read only, by core.new
+    return o
+  end
   local paths = {}
   for k, v in pairs(O.DEFAULTS.paths) do paths[k] = v end
-  for k, v in pairs(o.paths or {}) do
+  for k, v in pairs(o.paths) do
     if not O.DEFAULTS.paths[k] then bad("paths", "has an unknown key '" .. tostring(k) .. "'") end
     if type(v) ~= "string" or v:sub(1, 1) ~= "/" then
       bad("paths", "." .. k .. " must be a string starting with '/'")

@@ -1,6 +1,6 @@
 --- The runtime environment, detected once: OpenResty or not, what the
 -- current nginx phase allows, how to sleep, a pcall a yield can cross,
--- and a clock LuaJIT can compile. Every other file asks here.
+-- and LuaJIT's FFI. Every other file asks here.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
 
@@ -61,29 +61,11 @@ if _VERSION == "Lua 5.1" and not rawget(_G, "jit") then
   end
 end
 
---- On LuaJIT for Linux, the C core's hot-path clock read through the FFI
--- (which LuaJIT compiles, unlike a call to a C function): the same clock
--- id C uses (core.CLOCK), so the deadlines C computes compare directly.
--- nil elsewhere.
-R.ffi_clock = nil
+--- LuaJIT's FFI (the token hot path's check goes through it), or nil.
+R.ffi = nil
 if rawget(_G, "jit") then
   local ok, ffi = pcall(require, "ffi")
-  if ok and ffi.os == "Linux" and (ffi.arch == "x64" or ffi.arch == "arm64") and core.CLOCK then
-    ok = pcall(ffi.cdef, [[
-      typedef struct { long tv_sec; long tv_nsec; } nomba_oauth_timespec;
-      int clock_gettime(int clk, nomba_oauth_timespec *ts);
-    ]])
-    local ts = ok and ffi.new("nomba_oauth_timespec")
-    local id = core.CLOCK
-    if ts and ffi.C.clock_gettime(id, ts) == 0 then
-      local C, tonum = ffi.C, tonumber
-      R.ffi_clock = function()
-        C.clock_gettime(id, ts)
-        return tonum(ts.tv_sec) + tonum(ts.tv_nsec) * 1e-9
-      end
-      R.ffi = ffi
-    end
-  end
+  if ok then R.ffi = ffi end
 end
 
 return R

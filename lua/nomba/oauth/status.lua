@@ -41,21 +41,26 @@ function S.register(self, st)
   clients[self] = st
 end
 
---- One more of `name` (a COUNTERS name).
+--- One more of `name` (a COUNTERS name). A client keeps the counters it
+-- has used only (the others read as 0).
 function S.count(st, name)
   local c = st.counts
   if not c then
-    c = zeros()
+    c = {}
     st.counts = c
   end
-  c[name] = c[name] + 1
+  c[name] = (c[name] or 0) + 1
 end
 
---- A renewal ended: when, by which operation, and how.
+--- A renewal ended: when, by which operation, and how (a success keeps
+-- three fields: a tenant's renewal costs no more than it says).
 function S.renewed(st, op, err)
-  st.renewal = { at = core.time(), op = op, ok = err == nil, kind = err and err.kind,
-                 status = err and err.status, code = err and err.code }
-  if err then S.count(st, "renewal_failures") end
+  if err then
+    st.renewal = { at = core.time(), op = op, ok = false, kind = err.kind, status = err.status, code = err.code }
+    S.count(st, "renewal_failures")
+  else
+    st.renewal = { at = core.time(), op = op, ok = true }
+  end
 end
 
 -- "none", "valid", "expiring" (due for renewal), "expired" or "closed"
