@@ -16,7 +16,7 @@ local rss_kib, fds, connections = procfs.rss_kib, procfs.fds, procfs.connections
 local port = tonumber(url:match(":(%d+)$"))
 collectgarbage()
 collectgarbage()
-local rss0, fd0 = rss_kib(), fds()
+local rss0, fd0, heap0 = rss_kib(), fds(), collectgarbage("count")
 local t0 = os.clock()
 local clients = {}
 for i = 1, N do
@@ -36,6 +36,7 @@ local out = {
   sockets = socks,
   fds_per_idle_client = (fd1 - fd0) / N,
   rss_bytes_per_client = (rss_kib() - rss0) * 1024 / N,
+  heap_bytes_per_client = (collectgarbage("count") - heap0) * 1024 / N,
   cpu_seconds = cpu,
 }
 out.clients_alive = #clients          -- every client is still held, idle, with its token
