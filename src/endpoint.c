@@ -26,6 +26,7 @@
 static pthread_mutex_t ep_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t ep_once = PTHREAD_ONCE_INIT;
 static endpoint *ep_table[EP_BUCKETS];
+static unsigned long ep_ids;            /* the last id given */
 
 static void ep_prepare(void) { pthread_mutex_lock(&ep_lock); }
 static void ep_after(void) { pthread_mutex_unlock(&ep_lock); }
@@ -260,6 +261,7 @@ const endpoint *endpoint_get(lua_State *L, int t)
     if (e != NULL) {
         e->refs++;
     } else {
+        made->id = ++ep_ids;
         made->next = ep_table[h % EP_BUCKETS];
         ep_table[h % EP_BUCKETS] = made;
         e = made;

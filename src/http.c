@@ -75,7 +75,7 @@ struct http_pool {
     CURLM *multi;                   /* made on first use */
     CURLSH *share;                  /* TLS sessions and DNS */
     CURL *spare[POOL_SPARE];        /* idle easy handles ... */
-    unsigned long spare_owner[POOL_SPARE];  /* ... and the client each was set up for */
+    unsigned long spare_owner[POOL_SPARE];  /* ... and the endpoint (its id) each was set up for */
     int nspare;
     double timer;                   /* when the multi wants to run again (monotonic), or -1 */
     unsigned long serials;          /* hands out client serials */
@@ -507,14 +507,15 @@ static void configure(CURL *h, http_pool *p, client *c)
         curl_easy_setopt(h, CURLOPT_SHARE, p->share);
 }
 
-/* An easy handle for the client's attempt: a spare one it used last (set
- * up already), else any spare one set up afresh, else a new one. */
+/* An easy handle for the client's attempt: a spare one set up for its
+ * endpoint already (any client's of the same configuration: a platform's
+ * tenants share them), else any spare one set up afresh, else a new one. */
 static CURL *borrow(http_pool *p, client *c)
 {
     int i, pick = -1;
     CURL *h;
     for (i = 0; i < p->nspare; i++)
-        if (p->spare_owner[i] == c->serial)
+        if (p->spare_owner[i] == c->cfg.ep->id)
             pick = i;
     if (pick >= 0) {
         h = p->spare[pick];
@@ -543,7 +544,7 @@ static void give_back(http_pool *p, client *c, CURL *h)
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
     if (p->nspare < POOL_SPARE && p->pid == me()) {
         p->spare[p->nspare] = h;
-        p->spare_owner[p->nspare++] = c->serial;
+        p->spare_owner[p->nspare++] = c->cfg.ep->id;
     } else {
         curl_easy_cleanup(h);
     }

@@ -135,6 +135,7 @@ enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
 typedef struct endpoint {
     struct endpoint *next;  /* the process's table (endpoint.c) */
     unsigned long refs, hash;
+    unsigned long id;       /* never reused (a freed endpoint's address may be): the pool's handle reuse */
     char *base_url;
     char *paths[OP_PATHS];  /* path per token operation (exchange uses issue's) */
     char *urls[OP_PATHS];   /* base_url + path */
