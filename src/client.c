@@ -37,8 +37,10 @@ static void test_check_wiped(client *c)
     bufs[nb++] = &c->tok.secret;
     bufs[nb++] = &c->tok.access;
     bufs[nb++] = &c->tok.refresh;
-    bufs[nb++] = &c->seal.ikm;
-    bufs[nb++] = &c->seal.aes;
+    if (c->seal != NULL) {
+        bufs[nb++] = &c->seal->ikm;
+        bufs[nb++] = &c->seal->aes;
+    }
     if (a != NULL) {
         bufs[nb++] = &a->body;
         bufs[nb++] = &a->bearer_hdr;
@@ -71,8 +73,12 @@ static void cleanup(client *c)
 #endif
     attempt_free(c);
     token_forget(c);
-    sbuf_free(&c->seal.ikm);
-    sbuf_free(&c->seal.aes);
+    if (c->seal != NULL) {
+        sbuf_free(&c->seal->ikm);
+        sbuf_free(&c->seal->aes);
+        free(c->seal);
+        c->seal = NULL;
+    }
     free_str(&c->cfg.account_id);
     free_str(&c->cfg.client_id);
     endpoint_release(c->cfg.ep);        /* also a half-built client's */

@@ -223,10 +223,10 @@ typedef struct client {
     token_state tok;
     attempt *at;            /* the attempt in progress, or NULL: an idle client holds none (proto.c) */
     struct curl_slist *op_lines;   /* made once per client: accountId, then the endpoint's ct_tail */
-    char *body_open[OP_PATHS];     /* the cached non-secret start of a body, per token operation */
+    char *body_open[OP_REVOKE + 1];   /* the cached non-secret start of issue's, refresh's and revoke's body */
     http_pool *pool;        /* the Lua state's libcurl pool (refcounted; http.c) */
-    unsigned long serial;   /* this client, for the pool's handle reuse and the echo cache */
-    sealing seal;
+    unsigned long serial;   /* this client, for the echo cache */
+    sealing *seal;          /* made when a store first needs it, or NULL (seal.c) */
 #ifdef NOMBA_TEST_HOOKS
     int test_wiped, test_checked;   /* verdict of the last cleanup */
 #endif

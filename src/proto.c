@@ -91,7 +91,7 @@ void attempt_free(client *c)
 {
     int i;
     attempt_end(c);
-    for (i = 0; i < OP_PATHS; i++) {
+    for (i = 0; i <= OP_REVOKE; i++) {
         free(c->body_open[i]);
         c->body_open[i] = NULL;
     }
@@ -175,7 +175,7 @@ static char *encode_open(lua_State *L, size_t *n)
 static const char *body_open(lua_State *L, client *c, int op, int argidx, size_t *n, int *fresh)
 {
     *fresh = 0;
-    if (c->body_open[op] != NULL) {
+    if (op <= OP_REVOKE && c->body_open[op] != NULL) {
         *n = strlen(c->body_open[op]);
         return c->body_open[op];
     }

@@ -62,18 +62,29 @@ static int b64_dec(sbuf *out, const char *s, size_t n)
     return 1;
 }
 
+/* The client's sealing keys, made when first needed (a client that never
+ * uses a store holds none); NULL when out of memory. */
+static sealing *sealing_of(client *c)
+{
+    if (c->seal == NULL)
+        c->seal = (sealing *)calloc(1, sizeof *c->seal);
+    return c->seal;
+}
+
 /* The AES key, derived once per client from its secret or store_key. */
 static int derive_key(client *c, const char *ikm, size_t ikmlen)
 {
     EVP_PKEY_CTX *k;
     size_t outlen = 32;
     int ok;
-    if (c->seal.aes.n == 32)
+    if (sealing_of(c) == NULL)
+        return 0;
+    if (c->seal->aes.n == 32)
         return 1;
     k = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
     if (k == NULL)
         return 0;
-    if (!sbuf_reserve(&c->seal.aes, 32)) {
+    if (!sbuf_reserve(&c->seal->aes, 32)) {
         EVP_PKEY_CTX_free(k);
         return 0;
     }
@@ -82,10 +93,10 @@ static int derive_key(client *c, const char *ikm, size_t ikmlen)
          EVP_PKEY_CTX_set1_hkdf_salt(k, (const unsigned char *)"nomba-oauth store v1", 20) > 0 &&
          EVP_PKEY_CTX_set1_hkdf_key(k, (const unsigned char *)ikm, (int)ikmlen) > 0 &&
          EVP_PKEY_CTX_add1_hkdf_info(k, (const unsigned char *)"aes-256-gcm token", 17) > 0 &&
-         EVP_PKEY_derive(k, (unsigned char *)c->seal.aes.p, &outlen) > 0 && outlen == 32;
+         EVP_PKEY_derive(k, (unsigned char *)c->seal->aes.p, &outlen) > 0 && outlen == 32;
     EVP_PKEY_CTX_free(k);
     ERR_clear_error();
-    c->seal.aes.n = ok ? 32 : 0;
+    c->seal->aes.n = ok ? 32 : 0;
     return ok;
 }
 
@@ -93,8 +104,8 @@ static int key_of(lua_State *L, client *c)
 {
     if (c->tok.secret.n > 0)
         return derive_key(c, c->tok.secret.p, c->tok.secret.n);
-    if (c->seal.ikm.n > 0)
-        return derive_key(c, c->seal.ikm.p, c->seal.ikm.n);
+    if (c->seal != NULL && c->seal->ikm.n > 0)
+        return derive_key(c, c->seal->ikm.p, c->seal->ikm.n);
     (void)L;
     return 0;
 }
@@ -165,7 +176,7 @@ static int seal_token(lua_State *L)
     }
     n = pt->n;
     ok = ok && RAND_bytes(nonce, NONCE) == 1 && sbuf_reserve(ct, n + 16) &&
-         gcm(1, (const unsigned char *)c->seal.aes.p, nonce, (const unsigned char *)aad, aadlen,
+         gcm(1, (const unsigned char *)c->seal->aes.p, nonce, (const unsigned char *)aad, aadlen,
              (const unsigned char *)pt->p, n, (unsigned char *)ct->p, tag);
     sbuf_free(pt);
     if (!ok) {
@@ -219,7 +230,7 @@ static int adopt_token(lua_State *L)
         goto done;
     n = raw->n - NONCE - TAG;
     if (!sbuf_reserve(pt, n + 16) ||
-        !gcm(0, (const unsigned char *)c->seal.aes.p, (const unsigned char *)raw->p,
+        !gcm(0, (const unsigned char *)c->seal->aes.p, (const unsigned char *)raw->p,
              (const unsigned char *)aad, aadlen, (const unsigned char *)raw->p + NONCE, n,
              (unsigned char *)pt->p, (unsigned char *)raw->p + NONCE + n))
         goto done;
@@ -272,9 +283,9 @@ static int set_store_key(lua_State *L)
     client *c = client_check(L, 1);
     size_t n;
     const char *k = luaL_checklstring(L, 2, &n);
-    if (!sbuf_set(&c->seal.ikm, k, n))
+    if (sealing_of(c) == NULL || !sbuf_set(&c->seal->ikm, k, n))
         return luaL_error(L, "nomba.oauth: out of memory");
-    sbuf_wipe(&c->seal.aes);
+    sbuf_wipe(&c->seal->aes);
     return 0;
 }
 
