@@ -1,8 +1,10 @@
 /*
- * libFuzzer harness: base URLs judged on libcurl's parse (url.c). Byte 0
- * says whether a query is allowed; the rest is the URL. Whatever url_split
- * accepts goes to https, or to http on a loopback host, with a host, no
- * user info (libcurl agrees when asked again), and no query unless allowed.
+ * libFuzzer harness: URLs judged on libcurl's parse (url.c). Byte 0 holds
+ * the flags (URL_QUERY: a query is allowed; URL_PROXY: a proxy's URL); the
+ * rest is the URL. Whatever url_split accepts has a host and a port, no
+ * user info (libcurl agrees when asked again), and no query unless
+ * allowed; it goes to https, or to http on a loopback host, except a
+ * proxy, which is http:// on any host with no path.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -18,22 +20,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *s;
     url_parts p;
-    int allow_query;
+    int flags, allow_query;
     if (size < 1 || size > 4096)
         return 0;
-    allow_query = data[0] & 1;
+    flags = data[0] & (URL_QUERY | URL_PROXY);
+    allow_query = flags & URL_QUERY;
     s = malloc(size);
     if (s == NULL)
         return 0;
     memcpy(s, data + 1, size - 1);
     s[size - 1] = '\0';
-    if (url_split(s, &p, allow_query) == NULL) {
+    if (url_split(s, &p, flags) == NULL) {
         CURLU *u = curl_url();
         char *x = NULL;
         if (p.host == NULL || p.host[0] == '\0' || p.port <= 0 || p.port > 65535)
             __builtin_trap();
-        if (strcasecmp(p.scheme, "https") != 0 && !(strcasecmp(p.scheme, "http") == 0 && p.loopback))
+        if (flags & URL_PROXY) {
+            if (strcasecmp(p.scheme, "http") != 0 || (p.path[0] != '\0' && strcmp(p.path, "/") != 0))
+                __builtin_trap();
+        } else if (strcasecmp(p.scheme, "https") != 0 && !(strcasecmp(p.scheme, "http") == 0 && p.loopback)) {
             __builtin_trap();
+        }
         if (u == NULL || curl_url_set(u, CURLUPART_URL, s, 0) != CURLUE_OK)
             __builtin_trap();
         if (curl_url_get(u, CURLUPART_USER, &x, 0) == CURLUE_OK)

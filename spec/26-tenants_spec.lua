@@ -26,21 +26,25 @@ describe("tenants", function()
   end)
 
   it("share one endpoint per configuration, freed with its last client", function()
+    -- a configuration no other client of this process has (one an earlier
+    -- spec's uncollected client holds would be shared, as it should)
+    local ua = "spec-26/" .. core.pkce.verifier(43)
     local n0, refs0 = endpoints()
     local keep = {}
     for i = 1, 200 do
       keep[i] = oauth.new(sim:client_options { account_id = "acct-" .. i, client_id = "client-" .. i,
-                                               client_secret = "secret-" .. i, log = false })
+                                               client_secret = "secret-" .. i, log = false, user_agent = ua })
     end
     local n, refs = endpoints()
     assert.are.equal(n0 + 1, n)
     assert.are.equal(refs0 + 200, refs)
     -- any option of the endpoint makes another: a CA, a connect timeout, a path, a user agent
     local other = {
-      oauth.new(sim:client_options { cafile = sim.cafile .. "", capath = "/etc/ssl/certs", log = false }),
-      oauth.new(sim:client_options { connect_timeout = 2, log = false }),
-      oauth.new(sim:client_options { paths = { refresh = "/v1/auth/token/refresh/" }, log = false }),
-      oauth.new(sim:client_options { user_agent = "tenant-test/1", log = false }),
+      oauth.new(sim:client_options { capath = "/etc/ssl/certs", log = false, user_agent = ua }),
+      oauth.new(sim:client_options { connect_timeout = 2, log = false, user_agent = ua }),
+      oauth.new(sim:client_options { paths = { refresh = "/v1/auth/token/refresh/" }, log = false,
+                                     user_agent = ua }),
+      oauth.new(sim:client_options { log = false, user_agent = ua .. "/2" }),
     }
     assert.are.equal(n0 + 5, (endpoints()))
     for i = 1, 100 do keep[i]:close() end       -- closed: given back at once
