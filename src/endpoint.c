@@ -275,23 +275,21 @@ const endpoint *endpoint_get(lua_State *L, int t)
 
 void endpoint_release(const endpoint *ce)
 {
-    endpoint *e = (endpoint *)(uintptr_t)ce, **at;
-    int last = 0;
-    if (e == NULL)
+    endpoint *e = NULL, **at;
+    if (ce == NULL)
         return;
     pthread_once(&ep_once, ep_init);
     pthread_mutex_lock(&ep_lock);
-    if (--e->refs == 0) {
-        for (at = &ep_table[e->hash % EP_BUCKETS]; *at != NULL; at = &(*at)->next)
-            if (*at == e) {
+    for (at = &ep_table[ce->hash % EP_BUCKETS]; *at != NULL; at = &(*at)->next)
+        if (*at == ce) {
+            if (--(*at)->refs == 0) {
+                e = *at;                /* the last client: out of the table, then freed */
                 *at = e->next;
-                break;
             }
-        last = 1;
-    }
+            break;
+        }
     pthread_mutex_unlock(&ep_lock);
-    if (last)
-        ep_free(e);
+    ep_free(e);
 }
 
 #ifdef NOMBA_TEST_HOOKS
