@@ -86,27 +86,14 @@ static void cleanup(client *c)
     c->closed = 1;
 }
 
-/* Copies an optional string field of the options table into *dst. */
-static void opt_string(lua_State *L, int t, const char *name, char **dst, int required)
+/* Copies a required string option of the options table into *dst. */
+static void opt_string(lua_State *L, int t, const char *name, char **dst)
 {
-    const char *s;
-    size_t n;
-    lua_getfield(L, t, name);
-    if (lua_isnil(L, -1)) {
-        if (required)
-            luaL_error(L, "nomba.oauth: option '%s' is required", name);
-        lua_pop(L, 1);
-        return;
-    }
-    if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_error(L, "nomba.oauth: option '%s' must be a string", name);
-    s = lua_tolstring(L, -1, &n);
-    if (s == NULL || strlen(s) != n)
-        luaL_error(L, "nomba.oauth: option '%s' must not contain NUL bytes", name);
-    *dst = nomba_strndup(s, n);
-    if (*dst == NULL)
+    const char *s = endpoint_opt(L, t, name);
+    if (s == NULL)
+        luaL_error(L, "nomba.oauth: option '%s' is required", name);
+    if ((*dst = nomba_strndup(s, strlen(s))) == NULL)
         luaL_error(L, "nomba.oauth: out of memory");
-    lua_pop(L, 1);
 }
 
 /* A required number option (the Lua layer filled in the defaults), in
@@ -140,12 +127,12 @@ static int client_new(lua_State *L)
     lua_pushvalue(L, 2);
     nomba_setuv(L, -2);
 
-    opt_string(L, 1, "account_id", &c->cfg.account_id, 1);
+    opt_string(L, 1, "account_id", &c->cfg.account_id);
     n = strlen(c->cfg.account_id);
     if (n > NOMBA_MAX_ACCOUNT_ID)
         return luaL_error(L, "nomba.oauth: option 'account_id' is longer than %d bytes",
                           NOMBA_MAX_ACCOUNT_ID);
-    opt_string(L, 1, "client_id", &c->cfg.client_id, 1);
+    opt_string(L, 1, "client_id", &c->cfg.client_id);
     c->cfg.ep = endpoint_get(L, 1);     /* base_url, paths, TLS, proxy, user_agent: shared */
 
     c->cfg.timeout = opt_number(L, 1, "timeout", 0.001, NOMBA_MAX_TIMEOUT);
@@ -280,9 +267,6 @@ void client_open(lua_State *L)
     lua_pop(L, 1);
     luaL_setfuncs(L, funcs, 0);
 #ifdef NOMBA_TEST_HOOKS
-    lua_getfield(L, -1, "_test");
-    lua_pushcfunction(L, client_test_wiped);
-    lua_setfield(L, -2, "wiped");
-    lua_pop(L, 1);
+    nomba_test_hook(L, "wiped", client_test_wiped);
 #endif
 }

@@ -188,7 +188,7 @@ fail:
     return NULL;
 }
 
-static const char *opt_str(lua_State *L, int t, const char *name)
+const char *endpoint_opt(lua_State *L, int t, const char *name)
 {
     const char *s;
     size_t n;
@@ -215,12 +215,12 @@ const endpoint *endpoint_get(lua_State *L, int t)
     char msg[160];
     int i, pt;
     memset(&k, 0, sizeof k);
-    k.base_url = opt_str(L, t, "base_url");
-    k.cafile = opt_str(L, t, "cafile");
-    k.capath = opt_str(L, t, "capath");
-    k.pinned_pubkey = opt_str(L, t, "pinned_pubkey");
-    k.proxy = opt_str(L, t, "proxy");
-    k.user_agent = opt_str(L, t, "user_agent");
+    k.base_url = endpoint_opt(L, t, "base_url");
+    k.cafile = endpoint_opt(L, t, "cafile");
+    k.capath = endpoint_opt(L, t, "capath");
+    k.pinned_pubkey = endpoint_opt(L, t, "pinned_pubkey");
+    k.proxy = endpoint_opt(L, t, "proxy");
+    k.user_agent = endpoint_opt(L, t, "user_agent");
     if (k.base_url == NULL)
         luaL_error(L, "nomba.oauth: option 'base_url' is required");
     lua_getfield(L, t, "connect_timeout");
@@ -232,7 +232,7 @@ const endpoint *endpoint_get(lua_State *L, int t)
     luaL_checktype(L, -1, LUA_TTABLE);
     pt = lua_gettop(L);
     for (i = 0; i < OP_PATHS; i++)       /* every op the paths table names; exchange uses issue's */
-        k.paths[i] = opt_str(L, pt, nomba_op_names[i]);
+        k.paths[i] = endpoint_opt(L, pt, nomba_op_names[i]);
     if (k.paths[OP_ISSUE] == NULL)
         luaL_error(L, "nomba.oauth: option 'paths' has no issue path");
     k.paths[OP_EXCHANGE] = k.paths[OP_ISSUE];
@@ -317,10 +317,7 @@ static int endpoint_test_count(lua_State *L)
 void endpoint_open(lua_State *L)
 {
 #ifdef NOMBA_TEST_HOOKS
-    lua_getfield(L, -1, "_test");
-    lua_pushcfunction(L, endpoint_test_count);
-    lua_setfield(L, -2, "endpoints");
-    lua_pop(L, 1);
+    nomba_test_hook(L, "endpoints", endpoint_test_count);
 #else
     (void)L;
 #endif

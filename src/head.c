@@ -315,9 +315,6 @@ void head_open(lua_State *L)
     lua_pushcfunction(L, head_framing);
     lua_setfield(L, -2, "framing");
 #ifdef NOMBA_TEST_HOOKS
-    lua_getfield(L, -1, "_test");
-    lua_pushcfunction(L, head_headers);
-    lua_setfield(L, -2, "headers");
-    lua_pop(L, 1);
+    nomba_test_hook(L, "headers", head_headers);
 #endif
 }

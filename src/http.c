@@ -990,9 +990,6 @@ void http_open(lua_State *L)
     lua_rawset(L, LUA_REGISTRYINDEX);
     luaL_setfuncs(L, funcs, 0);
 #ifdef NOMBA_TEST_HOOKS
-    lua_getfield(L, -1, "_test");
-    lua_pushcfunction(L, http_test_close_idle);
-    lua_setfield(L, -2, "close_idle");
-    lua_pop(L, 1);
+    nomba_test_hook(L, "close_idle", http_test_close_idle);
 #endif
 }

@@ -146,6 +146,10 @@ typedef struct endpoint {
     struct curl_slist *ct_tail;   /* Content-Type, then the tail: the token operations' lines */
     struct curl_slist *tail;      /* Accept, User-Agent, "Expect:": every request ends with them */
 } endpoint;
+/* The string option name of the options table at t, alive while the table
+ * holds it, or NULL when it is not given; raises, naming the option, when
+ * it is not a string or holds a NUL (core.new's one reader of them). */
+NOMBA_HIDDEN const char *endpoint_opt(lua_State *L, int t, const char *name);
 /* The endpoint of the options table at t (checked: raises naming the option). */
 NOMBA_HIDDEN const endpoint *endpoint_get(lua_State *L, int t);
 NOMBA_HIDDEN void endpoint_release(const endpoint *e);
@@ -238,6 +242,18 @@ static inline client *client_check(lua_State *L, int idx)
 {
     return (client *)luaL_checkudata(L, idx, NOMBA_CLIENT_MT);
 }
+
+#ifdef NOMBA_TEST_HOOKS
+/* Test build: adds f to core._test (of the module table on top of the
+ * stack) as name. */
+static inline void nomba_test_hook(lua_State *L, const char *name, lua_CFunction f)
+{
+    lua_getfield(L, -1, "_test");
+    lua_pushcfunction(L, f);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+#endif
 
 /* client.c: the userdata's life. */
 NOMBA_HIDDEN void client_open(lua_State *L);

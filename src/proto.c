@@ -86,7 +86,7 @@ void attempt_end(client *c)
     c->at = NULL;
 }
 
-/* Wipes and frees the attempt's buffers (cleanup). */
+/* Cleanup: ends the attempt, if any, and frees the client's request caches. */
 void attempt_free(client *c)
 {
     int i;

@@ -31,15 +31,20 @@
 #define SLAB_REGION 65536
 static const size_t slab_sizes[SLAB_CLASSES] = {64, 128, 192, 256, 320, 384, 448, 512, 768, 1024, 1536, 2048};
 
+/* The size class of a buffer of cap bytes (cap <= SLAB_MAX). */
+static int slab_class(size_t cap)
+{
+    int k = 0;
+    while (slab_sizes[k] < cap)
+        k++;
+    return k;
+}
+
 /* The capacity a buffer of at least n bytes gets: its size class, or n
  * itself above the largest. */
 static size_t size_for(size_t n)
 {
-    int k;
-    for (k = 0; k < SLAB_CLASSES; k++)
-        if (slab_sizes[k] >= n)
-            return slab_sizes[k];
-    return n;
+    return n <= SLAB_MAX ? slab_sizes[slab_class(n)] : n;
 }
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -74,14 +79,6 @@ static size_t slab_left;
 static void slab_prepare(void) { pthread_mutex_lock(&slab_lock); }
 static void slab_release_lock(void) { pthread_mutex_unlock(&slab_lock); }
 static void slab_init(void) { (void)pthread_atfork(slab_prepare, slab_release_lock, slab_release_lock); }
-
-static int slab_class(size_t cap)
-{
-    int k = 0;
-    while (slab_sizes[k] < cap)
-        k++;
-    return k;
-}
 
 static char *slab_get(size_t cap)
 {

@@ -32,6 +32,13 @@ static double skew_of(const client *c)
     return c->cfg.refresh_skew < half ? c->cfg.refresh_skew : half;
 }
 
+/* Whether the open client's kept token has more than margin seconds left
+ * (the hot path's clock): the one freshness rule of every hot path. */
+static int fresh_for(const client *c, double margin)
+{
+    return !c->closed && c->tok.expires_mono > 0 && c->tok.expires_mono - nt_mono_coarse() > margin;
+}
+
 /* The hot path's Lua strings: set from the kept token, or cleared. */
 static void uv_token(lua_State *L, int cidx, const client *c, int set)
 {
@@ -183,16 +190,15 @@ void token_push(lua_State *L, int cidx, const client *c)
 /* core.fresh(client[, margin]): the hot path. The kept token, the bearer
  * header and the account id while more than margin (default: the refresh
  * window) seconds remain; with the default window also the moment it
- * stops being fresh (on nt_mono_coarse's clock, core.CLOCK) and the token
- * generation. No allocation: the strings live in the user value. */
+ * stops being fresh (on nt_mono_coarse's clock) and the token generation.
+ * No allocation but the bearer's, made once per token (push_bearer). */
 static int token_fresh(lua_State *L)
 {
     client *c = (client *)lua_touserdata(L, 1);
     int window = lua_isnoneornil(L, 2);
     if (c == NULL || !luaL_testudata(L, 1, NOMBA_CLIENT_MT))
         return luaL_argerror(L, 1, "nomba.oauth.Client expected");
-    if (c->closed || c->tok.expires_mono <= 0 ||
-        c->tok.expires_mono - nt_mono_coarse() <= (window ? skew_of(c) : lua_tonumber(L, 2)))
+    if (!fresh_for(c, window ? skew_of(c) : lua_tonumber(L, 2)))
         return 0;
     nomba_getuv(L, 1);
     lua_rawgeti(L, -1, UV_TOKEN);
@@ -206,15 +212,14 @@ static int token_fresh(lua_State *L)
 }
 
 /* The hot path's check for LuaJIT, called through the FFI (which LuaJIT
- * compiles, and which its interpreter calls for less than two calls of a
- * C function through the Lua API): whether the client (the userdata's
+ * compiles; its interpreter makes the call for about 1.5 calls of a C
+ * function through the Lua API): whether the client (the userdata's
  * payload, as the FFI passes a userdata to a pointer) still keeps the
  * token of generation gen, fresh. */
 static int hot_check(const void *ud, unsigned int gen)
 {
     const client *c = (const client *)ud;
-    return !c->closed && c->tok.gen == gen && c->tok.expires_mono > 0 &&
-           c->tok.expires_mono - nt_mono_coarse() > skew_of(c);
+    return c->tok.gen == gen && fresh_for(c, skew_of(c));
 }
 
 /* core.hot_check(): hot_check's address, for ffi.cast. */
@@ -357,8 +362,7 @@ static int fresh_client(lua_State *L)
 {
     client *c = (client *)lua_touserdata(L, 1);
     int ok = c != NULL && lua_getmetatable(L, 1) && lua_rawequal(L, -1, lua_upvalueindex(1));
-    return ok && !c->closed && c->tok.expires_mono > 0 &&
-           c->tok.expires_mono - nt_mono_coarse() > skew_of(c);
+    return ok && fresh_for(c, skew_of(c));
 }
 
 static int slow_k(lua_State *L, int status, lua_KContext ctx)
