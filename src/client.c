@@ -90,8 +90,10 @@ static void cleanup(client *c)
 static void opt_string(lua_State *L, int t, const char *name, char **dst)
 {
     const char *s = endpoint_opt(L, t, name);
-    if (s == NULL)
+    if (s == NULL) {
         luaL_error(L, "nomba.oauth: option '%s' is required", name);
+        return;                         /* luaL_error does not return */
+    }
     if ((*dst = nomba_strndup(s, strlen(s))) == NULL)
         luaL_error(L, "nomba.oauth: out of memory");
 }
