@@ -100,6 +100,31 @@ describe("tenants", function()
                       "acct-tenant-3 tenant-3", "acct-tenant-2 tenant-2", "acct-tenant-1 tenant-1" }, seen)
   end)
 
+  it("clients made one after another with different options keep their own (the shared profile)", function()
+    local seen = {}
+    local a = oauth.new(sim:client_options { retries = 0, log = false })
+    local b = oauth.new(sim:client_options { retries = 3, timeout = 7, log = false,
+                                             on_event = function(ev) seen[#seen + 1] = ev.op end })
+    local a2 = oauth.new(sim:client_options { retries = 0, log = false })
+    assert.are.same({ 0, 3, 0 }, { core.state(a).retries, core.state(b).retries, core.state(a2).retries })
+    assert.are.same({ 10, 7, 10 }, { core.state(a).timeout, core.state(b).timeout, core.state(a2).timeout })
+    assert.is_nil(core.state(a).on_event)
+    assert.is_function(core.state(b).on_event)
+    assert.is_nil(core.state(a2).on_event)
+    -- b's retries are its own: a 503 then a success is two attempts for b
+    assert(sim:fault { endpoint = "issue", status = 503, times = 1 })
+    assert(b:issue())
+    assert.are.equal(2, H.count("issue"))
+    assert.is_true(#seen > 0)
+    assert(sim:fault { endpoint = "issue", status = 503, times = 1 })
+    assert.is_nil((a:issue()))                  -- and a's (none) are a's
+    assert.are.equal(3, H.count("issue"))
+    -- the next client with the same options shares the profile (the last one made)
+    local a3 = oauth.new(sim:client_options { retries = 0, log = false })
+    assert.are.equal(getmetatable(core.state(a2)), getmetatable(core.state(a3)))
+    assert.are_not.equal(getmetatable(core.state(b)), getmetatable(core.state(a3)))
+  end)
+
   it("an idle client holds no attempt: a thousand renewed clients hold no request or answer buffer", function()
     local keep = {}
     for i = 1, 1000 do

@@ -189,8 +189,8 @@ void token_push(lua_State *L, int cidx, const client *c)
 
 /* core.fresh(client[, margin]): the hot path. The kept token, the bearer
  * header and the account id while more than margin (default: the refresh
- * window) seconds remain; with the default window also the moment it
- * stops being fresh (on nt_mono_coarse's clock) and the token generation.
+ * window) seconds remain; with the default window also the token
+ * generation (LuaJIT's copies are checked against it: hot_check).
  * No allocation but the bearer's, made once per token (push_bearer). */
 static int token_fresh(lua_State *L)
 {
@@ -206,9 +206,8 @@ static int token_fresh(lua_State *L)
     lua_rawgeti(L, -3, UV_ACCOUNT);
     if (!window)
         return 3;
-    lua_pushnumber(L, c->tok.expires_mono - skew_of(c));
     lua_pushinteger(L, (lua_Integer)c->tok.gen);
-    return 5;
+    return 4;
 }
 
 /* The hot path's check for LuaJIT, called through the FFI (which LuaJIT

@@ -25,19 +25,24 @@ local pcall, error, getmetatable, setmetatable = pcall, error, getmetatable, set
 -- thousands of tenants then hold only their own fields). The last one made
 -- is reused while its fields match; held weakly, so it goes with its
 -- clients (and with them, say, a store's connection).
+local PROFILE = { "on_event", "transport", "nonblocking", "retries", "timeout", "store", "on_token", "log",
+                  "base_url", "max_response" }
 local last_profile = setmetatable({}, { __mode = "v" })
 
-local function profile_of(o, log, max_response)
-  local mt = last_profile[1]
-  local p = mt and mt.__index
-  if p and p.on_event == o.on_event and p.transport == o.transport and p.nonblocking == o.nonblocking and
-     p.retries == o.retries and p.timeout == o.timeout and p.store == o.store and p.on_token == o.on_token and
-     p.log == log and p.base_url == o.base_url and p.max_response == max_response then
-    return mt
+local function same_profile(p, o)
+  for i = 1, #PROFILE do
+    local k = PROFILE[i]
+    if p[k] ~= o[k] then return false end
   end
-  mt = { __index = { on_event = o.on_event, transport = o.transport, nonblocking = o.nonblocking,
-                     retries = o.retries, timeout = o.timeout, store = o.store, on_token = o.on_token,
-                     log = log, base_url = o.base_url, max_response = max_response } }
+  return true
+end
+
+local function profile_of(o)
+  local mt = last_profile[1]
+  if mt and same_profile(mt.__index, o) then return mt end
+  local p = {}
+  for i = 1, #PROFILE do p[PROFILE[i]] = o[PROFILE[i]] end
+  mt = { __index = p }
   last_profile[1] = mt
   return mt
 end
@@ -161,12 +166,10 @@ function M.new(opts)
     if getmetatable(o) == options.Misuse then error(o[1], 2) end
     error(o, 0)
   end
-  local log = o.log
-  if log == nil then log = events.default_log elseif log == false then log = nil end
+  if o.log == nil then o.log = events.default_log elseif o.log == false then o.log = nil end
   -- the default of API calls only when given (else calls take 1 MiB)
-  local max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil
-  local state = setmetatable({ account_id = o.account_id, client_id = o.client_id },
-                             profile_of(o, log, max_response))
+  o.max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil
+  local state = setmetatable({ account_id = o.account_id, client_id = o.client_id }, profile_of(o))
   local client = core.new(o, state)
   status.register(client, state)
   if o.token then

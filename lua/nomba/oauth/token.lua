@@ -105,7 +105,7 @@ if runtime.ffi then
   HOT = setmetatable({}, { __mode = "k" })        -- strings and numbers: never the client
   check = runtime.ffi.cast("int (*)(const void *, unsigned int)", core.hot_check())
   lookup = function(self)
-    local tok, bearer, account, _, gen = fresh(self)
+    local tok, bearer, account, gen = fresh(self)
     if not tok then
       HOT[self] = nil
       return nil
