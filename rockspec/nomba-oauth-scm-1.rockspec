@@ -42,6 +42,7 @@ build = {
     ["nomba.oauth.machine"] = "lua/nomba/oauth/machine.lua",
     ["nomba.oauth.status"] = "lua/nomba/oauth/status.lua",
     ["nomba.oauth.renewal"] = "lua/nomba/oauth/renewal.lua",
+    ["nomba.oauth.unauthorized"] = "lua/nomba/oauth/unauthorized.lua",
     ["nomba.oauth.token"] = "lua/nomba/oauth/token.lua",
     ["nomba.oauth.client"] = "lua/nomba/oauth/client.lua",
     ["nomba.oauth.request"] = "lua/nomba/oauth/request.lua",

@@ -212,7 +212,7 @@ describe("OpenResty", function()
     local code, body = get(a, "/token")
     assert.are.equal(200, code, body)
     assert.matches("^eyJ", body)
-    -- the lock (TTL timeout * (retries + 1) + 1 = 2.5 s) had to expire first
+    -- the lock (its lease, timeout + 1 = 2.5 s, no longer kept alive) had to expire first
     assert.is_true(core.now() - t0 >= 1.5)
     assert.are.equal(2, H.count("issue"))
   end)

@@ -6,7 +6,12 @@
 -- and prints a JSON summary. Never raises: a raise is a failure of the
 -- library and ends the process with status 3.
 --   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone | file:DIR | params | acl:U:P]
+--                                [DRIVER [TIMEOUT RETRIES]]
+-- DRIVER: "easy" (libcurl, blocking: the default), "multi" (nonblocking =
+-- true: token() steps libcurl's multi interface) or "transport" (a Lua
+-- transport: the curl command line tool).
 local url, cafile, rhost, rport, seconds, mode = arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), arg[6]
+local driver, timeout, retries = arg[7] or "easy", tonumber(arg[8]) or 2, tonumber(arg[9]) or 1
 package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
 local oauth = require "nomba.oauth"
 local core = require "nomba.oauth.core"
@@ -30,7 +35,8 @@ local ok, err = pcall(function()
   local client = oauth.new {
     account_id = simulator.CLIENT.account_id, client_id = simulator.CLIENT.client_id,
     client_secret = simulator.CLIENT.client_secret, base_url = url, cafile = cafile,
-    store = store, retries = 1, timeout = 2,
+    store = store, retries = retries, timeout = timeout, nonblocking = driver == "multi" or nil,
+    transport = driver == "transport" and require("helpers").curl_transport(cafile) or nil,
     on_event = function(ev)
       if ev.kind == "store_error" then
         summary.store_errors = summary.store_errors + 1

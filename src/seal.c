@@ -13,6 +13,7 @@
  *   core.seal(client, aad)           -> sealed string, or nil when no token is kept
  *   core.adopt(client, aad, s)       -> true when s opened and its token, valid
  *                                       and newer than the kept one, is now kept
+ *   core.token_id(access_token)      -> 16 characters naming the token, never it
  *
  * aad is the store key and the store's generation (see nomba/oauth.lua):
  * a revoke renews the generation, so an old value written back never opens.
@@ -320,6 +321,24 @@ static int store_id(lua_State *L)
     return 1;
 }
 
+/* core.token_id(access_token): base64url of the first 12 bytes of the
+ * token's SHA-256, 16 characters: the same in every process that holds the
+ * token, and never the token (the 401 rule's marks in a store name it). */
+static int token_id(lua_State *L)
+{
+    size_t n;
+    const char *t = luaL_checklstring(L, 1, &n);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char out[16];
+    if (EVP_Digest(t, n, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32) {
+        ERR_clear_error();
+        return luaL_error(L, "nomba.oauth: SHA-256 failed");
+    }
+    lua_pushlstring(L, out, codec_b64_encode(md, 12, out, 1));
+    return 1;
+}
+
 void seal_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -327,6 +346,7 @@ void seal_open(lua_State *L)
         {"adopt", adopt_token},
         {"set_store_key", set_store_key},
         {"store_id", store_id},
+        {"token_id", token_id},
         {NULL, NULL}
     };
     luaL_setfuncs(L, funcs, 0);

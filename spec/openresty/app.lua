@@ -90,6 +90,22 @@ routes["/request_together"] = function()
   json { status = res and res.status, worker = ngx.worker.id(), error = err and tostring(err) }
 end
 
+-- n calls held until all n have arrived, then each makes one
+-- client:request naming the accountId `account`: its status, or its
+-- error's kind, status and message
+routes["/request_as"] = function()
+  local n, d = tonumber(ngx.var.arg_n), ngx.shared.test
+  d:incr("arrived_as", 1, 0)
+  local deadline = ngx.now() + 5
+  while d:get("arrived_as") < n and ngx.now() < deadline do
+    ngx.sleep(0.002)
+    ngx.update_time()
+  end
+  local res, err = client:request { path = "/v1/accounts/balance", account_id = ngx.var.arg_account }
+  json { status = res and res.status, kind = err and err.kind, err_status = err and err.status,
+         message = err and err.message, worker = ngx.worker.id() }
+end
+
 -- one client:request, its answer's status and headers (or its error's)
 routes["/request_headers"] = function()
   local res, err = client:request { path = "/v1/accounts/balance" }

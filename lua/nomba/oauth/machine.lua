@@ -15,6 +15,14 @@
 -- wait for the caller (a spent rate-limit window, a busy store's holder
 -- are then waited out with timers, or answered at once).
 --
+-- One deadline: a job run by a runner gets `job.deadline` when it starts
+-- (M.budget: every attempt, the backoff and Retry-After between them, the
+-- store's calls and a refused refresh's issue), and its children inherit
+-- it. Every wait inside the call draws from it: an attempt's timeout is
+-- what is left of it, a backoff or Retry-After that would not leave time
+-- for another attempt ends the call with the last error, and the store's
+-- lock is held for what is left of it (renewal.lua). No call exceeds it.
+--
 -- The kinds, each in its own file: `M.Op` here (an operation's attempts:
 -- retry with backoff and jitter, Retry-After, a refused refresh falling back
 -- to issue, what a finished operation means), the renewal (renewal.lua) and
@@ -41,6 +49,9 @@ local M = {}
 
 local BACKOFF = DEFAULTS.backoff          -- {base, cap}: exponential with full jitter
 M.RETRY_AFTER_CAP = DEFAULTS.retry_after_cap
+local MIN_ATTEMPT = DEFAULTS.min_attempt
+local LOCK_MARGIN = DEFAULTS.lock_margin
+local TOKENS = { issue = true, refresh = true, exchange = true }   -- the operations that give a token
 
 local advance
 
@@ -49,6 +60,7 @@ local advance
 function M.call(self, st, job, child)
   job.child = child
   child.nb = job.nb
+  if job.deadline and not (child.deadline and child.deadline < job.deadline) then child.deadline = job.deadline end
   local act, a, b = child.kind(self, st, child, "start")
   if act ~= "done" then return act, a, b end
   job.child = nil
@@ -65,6 +77,29 @@ advance = function(self, st, job, what, a, b, c, d)
   return job.kind(self, st, job, "child", x, y)
 end
 
+-- The deadline --------------------------------------------------------------------
+
+--- The longest a call may take (seconds), with an attempt's `timeout`
+-- (the client's when nil): its attempts and one more (a refused refresh's
+-- issue, the store's calls), a Retry-After of the cap between each two,
+-- and twice the lock's margin (a waiter outlives a dead holder's lease,
+-- an attempt and that margin: renewal.lua).
+function M.budget(st, timeout)
+  return (st.retries + 2) * (timeout or st.timeout) + st.retries * M.RETRY_AFTER_CAP + 2 * LOCK_MARGIN
+end
+
+--- What is left of a job's deadline (seconds; huge when it has none).
+function M.left(job)
+  local d = job.deadline
+  if not d then return 1 / 0 end
+  return d - now()
+end
+
+-- The least time worth another attempt.
+local function least(st, job)
+  return math_min(job.timeout or st.timeout, MIN_ATTEMPT)
+end
+
 -- An operation's attempts -----------------------------------------------------------
 
 -- A refresh the server refused for good (not a passing failure).
@@ -73,13 +108,31 @@ local function refused(err)
 end
 
 -- How long to wait before attempt n + 1, or nil when the server asks for
--- more than the cap (then the error is the answer).
-local function backoff(err, n)
-  if err.retry_after then
-    if err.retry_after > M.RETRY_AFTER_CAP then return nil end
-    return err.retry_after
+-- more than the cap, or the wait would leave less than `room` of the
+-- deadline's `left` (then the error is the answer).
+local function backoff(err, n, left, room)
+  local wait = err.retry_after
+  if wait then
+    if wait > M.RETRY_AFTER_CAP then return nil end
+  else
+    wait = math_random() * math_min(BACKOFF.cap, BACKOFF.base * 2 ^ (n - 1))
   end
-  return math_random() * math_min(BACKOFF.cap, BACKOFF.base * 2 ^ (n - 1))
+  if wait + room > left then return nil end
+  return wait
+end
+
+-- The next attempt of an operation, its timeout what is left of the
+-- deadline; when too little is left, the last error (or a timeout) ends it.
+local function next_attempt(self, st, job)
+  if job.keep then job.keep(self, st, job) end
+  if TOKENS[job.op] then job.left0 = core.remaining(self) end
+  local left = M.left(job)
+  if left < least(st, job) then
+    return "done", nil, job.last_err or new_error("timeout", job.op,
+      "the call's deadline passed before the attempt", { retryable = true })
+  end
+  job.limit = math_min(job.timeout or st.timeout, left)
+  return "attempt", job
 end
 
 -- Whether a failed call that is not idempotent may be sent again: only
@@ -94,7 +147,7 @@ end
 -- token dropped from the client and from the store.
 local function finished(self, st, job, res)
   local op = job.op
-  if op == "issue" or op == "refresh" or op == "exchange" then
+  if TOKENS[op] then
     if op ~= "exchange" then client_status.count(st, op == "issue" and "issues" or "refreshes") end
     events.adopted(st, res)
     if st.store and not job.renewal then shared.publish(self, st) end   -- a renewal publishes under its lock
@@ -104,14 +157,32 @@ local function finished(self, st, job, res)
   return "done", res
 end
 
+-- A raise went through an operation (an interrupt, a debug hook's error,
+-- on the way back from the transfer): a token the C core kept from its
+-- answer is already Nomba's session (the refresh token before it retired),
+-- so it is still handed to on_token and published (a renewal publishes it
+-- when its lock is released).
+local function op_abort(self, st, job)
+  if not (job.left0 and TOKENS[job.op] and core.remaining(self) > job.left0) then return end
+  job.left0 = nil
+  events.adopted(st, core.kept(self))
+  if st.store and not job.renewal then shared.publish(self, st) end
+end
+
 --- The kind of an operation: one attempt after another.
 function M.Op(self, st, job, what, res, err, status, elapsed)
   if what == "start" then
     -- the shared token may be the one to revoke: read it first
     if job.op == "revoke" and st.store then shared.read(self, st) end
-    return "attempt", job
+    return next_attempt(self, st, job)
   elseif what == "wake" then
-    return "attempt", job
+    local rest = job.sleep_until and job.sleep_until - now()
+    if rest and rest > 0 then                -- a wait cut in slices: the lease kept alive
+      job.keep(self, st, job)
+      return "sleep", math_min(rest, job.keep_every)
+    end
+    job.sleep_until = nil
+    return next_attempt(self, st, job)
   end
   -- an answer: closed and config errors come before anything is sent
   local sent = res ~= nil or (err.kind ~= "closed" and err.kind ~= "config")
@@ -121,18 +192,31 @@ function M.Op(self, st, job, what, res, err, status, elapsed)
     for k, v in pairs(job.event or {}) do ev[k] = v end
     events.emit(st, ev)
   end
-  if res ~= nil then return finished(self, st, job, res) end
+  if res ~= nil then
+    job.last_err = nil
+    return finished(self, st, job, res)
+  end
+  job.last_err = err
   if sent and err.retryable and job.attempt <= st.retries and (job.idempotent ~= false or may_resend(err)) then
-    local wait = backoff(err, job.attempt)
+    local wait = backoff(err, job.attempt, M.left(job), least(st, job))
     if wait then
       job.attempt = job.attempt + 1
-      return "sleep", wait
+      if not job.keep then return "sleep", wait end
+      job.sleep_until = now() + wait
+      return "sleep", math_min(wait, job.keep_every)
     end
   end
   if job.renewal and job.op == "refresh" and refused(err) and core.has(self, "secret") then
+    -- an issue ends Nomba's session: a token another member published
+    -- meanwhile is adopted instead
+    if st.store and shared.read(self, st) and core.fresh(self) then
+      job.last_err = nil
+      return "done", core.kept(self)
+    end
     job.op, job.args, job.attempt = "issue", nil, 1
-    return "attempt", job
+    return next_attempt(self, st, job)
   end
+  job.last_err = nil
   return "done", nil, err
 end
 
@@ -141,9 +225,10 @@ end
 -- `event` (fields for its events). `into`, when given, is a finished job
 -- table made again (an API call reuses its own).
 function M.op(op, args, renewal, idempotent, timeout, event, into)
-  local job = into or { kind = M.Op }
+  local job = into or { kind = M.Op, abort = op_abort }
   job.op, job.args, job.attempt, job.renewal = op, args, 1, renewal
   job.idempotent, job.timeout, job.event, job.child = idempotent, timeout, event, nil
+  job.deadline, job.limit, job.last_err, job.keep, job.sleep_until, job.left0 = nil, nil, nil, nil, nil, nil
   return job
 end
 
@@ -162,9 +247,9 @@ end
 -- will tell it.
 local function attempt(self, st, opjob)
   local drive = st.transport and drivers.transport or drivers.easy
-  if not (st.on_event or st.log) then return drive(self, st, opjob.op, opjob.args, opjob.timeout) end
+  if not (st.on_event or st.log) then return drive(self, st, opjob.op, opjob.args, opjob.limit) end
   local t0 = now()
-  local res, err, status = drive(self, st, opjob.op, opjob.args, opjob.timeout)
+  local res, err, status = drive(self, st, opjob.op, opjob.args, opjob.limit)
   return res, err, status, now() - t0
 end
 
@@ -191,8 +276,14 @@ local function loop(self, st, job)
   return a, b
 end
 
+-- A job's deadline, fixed when a runner starts it.
+local function deadline(st, job)
+  job.deadline = now() + M.budget(st, job.args and job.args.timeout)
+end
+
 --- Runs a job to its end, blocking; returns its answer.
 function M.run(self, st, job)
+  deadline(st, job)
   local ok, res, err = pcall_y(loop, self, st, job)
   if not ok then
     abort(self, st, job)
@@ -208,7 +299,7 @@ local function proceed(self, st, job, act, a, b)
   while true do
     if act == "attempt" then
       job.t0 = now()
-      local ok, err = drivers.multi.start(self, a.op, a.args, a.timeout or st.timeout)
+      local ok, err = drivers.multi.start(self, a.op, a.args, a.limit or st.timeout)
       if ok then
         job.sending = true
         return true
@@ -239,6 +330,7 @@ end
 -- false, res, err (its callback is not called).
 function M.begin(self, st, job, callback)
   job.callback, job.nb = callback, true
+  deadline(st, job)
   st.nb = job
   local ok, act, a, b = pcall_y(advance, self, st, job, "start")
   if not ok then
@@ -247,6 +339,21 @@ function M.begin(self, st, job, callback)
     error(act, 0)
   end
   return guarded(self, st, job, act, a, b)
+end
+
+-- The answer of the transfer in flight handed to the job, or "running".
+-- (Under the pcall: an error raised the moment the C core returns, after
+-- it kept a token, still releases what the job holds.)
+local function answered(self, st, job)
+  local done, res, err, status = drivers.multi.progress(self)
+  if done == false then return "running" end
+  if done == nil then                    -- nothing in flight any more: the client was closed
+    local inner = job
+    while inner.child do inner = inner.child end
+    res, err = nil, new_error("closed", inner.op or "token", "the client is closed")
+  end
+  job.sending = false
+  return advance(self, st, job, "answer", res, err, status, now() - job.t0)
 end
 
 --- Advances the job in flight without blocking; true while one is.
@@ -259,15 +366,8 @@ function M.step(self, st)
     job.wake_at = nil
     ok, act, a, b = pcall_y(advance, self, st, job, "wake")
   else
-    local done, res, err, status = drivers.multi.progress(self)
-    if done == false then return true end
-    if done == nil then                  -- nothing in flight any more: the client was closed
-      local inner = job
-      while inner.child do inner = inner.child end
-      res, err = nil, new_error("closed", inner.op or "token", "the client is closed")
-    end
-    job.sending = false
-    ok, act, a, b = pcall_y(advance, self, st, job, "answer", res, err, status, now() - job.t0)
+    ok, act, a, b = pcall_y(answered, self, st, job)
+    if ok and act == "running" then return true end
   end
   if not ok then
     st.nb = nil

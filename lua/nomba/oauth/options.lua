@@ -25,6 +25,9 @@ O.DEFAULTS = {
   -- the policy's numbers (the machine, renewal.lua, request.lua)
   backoff = { base = 0.2, cap = 5 },      -- seconds: exponential with full jitter
   retry_after_cap = 30,                   -- the longest Retry-After (or rate-limit window) waited out
+  min_attempt = 0.5,                      -- seconds: the least of a call's deadline worth another attempt
+  lock_margin = 1,                        -- seconds the store's renewal lock outlives its holder's deadline
+  foreign_account_ttl = 86400,            -- seconds an accountId refused on a renewed token is remembered
   renew_pause = 1,                        -- seconds between renewal tries while valid, or after a failure
   busy_backoff = { first = 0.0025, cap = 0.2 },   -- seconds: waiting for another holder of the store's lock
   alone_backoff = { first = 1, cap = 30 },        -- seconds between renewals alone while the store fails
@@ -33,7 +36,7 @@ O.DEFAULTS = {
   resty = { pool_size = 16, keepalive_ms = 60000, keep_fresh_interval = 1 },
   -- the stores: the prefix of their keys; Redis' pooled connections (ms);
   -- the file store's largest value and the wait of its add lock (seconds)
-  store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, file_max = 65536, file_add_wait = 5,
+  store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, redis_timeout = 5, file_max = 65536, file_add_wait = 5,
             file_sweep_every = 60 },
   -- webhooks: how old a delivery's timestamp may be (Nomba's fifth retry
   -- comes about 95 minutes after the first send, with the first send's

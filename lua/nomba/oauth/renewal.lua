@@ -10,11 +10,20 @@
 --     still valid, or whose last renewal failed, does not try again (no
 --     stampede, no hammering a failing server): it answers the kept token,
 --     or the last error. A renewal forced by a 401 does not pause.
+--   * One deadline (the machine's): the renewal's attempts, backoff,
+--     Retry-After, store calls and its wait for another holder all draw
+--     from the call's deadline, fixed when it starts.
 --   * With a store: the shared token is read first; the lock is taken (and
---     released, on every path, in `finished`) by the one that renews; while
---     another holder renews, the kept token is used if it is still valid,
---     else the client waits for the holder (backing off) and renews alone
---     after a bound. While the store fails, a client keeps its valid token
+--     released, on every path, in `finished`) by the one that renews, for
+--     what is left of its deadline (and a margin to publish): the lock
+--     covers the whole renewal, however long its Retry-After waits. Before
+--     publishing, the holder reads the store again: a newer token there (its
+--     lease lapsed, another member renewed) is adopted, never overwritten.
+--     While another holder renews, the kept token is used if it is still
+--     valid, else the client waits for the holder (backing off, reading the
+--     store) until its own deadline; it renews alone only when the lock was
+--     held longer than any renewal may take (a stuck holder: the store is
+--     unusable). While the store fails, a client keeps its valid token
 --     (looking at the store again after the pause) and renews alone only
 --     when it is two attempts' time from expiry (or has none: a 401), and
 --     then no more often than a backoff allows (1 s doubling to 30 s until
@@ -31,7 +40,7 @@ local events = require "nomba.oauth.events"
 local status = require "nomba.oauth.status"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
-local tostring, math_random, math_min, math_floor = tostring, math.random, math.min, math.floor
+local tostring, math_random, math_min, math_max, math_floor = tostring, math.random, math.min, math.max, math.floor
 local fresh, now, new_error = core.fresh, runtime.now, core.error
 
 local R = {}
@@ -44,14 +53,37 @@ local function closed_error()
   return new_error("closed", "token", "the client is closed")
 end
 
--- How long a renewal may hold the store's lock.
-local function lock_ttl(st)
-  return st.timeout * (st.retries + 1) + 1
+local LOCK_MARGIN = DEFAULTS.lock_margin
+
+-- The lease of the store's lock, kept alive by its holder before each
+-- attempt and through each wait (a store with `extend`): an attempt and a
+-- margin, so a holder that dies frees it soon (a waiter's deadline covers
+-- the lease and its own attempt: machine.budget).
+local function lease(st)
+  return st.timeout + LOCK_MARGIN
 end
 
--- How long a client waits for another holder before it renews alone.
-local function busy_limit(st)
-  return lock_ttl(st) + st.timeout
+-- How long a renewal takes the store's lock: its lease, or, when the store
+-- cannot extend a lock, what is left of its deadline (its last attempt
+-- ends by then) and a margin to publish.
+local function lock_ttl(st, job)
+  if st.store.extend ~= nil then return lease(st) end
+  return math_max(machine.left(job), 0) + LOCK_MARGIN
+end
+
+-- The holder's lease kept alive (the machine calls it before each attempt
+-- of the renewal's operation and through its waits); a lapsed lease is
+-- noted: the store is read before publishing anyway (shared.release).
+local function keep(_, st, opjob)
+  local lock = opjob.lock
+  if lock.released or lock.lapsed then return end
+  if shared.extend(st, lease(st)) == false then lock.lapsed = true end
+end
+
+-- A lock seen held for longer than this has a stuck holder (a stopped
+-- process keeps a file lock): no renewal may take longer.
+local function stuck_after(st)
+  return machine.budget(st) + LOCK_MARGIN
 end
 
 -- While the store fails, how close to expiry a kept token may come before
@@ -79,29 +111,29 @@ end
 -- lock `{ad =, before =}` to renew under, "busy" (another holder renews),
 -- or nil (the store failed: go alone). The store is read again once the
 -- lock is held: someone may have just published.
-local function claim(self, st)
+local function claim(self, st, job)
   if not shared.read(self, st) or fresh(self) then
     return fresh(self) and "fresh" or nil
   end
-  local got = shared.lock(st, lock_ttl(st))
+  local got = shared.lock(st, lock_ttl(st, job))
   if got == nil then return nil end
   if not got then return "busy" end
   local lock = { ad = shared.read(self, st) }
   if fresh(self) then
-    shared.release(self, st, lock, false)
+    shared.release(self, st, lock)
     return "fresh"
   end
   lock.before = core.remaining(self)
   return lock
 end
 
--- The end of the renewal: the lock released (the renewal published when
--- it made the token newer), the single-flight mark cleared, the outcome
+-- The end of the renewal: the lock released (the token published when it
+-- is newer: shared.release), the single-flight mark cleared, the outcome
 -- kept for the pause and the log. Only the first call does anything.
-local function finished(self, st, job, res, err)
+local function finished(self, st, job, err)
   if job.ended then return end
   job.ended = true
-  if job.lock then shared.release(self, st, job.lock, res ~= nil) end
+  if job.lock then shared.release(self, st, job.lock) end
   if job.renewing then st.renewing = false end
   if job.tried then
     st.last_err = err
@@ -130,7 +162,7 @@ end
 -- Renews now (under the lock, when job.lock holds one).
 local function renew(self, st, job)
   if core.closed(self) then                -- closed meanwhile (by a store, a hook)
-    finished(self, st, job, nil, nil)
+    finished(self, st, job, nil)
     return "done", nil, closed_error()
   end
   local op = core.has(self, "refresh") and "refresh" or core.has(self, "secret") and "issue"
@@ -139,34 +171,42 @@ local function renew(self, st, job)
   if not op then
     local err = new_error("config", "token",
       "this PKCE client has no valid token and cannot issue one: use authorize and exchange")
-    finished(self, st, job, nil, err)
+    finished(self, st, job, err)
     return "done", nil, err
   end
   job.op_job = machine.op(op, op == "refresh" and {} or nil, true)      -- (a refused refresh turns into issue)
+  if job.lock and st.store.extend ~= nil then
+    job.op_job.keep, job.op_job.keep_every, job.op_job.lock = keep, lease(st) / 3, job.lock
+  end
   return machine.call(self, st, job, job.op_job)
+end
+
+-- The store is unusable (it failed, or its lock's holder is stuck): keep
+-- the valid token, else renew alone, spaced.
+local function alone(self, st, job)
+  local left, t = core.remaining(self), now()
+  if left > alone_margin(st) then                             -- keep the valid token; look again later
+    st.last_try, st.last_err = t, nil
+    return "done", (fresh(self, 0))
+  end
+  if st.alone_next and t < st.alone_next then                 -- renewed alone a moment ago
+    return answer(self, nil, st.last_err or new_error("store_error", "token",
+      "the store fails and this client renewed alone moments ago; it renews alone again in " ..
+      ("%.1f s"):format(st.alone_next - t)))
+  end
+  st.alone_gap = math_min(st.alone_gap and st.alone_gap * 2 or ALONE.first, ALONE.cap)
+  st.alone_next = t + st.alone_gap
+  return renew(self, st, job)                                 -- else alone: it would expire first
 end
 
 -- The look at the store, again until the holder is done.
 local function at_store(self, st, job)
   job.state = "store"
-  local c = claim(self, st)
+  local c = claim(self, st, job)
+  if c ~= "busy" then st.busy_since = nil end
   if c ~= nil then st.alone_gap, st.alone_next = nil, nil end -- the store answers
   if c == "fresh" then return "done", (fresh(self)) end
-  if c == nil then                                            -- the store failed
-    local left, t = core.remaining(self), now()
-    if left > alone_margin(st) then                           -- keep the valid token; look again later
-      st.last_try, st.last_err = t, nil
-      return "done", (fresh(self, 0))
-    end
-    if st.alone_next and t < st.alone_next then               -- renewed alone a moment ago
-      return answer(self, nil, st.last_err or new_error("store_error", "token",
-        "the store fails and this client renewed alone moments ago; it renews alone again in " ..
-        ("%.1f s"):format(st.alone_next - t)))
-    end
-    st.alone_gap = math_min(st.alone_gap and st.alone_gap * 2 or ALONE.first, ALONE.cap)
-    st.alone_next = t + st.alone_gap
-    return renew(self, st, job)                               -- else alone: it would expire first
-  end
+  if c == nil then return alone(self, st, job) end            -- the store failed
   if c ~= "busy" then
     job.lock = c
     return renew(self, st, job)
@@ -174,15 +214,22 @@ local function at_store(self, st, job)
   local kept = fresh(self, 0)                                 -- another worker or host renews
   if kept then return "done", kept end
   local t = now()
-  job.busy_until = job.busy_until or t + busy_limit(st)
-  if t >= job.busy_until then return renew(self, st, job) end
+  st.busy_since = st.busy_since or t
+  if t - st.busy_since > stuck_after(st) then                 -- held past any renewal's deadline
+    return alone(self, st, job)
+  end
+  local left = machine.left(job)
+  if left <= 0 then
+    return "done", nil, new_error("timeout", "token", "another member holds the renewal lock and did " ..
+      "not publish a token within this call's deadline", { retryable = true })
+  end
   local may, phase = runtime.cosockets()
   if not may and not job.nb then
     return "done", nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
       " phase cannot wait for the renewal in progress")
   end
   job.pause = math_min((job.pause or BUSY.first) * 2, BUSY.cap)
-  return "sleep", job.pause * (0.5 + math_random())
+  return "sleep", math_min(job.pause * (0.5 + math_random()), left)
 end
 
 -- After the single-flight wait, or straight away: the pause, then the
@@ -201,7 +248,7 @@ end
 --- The kind of a renewal.
 function R.Renewal(self, st, job, what, res, err, stuck)
   if what == "child" then                       -- the refresh or issue ended
-    finished(self, st, job, res, err)
+    finished(self, st, job, err)
     return answer(self, res, err)
   end
   if core.closed(self) then return "done", nil, closed_error() end
@@ -209,7 +256,7 @@ function R.Renewal(self, st, job, what, res, err, stuck)
     local tok = fresh(self)
     if tok then return "done", tok end         -- renewed meanwhile
     if st.renewing then                         -- another coroutine renews: wait for it
-      job.state, job.peer_until = "peer", now() + busy_limit(st) + machine.RETRY_AFTER_CAP
+      job.state = "peer"
       return "yield"
     end
     return decide(self, st, job)
@@ -218,7 +265,11 @@ function R.Renewal(self, st, job, what, res, err, stuck)
   if job.state == "peer" then
     local kept = fresh(self, 0)
     if kept then return "done", kept end
-    if st.renewing and not stuck and now() < job.peer_until then return "yield" end
+    if st.renewing and not stuck then
+      if machine.left(job) > 0 then return "yield" end
+      return "done", nil, new_error("timeout", "token", "another coroutine's renewal did not end " ..
+        "within this call's deadline", { retryable = true })
+    end
     if st.last_err then return "done", nil, st.last_err end
     return decide(self, st, job)
   end
@@ -227,7 +278,7 @@ end
 
 -- A raise went through the renewal: release what it holds.
 local function abort(self, st, job)
-  finished(self, st, job, nil, nil)
+  finished(self, st, job, nil)
 end
 
 --- A renewal job; `force` (after a 401): no pause.

@@ -3,7 +3,9 @@
 -- in C, proto.c, as every answer is).
 --   * 401: the token that was sent is invalidated (only while the client
 --     still holds it), renewed through the normal path (single-flight, the
---     store's lock), and the call is made once more. Never a loop.
+--     store's lock), and the call is made once more. Never a loop; a 401
+--     renewing cannot cure (a refused accountId) renews no more
+--     (unauthorized.lua).
 --   * No double charge: a transient failure is retried for GET, HEAD, PUT,
 --     DELETE, OPTIONS or `idempotent = true`; any other call only when it
 --     provably never left (the connection never came up, or 429/503 with
@@ -18,6 +20,7 @@ local runtime = require "nomba.oauth.runtime"
 local machine = require "nomba.oauth.machine"
 local renewal = require "nomba.oauth.renewal"
 local status = require "nomba.oauth.status"
+local unauthorized = require "nomba.oauth.unauthorized"
 local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
@@ -214,7 +217,7 @@ function R.check(self, st, opts)
     event = { method = method, path = event_path }
   end
   -- the C core reads method .. max_response; the policy the rest
-  local args = { method = method, url = url, lines = lines, body = body, fresh = not idempotent,
+  local args = { method = method, url = url, lines = lines, body = body, fresh = not idempotent, account = account,
                  max_response = max or st.max_response or options.DEFAULTS.request_max_response_bytes,
                  idempotent = idempotent, timeout = timeout, event = event }
   if only_path then
@@ -280,7 +283,7 @@ local function gate(self, st, job)
   local wait = rate_wait(st)
   if wait then
     if job.state ~= "gate" then status.count(st, "rate_limit_waits") end
-    if job.nb or not runtime.cosockets() or wait > machine.RETRY_AFTER_CAP then
+    if job.nb or not runtime.cosockets() or wait > machine.RETRY_AFTER_CAP or wait > machine.left(job) then
       return ended(st, nil, rate_limited(wait))
     end
     job.state = "gate"
@@ -303,20 +306,31 @@ function R.Call(self, st, job, what, a, b)
   if job.state == "send" then
     local res, err = a, b
     note_rate(st, res or (err and err.response), err)
-    if err and err.status == 401 then status.count(st, "unauthorized") end
-    if err and err.status == 401 and not job.retried then
+    if err and err.status == 401 then
+      status.count(st, "unauthorized")
+      local account = job.args.account
+      if job.retried then                 -- refused again on the renewed token: the accountId's fault
+        if job.tok ~= job.first_tok then unauthorized.mark(self, st, account, job.tok) end
+        return ended(st, nil, unauthorized.error(err, account))
+      end
+      if unauthorized.refused(self, st, account, job.tok) then
+        return ended(st, nil, unauthorized.error(err, account))
+      end
       -- the token sent is refused: invalidated while the client still holds
       -- it (another coroutine, worker or host may have renewed already),
       -- renewed once without the pause, and the call made once more
       if fresh(self, 0) == job.tok then self:invalidate() end
-      job.retried, job.refusal, job.state = true, err, "renew"
+      job.retried, job.refusal, job.first_tok, job.state = true, err, job.tok, "renew"
       return machine.call(self, st, job, renewal.job(true))
     end
     return ended(st, res, err)
   end
   -- a renewal ended (before the first call, or after a 401)
   if not a then return ended(st, nil, b or job.refusal) end
-  if job.state == "renew" then return gate(self, st, job) end
+  if job.state == "renew" then
+    if a ~= job.first_tok then unauthorized.renewed(st, job.args.account, a) end
+    return gate(self, st, job)
+  end
   return send(self, st, job, a)
 end
 
@@ -332,7 +346,7 @@ function R.call(self, st, args)
   end
   job.args = args
   local res, err = machine.run(self, st, job)
-  job.args, job.tok, job.refusal = nil, nil, nil          -- nothing of the call stays
+  job.args, job.tok, job.first_tok, job.refusal = nil, nil, nil, nil   -- nothing of the call stays
   if job.op_job then job.op_job.args = nil end
   st.idle_call = job
   return res, err

@@ -61,7 +61,8 @@ local function aad(st, gen)
 end
 
 --- Reads the shared token and adopts it when it opens and is newer.
--- Returns the associated data (for publishing), or nil when the store failed.
+-- Returns the associated data (for publishing), or nil when the store
+-- failed; and true when a token was adopted.
 function S.read(self, st)
   local gen, failed = S.call(st, "get", st.gkey)
   if failed then return nil end
@@ -69,23 +70,35 @@ function S.read(self, st)
   local blob
   blob, failed = S.call(st, "get", st.skey)
   if failed then return nil end
-  if blob and core.adopt(self, ad, blob) then events.adopted(st, core.kept(self)) end
-  return ad
+  if blob and core.adopt(self, ad, blob) then
+    events.adopted(st, core.kept(self))
+    return ad, true
+  end
+  return ad, false
 end
 
---- The end of a renewal under the lock `{ad =, before =}`: publishes the
--- kept token, sealed, when the renewal made it newer than it was before,
--- then releases the lock. Only the first call for a lock does anything.
 local function publish(self, st, ad)
   local left = core.remaining(self)
   local sealed = left > 0 and core.seal(self, ad)
   if sealed then S.call(st, "set", st.skey, sealed, left) end
 end
 
-function S.release(self, st, lock, renewed)
+--- The end of a renewal under the lock `{ad =, before =}`: when the
+-- kept token is newer than it was before (the renewal's; or a rotation the
+-- C core kept before an error raised on the way back, which must not be
+-- lost: Nomba retired the refresh token the store holds), the store is read
+-- again (the fence: a holder whose lease lapsed, or whose renewal raced
+-- another member's, finds the newer token there, adopts it and publishes
+-- nothing: a token outlives another only when Nomba issued it later), and
+-- the kept token is published, sealed; then the lock is released. Only the
+-- first call for a lock does anything.
+function S.release(self, st, lock)
   if lock.released then return end
   lock.released = true
-  if renewed and lock.ad and core.remaining(self) > lock.before then publish(self, st, lock.ad) end
+  if lock.ad and lock.before and core.remaining(self) > lock.before then
+    local ad, adopted = S.read(self, st)
+    if not adopted then publish(self, st, ad or lock.ad) end
+  end
   S.call(st, "unlock", st.lkey)
 end
 
@@ -102,6 +115,16 @@ function S.lock(st, ttl)
   local got, failed = S.call(st, "lock", st.lkey, ttl)
   if failed then return nil end
   return got == true
+end
+
+--- Keeps the renewal lock for `ttl` more seconds: true, false when its
+-- lease lapsed (another member may hold it now), or nil when the store
+-- failed or cannot (it has no `extend`).
+function S.extend(st, ttl)
+  if st.store.extend == nil then return nil end
+  local kept, failed = S.call(st, "extend", st.lkey, ttl)
+  if failed then return nil end
+  return kept == true
 end
 
 --- After the shared token was revoked: a new generation first, so that a

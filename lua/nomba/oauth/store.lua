@@ -2,7 +2,11 @@
 --
 -- A store is any object with `get(key)`, `set(key, value, ttl)`,
 -- `delete(key)`, `lock(key, ttl) -> ok` and `unlock(key)`; ttl is in seconds
--- (fractions allowed). A method reports trouble by returning `nil, err` or by
+-- (fractions allowed). A store may also have `extend(key, ttl) -> ok`,
+-- which keeps a lock it holds for ttl more seconds (false: it lapsed):
+-- every built-in store has it, and a renewal then holds a short lease that
+-- it keeps alive while it works; without it the lock is taken for the
+-- renewal's whole deadline. A method reports trouble by returning `nil, err` or by
 -- raising; the client then goes on alone (an event `store_error` says so).
 -- Values are sealed by the client (AES-256-GCM) before they reach a store.
 --
@@ -31,7 +35,7 @@ Memory.__index = Memory
 --- A store in this Lua state's memory: for several clients of one process.
 -- @treturn table store
 function M.memory()
-  return setmetatable({ data = {}, expiry = {} }, Memory)
+  return setmetatable({ data = {}, expiry = {}, owners = {} }, Memory)
 end
 
 function Memory:get(key)
@@ -65,11 +69,22 @@ end
 
 function Memory:lock(key, ttl)
   if self:get(key) ~= nil then return false end
-  return self:set(key, owner_id(), ttl)
+  local owner = owner_id()
+  self.owners[key] = owner
+  return self:set(key, owner, ttl)
+end
+
+function Memory:extend(key, ttl)
+  local owner = self.owners[key]
+  if not owner or self:get(key) ~= owner then return false end
+  return self:set(key, owner, ttl)
 end
 
 function Memory:unlock(key)
-  return self:delete(key)
+  local owner = self.owners[key]
+  self.owners[key] = nil
+  if owner and self:get(key) == owner then self:delete(key) end
+  return true
 end
 
 -- OpenResty shared dict ---------------------------------------------------------
@@ -128,6 +143,16 @@ function Shdict:lock(key, ttl)
   end
   if err == "exists" then return false end
   return nil, err
+end
+
+function Shdict:extend(key, ttl)
+  check_key(key)
+  local owner = self.owners[key]
+  -- no yield between get and set: atomic within this worker
+  if not owner or self.dict:get(self.prefix .. key) ~= owner then return false end
+  local ok, err = self.dict:set(self.prefix .. key, owner, ttl)
+  if not ok then return nil, err end
+  return true
 end
 
 function Shdict:unlock(key)

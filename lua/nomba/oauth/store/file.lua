@@ -93,6 +93,12 @@ function File:lock(key)
   return true
 end
 
+--- A lock is the kernel's (flock): held until unlocked or its holder dies.
+function File:extend(key)
+  check_key(key)
+  return self.owners[key] ~= nil
+end
+
 function File:unlock(key)
   check_key(key)
   local lk = self.owners[key]

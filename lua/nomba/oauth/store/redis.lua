@@ -32,6 +32,8 @@ local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 local type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs =
   type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs
 local owner_id, check_key = common.owner_id, common.check_key
+local now = require("nomba.oauth.core").now
+local RETRY_LEAST = 0.05      -- seconds: less left of the bound is not worth a new connection
 
 local M = {}
 
@@ -39,6 +41,8 @@ local Redis = {}
 Redis.__index = Redis
 
 local UNLOCK = [[if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end return 0]]
+local EXTEND = [[if redis.call("get", KEYS[1]) == ARGV[1] then
+  return redis.call("pexpire", KEYS[1], ARGV[2]) end return 0]]
 
 local function redis_ok(v)
   return v == "OK" or v == true or (type(v) == "table" and v.ok == "OK")
@@ -136,7 +140,8 @@ local function connector(p, store)
   local ok, redis = pcall(require, "redis")
   if not ok then error("nomba.oauth.store.redis: redis-lua (Debian lua-redis) is not installed", 3) end
   return function()
-    local okc, conn = pcall(redis.connect, { host = p.host, port = p.port, timeout = store.timeout or 5 })
+    local okc, conn = pcall(redis.connect, { host = p.host, port = p.port,
+                                             timeout = store.timeout or DEFAULTS.redis_timeout })
     if not okc then return nil, tostring(conn) end
     local greeted, gerr = greet(conn, p)
     if not greeted then
@@ -205,7 +210,7 @@ function M.redis(client, opts)
       local p = { username = opts.username, password = opts.password, db = opts.db }
       store.reconnect = function()
         local new = require("socket").tcp()
-        new:settimeout(store.timeout or 5)
+        new:settimeout(store.timeout or DEFAULTS.redis_timeout)
         local ok, err = new:connect(host, tonumber(port))
         if not ok then
           new:close()
@@ -258,6 +263,7 @@ local function with_conn(self, f)
     self.r = conn
     bound(conn, self.timeout)
   end
+  local t0 = now()
   local ok, a, b = pcall(f, self.r)
   if ok and not (a == nil and b ~= nil and broken(b)) then return a, b end
   local err = ok and b or a
@@ -265,11 +271,20 @@ local function with_conn(self, f)
     if ok then return a, b end
     error(err, 0)
   end
-  local conn, rerr = self.reconnect()                  -- once, within the timeout
+  -- once more on a new connection, within what is left of the one bound
+  -- (a Redis that accepts and never answers costs one timeout, not two)
+  local bound_s = self.timeout or DEFAULTS.redis_timeout
+  local rest = bound_s - (now() - t0)
+  if rest < RETRY_LEAST then return nil, "redis: " .. tostring(err) end
+  self.timeout = rest
+  local conn, rerr = self.reconnect()
+  self.timeout = bound_s
   if not conn then return nil, "redis (" .. tostring(err) .. "), then " .. tostring(rerr) end
   self.r = conn
-  bound(conn, self.timeout)
-  return f(conn)
+  bound(conn, rest)
+  local x, y = f(conn)
+  bound(conn, bound_s)
+  return x, y
 end
 
 function Redis:get(key)
@@ -325,6 +340,19 @@ function Redis:lock(key, ttl)
     end
     if v == nil and err then return nil, err end
     return false                     -- held by someone else (nil/ngx.null from SET NX)
+  end)
+end
+
+--- Keeps a lock this store holds for `ttl` more seconds: true, or false
+-- when it is not held any more (its lease lapsed).
+function Redis:extend(key, ttl)
+  check_key(key)
+  local owner = self.owners[key]
+  if not owner then return false end
+  return with_conn(self, function(r)
+    local v, err = r:eval(EXTEND, 1, self.prefix .. key, owner, math.max(1, math.floor(ttl * 1000)))
+    if v == nil and err then return nil, err end
+    return v == 1
   end)
 end
 
