@@ -115,7 +115,7 @@ describe("sessions", function()
       assert.is_true(s:add("once", "1", 60))
       assert.is_false(other:add("once", "1", 60))
       -- a holder of add's lock that hangs never blocks add past the store's timeout
-      local held = assert(core.fs_lockwait(dir, "lock-add", 1))
+      local held = assert(core.fs_lockwait(other.dir, "lock-add", 1))
       other:set_timeout(0.2)
       local r, err = other:add("twice", "1", 60)
       assert.is_nil(r)
@@ -247,6 +247,36 @@ describe("sessions", function()
         H.sleep(0.02)
       end
       assert.is_true(got)
+    end)
+
+    it("fails every operation once its directory is replaced by a symbolic link, and writes nothing there", function()
+      local base = dir:gsub("/store$", "")
+      local s = oauth.store.file(dir)
+      assert.is_true(s:set("k", "v", 60))
+      -- a user who can write the parent moves the directory away and puts a link to theirs in its place
+      os.execute(("mkdir -m 700 %s/theirs && mv %s %s/moved && ln -s %s/theirs %s"):format(base, dir, base, base, dir))
+      local function replaced(...)
+        local r, err = ...
+        assert.is_nil(r)
+        assert.are.equal("the store directory " .. dir .. " was replaced", err)
+      end
+      replaced(s:set("k", "sealed-secret", 60))
+      replaced(s:set("new", "sealed-secret", 60))
+      replaced(s:get("k"))
+      replaced(s:add("claim", "1", 60))
+      replaced(s:lock("l", 5))
+      replaced(s:delete("k"))
+      assert.are.equal("", H.sh("ls -A " .. base .. "/theirs"))        -- nothing written there
+      -- a directory (not a link) put in its place is not the store's either
+      os.execute(("rm %s && mkdir -m 700 %s"):format(dir, dir))
+      replaced(s:set("k", "sealed-secret", 60))
+      replaced(s:get("k"))
+      assert.are.equal("", H.sh("ls -A " .. dir))
+      -- the store's own directory, moved back, is the store again
+      os.execute(("rmdir %s && mv %s/moved %s"):format(dir, base, dir))
+      assert.are.equal("v", s:get("k"))
+      assert.is_true(s:set("k", "w", 60))
+      assert.are.equal("w", s:get("k"))
     end)
 
     it("8 processes on one host share one session: one issue", function()

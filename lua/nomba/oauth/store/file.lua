@@ -27,7 +27,10 @@ local SWEEP_EVERY = DEFAULTS.file_sweep_every    -- seconds between two looks fo
 -- temporary file, fsync'd and renamed into place (readers never see half a
 -- value), mode 0600 in a directory made 0700; a directory that is a
 -- symbolic link, owned by another user or writable by group or others is
--- refused. The lock is an `flock` on a lock file: the kernel releases it
+-- refused. The store holds the directory open and works inside what it
+-- opened; an operation after its path was made to name something else (a
+-- link to another directory, say) fails with `nil, err` and writes nothing
+-- there. The lock is an `flock` on a lock file: the kernel releases it
 -- when its holder dies, so a crashed holder never blocks the others (the
 -- lock's ttl is not needed). A process killed between write and rename
 -- leaves its temporary file (a sealed copy): opening the store, and then a
@@ -39,10 +42,11 @@ function M.file(dir)
     error("nomba.oauth.store.file: bad argument #1 (directory path expected)", 2)
   end
   dir = dir:gsub("/+$", "")
-  local ok, why = core.fs_dir(dir)
-  if not ok then error("nomba.oauth.store.file: " .. dir .. ": " .. why, 2) end
-  core.fs_sweep(dir)                        -- what a crash between write and rename left
-  return setmetatable({ dir = dir, owners = {}, swept = core.now() }, File)
+  local handle, why = core.fs_dir(dir)
+  if not handle then error("nomba.oauth.store.file: " .. dir .. ": " .. why, 2) end
+  core.fs_sweep(handle)                     -- what a crash between write and rename left
+  -- dir: the directory held open (core.fs_dir), path: as given
+  return setmetatable({ dir = handle, path = dir, owners = {}, swept = core.now() }, File)
 end
 
 -- A value on disk: "<expiry>\n<key length>\n<key>\n<value>", expiry in
@@ -57,8 +61,8 @@ end
 
 function File:get(key)
   check_key(key)
-  local raw = core.fs_read(self.dir, value_file(key), FILE_MAX)
-  if not raw then return nil end
+  local raw, err = core.fs_read(self.dir, value_file(key), FILE_MAX)
+  if not raw then return nil, err end
   local expiry, klen, at = raw:match("^(%d+%.?%d*)\n(%d+)\n()")
   expiry, klen = tonumber(expiry), tonumber(klen)
   if not expiry or raw:sub(at, at + klen - 1) ~= key or raw:sub(at + klen, at + klen) ~= "\n" then
@@ -105,9 +109,9 @@ function File:add(key, value, ttl)
   check_key(key)
   local lk, err = core.fs_lockwait(self.dir, ADD_LOCK, self.timeout or DEFAULTS.file_add_wait)  -- a read, a write
   if not lk then return nil, err end
-  local first = self:get(key) == nil
-  local ok, werr = true, nil
-  if first then ok, werr = self:set(key, value, ttl) end
+  local cur, werr = self:get(key)
+  local first, ok = cur == nil, werr == nil
+  if first and ok then ok, werr = self:set(key, value, ttl) end
   core.fs_unlock(lk)
   if not ok then return nil, werr end
   return first
