@@ -249,6 +249,22 @@ describe("sessions", function()
       assert.is_true(got)
     end)
 
+    -- Runs `code` (Lua, given the store's directory as arg[1]) in a child
+    -- process for 10 s at most (a hang fails the test, never hangs the
+    -- suite), `env` the words before it; what it printed, and how it ended.
+    local function child(code, env)
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write("local oauth = require 'nomba.oauth'\nlocal dir = arg[1]\n" .. code)
+      f:close()
+      -- (io.popen, not H.sh: the child keeps this process's preload, the ASan runtime under make asan)
+      local p = io.popen(("timeout 10 %s %s %s '%s' 2>&1; echo \"exit $?\""):format(env or "", LUA, script, dir))
+      local out = p:read("*a")
+      p:close()
+      os.remove(script)
+      return out:match("^(.-)\n?exit (%d+)\n$")
+    end
+
     it("fails every operation once its directory is replaced by a symbolic link, and writes nothing there", function()
       local base = dir:gsub("/store$", "")
       local s = oauth.store.file(dir)
@@ -277,6 +293,27 @@ describe("sessions", function()
       assert.are.equal("v", s:get("k"))
       assert.is_true(s:set("k", "w", 60))
       assert.are.equal("w", s:get("k"))
+    end)
+
+    it("a FIFO named like a store file is a miss to read and an error to lock or add, never a hang", function()
+      local s = oauth.store.file(dir)
+      os.execute(("mkfifo %s/v-%s %s/l-%s %s/lock-add"):format(dir, core.fs_name("k"), dir, core.fs_name("l"), dir))
+      local out, status = child([[
+        local s = oauth.store.file(dir)
+        print("get", s:get("k"))
+        print("lock", s:lock("l", 5))
+        print("add", s:add("a", "1", 60))
+        print("set", s:set("k", "v", 60))
+        print("get", s:get("k"))
+      ]])
+      assert.are.equal("0", status, out)                             -- 124: timeout killed it (a hang)
+      assert.are.equal(table.concat({
+        "get\tnil",
+        "lock\tnil\tthe lock file is not a regular file",
+        "add\tnil\tthe lock file is not a regular file",
+        "set\ttrue",                                                 -- the value replaces the FIFO
+        "get\tv" }, "\n"), out)
+      assert.is_nil(s:lock("l", 5))
     end)
 
     it("8 processes on one host share one session: one issue", function()

@@ -32,7 +32,11 @@
  * another's: "v-NAME" holds a value, "l-NAME" is a lock, "t-NAME.PID.N" a
  * value being written (N counts this process's writes: two threads never
  * share one). Names are [A-Za-z0-9._:=-], at most 200 bytes, not starting
- * with '.'. Every file is opened O_NOFOLLOW | O_CLOEXEC. A lock is an
+ * with '.'. Every file is opened O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK |
+ * O_NOCTTY and fstat'd: anything but a regular file (a FIFO, whose open or
+ * read would block forever, a device, a socket) is a miss to read and an
+ * error to write or lock (O_NONBLOCK changes nothing for a regular file,
+ * so it stays set). A lock is an
  * flock() on a lock file: the kernel releases it when its holder dies, so
  * a crashed holder never blocks the others.
  */
@@ -98,6 +102,21 @@ static store_dir *dir_arg(lua_State *L)
     else
         lua_pushfstring(L, "the store directory %s was replaced", d->path);
     return NULL;
+}
+
+/* How every store file is opened: never through a link, never blocking
+ * (a FIFO's open waits for a peer), never a controlling terminal. */
+#define OPEN_FLAGS (O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+
+/* fd, when it is a regular file; else -1, fd closed. */
+static int regular_or_close(int fd)
+{
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 static int fail_errno(lua_State *L, const char *what)
@@ -180,7 +199,7 @@ static int fs_read(lua_State *L)
     size_t total = 0;
     if (d == NULL)
         return 2;
-    fd = openat(d->fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    fd = regular_or_close(openat(d->fd, name, O_RDONLY | OPEN_FLAGS));
     if (fd < 0)
         return 0;
     luaL_buffinit(L, &b);
@@ -232,7 +251,12 @@ static int fs_write(lua_State *L)
         return 2;
     (void)snprintf(tmp, sizeof tmp, "t-%s.%ld.%lu", name, (long)getpid(),
                    __atomic_add_fetch(&writes, 1, __ATOMIC_RELAXED));
-    fd = openat(d->fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = openat(d->fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | OPEN_FLAGS, 0600);
+    if (fd >= 0 && (fd = regular_or_close(fd)) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "cannot write the store file: it is not a regular file");
+        return 2;
+    }
     if (fd < 0)
         return fail_errno(L, "cannot write the store file");
     ok = write_all(fd, data, n) && fsync(fd) == 0;
@@ -266,7 +290,12 @@ static int lock_file(lua_State *L, int how)
     int fd;
     if (d == NULL)
         return 2;
-    fd = openat(d->fd, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    fd = openat(d->fd, name, O_RDWR | O_CREAT | OPEN_FLAGS, 0600);
+    if (fd >= 0 && (fd = regular_or_close(fd)) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the lock file is not a regular file");
+        return 2;
+    }
     if (fd < 0)
         return fail_errno(L, "cannot open the lock file");
     while (flock(fd, how) != 0) {

@@ -30,7 +30,8 @@ local SWEEP_EVERY = DEFAULTS.file_sweep_every    -- seconds between two looks fo
 -- refused. The store holds the directory open and works inside what it
 -- opened; an operation after its path was made to name something else (a
 -- link to another directory, say) fails with `nil, err` and writes nothing
--- there. The lock is an `flock` on a lock file: the kernel releases it
+-- there. A store file that is not a regular file (a FIFO, say) is a miss to
+-- read and an error to lock, never a hang. The lock is an `flock` on a lock file: the kernel releases it
 -- when its holder dies, so a crashed holder never blocks the others (the
 -- lock's ttl is not needed). A process killed between write and rename
 -- leaves its temporary file (a sealed copy): opening the store, and then a
@@ -62,7 +63,8 @@ end
 function File:get(key)
   check_key(key)
   local raw, err = core.fs_read(self.dir, value_file(key), FILE_MAX)
-  if not raw then return nil, err end
+  if err then return nil, err end
+  if not raw then return nil end                     -- absent, not a regular file, unreadable
   local expiry, klen, at = raw:match("^(%d+%.?%d*)\n(%d+)\n()")
   expiry, klen = tonumber(expiry), tonumber(klen)
   if not expiry or raw:sub(at, at + klen - 1) ~= key or raw:sub(at + klen, at + klen) ~= "\n" then
