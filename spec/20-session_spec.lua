@@ -1,7 +1,8 @@
 -- One Nomba session across restarts and processes: a client started from a
 -- saved token, the on_token hook, and the file store shared by the
 -- processes of one host (permissions, torn files, a killed lock holder, 8
--- processes making one issue).
+-- processes making one issue, a directory swapped for a link, FIFOs, leases
+-- across wall-clock steps).
 local oauth = require "nomba.oauth"
 local core = require "nomba.oauth.core"
 local cjson = require "cjson"
@@ -314,6 +315,84 @@ describe("sessions", function()
         "set\ttrue",                                                 -- the value replaces the FIFO
         "get\tv" }, "\n"), out)
       assert.is_nil(s:lock("l", 5))
+    end)
+
+    it("judges an expiry on the boot clock within a boot, else (another boot, old layout) the wall clock", function()
+      local s = oauth.store.file(dir)
+      local clock, boot, wall = core.fs_clock()
+      assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", clock)    -- the boot id: CLOCK_BOOTTIME is there
+      assert.are.equal(io.open("/proc/sys/kernel/random/boot_id"):read("*l"), clock)
+      local other = "00000000-0000-0000-0000-000000000000"
+      local function with(head, want, why)
+        local f = assert(io.open(dir .. "/v-k", "w"))
+        f:write(head .. "\n1\nk\nvalue")
+        f:close()
+        assert.are.equal(want, s:get("k"), why)
+      end
+      local b = function(id, be, we) return ("b %s %.3f %.3f"):format(id, be, we) end
+      with(b(clock, boot + 60, wall - 1), "value", "this boot: its boot clock rules, whatever the wall clock says")
+      with(b(clock, boot - 1, wall + 60), nil, "this boot: over on its boot clock")
+      with(b(other, 1, wall + 60), "value", "another boot: its wall-clock expiry rules")
+      with(b(other, boot + 60, wall - 1), nil, "another boot: over on the wall clock")
+      with(b("-", boot + 60, wall - 1), nil, "no boot id: the wall clock")
+      with(b(clock .. "+m", boot + 60, wall - 1), nil, "another clock of this boot: the wall clock")
+      with("b " .. clock .. " 0 0", "value", "no expiry")
+      with(("%.3f"):format(wall + 60), "value", "the old layout: wall clock")
+      with(("%.3f"):format(wall - 1), nil, "the old layout: over on the wall clock")
+      with("0", "value", "the old layout: no expiry")
+      -- what set writes: both expiries, on this boot's clock
+      assert.is_true(s:set("k", "v", 60))
+      local head = io.open(dir .. "/v-k"):read("*l")
+      local id, be, we = head:match("^b (%S+) (%S+) (%S+)$")
+      assert.are.equal(clock, id)
+      assert.is_true(math.abs(tonumber(be) - boot - 60) < 5 and math.abs(tonumber(we) - wall - 60) < 5, head)
+      assert.is_true(s:set("k", "v"))
+      assert.are.equal("b " .. clock .. " 0 0", io.open(dir .. "/v-k"):read("*l"))
+    end)
+
+    it("a lease on the boot clock: held across wall-clock steps of +90 s and -1 h, over on time #preload", function()
+      local lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+      assert.is_not_nil(io.open(lib), "libfaketime (Debian libfaketime) is needed")
+      local pre = os.getenv("LD_PRELOAD")               -- under make asan the ASan runtime stays first
+      -- libfaketime with DONT_FAKE_MONOTONIC leaves CLOCK_MONOTONIC and CLOCK_BOOTTIME alone
+      local function stepped(step)
+        return ("env LD_PRELOAD='%s' FAKETIME=%s DONT_FAKE_MONOTONIC=1"):format(
+          (pre and pre ~= "" and pre .. " " or "") .. lib, step)
+      end
+      local judge = [[
+        local s = oauth.store.file(dir)
+        print(os.time() - ]] .. os.time() .. [[ > 60 or os.time() - ]] .. os.time() .. [[ < -60, s:add(arg[2], "2", 60))
+        print(oauth.webhook.claim(s, arg[3]))
+      ]]
+      local s = oauth.store.file(dir)
+      assert.is_true(s:add("claim", "1", 60))           -- a worker's claim: a lease of 60 s
+      assert.are.equal("first", oauth.webhook.claim(s, "purchase", 60))
+      for _, step in ipairs { "+90", "-3600" } do
+        local out = child(judge:gsub("arg%[2%]", "'claim'"):gsub("arg%[3%]", "'purchase'"), stepped(step))
+        assert.are.equal("true\tfalse\nheld", out, step)  -- its clock stepped; the claim is held
+      end
+      assert.is_true(s:add("short", "1", 0.5))          -- a lease of 0.5 s, over when the judges look
+      assert.are.equal("first", oauth.webhook.claim(s, "short-purchase", 0.5))
+      H.sleep(0.7)
+      for _, step in ipairs { "+90", "-3600" } do
+        local out = child(judge:gsub("arg%[2%]", "'short'"):gsub("arg%[3%]", "'short-purchase'"), stepped(step))
+        assert.are.equal("true\ttrue\nfirst", out, step)  -- over: one of them takes it
+        os.remove(dir .. "/v-short")
+        os.remove(dir .. "/v-" .. core.fs_name("webhook:short-purchase"))
+      end
+      -- and the other way round: claims taken by a process whose clock stepped, judged by ours
+      for _, step in ipairs { "+90", "-3600" } do
+        local out = child([[
+          local s = oauth.store.file(dir)
+          print(s:add("mine", "1", 60), s:add("brief", "1", 0.5))
+        ]], stepped(step))
+        assert.are.equal("true\ttrue", out, step)
+        assert.is_false(s:add("mine", "2", 60))         -- held while its lease runs
+        H.sleep(0.7)
+        assert.is_true(s:add("brief", "2", 60))         -- free after it
+        assert.is_true(s:delete("mine"))
+        assert.is_true(s:delete("brief"))
+      end
     end)
 
     it("8 processes on one host share one session: one issue", function()

@@ -14,6 +14,15 @@
  *   core.fs_unlock(lock)            -> true   (also its __gc)
  *   core.fs_name(key)               -> the name of a key's files, without their prefix
  *   core.fs_sweep(dir)              -> how many temporary files a crash left were removed
+ *   core.fs_clock()                 -> clock id | nil, boot seconds, wall seconds
+ *
+ * Expiries are judged on the boot clock (CLOCK_BOOTTIME; CLOCK_MONOTONIC
+ * where it is missing), which no wall-clock step moves (NTP, a resumed VM,
+ * date -s) and which every process of the host shares. Its seconds mean
+ * something only within one boot, so fs_clock names it: the kernel's boot
+ * id (/proc/sys/kernel/random/boot_id, read once), with "+m" added when
+ * the monotonic clock stands in; nil when the boot id cannot be read. The
+ * store keeps a wall-clock expiry too, for a reader of another boot.
  *
  * `dir` is the directory held open (a "nomba.oauth.FileDir" userdata, whose
  * __gc closes it): fs_dir opens it O_DIRECTORY | O_NOFOLLOW once and checks
@@ -51,6 +60,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <time.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 #include "nomba.h"
 
@@ -460,6 +470,48 @@ static int fs_name(lua_State *L)
     return 1;
 }
 
+/* The boot id, "" when unknown; read once per process (it never changes
+ * while a process lives). */
+static pthread_once_t boot_once = PTHREAD_ONCE_INIT;
+static char boot_id[40];
+
+static void boot_id_read(void)
+{
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    ssize_t n = -1, i;
+    if (fd >= 0) {
+        n = read(fd, boot_id, 36);
+        close(fd);
+    }
+    for (i = 0; n == 36 && i < 36; i++) {
+        char ch = boot_id[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || ch == '-'))
+            n = -1;
+    }
+    boot_id[n == 36 ? 36 : 0] = '\0';
+}
+
+static int fs_clock(lua_State *L)
+{
+    struct timespec ts;
+    int boottime = 0;
+    (void)pthread_once(&boot_once, boot_id_read);
+#ifdef CLOCK_BOOTTIME
+    boottime = clock_gettime(CLOCK_BOOTTIME, &ts) == 0;
+#endif
+    if (!boottime)
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (boot_id[0] == '\0')
+        lua_pushnil(L);
+    else if (boottime)
+        lua_pushstring(L, boot_id);
+    else
+        lua_pushfstring(L, "%s+m", boot_id);
+    lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    lua_pushnumber(L, nt_wall());
+    return 3;
+}
+
 void filestore_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -472,6 +524,7 @@ void filestore_open(lua_State *L)
         {"fs_trylock", fs_trylock},
         {"fs_lockwait", fs_lockwait},
         {"fs_unlock", fs_unlock},
+        {"fs_clock", fs_clock},
         {NULL, NULL}
     };
     luaL_newmetatable(L, LOCK_MT);

@@ -31,9 +31,13 @@ local SWEEP_EVERY = DEFAULTS.file_sweep_every    -- seconds between two looks fo
 -- opened; an operation after its path was made to name something else (a
 -- link to another directory, say) fails with `nil, err` and writes nothing
 -- there. A store file that is not a regular file (a FIFO, say) is a miss to
--- read and an error to lock, never a hang. The lock is an `flock` on a lock file: the kernel releases it
--- when its holder dies, so a crashed holder never blocks the others (the
--- lock's ttl is not needed). A process killed between write and rename
+-- read and an error to lock, never a hang. A ttl runs on the boot clock
+-- (`CLOCK_BOOTTIME`), which a step of the wall clock (NTP, a resumed VM)
+-- does not move, so an `add`'s lease is neither cut short nor stretched by
+-- one; a value written before a reboot is judged on its wall-clock expiry
+-- (a CLI session outlives a reboot). The lock is an `flock` on a lock
+-- file: the kernel releases it when its holder dies, so a crashed holder
+-- never blocks the others (the lock's ttl is not needed). A process killed between write and rename
 -- leaves its temporary file (a sealed copy): opening the store, and then a
 -- write at most once a minute, removes those of dead processes.
 -- @tparam string dir the directory
@@ -50,9 +54,24 @@ function M.file(dir)
   return setmetatable({ dir = handle, path = dir, owners = {}, swept = core.now() }, File)
 end
 
--- A value on disk: "<expiry>\n<key length>\n<key>\n<value>", expiry in
--- wall-clock seconds (0: none); a file whose key is not the one asked for
--- (foreign, torn, or of an older layout) is a miss.
+-- A value on disk: "b <clock> <boot expiry> <wall expiry>\n<key length>\n<key>\n<value>".
+-- The expiry is kept on two clocks (0 on both: none): on the boot clock,
+-- named by <clock> (core.fs_clock: the boot id; "-" when unknown), which
+-- judges it for a reader of the same boot whatever the wall clock did,
+-- and on the wall clock, which judges it for a reader of another boot.
+-- The earlier layout (0.2.0 and before), "<wall expiry>\n<key length>\n<key>\n<value>", is
+-- judged on the wall clock. A file whose key is not the one asked for
+-- (foreign or torn) is a miss.
+local fs_clock = core.fs_clock
+
+-- Whether a value written with these expiries is over now.
+local function expired(clock, boot_expiry, wall_expiry)
+  if wall_expiry == 0 then return false end
+  local now_clock, now_boot, now_wall = fs_clock()
+  if clock ~= nil and clock == now_clock then return boot_expiry <= now_boot end
+  return wall_expiry <= now_wall
+end
+
 --- Bounds the wait for the lock `add` takes (seconds; default 5). A client
 -- that uses this store calls it with its own `timeout`.
 -- @tparam number seconds
@@ -65,12 +84,14 @@ function File:get(key)
   local raw, err = core.fs_read(self.dir, value_file(key), FILE_MAX)
   if err then return nil, err end
   if not raw then return nil end                     -- absent, not a regular file, unreadable
-  local expiry, klen, at = raw:match("^(%d+%.?%d*)\n(%d+)\n()")
-  expiry, klen = tonumber(expiry), tonumber(klen)
-  if not expiry or raw:sub(at, at + klen - 1) ~= key or raw:sub(at + klen, at + klen) ~= "\n" then
+  local clock, boot_expiry, wall_expiry, klen, at =
+    raw:match("^b ([%w%-+]+) (%d+%.?%d*) (%d+%.?%d*)\n(%d+)\n()")
+  if not clock then wall_expiry, klen, at = raw:match("^(%d+%.?%d*)\n(%d+)\n()") end   -- 0.2.0
+  boot_expiry, wall_expiry, klen = tonumber(boot_expiry), tonumber(wall_expiry), tonumber(klen)
+  if not wall_expiry or raw:sub(at, at + klen - 1) ~= key or raw:sub(at + klen, at + klen) ~= "\n" then
     return nil                                       -- torn, foreign or another key's: a miss
   end
-  if expiry > 0 and expiry <= core.time() then return nil end
+  if expired(clock, boot_expiry, wall_expiry) then return nil end
   return raw:sub(at + klen + 1)
 end
 
@@ -80,8 +101,14 @@ function File:set(key, value, ttl)
     self.swept = core.now()
     core.fs_sweep(self.dir)
   end
-  local expiry = ttl and ttl > 0 and ("%.3f"):format(core.time() + ttl) or "0"
-  return core.fs_write(self.dir, value_file(key), expiry .. "\n" .. #key .. "\n" .. key .. "\n" .. value)
+  local clock, boot, wall = fs_clock()
+  local head
+  if ttl and ttl > 0 then
+    head = ("b %s %.3f %.3f\n"):format(clock or "-", boot + ttl, wall + ttl)
+  else
+    head = ("b %s 0 0\n"):format(clock or "-")
+  end
+  return core.fs_write(self.dir, value_file(key), head .. #key .. "\n" .. key .. "\n" .. value)
 end
 
 function File:delete(key)
