@@ -252,14 +252,16 @@ describe("sessions", function()
 
     -- Runs `code` (Lua, given the store's directory as arg[1]) in a child
     -- process for 10 s at most (a hang fails the test, never hangs the
-    -- suite), `env` the words before it; what it printed, and how it ended.
-    local function child(code, env)
+    -- suite), `env` the words before it, `extra` its arg[2]; what it
+    -- printed, and how it ended.
+    local function child(code, env, extra)
       local script = os.tmpname()
       local f = assert(io.open(script, "w"))
       f:write("local oauth = require 'nomba.oauth'\nlocal dir = arg[1]\n" .. code)
       f:close()
       -- (io.popen, not H.sh: the child keeps this process's preload, the ASan runtime under make asan)
-      local p = io.popen(("timeout 10 %s %s %s '%s' 2>&1; echo \"exit $?\""):format(env or "", LUA, script, dir))
+      local p = io.popen(("timeout 10 %s %s %s '%s' '%s' 2>&1; echo \"exit $?\""):format(env or "", LUA, script, dir,
+                                                                                            extra or ""))
       local out = p:read("*a")
       p:close()
       os.remove(script)
@@ -294,6 +296,23 @@ describe("sessions", function()
       assert.are.equal("v", s:get("k"))
       assert.is_true(s:set("k", "w", 60))
       assert.are.equal("w", s:get("k"))
+    end)
+
+    it("a store made from a relative path keeps to its directory after a chdir", function()
+      local base = dir:gsub("/store$", "")
+      local out, status = child([[
+        local ok, lfs = pcall(require, "lfs")
+        if not ok then print("no lfs") return end
+        assert(lfs.chdir(arg[2]))
+        local s = oauth.store.file("store")
+        assert(lfs.chdir("/"))
+        print(s:set("k", "v", 60))
+        print(s:get("k"))
+      ]], nil, base)
+      assert.are.equal("0", status, out)
+      if out == "no lfs" then return pending("lfs (lua-filesystem) is not installed for this Lua") end
+      assert.are.equal("true\nv", out)
+      assert.are.equal("v", oauth.store.file(dir):get("k"))
     end)
 
     it("a FIFO named like a store file is a miss to read and an error to lock or add, never a hang", function()

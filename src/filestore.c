@@ -30,7 +30,8 @@
  * renameat, unlinkat, fstatat), so a path swapped for a symbolic link later
  * never sends a file elsewhere. Before each operation the path must still
  * name that directory (lstat: a directory, same device and inode), else the
- * operation fails with "the store directory DIR was replaced". A process
+ * operation fails with "the store directory DIR was replaced" (a relative
+ * path is kept from the working directory fs_dir ran in). A process
  * forked after fs_dir shares the descriptor; that is fine, as nothing reads
  * through its file offset (the sweep opens "." afresh).
  *
@@ -68,7 +69,7 @@
 #define LOCK_MT "nomba.oauth.FileLock"
 #define DIR_MT "nomba.oauth.FileDir"
 
-/* The store's directory, held open; path is what the store was given. */
+/* The store's directory, held open; path names it (absolute when getcwd() could tell). */
 typedef struct {
     int fd;                 /* -1: closed */
     dev_t dev;
@@ -149,15 +150,25 @@ static int dir_gc(lua_State *L)
  * directory's half-built handle is a valid closed one for __gc. */
 static int fs_dir(lua_State *L)
 {
-    size_t n;
+    size_t n, cn = 0;
     const char *dir = luaL_checklstring(L, 1, &n);
+    char cwd[4096];
     struct stat st, fst;
     store_dir *d;
     if (strlen(dir) != n)
         luaL_argerror(L, 1, "the store directory's path holds a NUL");
-    d = (store_dir *)lua_newuserdata(L, sizeof *d + n + 1);
+    /* a relative path is kept from the working directory of now: a later
+     * chdir() must not make the check look elsewhere */
+    if (dir[0] != '/' && getcwd(cwd, sizeof cwd) != NULL) {
+        cn = strlen(cwd);
+        if (cn == 0 || cwd[cn - 1] != '/')
+            cwd[cn++] = '/';
+    }
+    d = (store_dir *)lua_newuserdata(L, sizeof *d + cn + n + 1);
     d->fd = -1;
-    memcpy(d->path, dir, n + 1);
+    memcpy(d->path, cwd, cn);
+    memcpy(d->path + cn, dir, n + 1);
+    dir = d->path;
     luaL_getmetatable(L, DIR_MT);
     lua_setmetatable(L, -2);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
