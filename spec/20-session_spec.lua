@@ -1,7 +1,8 @@
 -- One Nomba session across restarts and processes: a client started from a
 -- saved token, the on_token hook, and the file store shared by the
 -- processes of one host (permissions, torn files, a killed lock holder, 8
--- processes making one issue).
+-- processes making one issue, a directory swapped for a link, FIFOs, leases
+-- across wall-clock steps).
 local oauth = require "nomba.oauth"
 local core = require "nomba.oauth.core"
 local cjson = require "cjson"
@@ -115,7 +116,7 @@ describe("sessions", function()
       assert.is_true(s:add("once", "1", 60))
       assert.is_false(other:add("once", "1", 60))
       -- a holder of add's lock that hangs never blocks add past the store's timeout
-      local held = assert(core.fs_lockwait(dir, "lock-add", 1))
+      local held = assert(core.fs_lockwait(other.dir, "lock-add", 1))
       other:set_timeout(0.2)
       local r, err = other:add("twice", "1", 60)
       assert.is_nil(r)
@@ -247,6 +248,170 @@ describe("sessions", function()
         H.sleep(0.02)
       end
       assert.is_true(got)
+    end)
+
+    -- Runs `code` (Lua, given the store's directory as arg[1]) in a child
+    -- process for 10 s at most (a hang fails the test, never hangs the
+    -- suite), `env` the words before it, `extra` its arg[2]; what it
+    -- printed, and how it ended.
+    local function child(code, env, extra)
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write("local oauth = require 'nomba.oauth'\nlocal dir = arg[1]\n" .. code)
+      f:close()
+      -- (io.popen, not H.sh: the child keeps this process's preload, the ASan runtime under make asan)
+      local p = io.popen(("timeout 10 %s %s %s '%s' '%s' 2>&1; echo \"exit $?\""):format(env or "", LUA, script, dir,
+                                                                                            extra or ""))
+      local out = p:read("*a")
+      p:close()
+      os.remove(script)
+      return out:match("^(.-)\n?exit (%d+)\n$")
+    end
+
+    it("fails every operation once its directory is replaced by a symbolic link, and writes nothing there", function()
+      local base = dir:gsub("/store$", "")
+      local s = oauth.store.file(dir)
+      assert.is_true(s:set("k", "v", 60))
+      -- a user who can write the parent moves the directory away and puts a link to theirs in its place
+      os.execute(("mkdir -m 700 %s/theirs && mv %s %s/moved && ln -s %s/theirs %s"):format(base, dir, base, base, dir))
+      local function replaced(...)
+        local r, err = ...
+        assert.is_nil(r)
+        assert.are.equal("the store directory " .. dir .. " was replaced", err)
+      end
+      replaced(s:set("k", "sealed-secret", 60))
+      replaced(s:set("new", "sealed-secret", 60))
+      replaced(s:get("k"))
+      replaced(s:add("claim", "1", 60))
+      replaced(s:lock("l", 5))
+      replaced(s:delete("k"))
+      assert.are.equal("", H.sh("ls -A " .. base .. "/theirs"))        -- nothing written there
+      -- a directory (not a link) put in its place is not the store's either
+      os.execute(("rm %s && mkdir -m 700 %s"):format(dir, dir))
+      replaced(s:set("k", "sealed-secret", 60))
+      replaced(s:get("k"))
+      assert.are.equal("", H.sh("ls -A " .. dir))
+      -- the store's own directory, moved back, is the store again
+      os.execute(("rmdir %s && mv %s/moved %s"):format(dir, base, dir))
+      assert.are.equal("v", s:get("k"))
+      assert.is_true(s:set("k", "w", 60))
+      assert.are.equal("w", s:get("k"))
+    end)
+
+    it("a store made from a relative path keeps to its directory after a chdir", function()
+      local base = dir:gsub("/store$", "")
+      local out, status = child([[
+        local ok, lfs = pcall(require, "lfs")
+        if not ok then print("no lfs") return end
+        assert(lfs.chdir(arg[2]))
+        local s = oauth.store.file("store")
+        assert(lfs.chdir("/"))
+        print(s:set("k", "v", 60))
+        print(s:get("k"))
+      ]], nil, base)
+      assert.are.equal("0", status, out)
+      if out == "no lfs" then return pending("lfs (lua-filesystem) is not installed for this Lua") end
+      assert.are.equal("true\nv", out)
+      assert.are.equal("v", oauth.store.file(dir):get("k"))
+    end)
+
+    it("a FIFO named like a store file is a miss to read and an error to lock or add, never a hang", function()
+      local s = oauth.store.file(dir)
+      os.execute(("mkfifo %s/v-%s %s/l-%s %s/lock-add"):format(dir, core.fs_name("k"), dir, core.fs_name("l"), dir))
+      local out, status = child([[
+        local s = oauth.store.file(dir)
+        print("get", s:get("k"))
+        print("lock", s:lock("l", 5))
+        print("add", s:add("a", "1", 60))
+        print("set", s:set("k", "v", 60))
+        print("get", s:get("k"))
+      ]])
+      assert.are.equal("0", status, out)                             -- 124: timeout killed it (a hang)
+      assert.are.equal(table.concat({
+        "get\tnil",
+        "lock\tnil\tthe lock file is not a regular file",
+        "add\tnil\tthe lock file is not a regular file",
+        "set\ttrue",                                                 -- the value replaces the FIFO
+        "get\tv" }, "\n"), out)
+      assert.is_nil(s:lock("l", 5))
+    end)
+
+    it("judges an expiry on the boot clock within a boot, else (another boot, old layout) the wall clock", function()
+      local s = oauth.store.file(dir)
+      local clock, boot, wall = core.fs_clock()
+      assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", clock)    -- the boot id: CLOCK_BOOTTIME is there
+      assert.are.equal(io.open("/proc/sys/kernel/random/boot_id"):read("*l"), clock)
+      local other = "00000000-0000-0000-0000-000000000000"
+      local function with(head, want, why)
+        local f = assert(io.open(dir .. "/v-k", "w"))
+        f:write(head .. "\n1\nk\nvalue")
+        f:close()
+        assert.are.equal(want, s:get("k"), why)
+      end
+      local b = function(id, be, we) return ("b %s %.3f %.3f"):format(id, be, we) end
+      with(b(clock, boot + 60, wall - 1), "value", "this boot: its boot clock rules, whatever the wall clock says")
+      with(b(clock, boot - 1, wall + 60), nil, "this boot: over on its boot clock")
+      with(b(other, 1, wall + 60), "value", "another boot: its wall-clock expiry rules")
+      with(b(other, boot + 60, wall - 1), nil, "another boot: over on the wall clock")
+      with(b("-", boot + 60, wall - 1), nil, "no boot id: the wall clock")
+      with(b(clock .. "+m", boot + 60, wall - 1), nil, "another clock of this boot: the wall clock")
+      with("b " .. clock .. " 0 0", "value", "no expiry")
+      with(("%.3f"):format(wall + 60), "value", "the old layout: wall clock")
+      with(("%.3f"):format(wall - 1), nil, "the old layout: over on the wall clock")
+      with("0", "value", "the old layout: no expiry")
+      -- what set writes: both expiries, on this boot's clock
+      assert.is_true(s:set("k", "v", 60))
+      local head = io.open(dir .. "/v-k"):read("*l")
+      local id, be, we = head:match("^b (%S+) (%S+) (%S+)$")
+      assert.are.equal(clock, id)
+      assert.is_true(math.abs(tonumber(be) - boot - 60) < 5 and math.abs(tonumber(we) - wall - 60) < 5, head)
+      assert.is_true(s:set("k", "v"))
+      assert.are.equal("b " .. clock .. " 0 0", io.open(dir .. "/v-k"):read("*l"))
+    end)
+
+    it("a lease on the boot clock: held across wall-clock steps of +90 s and -1 h, over on time #preload", function()
+      local lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+      assert.is_not_nil(io.open(lib), "libfaketime (Debian libfaketime) is needed")
+      local pre = os.getenv("LD_PRELOAD")               -- under make asan the ASan runtime stays first
+      -- libfaketime with DONT_FAKE_MONOTONIC leaves CLOCK_MONOTONIC and CLOCK_BOOTTIME alone
+      local function stepped(step)
+        return ("env LD_PRELOAD='%s' FAKETIME=%s DONT_FAKE_MONOTONIC=1"):format(
+          (pre and pre ~= "" and pre .. " " or "") .. lib, step)
+      end
+      local judge = [[
+        local s = oauth.store.file(dir)
+        print(os.time() - ]] .. os.time() .. [[ > 60 or os.time() - ]] .. os.time() .. [[ < -60, s:add(arg[2], "2", 60))
+        print(oauth.webhook.claim(s, arg[3]))
+      ]]
+      local s = oauth.store.file(dir)
+      assert.is_true(s:add("claim", "1", 60))           -- a worker's claim: a lease of 60 s
+      assert.are.equal("first", oauth.webhook.claim(s, "purchase", 60))
+      for _, step in ipairs { "+90", "-3600" } do
+        local out = child(judge:gsub("arg%[2%]", "'claim'"):gsub("arg%[3%]", "'purchase'"), stepped(step))
+        assert.are.equal("true\tfalse\nheld", out, step)  -- its clock stepped; the claim is held
+      end
+      assert.is_true(s:add("short", "1", 0.5))          -- a lease of 0.5 s, over when the judges look
+      assert.are.equal("first", oauth.webhook.claim(s, "short-purchase", 0.5))
+      H.sleep(0.7)
+      for _, step in ipairs { "+90", "-3600" } do
+        local out = child(judge:gsub("arg%[2%]", "'short'"):gsub("arg%[3%]", "'short-purchase'"), stepped(step))
+        assert.are.equal("true\ttrue\nfirst", out, step)  -- over: one of them takes it
+        os.remove(dir .. "/v-short")
+        os.remove(dir .. "/v-" .. core.fs_name("webhook:short-purchase"))
+      end
+      -- and the other way round: claims taken by a process whose clock stepped, judged by ours
+      for _, step in ipairs { "+90", "-3600" } do
+        local out = child([[
+          local s = oauth.store.file(dir)
+          print(s:add("mine", "1", 60), s:add("brief", "1", 0.5))
+        ]], stepped(step))
+        assert.are.equal("true\ttrue", out, step)
+        assert.is_false(s:add("mine", "2", 60))         -- held while its lease runs
+        H.sleep(0.7)
+        assert.is_true(s:add("brief", "2", 60))         -- free after it
+        assert.is_true(s:delete("mine"))
+        assert.is_true(s:delete("brief"))
+      end
     end)
 
     it("8 processes on one host share one session: one issue", function()

@@ -2,17 +2,38 @@
  * filestore.c: the file system under oauth.store.file, for every process
  * of one host (nomba/oauth/store.lua holds the store's logic).
  *
- *   core.fs_dir(path)               -> path | nil, why   (creates it 0700; refuses a
+ *   core.fs_dir(path)               -> dir | nil, why    (creates it 0700; refuses a
  *                                      symlink, another owner, group/other write)
- *   core.fs_read(dir, name, max)    -> content | nil     (nil: absent, unreadable or over max)
+ *   core.fs_read(dir, name, max)    -> content | nothing | nil, why   (nothing: absent,
+ *                                      unreadable or over max)
  *   core.fs_write(dir, name, data)  -> true | nil, why   (temporary file 0600, fsync,
  *                                      atomic rename, fsync of the directory)
- *   core.fs_remove(dir, name)       -> true
+ *   core.fs_remove(dir, name)       -> true | nil, why
  *   core.fs_trylock(dir, name)      -> lock | false | nil, why   (flock LOCK_EX|LOCK_NB)
  *   core.fs_lockwait(dir, name, s)  -> lock | nil, why   (waits at most s seconds)
  *   core.fs_unlock(lock)            -> true   (also its __gc)
  *   core.fs_name(key)               -> the name of a key's files, without their prefix
  *   core.fs_sweep(dir)              -> how many temporary files a crash left were removed
+ *   core.fs_clock()                 -> clock id | nil, boot seconds, wall seconds
+ *
+ * Expiries are judged on the boot clock (CLOCK_BOOTTIME; CLOCK_MONOTONIC
+ * where it is missing), which no wall-clock step moves (NTP, a resumed VM,
+ * date -s) and which every process of the host shares. Its seconds mean
+ * something only within one boot, so fs_clock names it: the kernel's boot
+ * id (/proc/sys/kernel/random/boot_id, read once), with "+m" added when
+ * the monotonic clock stands in; nil when the boot id cannot be read. The
+ * store keeps a wall-clock expiry too, for a reader of another boot.
+ *
+ * `dir` is the directory held open (a "nomba.oauth.FileDir" userdata, whose
+ * __gc closes it): fs_dir opens it O_DIRECTORY | O_NOFOLLOW once and checks
+ * that descriptor, and every later operation works relative to it (openat,
+ * renameat, unlinkat, fstatat), so a path swapped for a symbolic link later
+ * never sends a file elsewhere. Before each operation the path must still
+ * name that directory (lstat: a directory, same device and inode), else the
+ * operation fails with "the store directory DIR was replaced" (a relative
+ * path is kept from the working directory fs_dir ran in). A process
+ * forked after fs_dir shares the descriptor; that is fine, as nothing reads
+ * through its file offset (the sweep opens "." afresh).
  *
  * A key's name is the key itself when it is plain ([A-Za-z0-9_:.-], at most
  * 180 bytes, not starting with '.'), else '=' and the hex of its SHA-256:
@@ -21,7 +42,11 @@
  * another's: "v-NAME" holds a value, "l-NAME" is a lock, "t-NAME.PID.N" a
  * value being written (N counts this process's writes: two threads never
  * share one). Names are [A-Za-z0-9._:=-], at most 200 bytes, not starting
- * with '.'. Every file is opened O_NOFOLLOW | O_CLOEXEC. A lock is an
+ * with '.'. Every file is opened O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK |
+ * O_NOCTTY and fstat'd: anything but a regular file (a FIFO, whose open or
+ * read would block forever, a device, a socket) is a miss to read and an
+ * error to write or lock (O_NONBLOCK changes nothing for a regular file,
+ * so it stays set). A lock is an
  * flock() on a lock file: the kernel releases it when its holder dies, so
  * a crashed holder never blocks the others.
  */
@@ -36,11 +61,21 @@
 #include <dirent.h>
 #include <signal.h>
 #include <time.h>
+#include <pthread.h>
 #include <openssl/evp.h>
 #include "nomba.h"
 
 #define NAME_MAX_LEN 200
 #define LOCK_MT "nomba.oauth.FileLock"
+#define DIR_MT "nomba.oauth.FileDir"
+
+/* The store's directory, held open; path names it (absolute when getcwd() could tell). */
+typedef struct {
+    int fd;                 /* -1: closed */
+    dev_t dev;
+    ino_t ino;
+    char path[];
+} store_dir;
 
 static const char *check_name(lua_State *L, int idx)
 {
@@ -57,12 +92,42 @@ static const char *check_name(lua_State *L, int idx)
     return s;
 }
 
-static int path_of(lua_State *L, char *out, size_t cap, const char *suffix)
+/* Argument 1, the directory, when its path still names the directory held
+ * open; else NULL with nil and why pushed (no secret: the path only). */
+static store_dir *dir_arg(lua_State *L)
 {
-    const char *dir = luaL_checkstring(L, 1);
-    const char *name = check_name(L, 2);
-    int n = snprintf(out, cap, "%s/%s%s", dir, name, suffix);
-    return n > 0 && (size_t)n < cap;
+    store_dir *d = (store_dir *)luaL_checkudata(L, 1, DIR_MT);
+    struct stat st;
+    int e = 0;
+    if (d->fd >= 0) {
+        if (lstat(d->path, &st) != 0)
+            e = errno;
+        else if (S_ISDIR(st.st_mode) && st.st_dev == d->dev && st.st_ino == d->ino)
+            return d;
+    }
+    lua_pushnil(L);
+    if (d->fd < 0)
+        lua_pushliteral(L, "the store directory is closed");
+    else if (e != 0 && e != ENOENT && e != ENOTDIR)
+        lua_pushfstring(L, "cannot check the store directory %s: %s", d->path, strerror(e));
+    else
+        lua_pushfstring(L, "the store directory %s was replaced", d->path);
+    return NULL;
+}
+
+/* How every store file is opened: never through a link, never blocking
+ * (a FIFO's open waits for a peer), never a controlling terminal. */
+#define OPEN_FLAGS (O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+
+/* fd, when it is a regular file; else -1, fd closed. */
+static int regular_or_close(int fd)
+{
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
 static int fail_errno(lua_State *L, const char *what)
@@ -72,42 +137,90 @@ static int fail_errno(lua_State *L, const char *what)
     return 2;
 }
 
+static int dir_gc(lua_State *L)
+{
+    store_dir *d = (store_dir *)luaL_checkudata(L, 1, DIR_MT);
+    if (d->fd >= 0)
+        close(d->fd);
+    d->fd = -1;
+    return 0;
+}
+
+/* The userdata is closed (fd -1) until every check passed, so a refused
+ * directory's half-built handle is a valid closed one for __gc. */
 static int fs_dir(lua_State *L)
 {
-    const char *dir = luaL_checkstring(L, 1);
-    struct stat st;
+    size_t n, cn = 0;
+    const char *dir = luaL_checklstring(L, 1, &n);
+    char cwd[4096];
+    struct stat st, fst;
+    store_dir *d;
+    if (strlen(dir) != n)
+        luaL_argerror(L, 1, "the store directory's path holds a NUL");
+    /* a relative path is kept from the working directory of now: a later
+     * chdir() must not make the check look elsewhere */
+    if (dir[0] != '/' && getcwd(cwd, sizeof cwd) != NULL) {
+        cn = strlen(cwd);
+        if (cn == 0 || cwd[cn - 1] != '/')
+            cwd[cn++] = '/';
+    }
+    d = (store_dir *)lua_newuserdata(L, sizeof *d + cn + n + 1);
+    d->fd = -1;
+    memcpy(d->path, cwd, cn);
+    memcpy(d->path + cn, dir, n + 1);
+    dir = d->path;
+    luaL_getmetatable(L, DIR_MT);
+    lua_setmetatable(L, -2);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return fail_errno(L, "cannot create the store directory");
     if (lstat(dir, &st) != 0)
         return fail_errno(L, "cannot stat the store directory");
     lua_pushnil(L);
-    if (S_ISLNK(st.st_mode))
+    if (S_ISLNK(st.st_mode)) {
         lua_pushliteral(L, "the store directory is a symbolic link");
-    else if (!S_ISDIR(st.st_mode))
+        return 2;
+    }
+    if (!S_ISDIR(st.st_mode)) {
         lua_pushliteral(L, "the store directory is not a directory");
-    else if (st.st_uid != geteuid())
+        return 2;
+    }
+    lua_pop(L, 1);
+    d->fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (d->fd < 0)
+        return fail_errno(L, "cannot open the store directory");
+    if (fstat(d->fd, &fst) != 0)
+        return fail_errno(L, "cannot stat the store directory");
+    lua_pushnil(L);
+    /* what is checked is what was opened */
+    if (fst.st_dev != st.st_dev || fst.st_ino != st.st_ino)
+        lua_pushliteral(L, "the store directory was replaced while it was opened");
+    else if (fst.st_uid != geteuid())
         lua_pushliteral(L, "the store directory belongs to another user");
-    else if (st.st_mode & (S_IWGRP | S_IWOTH))
+    else if (fst.st_mode & (S_IWGRP | S_IWOTH))
         lua_pushliteral(L, "the store directory is writable by other users");
     else {
         lua_pop(L, 1);
-        lua_pushvalue(L, 1);
+        d->dev = fst.st_dev;
+        d->ino = fst.st_ino;
         return 1;
     }
+    close(d->fd);
+    d->fd = -1;
     return 2;
 }
 
 static int fs_read(lua_State *L)
 {
-    char path[4096];
+    store_dir *d = dir_arg(L);
+    const char *name = check_name(L, 2);
     lua_Integer max = luaL_checkinteger(L, 3);
     luaL_Buffer b;
     int fd;
     ssize_t r;
     size_t total = 0;
-    if (!path_of(L, path, sizeof path, ""))
-        return 0;
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (d == NULL)
+        return 2;
+    fd = regular_or_close(openat(d->fd, name, O_RDONLY | OPEN_FLAGS));
     if (fd < 0)
         return 0;
     luaL_buffinit(L, &b);
@@ -148,51 +261,62 @@ static int write_all(int fd, const char *p, size_t n)
 
 static int fs_write(lua_State *L)
 {
-    char path[4096], tmp[4200];
+    store_dir *d = dir_arg(L);
+    const char *name = check_name(L, 2);
+    char tmp[NAME_MAX_LEN + 64];
     size_t n;
     const char *data = luaL_checklstring(L, 3, &n);
-    int fd, dfd, ok;
+    int fd, ok;
     static unsigned long writes;
-    if (!path_of(L, path, sizeof path, ""))
-        return luaL_error(L, "nomba.oauth.store.file: path too long");
-    (void)snprintf(tmp, sizeof tmp, "%s/t-%s.%ld.%lu", luaL_checkstring(L, 1), luaL_checkstring(L, 2),
-                   (long)getpid(), __atomic_add_fetch(&writes, 1, __ATOMIC_RELAXED));
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (d == NULL)
+        return 2;
+    (void)snprintf(tmp, sizeof tmp, "t-%s.%ld.%lu", name, (long)getpid(),
+                   __atomic_add_fetch(&writes, 1, __ATOMIC_RELAXED));
+    fd = openat(d->fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | OPEN_FLAGS, 0600);
+    if (fd >= 0 && (fd = regular_or_close(fd)) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "cannot write the store file: it is not a regular file");
+        return 2;
+    }
     if (fd < 0)
         return fail_errno(L, "cannot write the store file");
     ok = write_all(fd, data, n) && fsync(fd) == 0;
     ok = close(fd) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
+    if (!ok || renameat(d->fd, tmp, d->fd, name) != 0) {
         int e = errno;
-        (void)unlink(tmp);
+        (void)unlinkat(d->fd, tmp, 0);
         errno = e;
         return fail_errno(L, "cannot write the store file");
     }
-    dfd = open(luaL_checkstring(L, 1), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
+    (void)fsync(d->fd);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int fs_remove(lua_State *L)
 {
-    char path[4096];
-    if (path_of(L, path, sizeof path, ""))
-        (void)unlink(path);
+    store_dir *d = dir_arg(L);
+    const char *name = check_name(L, 2);
+    if (d == NULL)
+        return 2;
+    (void)unlinkat(d->fd, name, 0);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int lock_file(lua_State *L, int how)
 {
-    char path[4096];
+    store_dir *d = dir_arg(L);
+    const char *name = check_name(L, 2);
     int fd;
-    if (!path_of(L, path, sizeof path, ""))
-        return luaL_error(L, "nomba.oauth.store.file: path too long");
-    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (d == NULL)
+        return 2;
+    fd = openat(d->fd, name, O_RDWR | O_CREAT | OPEN_FLAGS, 0600);
+    if (fd >= 0 && (fd = regular_or_close(fd)) < 0) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "the lock file is not a regular file");
+        return 2;
+    }
     if (fd < 0)
         return fail_errno(L, "cannot open the lock file");
     while (flock(fd, how) != 0) {
@@ -279,12 +403,22 @@ static int process_gone(long pid)
 
 static int fs_sweep(lua_State *L)
 {
-    const char *dir = luaL_checkstring(L, 1);
-    DIR *d = opendir(dir);
+    store_dir *sd = dir_arg(L);
+    DIR *d;
     struct dirent *e;
     time_t now = time(NULL);
-    int removed = 0;
+    int removed = 0, fd;
+    if (sd == NULL) {
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    /* a descriptor of its own: a dup would share (with forked copies too)
+     * the offset readdir moves */
+    fd = openat(sd->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d == NULL) {
+        if (fd >= 0)
+            close(fd);
         lua_pushinteger(L, 0);
         return 1;
     }
@@ -306,10 +440,10 @@ static int fs_sweep(lua_State *L)
             pid = *p == '.' ? strtol(p + 1, NULL, 10) : 0;
         }
         gone = pid > 0 && process_gone(pid);
-        if (!gone && (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+        if (!gone && (fstatat(sd->fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
                       now - st.st_mtime < SWEEP_AGE))
             continue;
-        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+        if (unlinkat(sd->fd, e->d_name, 0) == 0)
             removed++;
     }
     closedir(d);
@@ -347,6 +481,48 @@ static int fs_name(lua_State *L)
     return 1;
 }
 
+/* The boot id, "" when unknown; read once per process (it never changes
+ * while a process lives). */
+static pthread_once_t boot_once = PTHREAD_ONCE_INIT;
+static char boot_id[40];
+
+static void boot_id_read(void)
+{
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    ssize_t n = -1, i;
+    if (fd >= 0) {
+        n = read(fd, boot_id, 36);
+        close(fd);
+    }
+    for (i = 0; n == 36 && i < 36; i++) {
+        char ch = boot_id[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f') || ch == '-'))
+            n = -1;
+    }
+    boot_id[n == 36 ? 36 : 0] = '\0';
+}
+
+static int fs_clock(lua_State *L)
+{
+    struct timespec ts;
+    int boottime = 0;
+    (void)pthread_once(&boot_once, boot_id_read);
+#ifdef CLOCK_BOOTTIME
+    boottime = clock_gettime(CLOCK_BOOTTIME, &ts) == 0;
+#endif
+    if (!boottime)
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (boot_id[0] == '\0')
+        lua_pushnil(L);
+    else if (boottime)
+        lua_pushstring(L, boot_id);
+    else
+        lua_pushfstring(L, "%s+m", boot_id);
+    lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9);
+    lua_pushnumber(L, nt_wall());
+    return 3;
+}
+
 void filestore_open(lua_State *L)
 {
     static const luaL_Reg funcs[] = {
@@ -359,10 +535,15 @@ void filestore_open(lua_State *L)
         {"fs_trylock", fs_trylock},
         {"fs_lockwait", fs_lockwait},
         {"fs_unlock", fs_unlock},
+        {"fs_clock", fs_clock},
         {NULL, NULL}
     };
     luaL_newmetatable(L, LOCK_MT);
     lua_pushcfunction(L, fs_unlock);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, DIR_MT);
+    lua_pushcfunction(L, dir_gc);
     lua_setfield(L, -2, "__gc");
     lua_pop(L, 1);
     luaL_setfuncs(L, funcs, 0);
