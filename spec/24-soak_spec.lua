@@ -1,9 +1,12 @@
 -- The chaos soak (tools/soak.lua, make soak) judged: a fleet of two nginx
 -- instances of 4 workers and four plain Lua processes shares one Nomba
 -- session through Redis for SOAK_SPEC_S seconds (180 by default) while
--- 5xx bursts, resets after send, slow answers, 429s, a server-side
--- revocation, two Redis restarts, an nginx reload, a SIGKILL of the lock
--- holder and a clock step are played on it.
+-- 5xx bursts, resets after send, slow answers, 429s, a renewal answered 429
+-- with a Retry-After longer than the lock's lease, a server-side
+-- revocation, two Redis restarts, a Redis refusing writes, an nginx
+-- reload, a SIGKILL of the lock holder and a clock step are played on it;
+-- one member names a foreign accountId throughout; a non-blocking member's
+-- start() answering "pending" outside a fault is a failure like any other.
 local cjson = require "cjson"
 
 describe("the chaos soak #slow #soak", function()
@@ -32,6 +35,12 @@ describe("the chaos soak #slow #soak", function()
     assert.is_true(report.calls_during_faults > 0)
   end)
 
+  it("a member naming a foreign accountId throughout: every call the caller's error, no renewal", function()
+    assert.is_true(report.foreign.calls > 50, "too few calls to judge: " .. report.foreign.calls)
+    assert.are.same({}, report.foreign.other)
+    assert.are.equal(report.foreign.calls, report.foreign.refused)
+  end)
+
   it("one session: at most 1.2 renewals per token lifetime, none ended by a parallel login", function()
     assert.is_true(report.renewals_per_lifetime <= 1.2, "renewals per lifetime: " .. report.renewals_per_lifetime)
     assert.are.equal(0, report.sessions_ended_outside_faults)
@@ -51,7 +60,7 @@ describe("the chaos soak #slow #soak", function()
     assert.is_true(report.flat, cjson.encode({ growth = report.growth, from_start = report.growth_from_start }))
     local n = 0
     for _ in pairs(report.growth) do n = n + 1 end
-    assert.are.equal(6, n)                            -- four Lua members (one replaced) and two nginx
+    assert.are.equal(7, n)                            -- five Lua members (one replaced) and two nginx
   end)
 
   it("timed headers() in nginx in every phase", function()

@@ -107,6 +107,121 @@ describe("one session for the fleet", function()
     assert.is_nil(assert(sim:counts()).sessions_ended)
   end)
 
+  describe("the lock's lease", function()
+    -- a store's extend contract: the owner's lock kept, another's never touched, a lapsed one false
+    local function contract(store, lapses)
+      local got, owner = store:lock("lease-k", 0.3)
+      assert.is_true(got)
+      assert.is_not_nil(owner)
+      assert.is_false(store:lock("lease-k", 0.3))
+      assert.is_true(store:extend("lease-k", 0.3, owner))
+      assert.is_false(store:extend("lease-k", 0.3, "someone-else"))
+      store:unlock("lease-k", "someone-else")        -- not its lock: nothing released
+      assert.is_false(store:lock("lease-k", 0.3))
+      if lapses then
+        H.sleep(0.5)                                   -- not kept alive: lapsed
+        assert.is_false(store:extend("lease-k", 0.3, owner))
+        local again, other = store:lock("lease-k", 5)
+        assert.is_true(again)
+        store:unlock("lease-k", owner)                 -- the old holder's release leaves the new lock
+        assert.is_false(store:lock("lease-k", 5))
+        store:unlock("lease-k", other)
+      else
+        store:unlock("lease-k", owner)
+      end
+      assert.is_true((store:lock("lease-k", 0.3)))
+    end
+
+    it("every built-in store keeps a lock alive for its owner only (memory, file, Redis)", function()
+      contract(oauth.store.memory(), true)
+      local dir = tmpdir()
+      finally(function() os.execute("rm -rf " .. dir) end)
+      contract(oauth.store.file(dir .. "/store"), false)   -- an flock: it lapses when its holder dies
+      local redis = assert(H.redis())
+      finally(function() redis.cleanup() end)
+      contract(oauth.store.redis({ host = "127.0.0.1", port = redis.port }), true)
+    end)
+
+    it("a store without extend is locked for the renewal's whole deadline", function()
+      local inner, ttls = oauth.store.memory(), {}
+      local store = {
+        get = function(_, k) return inner:get(k) end,
+        set = function(_, k, v, t) return inner:set(k, v, t) end,
+        delete = function(_, k) return inner:delete(k) end,
+        lock = function(_, k, t) ttls[#ttls + 1] = t return (inner:lock(k, t)) end,
+        unlock = function(_, k) return inner:unlock(k) end,
+      }
+      local c = H.client { store = store, timeout = 2, retries = 1 }
+      assert(c:token())
+      -- the deadline, (retries + 2) * timeout + retries * 30 + 2 = 38 s, less the moment before
+      -- the lock, and a margin of 1 s
+      assert.are.equal(1, #ttls)
+      assert.is_true(ttls[1] > 38 and ttls[1] <= 39, "lock ttl " .. tostring(ttls[1]))
+    end)
+
+    it("a holder whose lease lapsed adopts the newer token another member published, never overwrites it",
+       function()
+      local store = oauth.store.memory()
+      local curl = H.curl_transport(sim.cafile)
+      local b = H.client { store = store }
+      local a, lapsed
+      a = H.client { store = store, transport = function(req)
+        local res, err = curl(req)
+        if req.url:find("/refresh", 1, true) and not lapsed then
+          -- the answer is on its way back; meanwhile a's lease lapses and b renews
+          lapsed = true
+          store:delete(core.store_id(a) .. ":lock")
+          b:invalidate()
+          assert(b:token())
+        end
+        return res, err
+      end }
+      assert(a:token())
+      assert(b:token())                                  -- b shares a's token
+      a:invalidate()
+      assert(a:token())                                  -- a's refresh, b's renewal inside it
+      assert.is_true(lapsed)
+      -- b's refresh was refused (a's rotated the refresh token), so b logged in: b's token is
+      -- the live one, issued after a's; a adopted it instead of publishing its own over it
+      local live = b:token()
+      assert.are.equal(live, a:token())
+      assert.are.equal(live, H.client { store = store }:token())
+    end)
+  end)
+
+  -- (the soak's unexplained "pending": a member's call met the renewal step() had begun in the
+  -- refresh window, the one transfer in flight, and was refused though the token was valid)
+  it("a non-blocking call started while step() renews in the background runs after it, never 'pending'", function()
+    assert(sim:config { lifetime = 4 })             -- the refresh window: the last 2 s
+    local c = H.client { nonblocking = true }
+    assert(c:token())
+    H.sleep(2.3)                                    -- in the window: valid, not fresh
+    assert(sim:fault { endpoint = "refresh", hold = true, pass = true })
+    local deadline = core.now() + 5
+    while H.count("refresh") == 0 do                -- step() began the renewal; its refresh is held
+      assert(core.now() < deadline, "no renewal began")
+      c:step()
+    end
+    local res, err, done
+    local ok, serr = c:start("request", { path = "/v1/accounts/balance" },
+                             function(r, e) res, err, done = r, e, true end)
+    assert.is_true(ok, tostring(serr))
+    -- one call waits so; a second one is refused while the first waits
+    local again, aerr = c:start("request", { path = "/v1/accounts/balance" })
+    assert.is_nil(again)
+    assert.are.equal("pending", aerr.kind)
+    assert(sim:release("refresh"))
+    deadline = core.now() + 5
+    while not done do
+      assert(core.now() < deadline, "the call never ended")
+      c:step()
+      c:wait(0.05)
+    end
+    assert.are.equal(200, res and res.status, tostring(err))
+    assert.are.equal(1, H.count("refresh"))
+    assert.are.equal(1, H.count("protected"))
+  end)
+
   describe("the 401 rule", function()
     local transports = {
       { "libcurl easy", function(extra) return H.client(extra) end },
@@ -203,10 +318,14 @@ describe("one session for the fleet", function()
       local c = H.client { store = oauth.store.memory() }
       for round = 1, 2 do
         local t = assert(c:token())
+        local issues, calls = H.count("issue"), H.count("protected")
         assert(H.client {}:revoke(t))                  -- revoked elsewhere
         local res = assert(c:request { path = "/v1/accounts/balance" })
         assert.are.equal(200, res.status, "round " .. round)
         assert.are_not.equal(t, c:token())
+        -- one renewal (the revoked session's refresh refused, one issue) and one retry
+        assert.are.equal(issues + 1, H.count("issue"), "round " .. round)
+        assert.are.equal(calls + 2, H.count("protected"), "round " .. round)
       end
     end)
   end)
@@ -274,6 +393,156 @@ describe("one session for the fleet", function()
       local t2 = assert(core.fresh(c, 0))
       assert.are.equal(t2, tokens[#tokens])              -- on_token had it
       assert.are.equal(t2, H.client { store = oauth.store.file(dir .. "/store") }:token())
+    end)
+  end)
+
+  it("a Redis that reads but refuses writes: no renewal alone while the shared token is valid", function()
+    local redis = assert(H.redis())
+    finally(function() redis.cleanup() end)
+    local LIFETIME, OUTAGE = 6, 9
+    assert(sim:config { lifetime = LIFETIME })
+    local procs = {}
+    for i = 1, 4 do
+      procs[i] = io.popen(("%s spec/fleet_worker.lua '%s' '%s' 127.0.0.1 %d 16 params easy 1 2 2>&1"):format(
+        LUA, sim.url, sim.cafile, redis.port))
+    end
+    local samples, issued = {}, nil                  -- {t, counts}
+    local function sample()
+      local c = assert(sim:counts())
+      samples[#samples + 1] = { core.now(), c }
+      if not issued and (c.issue or 0) > 0 then issued = core.now() end
+    end
+    local t0 = core.now()
+    while not issued do
+      assert(core.now() - t0 < 5, "no issue")
+      sample()
+      H.sleep(0.05)
+    end
+    -- the fleet's token published (the shared key, not its lock or generation)
+    while not redis.cli("--scan --pattern 'fleet:*'"):match("fleet:[^:%s]+\n") do
+      assert(core.now() - t0 < 5, "nothing published")
+      sample()
+      H.sleep(0.05)
+    end
+    -- writes refused (maxmemory reached, noeviction) from within the token's first half-life
+    -- until well after it expired
+    assert.matches("OK", redis.cli("config set maxmemory-policy noeviction"))
+    assert.matches("OK", redis.cli("config set maxmemory 1"))
+    local outage_from, outage_wall = core.now(), core.time()
+    while core.now() - outage_from < OUTAGE do
+      sample()
+      H.sleep(0.1)
+    end
+    assert.matches("OK", redis.cli("config set maxmemory 0"))
+    local outs = {}
+    for i = 1, 4 do
+      outs[i] = procs[i]:read("*a")
+      assert(procs[i]:close(), outs[i])
+    end
+    sample()
+    -- until the shared token expired, nobody renewed alone: one issue, no refresh, no session ended
+    local before_expiry
+    for _, sm in ipairs(samples) do
+      -- (expiresAt counts whole seconds: the members' token expires up to 1 s before the simulator's)
+      if sm[1] < issued + LIFETIME - 1.3 then before_expiry = sm[2] end
+    end
+    assert.are.same({ 1, 0, 0 }, { before_expiry.issue or 0, before_expiry.refresh or 0,
+                                   before_expiry.sessions_ended or 0 }, (function()
+      local lines = {}
+      for _, r in ipairs(H.log()) do
+        if r.endpoint == "issue" or r.endpoint == "refresh" then
+          lines[#lines + 1] = ("%s %+.3f conn %s"):format(r.endpoint, r.time - outage_wall, tostring(r.connection))
+        end
+      end
+      return "relative to the outage: " .. table.concat(lines, "; ")
+    end)())
+    local final, failures = samples[#samples][2], 0
+    for i = 1, 4 do
+      local s = assert(cjson.decode(outs[i]:match("{.*}$") or "null"), outs[i])
+      assert.is_true(s.final_valid, outs[i])
+      failures = failures + s.failures
+    end
+    print(("\n  writes refused for %d s, %.1f s past the shared token's expiry (4 processes, %d s tokens): " ..
+           "%d logins, %d refreshes, %d sessions ended, %d failed token() calls of the fleet")
+          :format(OUTAGE, outage_from + OUTAGE - (issued + LIFETIME), LIFETIME, (final.issue or 0) - 1,
+                  final.refresh or 0, final.sessions_ended or 0, failures))
+  end)
+
+  describe("leases across wall-clock steps", function()
+    local LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    local step_file
+    local function step(offset)
+      local f = assert(io.open(step_file, "w"))
+      f:write(offset, "\n")
+      f:close()
+    end
+    before_each(function()
+      assert.is_not_nil(io.open(LIB), "libfaketime (Debian libfaketime) is needed")
+      step_file = os.tmpname()
+      step("+0")
+    end)
+    after_each(function() os.remove(step_file) end)
+
+    it("a shared dict's leases run on the monotonic clock: nginx's wall clock stepping +90 s or -1 h " ..
+       "neither ends nor stretches them #preload", function()
+      local pre = os.getenv("LD_PRELOAD")
+      local a = H.openresty_app {
+        workers = 2, env = { "LD_PRELOAD", "FAKETIME_TIMESTAMP_FILE", "FAKETIME_NO_CACHE", "DONT_FAKE_MONOTONIC" },
+        exec_prefix = ("env LD_PRELOAD='%s' FAKETIME_TIMESTAMP_FILE=%s FAKETIME_NO_CACHE=1 DONT_FAKE_MONOTONIC=1 ")
+                      :format((pre and pre ~= "" and pre .. " " or "") .. LIB, step_file),
+      }
+      finally(function() a:stop() end)
+      local function add(key, ttl, lock)
+        local out = H.sh(("curl -s --max-time 5 '%s/store_add?key=%s&ttl=%s%s'"):format(a.url, key, ttl,
+                                                                                       lock and "&lock=1" or ""))
+        return assert(require("cjson.safe").decode(out), out)
+      end
+      local wall0 = add("probe", 1).wall
+      -- a 60 s claim and a 60 s lock, then the wall clock 90 s ahead: both still held
+      assert.is_true(add("claim", 60).got)
+      assert.is_true(add("lock", 60, true).got)
+      step("+90")
+      H.sleep(0.3)
+      local after = add("probe2", 1)
+      assert.is_true(after.wall - wall0 >= 89, "nginx's clock did not step: " .. (after.wall - wall0))
+      assert.is_false(add("claim", 60).got)
+      assert.is_false(add("lock", 60, true).got)
+      -- short claims, then the wall clock an hour back: over on time all the same
+      assert.is_true(add("short", 1).got)
+      assert.is_true(add("shortlock", 1, true).got)
+      step("-3600")
+      H.sleep(1.3)
+      assert.is_true(add("short", 1).got)
+      assert.is_true(add("shortlock", 1, true).got)
+    end)
+
+    it("Redis keeps its TTLs on the server: a member's wall clock stepping +90 s or -1 h changes nothing #preload",
+       function()
+      local redis = assert(H.redis())
+      finally(function() redis.cleanup() end)
+      local store = oauth.store.redis({ host = "127.0.0.1", port = redis.port })
+      assert.is_true(store:add("claim", "v", 60))
+      assert.is_true(store:add("short", "v", 1))
+      local pre = os.getenv("LD_PRELOAD")
+      local function stepped_add(key)
+        local script = os.tmpname()
+        local f = assert(io.open(script, "w"))
+        f:write(([[
+package.path = package.path .. ";/usr/share/lua/5.1/?.lua"
+local s = require("nomba.oauth").store.redis({ host = "127.0.0.1", port = %d })
+io.write(tostring(s:add(%q, "w", 60)))]]):format(redis.port, key))
+        f:close()
+        local out = H.sh(("env LD_PRELOAD='%s' FAKETIME_TIMESTAMP_FILE=%s FAKETIME_NO_CACHE=1 " ..
+                          "DONT_FAKE_MONOTONIC=1 %s %s"):format((pre and pre ~= "" and pre .. " " or "") .. LIB,
+                                                                step_file, LUA, script))
+        os.remove(script)
+        return out
+      end
+      step("+90")
+      assert.are.equal("false", stepped_add("claim"))       -- held: Redis counts the lease
+      step("-3600")
+      H.sleep(1.2)
+      assert.are.equal("true", stepped_add("short"))        -- over on Redis' clock
     end)
   end)
 

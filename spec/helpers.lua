@@ -206,7 +206,8 @@ local APP_HTTP = [[
 
 --- Starts the OpenResty specs' application nginx (LuaJIT build of the
 -- module) pointed at the simulator. `opts`: `workers`, `config` (more
--- fields for app.lua), `extra` (more http-block directives).
+-- fields for app.lua), `extra` (more http-block directives), `exec_prefix`
+-- and `env` (spawn_nginx's).
 function H.openresty_app(opts)
   local simulator_mod = require "nomba.oauth.simulator"
   local cjson = require "cjson"
@@ -217,6 +218,7 @@ function H.openresty_app(opts)
   for k, v in pairs(opts.config or {}) do config[k] = v end
   local a = assert(simulator_mod.spawn_nginx {
     http = APP_HTTP, workers = opts.workers or 1, cpath_prefix = root .. "/build/jit/?.so;",
+    exec_prefix = opts.exec_prefix, env = opts.env,
     vars = { root = root, cafile = s.cafile, config = cjson.encode(config), extra = opts.extra or "" },
   })
   a.url = "http://127.0.0.1:" .. a.port

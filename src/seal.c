@@ -11,8 +11,9 @@
  *
  *   core.store_id(client)            -> a stable id of (base URL, account, client_id)
  *   core.seal(client, aad)           -> sealed string, or nil when no token is kept
- *   core.adopt(client, aad, s)       -> true when s opened and its token, valid
- *                                       and newer than the kept one, is now kept
+ *   core.adopt(client, aad, s[, force]) -> true when s opened and its token, valid
+ *                                       and newer than the kept one (or any valid
+ *                                       one, forced), is now kept
  *   core.token_id(access_token)      -> 16 characters naming the token, never it
  *
  * aad is the store key and the store's generation (see nomba/oauth.lua):
@@ -206,13 +207,14 @@ static uint32_t get32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* core.adopt(client, store_key, sealed) */
+/* core.adopt(client, store_key, sealed[, force]) */
 static int adopt_token(lua_State *L)
 {
     client *c = client_check(L, 1);
     size_t aadlen, sn, n;
     const char *aad = luaL_checklstring(L, 2, &aadlen);
     const char *s = luaL_optlstring(L, 3, NULL, &sn);
+    int force = lua_toboolean(L, 4);
     sbuf raw_ = {NULL, 0, 0}, pt_ = {NULL, 0, 0};  /* freed (wiped) at done */
     sbuf *raw = &raw_, *pt = &pt_;
     const unsigned char *p, *e, *f[3];
@@ -257,11 +259,12 @@ static int adopt_token(lua_State *L)
     if (!isfinite(at) || !isfinite(lifetime))
         goto done;
     left = at - token_server_now(c);
-    /* only a valid token that outlives the kept one replaces it, and never
-     * the very token this client invalidated (after a 401 elsewhere) */
+    /* only a valid token that outlives the kept one replaces it (any valid
+     * one when forced), and never the very token this client invalidated
+     * (after a 401 elsewhere) */
     if (p != e || flen[0] == 0 || !(left > 0) || !(lifetime > 0) ||
         left > NOMBA_MAX_LIFETIME || lifetime > NOMBA_MAX_LIFETIME ||
-        (c->tok.expires_mono > 0 && nt_mono() + left <= c->tok.expires_mono + 0.5) ||
+        (!force && c->tok.expires_mono > 0 && nt_mono() + left <= c->tok.expires_mono + 0.5) ||
         (c->tok.expires_mono <= 0 && c->tok.access.n == flen[0] &&
          memcmp(c->tok.access.p, f[0], flen[0]) == 0))
         goto done;

@@ -111,6 +111,7 @@ member("lua1", "blocking")
 member("lua2", "blocking")
 member("lua3", "nonblocking", true)
 member("lua4", "nonblocking")
+member("foreign", "foreign")                -- an accountId Nomba does not cover, throughout
 
 local feeder = io.popen(("%s tools/soak_webhooks.lua '%s' '%s' %d %s/webhooks.json 2>&1"):format(
   LUA, nginxes[1].url, nginxes[2].url, math.floor(SOAK_S * 0.85), dir))
@@ -219,6 +220,29 @@ local function kill_lock_holder()
   core.sleep(LIFETIME / 2)
 end
 
+-- The next renewal answered 429 with a Retry-After longer than the lock's lease (timeout 2 + 1 s)
+-- and than the old lock's life (5 s): its holder keeps the lease and waits; the others keep their
+-- valid tokens. The window covers the next renewal (within half a lifetime) and the wait.
+local RENEWAL_RETRY_AFTER = 8
+local function renewal_retry_after()
+  local fault = { status = 429, headers = { ["Retry-After"] = tostring(RENEWAL_RETRY_AFTER) },
+                  body = { code = "429", description = "Too many requests", data = cjson.null } }
+  fault.endpoint = "refresh"
+  assert(sim:fault(fault))
+  fault.endpoint = "issue"
+  assert(sim:fault(fault))
+  core.sleep(LIFETIME / 2 + RENEWAL_RETRY_AFTER + 1)
+  assert(sim:control("/_sim/clear_faults", {}))
+end
+
+-- Redis refuses every write (maxmemory reached, noeviction) and still answers reads.
+local function redis_refuses_writes(seconds)
+  assert(redis.cli("config set maxmemory-policy noeviction"):match("OK"))
+  assert(redis.cli("config set maxmemory 1"):match("OK"))
+  core.sleep(seconds)
+  assert(redis.cli("config set maxmemory 0"):match("OK"))
+end
+
 local function redis_restart()
   redis.stop()
   core.sleep(2)
@@ -234,28 +258,34 @@ local function cycle(k)
     samples[#samples + 1] = { "start", sample() }
     phase("quiet")
   end
-  when(0.15)
+  when(0.12)
   phase("faults")
   window("5xx burst: the balance answers 503 for 3 s", 3, function()
     burst({ endpoint = "protected", status = 503, body = "busy", content_type = "text/plain" }, 3)
   end, "burst")
-  when(0.22)
+  when(0.17)
   window("resets after Nomba processed the call, for 3 s", 3,
     function() burst({ endpoint = "protected", after = true }, 3) end, "reset")
-  when(0.29)
+  when(0.22)
   window("slow answers (1.5 s) for 3 s", 3,
     function() burst({ endpoint = "protected", delay = 1.5, pass = true }, 3) end, "slow")
-  when(0.36)
+  when(0.27)
   window("429 with Retry-After 1 for 2 s", 2, function()
     burst({ endpoint = "protected", status = 429, headers = { ["Retry-After"] = "1" },
             body = { code = "429", description = "Too many requests" } }, 2)
   end, "429")
-  when(0.43)
+  when(0.31)
+  window(("the next renewal answered 429 with Retry-After %d s (longer than the lock's lease)")
+         :format(RENEWAL_RETRY_AFTER), 0, renewal_retry_after, "renewal429")
+  when(0.45)
   window("server-side revocation of every token", 0,
     function() assert(sim:control("/_sim/revoke_all", { client_id = sim.client.client_id })) end, "revoke")
   when(0.50)
   window("Redis restarted (down 2 s)", 0, redis_restart, "redis")
-  when(0.57)
+  when(0.55)
+  window("Redis refuses every write for 5 s (maxmemory, noeviction)", 0,
+    function() redis_refuses_writes(5) end, "readonly")
+  when(0.59)
   window("nginxA reloaded", 1, function() os.execute("kill -HUP " .. nginxes[1].pid) end, "reload")
   when(0.62)
   window("the holder of the renewal lock killed with SIGKILL", 0, kill_lock_holder, "kill")
@@ -290,12 +320,25 @@ local function faulty(t)
 end
 
 local calls = { outside = 0, outside_ok = 0, during = 0, during_ok = 0, failures = {} }
+-- the foreign member's calls outside faults: each must be the caller's error (api, 401)
+local foreign = { calls = 0, refused = 0, other = {} }
 local headers = { quiet = {}, faults = {}, after = {} }
 local by_fault = {}             -- the headers() timings of each fault's window
 for file in sh("ls " .. dir .. "/*.log"):gmatch("%S+") do
   for line in io.lines(file) do
     local t, ok, kind = line:match("^c (%S+) (%d) (%S+)")
-    if t then
+    local ft, fok, fkind, fstatus = line:match("^f (%S+) (%d) (%S+) (%S+)")
+    if ft then
+      if not faulty(tonumber(ft)) then
+        foreign.calls = foreign.calls + 1
+        if fok == "0" and fkind == "api" and fstatus == "401" then
+          foreign.refused = foreign.refused + 1
+        else
+          local k = fkind .. ":" .. fstatus
+          foreign.other[k] = (foreign.other[k] or 0) + 1
+        end
+      end
+    elseif t then
       t = tonumber(t)
       if faulty(t) then
         calls.during, calls.during_ok = calls.during + 1, calls.during_ok + tonumber(ok)
@@ -398,7 +441,7 @@ for i = 2, #sessions do
 end
 
 local report = {
-  seconds = SOAK_S, lifetime = LIFETIME, members = 4 + 8,
+  seconds = SOAK_S, lifetime = LIFETIME, members = 5 + 8, foreign = foreign,
   calls_outside_faults = calls.outside, ok_outside_faults = calls.outside_ok,
   ok_fraction = calls.outside > 0 and calls.outside_ok / calls.outside or 0,
   calls_during_faults = calls.during, ok_during_faults = calls.during_ok, failures_outside = calls.failures,
@@ -435,11 +478,13 @@ redis.cleanup()
 assert(sim:reset())
 if os.getenv("SOAK_KEEP") then print("logs kept in " .. dir) else os.execute("rm -rf " .. dir) end
 
-print(("\nchaos soak, %d s (%d cycle%s of faults), %d s tokens, 12 members:"):format(SOAK_S, CYCLES,
+print(("\nchaos soak, %d s (%d cycle%s of faults), %d s tokens, 13 members:"):format(SOAK_S, CYCLES,
   CYCLES > 1 and "s" or "", LIFETIME))
 print(("  API calls outside faults that succeeded: %d of %d (%.2f%%; target 100%%)"):format(
   report.ok_outside_faults, report.calls_outside_faults, 100 * report.ok_fraction))
 print(("  during faults: %d of %d"):format(report.ok_during_faults, report.calls_during_faults))
+print(("  a member naming a foreign accountId: %d calls outside faults, %d the caller's error (401, no renewal)")
+      :format(foreign.calls, foreign.refused))
 print(("  logins %d, refreshes %d: %.2f renewals per token lifetime (target <= 1.2)"):format(
   report.logins, report.refreshes, report.renewals_per_lifetime))
 print(("  sessions ended by a parallel login: %d outside faults (target 0), %d in all; calls refused for an " ..

@@ -6,7 +6,7 @@ local resty = require "nomba.oauth.resty"
 local cjson = require "cjson"
 
 local M = {}
-local cfg, master_client, client
+local cfg, master_client, client, shared_store
 
 local function options(extra)
   local o = { account_id = cfg.account_id, client_id = cfg.client_id, client_secret = cfg.client_secret,
@@ -41,6 +41,7 @@ function M.init_worker()
                                 server_name = cfg.redis_server_name or "localhost", password = cfg.redis_password },
                               { prefix = "tls:" })
   end
+  shared_store = store
   client = oauth.new(options { transport = resty, store = store })
   if cfg.keep_fresh then assert(resty.keep_fresh(client, { interval = cfg.keep_fresh })) end
 end
@@ -104,6 +105,21 @@ routes["/request_as"] = function()
   local res, err = client:request { path = "/v1/accounts/balance", account_id = ngx.var.arg_account }
   json { status = res and res.status, kind = err and err.kind, err_status = err and err.status,
          message = err and err.message, worker = ngx.worker.id() }
+end
+
+-- the worker's store: add (or lock) `key` for `ttl` seconds, get it
+routes["/store_add"] = function()
+  local key, ttl = ngx.var.arg_key, tonumber(ngx.var.arg_ttl)
+  local got, err
+  if ngx.var.arg_lock then
+    got, err = shared_store:lock(key, ttl)
+  else
+    got, err = shared_store:add(key, "v", ttl)
+  end
+  json { got = got, err = err and tostring(err), wall = ngx.time() }
+end
+routes["/store_get"] = function()
+  json { value = shared_store:get(ngx.var.arg_key) or cjson.null }
 end
 
 -- one client:request, its answer's status and headers (or its error's)

@@ -179,7 +179,9 @@ end
 -- @tparam[opt] string|table tok the refresh token (refresh), access token
 --   (revoke), or the options of `request`
 -- @tparam[opt] function callback (may come right after `op`)
--- @treturn boolean true, or `nil, err` (kind "pending" when a transfer is in flight)
+-- @treturn boolean true, or `nil, err` (kind "pending" when a transfer is in
+--   flight; a request waits instead behind a renewal that step() began while
+--   the kept token is still valid)
 function Client:start(op, tok, callback)
   local st = check_client(self, "start")
   if op == "request" then
@@ -188,7 +190,6 @@ function Client:start(op, tok, callback)
     end
     local args = request.check(self, st, tok)
     if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
-    if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
     return request.start(self, st, args, callback)
   end
   if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then

@@ -18,10 +18,14 @@
 -- One deadline: a job run by a runner gets `job.deadline` when it starts
 -- (M.budget: every attempt, the backoff and Retry-After between them, the
 -- store's calls and a refused refresh's issue), and its children inherit
--- it. Every wait inside the call draws from it: an attempt's timeout is
--- what is left of it, a backoff or Retry-After that would not leave time
--- for another attempt ends the call with the last error, and the store's
--- lock is held for what is left of it (renewal.lua). No call exceeds it.
+-- it (a renewal's is never longer than a renewal's own budget). Every wait
+-- inside the call draws from it: an attempt's timeout is what is left of
+-- it, a backoff or Retry-After that would not leave time for another
+-- attempt ends the call with the last error, and the wait for another
+-- holder of the store's lock ends with it (renewal.lua). A store call is
+-- bounded by the store's own timeout; none starts a wait once the deadline
+-- passed, but the publishing of a token the call already got, and the
+-- lock's release, still run.
 --
 -- The kinds, each in its own file: `M.Op` here (an operation's attempts:
 -- retry with backoff and jitter, Retry-After, a refused refresh falling back
@@ -184,7 +188,9 @@ function M.Op(self, st, job, what, res, err, status, elapsed)
     job.sleep_until = nil
     return next_attempt(self, st, job)
   end
-  -- an answer: closed and config errors come before anything is sent
+  -- an answer: the lease kept alive for what follows (publishing, a retry);
+  -- closed and config errors come before anything is sent
+  if job.keep then job.keep(self, st, job) end
   local sent = res ~= nil or (err.kind ~= "closed" and err.kind ~= "config")
   if sent and (st.on_event or (st.log and res == nil)) then
     local ev = { op = job.op, attempt = job.attempt, ok = res ~= nil, status = status,
@@ -356,10 +362,34 @@ local function answered(self, st, job)
   return advance(self, st, job, "answer", res, err, status, now() - job.t0)
 end
 
---- Advances the job in flight without blocking; true while one is.
+--- Queues `job` behind the renewal step() began in the background (the
+-- kept token may still be valid): it begins when that renewal ends. One
+-- job may wait so; true when it was queued.
+function M.queue(st, job, callback)
+  local running = st.nb
+  if not (running and running.background) or st.nb_next then return false end
+  job.callback = callback
+  st.nb_next = job
+  return true
+end
+
+-- Begins the queued job, if any, when nothing is in flight.
+local function next_job(self, st)
+  local job = st.nb_next
+  if not job or st.nb then return end
+  st.nb_next = nil
+  local busy, res, err = M.begin(self, st, job, job.callback)
+  if not busy and job.callback then pcall_y(job.callback, res, err) end
+end
+
+--- Advances the job in flight without blocking; true while one is (or
+-- one is queued).
 function M.step(self, st)
   local job = st.nb
-  if not job then return false end
+  if not job then
+    next_job(self, st)
+    return st.nb ~= nil
+  end
   local ok, act, a, b
   if job.wake_at then
     if now() < job.wake_at then return true end
@@ -376,6 +406,7 @@ function M.step(self, st)
   end
   local busy, res, err = guarded(self, st, job, act, a, b)
   if not busy and job.callback then pcall_y(job.callback, res, err) end
+  next_job(self, st)
   return st.nb ~= nil
 end
 

@@ -27,7 +27,10 @@ O.DEFAULTS = {
   retry_after_cap = 30,                   -- the longest Retry-After (or rate-limit window) waited out
   min_attempt = 0.5,                      -- seconds: the least of a call's deadline worth another attempt
   lock_margin = 1,                        -- seconds the store's renewal lock outlives its holder's deadline
-  foreign_account_ttl = 86400,            -- seconds an accountId refused on a renewed token is remembered
+  -- the 401 rule (unauthorized.lua): how long an accountId refused on a renewed token is remembered
+  -- (seconds), a renewed token's mark against concurrent 401s (in timeouts), a foreign mark read
+  -- from the store kept here (seconds), the accountIds kept here
+  unauthorized = { foreign_ttl = 86400, renewed_timeouts = 2, recheck = 60, kept = 64 },
   renew_pause = 1,                        -- seconds between renewal tries while valid, or after a failure
   busy_backoff = { first = 0.0025, cap = 0.2 },   -- seconds: waiting for another holder of the store's lock
   alone_backoff = { first = 1, cap = 30 },        -- seconds between renewals alone while the store fails
@@ -35,9 +38,11 @@ O.DEFAULTS = {
   -- the OpenResty transport's connection pool, and keep_fresh's timer (seconds)
   resty = { pool_size = 16, keepalive_ms = 60000, keep_fresh_interval = 1 },
   -- the stores: the prefix of their keys; Redis' pooled connections (ms);
-  -- the file store's largest value and the wait of its add lock (seconds)
+  -- the file store's largest value and the wait of its add lock (seconds);
+  -- how far nginx's wall clock may step ahead under a shared dict's TTLs (s);
+  -- the least of Redis' bound left worth a new connection (s)
   store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, redis_timeout = 5, file_max = 65536, file_add_wait = 5,
-            file_sweep_every = 60 },
+            file_sweep_every = 60, shdict_step_slack = 3600, redis_retry_least = 0.05 },
   -- webhooks: how old a delivery's timestamp may be (Nomba's fifth retry
   -- comes about 95 minutes after the first send, with the first send's
   -- timestamp), how far in the future (clock skew), how long a processed

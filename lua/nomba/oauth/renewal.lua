@@ -14,18 +14,22 @@
 --     Retry-After, store calls and its wait for another holder all draw
 --     from the call's deadline, fixed when it starts.
 --   * With a store: the shared token is read first; the lock is taken (and
---     released, on every path, in `finished`) by the one that renews, for
---     what is left of its deadline (and a margin to publish): the lock
+--     released, on every path, in `finished`) by the one that renews: a
+--     lease of one attempt and a margin, kept alive by its holder before and
+--     after each attempt and through each wait (a store with `extend`), else
+--     for what is left of its deadline and the margin: either way the lock
 --     covers the whole renewal, however long its Retry-After waits. Before
---     publishing, the holder reads the store again: a newer token there (its
---     lease lapsed, another member renewed) is adopted, never overwritten.
+--     publishing, the holder reads the store again: a newer token there, or
+--     (its lease lapsed) any valid one published since it took the lock, is
+--     adopted, never overwritten (shared.release).
 --     While another holder renews, the kept token is used if it is still
 --     valid, else the client waits for the holder (backing off, reading the
 --     store) until its own deadline; it renews alone only when the lock was
 --     held longer than any renewal may take (a stuck holder: the store is
 --     unusable). While the store fails, a client keeps its valid token
 --     (looking at the store again after the pause) and renews alone only
---     when it is two attempts' time from expiry (or has none: a 401), and
+--     when it is two attempts' time from expiry (when the store reads but
+--     refuses writes: once it expired; or has none: a 401), and
 --     then no more often than a backoff allows (1 s doubling to 30 s until
 --     the store answers again): every member of a fleet renewing alone is a
 --     login, Nomba keeps one session per client, and each login's 401s to
@@ -77,7 +81,7 @@ end
 local function keep(_, st, opjob)
   local lock = opjob.lock
   if lock.released or lock.lapsed then return end
-  if shared.extend(st, lease(st)) == false then lock.lapsed = true end
+  if shared.extend(st, lease(st), lock.owner) == false then lock.lapsed = true end
 end
 
 -- A lock seen held for longer than this has a stuck holder (a stopped
@@ -90,7 +94,11 @@ end
 -- the client renews alone: two attempts' time. Sooner would be a login of
 -- its own while the fleet's session is still good, ending it for the others
 -- (whose 401s would make them log in too: a storm for as long as the outage).
-local function alone_margin(st)
+-- A store that reads but refuses writes (Redis out of memory, a replica, a
+-- full disk) still shares the fleet's valid token: no renewal alone until it
+-- expired (`writes_refused`).
+local function alone_margin(st, writes_refused)
+  if writes_refused then return 0 end
   return 2 * st.timeout
 end
 
@@ -109,16 +117,18 @@ end
 
 -- One look at the store: "fresh" (the kept or shared token will do), a
 -- lock `{ad =, before =}` to renew under, "busy" (another holder renews),
--- or nil (the store failed: go alone). The store is read again once the
--- lock is held: someone may have just published.
+-- or nil (the store failed: go alone; and true when it read but refused
+-- the lock's write). The store is read again once the lock is held:
+-- someone may have just published.
 local function claim(self, st, job)
   if not shared.read(self, st) or fresh(self) then
     return fresh(self) and "fresh" or nil
   end
-  local got = shared.lock(st, lock_ttl(st, job))
-  if got == nil then return nil end
+  local got, owner = shared.lock(st, lock_ttl(st, job))
+  if got == nil then return nil, true end
   if not got then return "busy" end
-  local lock = { ad = shared.read(self, st) }
+  local lock, _ = { owner = owner }
+  lock.ad, _, lock.blob = shared.read(self, st)
   if fresh(self) then
     shared.release(self, st, lock)
     return "fresh"
@@ -183,9 +193,9 @@ end
 
 -- The store is unusable (it failed, or its lock's holder is stuck): keep
 -- the valid token, else renew alone, spaced.
-local function alone(self, st, job)
+local function alone(self, st, job, writes_refused)
   local left, t = core.remaining(self), now()
-  if left > alone_margin(st) then                             -- keep the valid token; look again later
+  if left > alone_margin(st, writes_refused) then             -- keep the valid token; look again later
     st.last_try, st.last_err = t, nil
     return "done", (fresh(self, 0))
   end
@@ -202,11 +212,11 @@ end
 -- The look at the store, again until the holder is done.
 local function at_store(self, st, job)
   job.state = "store"
-  local c = claim(self, st, job)
+  local c, writes_refused = claim(self, st, job)
   if c ~= "busy" then st.busy_since = nil end
   if c ~= nil then st.alone_gap, st.alone_next = nil, nil end -- the store answers
   if c == "fresh" then return "done", (fresh(self)) end
-  if c == nil then return alone(self, st, job) end            -- the store failed
+  if c == nil then return alone(self, st, job, writes_refused) end   -- the store failed
   if c ~= "busy" then
     job.lock = c
     return renew(self, st, job)
@@ -253,6 +263,10 @@ function R.Renewal(self, st, job, what, res, err, stuck)
   end
   if core.closed(self) then return "done", nil, closed_error() end
   if what == "start" then
+    -- never longer than a renewal's own budget (inside a longer call too): what
+    -- another member waits for before it takes a holder for stuck
+    local cap = now() + machine.budget(st)
+    if not job.deadline or job.deadline > cap then job.deadline = cap end
     local tok = fresh(self)
     if tok then return "done", tok end         -- renewed meanwhile
     if st.renewing then                         -- another coroutine renews: wait for it
@@ -290,7 +304,9 @@ end
 -- when the kept token is not fresh and nothing is in flight.
 function R.due(self, st)
   if st.nb or fresh(self) or core.closed(self) then return end
-  machine.begin(self, st, R.job(false))
+  local job = R.job(false)
+  job.background = true                        -- a call may queue behind it (machine.queue)
+  machine.begin(self, st, job)
 end
 
 return R

@@ -353,10 +353,18 @@ function R.call(self, st, args)
 end
 
 --- client:start("request", opts, callback): the call on the multi driver,
--- carried by step(). Returns true while it is in flight, else nil and the
--- error (rate_limited; pending, and a renewal starts).
+-- carried by step(). Returns true while it is in flight (or queued behind
+-- the renewal step() began while the kept token is still valid), else nil
+-- and the error (rate_limited; pending: no valid token, and a renewal
+-- starts; or another transfer of the caller's in flight).
 function R.start(self, st, args, callback)
-  local busy, _, err = machine.begin(self, st, { kind = R.Call, args = args }, callback or function() end)
+  local job = { kind = R.Call, args = args }
+  callback = callback or function() end
+  if st.nb then
+    if fresh(self, 0) and machine.queue(st, job, callback) then return true end
+    return nil, new_error("pending", "request", "a transfer is already in flight")
+  end
+  local busy, _, err = machine.begin(self, st, job, callback)
   if busy then return true end
   if err and err.kind == "pending" then renewal.due(self, st) end
   return nil, err

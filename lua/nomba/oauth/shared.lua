@@ -39,7 +39,7 @@ function S.call(st, method, ...)
   elseif ANSWERS[method] and not ANSWERS[method](v) then
     why = method .. " answered a " .. type(v)
   else
-    return v or nil, false
+    return v or nil, false, err          -- (a second answer: the owner of a lock)
   end
   events.emit(st, { op = "store", ok = false, kind = "store_error", method = method,
                     message = #why > 200 and why:sub(1, 200) .. "..." or why })
@@ -62,19 +62,24 @@ end
 
 --- Reads the shared token and adopts it when it opens and is newer.
 -- Returns the associated data (for publishing), or nil when the store
--- failed; and true when a token was adopted.
-function S.read(self, st)
+-- failed; true when a token was adopted; and the value read (false: none).
+-- `since`: the value read when a lock whose lease lapsed was taken: a value
+-- published since then (another member renewed under the lock after the
+-- lapse, later at Nomba) is adopted when valid, whatever its expiry (which
+-- Nomba gives to the second).
+function S.read(self, st, since)
   local gen, failed = S.call(st, "get", st.gkey)
   if failed then return nil end
   local ad = aad(st, gen)
   local blob
   blob, failed = S.call(st, "get", st.skey)
   if failed then return nil end
-  if blob and core.adopt(self, ad, blob) then
+  blob = blob or false
+  if blob and core.adopt(self, ad, blob, since ~= nil and blob ~= since) then
     events.adopted(st, core.kept(self))
-    return ad, true
+    return ad, true, blob
   end
-  return ad, false
+  return ad, false, blob
 end
 
 local function publish(self, st, ad)
@@ -83,7 +88,8 @@ local function publish(self, st, ad)
   if sealed then S.call(st, "set", st.skey, sealed, left) end
 end
 
---- The end of a renewal under the lock `{ad =, before =}`: when the
+--- The end of a renewal under the lock `{owner =, ad =, blob =, before =,
+-- lapsed =}`: when the
 -- kept token is newer than it was before (the renewal's; or a rotation the
 -- C core kept before an error raised on the way back, which must not be
 -- lost: Nomba retired the refresh token the store holds), the store is read
@@ -96,10 +102,10 @@ function S.release(self, st, lock)
   if lock.released then return end
   lock.released = true
   if lock.ad and lock.before and core.remaining(self) > lock.before then
-    local ad, adopted = S.read(self, st)
+    local ad, adopted = S.read(self, st, lock.lapsed and lock.blob or nil)
     if not adopted then publish(self, st, ad or lock.ad) end
   end
-  S.call(st, "unlock", st.lkey)
+  S.call(st, "unlock", st.lkey, lock.owner)
 end
 
 --- After an explicit issue, refresh or exchange: the new token is the
@@ -109,20 +115,22 @@ function S.publish(self, st)
   if not failed then publish(self, st, aad(st, gen)) end
 end
 
---- Tries the renewal lock once, for `ttl` seconds: true, false (another
--- holder), or nil when the store failed.
+--- Tries the renewal lock once, for `ttl` seconds: true and the lock's
+-- owner (when the store names one: the built-in stores do), false
+-- (another holder), or nil when the store failed.
 function S.lock(st, ttl)
-  local got, failed = S.call(st, "lock", st.lkey, ttl)
+  local got, failed, owner = S.call(st, "lock", st.lkey, ttl)
   if failed then return nil end
-  return got == true
+  if got ~= true then return false end
+  return true, owner
 end
 
---- Keeps the renewal lock for `ttl` more seconds: true, false when its
--- lease lapsed (another member may hold it now), or nil when the store
--- failed or cannot (it has no `extend`).
-function S.extend(st, ttl)
+--- Keeps the renewal lock of `owner` for `ttl` more seconds: true, false
+-- when its lease lapsed (another member may hold it now), or nil when the
+-- store failed or cannot (it has no `extend`).
+function S.extend(st, ttl, owner)
   if st.store.extend == nil then return nil end
-  local kept, failed = S.call(st, "extend", st.lkey, ttl)
+  local kept, failed = S.call(st, "extend", st.lkey, ttl, owner)
   if failed then return nil end
   return kept == true
 end

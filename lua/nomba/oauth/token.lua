@@ -36,7 +36,7 @@ end
 --- One non-blocking step: advances the job in flight, or starts a due
 -- renewal; true while work is in flight or scheduled.
 function H.step(self, st)
-  if st.nb then return machine.step(self, st) end
+  if st.nb or st.nb_next then return machine.step(self, st) end
   renewal.due(self, st)
   return st.nb ~= nil
 end

@@ -14,7 +14,7 @@
 --   * a 401 on that renewed token proves the accountId, not the token, is
 --     refused: the pair (accountId, token) is marked for the token's life;
 --     an accountId other than the client's own is marked for
---     `foreign_account_ttl` whatever the token;
+--     a day (DEFAULTS.unauthorized.foreign_ttl) whatever the token;
 --   * a 401 for a marked pair (or a marked foreign accountId) is the
 --     caller's error: kind "api", status 401, a message naming the
 --     accountId, and no renewal.
@@ -32,10 +32,11 @@ local now, token_id = runtime.now, core.token_id
 
 local U = {}
 
-local FOREIGN_TTL = DEFAULTS.foreign_account_ttl
+local RULE = DEFAULTS.unauthorized
+local FOREIGN_TTL = RULE.foreign_ttl
 local ANY = "*"                 -- a foreign accountId: whatever the token
-local MARKS_MAX = 64            -- accountIds kept here; then it starts over
-local RECHECK_FOREIGN = 60      -- seconds a foreign mark read from the store is kept here
+local MARKS_MAX = RULE.kept     -- accountIds kept here; then it starts over
+local RECHECK_FOREIGN = RULE.recheck
 
 local function store_key(st, account)
   return st.skey .. ":401:" .. account
@@ -60,7 +61,8 @@ function U.refused(self, st, account, tok)
   if not st.store then return false end
   local v = shared.call(st, "get", store_key(st, account))
   if v ~= ANY and v ~= id then return false end
-  remember(st, account, v, v == ANY and RECHECK_FOREIGN or math_min(2 * st.timeout, core.remaining(self)))
+  remember(st, account, v, v == ANY and RECHECK_FOREIGN or
+                           math_min(RULE.renewed_timeouts * st.timeout, core.remaining(self)))
   return true
 end
 
@@ -77,7 +79,9 @@ end
 -- configuration that fails every call: its second 401 marks it).
 function U.renewed(st, account, tok)
   if account == st.account_id then return end
-  mark(st, account, token_id(tok), 2 * st.timeout)
+  local m = st.refused and st.refused[account]
+  if m and m.id == ANY and m.till > now() then return end    -- marked for good already
+  mark(st, account, token_id(tok), RULE.renewed_timeouts * st.timeout)
 end
 
 --- Marks `account` as refused on the token `tok`, renewed for its 401 and
@@ -91,8 +95,8 @@ end
 -- error (its status, code, response), said so.
 function U.error(err, account)
   err.kind, err.retryable = "api", false
-  err.message = "HTTP 401 on a token just renewed: Nomba refuses accountId " .. account ..
-    " with this client's token (a wrong or unlinked sub-account?); the token was not renewed for it"
+  err.message = "HTTP 401: Nomba refuses accountId " .. account .. " with this client's token, which " ..
+    "was just renewed (a wrong or unlinked sub-account?); the token is not renewed again for it"
   return err
 end
 

@@ -148,7 +148,8 @@ end
 --   `${dir}` are filled in), `workers` (default 1), `port` (default: a free
 --   one), `dir` (default: a new temporary directory), `vars` (more `${...}`),
 --   `env` (names of environment variables for the workers), `log_level`,
---   `cpath_prefix` (put before the Lua C module path)
+--   `cpath_prefix` (put before the Lua C module path), `exec_prefix` (put
+--   before the nginx command: "env LD_PRELOAD=... " for a test's clock)
 -- @return an object with `dir`, `port`, `pid`, `url`, `stop()`, `reload()`,
 --   `error_log()`; or nil and a message
 function M.spawn_nginx(opts)
@@ -183,7 +184,7 @@ function M.spawn_nginx(opts)
     local conf = expand(MAIN_CONF, vars)
     if not ndk then conf = conf:gsub("load_module ;\n", "") end
     write_file(dir .. "/nginx.conf", conf)
-    local out = read_cmd(nginx_bin() .. " -p " .. sh_quote(dir) .. " -c " ..
+    local out = read_cmd((opts.exec_prefix or "") .. nginx_bin() .. " -p " .. sh_quote(dir) .. " -c " ..
                          sh_quote(dir .. "/nginx.conf") .. " 2>&1; echo \"rc=$?\"") or ""
     if out:match("rc=0%s*$") then
       return setmetatable({ dir = dir, port = port, pid = tonumber(read_file(dir .. "/nginx.pid") or ""),

@@ -123,18 +123,20 @@ function File:lock(key)
   if lk == nil then return nil, err end
   if not lk then return false end
   self.owners[key] = lk
-  return true
+  return true, lk
 end
 
 --- A lock is the kernel's (flock): held until unlocked or its holder dies.
-function File:extend(key)
-  check_key(key)
-  return self.owners[key] ~= nil
-end
-
-function File:unlock(key)
+function File:extend(key, _, owner)
   check_key(key)
   local lk = self.owners[key]
+  return lk ~= nil and (owner == nil or owner == lk)
+end
+
+function File:unlock(key, owner)
+  check_key(key)
+  local lk = self.owners[key]
+  if owner ~= nil and owner ~= lk then return true end   -- another holder's
   self.owners[key] = nil
   if lk then core.fs_unlock(lk) end
   return true

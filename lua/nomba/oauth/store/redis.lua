@@ -19,10 +19,11 @@
 -- log line.
 --
 -- Redis Sentinel or Cluster: a renewal touches three keys of one client,
--- `<prefix><id>`, `<prefix><id>:lock` and `<prefix><id>:gen`, and webhook
--- claims two per event, `<prefix>webhook:<requestId>` and its `:done`; every
--- command is a single-key one (GET, SET with PX and NX, DEL, and an EVAL of
--- one key for the lock's release), so a Cluster needs no hash tags, and a
+-- `<prefix><id>`, `<prefix><id>:lock` and `<prefix><id>:gen` (and the 401
+-- rule's `<prefix><id>:401:<accountId>`), and webhook claims two per event,
+-- `<prefix>webhook:<requestId>` and its `:done`; every command is a
+-- single-key one (GET, SET with PX and NX, DEL, and EVALs of one key that
+-- release or extend the lock for its owner), so a Cluster needs no hash tags, and a
 -- Sentinel deployment needs a connect function that asks Sentinel for the
 -- master.
 -- @submodule nomba.oauth.store
@@ -33,7 +34,7 @@ local type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs =
   type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs
 local owner_id, check_key = common.owner_id, common.check_key
 local now = require("nomba.oauth.core").now
-local RETRY_LEAST = 0.05      -- seconds: less left of the bound is not worth a new connection
+local RETRY_LEAST = DEFAULTS.redis_retry_least   -- less left of the bound is not worth a new connection
 
 local M = {}
 
@@ -273,17 +274,19 @@ local function with_conn(self, f)
   end
   -- once more on a new connection, within what is left of the one bound
   -- (a Redis that accepts and never answers costs one timeout, not two)
-  local bound_s = self.timeout or DEFAULTS.redis_timeout
+  local own = self.timeout
+  local bound_s = own or DEFAULTS.redis_timeout
   local rest = bound_s - (now() - t0)
   if rest < RETRY_LEAST then return nil, "redis: " .. tostring(err) end
   self.timeout = rest
   local conn, rerr = self.reconnect()
-  self.timeout = bound_s
+  self.timeout = own
   if not conn then return nil, "redis (" .. tostring(err) .. "), then " .. tostring(rerr) end
   self.r = conn
   bound(conn, rest)
-  local x, y = f(conn)
+  local fine, x, y = pcall(f, conn)
   bound(conn, bound_s)
+  if not fine then error(x, 0) end
   return x, y
 end
 
@@ -336,18 +339,24 @@ function Redis:lock(key, ttl)
     local v, err = r:set(self.prefix .. key, owner, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
     if redis_ok(v) then
       self.owners[key] = owner
-      return true
+      return true, owner
     end
     if v == nil and err then return nil, err end
-    return false                     -- held by someone else (nil/ngx.null from SET NX)
+    -- held: by someone else (nil/ngx.null from SET NX), or by this very lock,
+    -- set by a first try whose answer was lost (with_conn tries again)
+    if redis_value(r:get(self.prefix .. key)) == owner then
+      self.owners[key] = owner
+      return true, owner
+    end
+    return false
   end)
 end
 
 --- Keeps a lock this store holds for `ttl` more seconds: true, or false
 -- when it is not held any more (its lease lapsed).
-function Redis:extend(key, ttl)
+function Redis:extend(key, ttl, owner)
   check_key(key)
-  local owner = self.owners[key]
+  owner = owner or self.owners[key]
   if not owner then return false end
   return with_conn(self, function(r)
     local v, err = r:eval(EXTEND, 1, self.prefix .. key, owner, math.max(1, math.floor(ttl * 1000)))
@@ -356,10 +365,10 @@ function Redis:extend(key, ttl)
   end)
 end
 
-function Redis:unlock(key)
+function Redis:unlock(key, owner)
   check_key(key)
-  local owner = self.owners[key]
-  self.owners[key] = nil
+  owner = owner or self.owners[key]
+  if self.owners[key] == owner then self.owners[key] = nil end
   if not owner then return true end
   return with_conn(self, function(r)
     local v, err = r:eval(UNLOCK, 1, self.prefix .. key, owner)    -- compare and delete
