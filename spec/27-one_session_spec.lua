@@ -107,6 +107,28 @@ describe("one session for the fleet", function()
     assert.is_nil(assert(sim:counts()).sessions_ended)
   end)
 
+  -- (the 3-minute soak: a member's forced refresh in the first second of the session gave a
+  -- token with about the issue's expiry; the others kept the issue's, refreshed with its retired
+  -- refresh token, were refused and logged in: a session ended outside every fault)
+  it("a token published since a member last looked is adopted even with about the same expiry", function()
+    -- (expires_in: both tokens' expiries then differ by the milliseconds between them exactly)
+    assert(sim:config { lifetime = 4, expires_in = true })   -- the refresh window: the last 2 s
+    local store = oauth.store.memory()
+    local a = H.client { store = store }
+    local b = H.client { store = store }
+    -- the issue and the refresh in one second of the server's clock (its Date counts seconds)
+    while core.time() % 1 > 0.3 do H.sleep(0.01) end
+    local t1 = assert(a:token())
+    assert.are.equal(t1, b:token())                    -- b adopted the fleet's token
+    assert(a:refresh())                                -- a moment later: about the same expiry
+    H.sleep(2.3)                                       -- b's token is due
+    assert(b:token())
+    -- b took a's published token (and refreshed it when due), never its retired refresh token
+    assert.are.equal(2, H.count("refresh"))
+    assert.are.equal(1, H.count("issue"))
+    assert.is_nil(assert(sim:counts()).sessions_ended)
+  end)
+
   describe("the lock's lease", function()
     -- a store's extend contract: the owner's lock kept, another's never touched, a lapsed one false
     local function contract(store, lapses)

@@ -19,11 +19,12 @@ while core.now() < deadline do
   local target = n % 2 == 0 and url_a or url_b
   local o = { url = target .. "/webhook", request_id = id, retries = true, compress = 200,
               transaction_type = kind == 1 and "fail_2" or "vact_transfer", duplicate = kind == 2 }
-  local r = sim:webhook(o)
+  -- (Nomba's schedule compressed 200 times: 28 s when every delivery fails)
+  local r = sim:webhook(o, 60)
   local statuses = r and r.statuses or {}
   if kind == 3 then                                 -- the same event to the other member too
     o.url = (target == url_a and url_b or url_a) .. "/webhook"
-    local r2 = sim:webhook(o)
+    local r2 = sim:webhook(o, 60)
     for _, s in ipairs(r2 and r2.statuses or {}) do statuses[#statuses + 1] = s end
   end
   events[#events + 1] = { id = id, statuses = statuses }

@@ -215,7 +215,7 @@ function M.Op(self, st, job, what, res, err, status, elapsed)
   if job.renewal and job.op == "refresh" and refused(err) and core.has(self, "secret") then
     -- an issue ends Nomba's session: a token another member published
     -- meanwhile is adopted instead
-    if st.store and shared.read(self, st) and core.fresh(self) then
+    if st.store and shared.refresh_view(self, st) and core.fresh(self) then
       job.last_err = nil
       return "done", core.kept(self)
     end

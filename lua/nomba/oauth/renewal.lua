@@ -121,14 +121,14 @@ end
 -- the lock's write). The store is read again once the lock is held:
 -- someone may have just published.
 local function claim(self, st, job)
-  if not shared.read(self, st) or fresh(self) then
+  if not shared.refresh_view(self, st) or fresh(self) then
     return fresh(self) and "fresh" or nil
   end
   local got, owner = shared.lock(st, lock_ttl(st, job))
   if got == nil then return nil, true end
   if not got then return "busy" end
   local lock, _ = { owner = owner }
-  lock.ad, _, lock.blob = shared.read(self, st)
+  lock.ad, _, lock.blob = shared.refresh_view(self, st)
   if fresh(self) then
     shared.release(self, st, lock)
     return "fresh"

@@ -6,7 +6,7 @@ local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
 local events = require "nomba.oauth.events"
 
-local type, pcall, tostring = type, pcall, tostring
+local type, pcall, tostring, select = type, pcall, tostring, select
 local pcall_y = runtime.pcall_y
 
 local S = {}
@@ -63,10 +63,11 @@ end
 --- Reads the shared token and adopts it when it opens and is newer.
 -- Returns the associated data (for publishing), or nil when the store
 -- failed; true when a token was adopted; and the value read (false: none).
--- `since`: the value read when a lock whose lease lapsed was taken: a value
--- published since then (another member renewed under the lock after the
--- lapse, later at Nomba) is adopted when valid, whatever its expiry (which
--- Nomba gives to the second).
+-- `since`: a value read before (false: none): a value published since then
+-- is adopted when valid, whatever its expiry, which Nomba gives to the
+-- second (a refresh in the second of the issue before it has the same
+-- expiry, and only the store knows which is the session's). The value read
+-- is remembered (`st.seen`: what this client last saw there).
 function S.read(self, st, since)
   local gen, failed = S.call(st, "get", st.gkey)
   if failed then return nil end
@@ -75,6 +76,7 @@ function S.read(self, st, since)
   blob, failed = S.call(st, "get", st.skey)
   if failed then return nil end
   blob = blob or false
+  st.seen = blob
   if blob and core.adopt(self, ad, blob, since ~= nil and blob ~= since) then
     events.adopted(st, core.kept(self))
     return ad, true, blob
@@ -82,10 +84,16 @@ function S.read(self, st, since)
   return ad, false, blob
 end
 
+--- Reads the shared token, adopting what another member published since
+-- this client last looked (see S.read).
+function S.refresh_view(self, st)
+  return S.read(self, st, st.seen)
+end
+
 local function publish(self, st, ad)
   local left = core.remaining(self)
   local sealed = left > 0 and core.seal(self, ad)
-  if sealed then S.call(st, "set", st.skey, sealed, left) end
+  if sealed and not select(2, S.call(st, "set", st.skey, sealed, left)) then st.seen = sealed end
 end
 
 --- The end of a renewal under the lock `{owner =, ad =, blob =, before =,

@@ -153,11 +153,12 @@ function Sim:stop()
   end
 end
 
---- Calls the control API: POST (with a JSON body) or GET.
+--- Calls the control API: POST (with a JSON body) or GET, waiting at most
+-- `timeout` seconds (default 10).
 -- @return the decoded answer, or nil and a message
-function Sim:control(path, body)
+function Sim:control(path, body, timeout)
   if not self.url then return nil, "the simulator is stopped" end
-  local cmd = "curl -sS --max-time 10 --cacert " .. sh_quote(self.cafile)
+  local cmd = "curl -sS --max-time " .. tostring(tonumber(timeout) or 10) .. " --cacert " .. sh_quote(self.cafile)
   local file
   if body ~= nil then
     file = os.tmpname()
@@ -175,9 +176,12 @@ end
 -- (`http://127.x.x.x:PORT/path`): `event_type`, `key` (default the
 -- simulator's `webhook_key`), `duplicate` (deliver twice), `stale`/`future`
 -- (a timestamp an hour off), `tamper` (change a signed field after signing).
+-- With `retries`, the call lasts as long as the (compressed) schedule:
+-- give `timeout` (seconds, default 10) to match.
 -- @tparam table opts
+-- @tparam[opt] number timeout
 -- @treturn table `{event = ..., statuses = {...}}`, or nil and a message
-function Sim:webhook(opts) return self:control("/_sim/webhook", opts) end
+function Sim:webhook(opts, timeout) return self:control("/_sim/webhook", opts, timeout) end
 
 --- Queues a fault for the next request(s) to an endpoint.
 -- @tparam table spec endpoint ("issue", "refresh", "revoke", "authorize",
