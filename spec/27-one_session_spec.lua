@@ -80,6 +80,40 @@ describe("one session for the fleet", function()
     end)
   end
 
+  it("a Retry-After longer than the old lock costs no login: cosockets in nginx, a shared dict", function()
+    assert(sim:config { lifetime = 4 })
+    local a = H.openresty_app { workers = 2, config = { retries = 2, timeout = 1 } }
+    finally(function() a:stop() end)
+    assert.matches("^eyJ", H.sh("curl -s --max-time 10 " .. a.url .. "/token"))
+    assert(sim:fault { endpoint = "refresh", status = 503, headers = { ["Retry-After"] = "10" },
+                       body = { code = "503", description = "busy", data = cjson.null } })
+    -- calls through the renewal's wait, several at a time (the workers' tokens expire meanwhile:
+    -- they wait for the holder)
+    local dir = tmpdir()
+    finally(function() os.execute("rm -rf " .. dir) end)
+    local N = 45
+    for i = 1, N do
+      os.execute(("env -u LD_PRELOAD curl -s -o /dev/null -w '%%{http_code}' --max-time 40 %s/token > %s/%d.tmp " ..
+                  "&& mv %s/%d.tmp %s/%d &"):format(a.url, dir, i, dir, i, dir, i))
+      H.sleep(0.3)
+    end
+    local deadline = core.now() + 45
+    for i = 1, N do
+      local f = io.open(dir .. "/" .. i)
+      while not f do
+        assert(core.now() < deadline, "call " .. i .. " never ended")
+        H.sleep(0.1)
+        f = io.open(dir .. "/" .. i)
+      end
+      assert.are.equal("200", f:read("*a"), "call " .. i .. " of " .. N)
+      f:close()
+    end
+    local counts = assert(sim:counts())
+    assert.are.equal(1, counts.issue)
+    assert.is_nil(counts.sessions_ended)
+    assert.is_true(H.count("refresh") >= 2)
+  end)
+
   it("a holder whose refresh is refused adopts the token another member published instead of logging in", function()
     local store = oauth.store.memory()
     local other = H.client { store = store }
