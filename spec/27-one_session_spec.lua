@@ -141,6 +141,60 @@ describe("one session for the fleet", function()
     assert.is_nil(assert(sim:counts()).sessions_ended)
   end)
 
+  for _, d in ipairs { { "libcurl easy", {} }, { "a Lua transport", { transport = true } } } do
+    it("a holder whose refresh is refused adopts the token another process published instead of logging in: " ..
+       d[1], function()
+      local dir = tmpdir()
+      finally(function() os.execute("rm -rf " .. dir) end)
+      local function client()
+        return H.client { store = oauth.store.file(dir .. "/store"), timeout = 15,
+                          transport = d[2].transport and H.curl_transport(sim.cafile) or nil }
+      end
+      assert(client():token())                           -- the fleet's token, published
+      local c = client()
+      assert(c:token())                                  -- adopted
+      c:invalidate()
+      assert(sim:fault { endpoint = "refresh", hold = true, pass = true })
+      -- another process: once c's refresh is held at the simulator, it refreshes the session
+      -- itself (publishing to the same directory), then lets c's go on
+      local script, out = dir .. "/other.lua", dir .. "/other.out"
+      local f = assert(io.open(script, "w"))
+      f:write(([[
+local oauth, core = require "nomba.oauth", require "nomba.oauth.core"
+local simulator = require "nomba.oauth.simulator"
+local sim = simulator.attach { url = %q, cafile = %q }
+local C = simulator.CLIENT
+for _ = 1, 500 do
+  local held = false
+  for _, r in ipairs(sim:log() or {}) do held = held or r.endpoint == "refresh" end
+  if held then break end
+  core.sleep(0.02)
+end
+local b = oauth.new { account_id = C.account_id, client_id = C.client_id, client_secret = C.client_secret,
+                      base_url = %q, cafile = %q, store = oauth.store.file(%q), retries = 0 }
+assert(b:token())
+local t = assert(b:refresh()).access_token
+sim:release("refresh")
+local o = assert(io.open(%q, "w")); o:write(t); o:close()
+]]):format(sim.url, sim.cafile, sim.url, sim.cafile, dir .. "/store", out))
+      f:close()
+      os.execute(LUA .. " " .. script .. " > " .. dir .. "/other.log 2>&1 &")
+      local tok = assert(c:token())                      -- held, then refused: the store read first
+      local deadline, theirs = core.now() + 10, nil
+      while not theirs do
+        assert(core.now() < deadline, "the other process did not finish")
+        local g = io.open(out)
+        theirs = g and g:read("*a")
+        if g then g:close() end
+        if theirs == "" then theirs = nil end
+        H.sleep(0.05)
+      end
+      assert.are.equal(theirs, tok)
+      assert.are.equal(1, H.count("issue"))
+      assert.is_nil(assert(sim:counts()).sessions_ended)
+    end)
+  end
+
   -- (the 3-minute soak: a member's forced refresh in the first second of the session gave a
   -- token with about the issue's expiry; the others kept the issue's, refreshed with its retired
   -- refresh token, were refused and logged in: a session ended outside every fault)
@@ -602,23 +656,28 @@ io.write(tostring(s:add(%q, "w", 60)))]]):format(redis.port, key))
     end)
   end)
 
-  it("a Redis that accepts and never answers costs one store wait, not two", function()
-    local redis = assert(H.redis())
-    finally(function()
-      os.execute("kill -CONT " .. redis.pid .. " 2>/dev/null")
-      redis.cleanup()
+  for _, d in ipairs { { "libcurl easy", {} }, { "libcurl multi", { nonblocking = true } },
+                        { "a Lua transport", { transport = true } } } do
+    it("a Redis that accepts and never answers costs one store wait, not two: " .. d[1], function()
+      local redis = assert(H.redis())
+      finally(function()
+        os.execute("kill -CONT " .. redis.pid .. " 2>/dev/null")
+        redis.cleanup()
+      end)
+      local function connections()
+        return tonumber(redis.cli("info stats"):match("total_connections_received:(%d+)"))
+      end
+      local before = connections()
+      os.execute("kill -STOP " .. redis.pid)           -- the kernel still accepts its connections
+      local c = H.client { timeout = 1, store = oauth.store.redis({ host = "127.0.0.1", port = redis.port }),
+                           nonblocking = d[2].nonblocking,
+                           transport = d[2].transport and H.curl_transport(sim.cafile) or nil }
+      local tok, err = c:token()                        -- the store fails: the client renews alone
+      assert.is_string(tok, tostring(err))
+      os.execute("kill -CONT " .. redis.pid)
+      -- one connection for the store's first call (and one for this INFO):
+      -- no second connection tried after the first call's wait ran out
+      assert.are.equal(before + 2, connections())
     end)
-    local function connections()
-      return tonumber(redis.cli("info stats"):match("total_connections_received:(%d+)"))
-    end
-    local before = connections()
-    os.execute("kill -STOP " .. redis.pid)           -- the kernel still accepts its connections
-    local c = H.client { timeout = 1, store = oauth.store.redis({ host = "127.0.0.1", port = redis.port }) }
-    local tok, err = c:token()                        -- the store fails: the client renews alone
-    assert.is_string(tok, tostring(err))
-    os.execute("kill -CONT " .. redis.pid)
-    -- one connection for the store's first call (and one for this INFO):
-    -- no second connection tried after the first call's wait ran out
-    assert.are.equal(before + 2, connections())
-  end)
+  end
 end)

@@ -11,15 +11,20 @@ M.HEADING = "## The chaos soak, 30 minutes"
 --- The section (a list of lines) from a report table.
 function M.lines(r)
   local out = { M.HEADING, "",
-    ("`SOAK_S=%d make soak` (`tools/soak.lua`): %d cycles of the faults, %d s tokens, 12 members (two nginx " ..
-     "of 4 workers, four Lua processes) sharing one session through a persistent Redis. Targets as " ..
-     "`spec/24-soak` asserts them."):format(r.seconds, r.cycles, r.lifetime), "",
+    ("`SOAK_S=%d make soak` (`tools/soak.lua`): %d cycles of the faults, %d s tokens, %d members (two nginx " ..
+     "of 4 workers, %s) sharing one session through a persistent Redis. Targets as " ..
+     "`spec/24-soak` asserts them."):format(r.seconds, r.cycles, r.lifetime, r.members or 12,
+     r.foreign and "five Lua processes, one naming a foreign accountId in every call" or "four Lua processes"), "",
     "| what | figure | target |", "| --- | ---: | --- |" }
   local function row(what, figure, target) out[#out + 1] = ("| %s | %s | %s |"):format(what, figure, target) end
   row("API calls outside faults that succeeded", ("%d of %d (%.2f%%)"):format(r.ok_outside_faults,
       r.calls_outside_faults, 100 * r.ok_fraction), "100%")
   row("API calls during faults that succeeded", ("%d of %d"):format(r.ok_during_faults, r.calls_during_faults),
       "report")
+  if r.foreign then
+    row("the foreign member's calls outside faults that were the caller's error (401, no renewal)",
+        ("%d of %d"):format(r.foreign.refused, r.foreign.calls), "all")
+  end
   row("logins, refreshes", ("%d, %d"):format(r.logins, r.refreshes), "report")
   row("renewals per token lifetime, the whole fleet", ("%.2f"):format(r.renewals_per_lifetime), "<= 1.2")
   row("sessions ended by a parallel login, outside faults (in all)",
