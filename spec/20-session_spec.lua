@@ -10,9 +10,7 @@ local H = require "helpers"
 
 local LUA = arg and arg[-1] or "lua5.4"
 
-local function tmpdir()
-  return io.popen("mktemp -d /tmp/nomba-session.XXXXXX"):read("*l")
-end
+local function tmpdir() return H.tmpdir("session") end
 
 local function mode_of(path)
   return io.popen("stat -c %a " .. path):read("*l")

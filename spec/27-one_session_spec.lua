@@ -10,9 +10,7 @@ local H = require "helpers"
 
 local LUA = arg and arg[-1] or "lua5.4"
 
-local function tmpdir()
-  return io.popen("mktemp -d /tmp/nomba-one-session.XXXXXX"):read("*l")
-end
+local function tmpdir() return H.tmpdir("one-session") end
 
 -- Runs `n` fleet workers (spec/fleet_worker.lua) for `seconds` on one store
 -- and one driver; returns their summaries.

@@ -168,6 +168,11 @@ function H.redis_client(port, host)
   return redis.connect(host or "127.0.0.1", port)
 end
 
+--- A new temporary directory (mktemp -d), named for `what`.
+function H.tmpdir(what)
+  return io.popen("mktemp -d /tmp/nomba-" .. (what or "spec") .. ".XXXXXX"):read("*l")
+end
+
 function H.sleep(s)
   require("nomba.oauth.core").sleep(s)
 end

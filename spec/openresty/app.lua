@@ -77,16 +77,21 @@ routes["/request"] = function()
          error = err2 and tostring(err2) }
 end
 
--- n requests held until all n have arrived (in whichever workers took
--- them), then each makes one client:request at once
-routes["/request_together"] = function()
+-- Holds a request until n have arrived under `counter` (in whichever
+-- workers took them), 5 s at most.
+local function together(counter)
   local n, d = tonumber(ngx.var.arg_n), ngx.shared.test
-  d:incr("arrived", 1, 0)
+  d:incr(counter, 1, 0)
   local deadline = ngx.now() + 5
-  while d:get("arrived") < n and ngx.now() < deadline do
+  while d:get(counter) < n and ngx.now() < deadline do
     ngx.sleep(0.002)
     ngx.update_time()
   end
+end
+
+-- n requests held until all n have arrived, then each makes one client:request at once
+routes["/request_together"] = function()
+  together("arrived")
   local res, err = client:request { path = "/v1/accounts/balance" }
   json { status = res and res.status, worker = ngx.worker.id(), error = err and tostring(err) }
 end
@@ -95,13 +100,7 @@ end
 -- client:request naming the accountId `account`: its status, or its
 -- error's kind, status and message
 routes["/request_as"] = function()
-  local n, d = tonumber(ngx.var.arg_n), ngx.shared.test
-  d:incr("arrived_as", 1, 0)
-  local deadline = ngx.now() + 5
-  while d:get("arrived_as") < n and ngx.now() < deadline do
-    ngx.sleep(0.002)
-    ngx.update_time()
-  end
+  together("arrived_as")
   local res, err = client:request { path = "/v1/accounts/balance", account_id = ngx.var.arg_account }
   json { status = res and res.status, kind = err and err.kind, err_status = err and err.status,
          message = err and err.message, worker = ngx.worker.id() }
