@@ -654,6 +654,28 @@ io.write(tostring(s:add(%q, "w", 60)))]]):format(redis.port, key))
     end)
   end)
 
+  -- (the 30-minute soak: the Lua members' descriptors grew through the Redis restarts)
+  it("a Redis connection that broke is closed when the store connects again, not left to the collector",
+     function()
+    local redis = assert(H.redis())
+    finally(function()
+      collectgarbage("restart")
+      redis.cleanup()
+    end)
+    local store = oauth.store.redis({ host = "127.0.0.1", port = redis.port })
+    local function fds() return (select(2, require("procfs").fds())) end   -- the sockets
+    assert(store:set("k", "v", 60))
+    collectgarbage("collect")
+    collectgarbage("stop")                           -- what the collector would close stays open
+    local before = fds()
+    for _ = 1, 3 do
+      redis.stop()
+      assert(redis.restart())
+      assert.is_false((store:get("k")))               -- a broken connection, a new one (no persistence)
+    end
+    assert.are.equal(before, fds())
+  end)
+
   for _, d in ipairs { { "libcurl easy", {} }, { "libcurl multi", { nonblocking = true } },
                         { "a Lua transport", { transport = true } } } do
     it("a Redis that accepts and never answers costs one store wait, not two: " .. d[1], function()

@@ -242,9 +242,22 @@ function Redis:set_timeout(seconds)
   if self.r then bound(self.r, seconds) end
 end
 
+-- Closes a connection that failed, now: left to the garbage collector, its
+-- descriptor would stay open (half-closed after a Redis restart) until a
+-- collection comes.
+local function drop(conn)
+  if type(conn) ~= "table" then return end
+  local net = rawget(conn, "network")
+  if type(net) == "table" and net.socket then                    -- redis-lua (LuaSocket)
+    pcall(net.socket.close, net.socket)
+  elseif type(conn.close) == "function" then                     -- lua-resty-redis
+    pcall(conn.close, conn)
+  end
+end
+
 -- Runs f(conn) on the store's connection, or on one from the connect
 -- function; an owned or remembered connection that failed is connected
--- again and f run once more.
+-- again (the failed one closed) and f run once more.
 local function with_conn(self, f)
   if self.connect then
     local conn, err = self.connect()
@@ -274,6 +287,8 @@ local function with_conn(self, f)
   end
   -- once more on a new connection, within what is left of the one bound
   -- (a Redis that accepts and never answers costs one timeout, not two)
+  drop(self.r)
+  self.r = nil
   local own = self.timeout
   local bound_s = own or DEFAULTS.redis_timeout
   local rest = bound_s - (now() - t0)
