@@ -39,6 +39,23 @@ describe("documentation", function()
     end
   end
 
+  -- The parameters of NAME's definition ("function NAME(a, b)"), or nil
+  -- when it is defined elsewhere (an @function tag: C, or a table field).
+  local function params_of(name)
+    for _, line in ipairs(lines) do
+      local args = line:match("^function " .. name:gsub("%.", "%%.") .. "%(([^)]*)%)") or
+                   line:match("^local function " .. name .. "%(([^)]*)%)")
+      if args then
+        local out = {}
+        for a in args:gmatch("[%w_]+") do out[#out + 1] = a end
+        return out
+      end
+    end
+  end
+
+  -- what a function gives back is documented, except for these, which give nothing
+  local RETURNS_NOTHING = { ["Client:invalidate"] = true, ["Client:close"] = true, ["M.webhook"] = true }
+
   for _, name in ipairs {
     "new", "metrics", "Client:status", "M.prometheus", "Client:issue", "Client:refresh", "Client:revoke",
     "Client:token", "Client:headers",
@@ -48,7 +65,16 @@ describe("documentation", function()
     "M.verify", "M.sign", "M.dedupe", "M.claim", "M.done", "M.release", "M.webhook", "M.file",
   } do
     it("documents " .. name, function()
-      assert.is_string(doc_block(name), name .. " has no doc comment")
+      local block = doc_block(name)
+      assert.is_string(block, name .. " has no doc comment")
+      assert.matches("^%-%-%- %u", block, nil, name .. "'s comment does not start with a sentence")
+      for _, p in ipairs(params_of(name) or {}) do      -- every parameter, by name
+        assert.is_truthy(block:find("@param " .. p .. "%f[^%w_]") or block:find("@tparam%S* %S+ " .. p .. "%f[^%w_]"),
+                         name .. " does not document its parameter " .. p)
+      end
+      local returns = block:find("@t?return") ~= nil
+      assert.are.equal(not RETURNS_NOTHING[name], returns, name .. (returns and " documents a return it has not"
+                       or " does not document what it returns"))
     end)
   end
 

@@ -455,10 +455,12 @@ local report = {
   headers_p99_us = { quiet = p99(headers.quiet), faults = p99(headers.faults), after = p99(headers.after) },
   headers_p50_us = { quiet = p50(headers.quiet), faults = p50(headers.faults), after = p50(headers.after) },
   headers_calls = #headers.quiet + #headers.faults + #headers.after,
+  headers_n = { quiet = #headers.quiet, faults = #headers.faults, after = #headers.after },
   webhooks = granted, growth = growth, growth_from_start = from_start, flat = flat, events = events,
 }
-report.headers_p99_us_by_fault = {}
+report.headers_p99_us_by_fault, report.fault_names = {}, {}
 for name, t in pairs(by_fault) do report.headers_p99_us_by_fault[name] = p99(t) end
+for _, w in ipairs(windows) do report.fault_names[#report.fault_names + 1] = w.name end
 report.headers_p99_ratio = report.headers_p99_us.quiet and report.headers_p99_us.faults and
                            report.headers_p99_us.faults / report.headers_p99_us.quiet
 
