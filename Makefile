@@ -49,7 +49,7 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden
 
 BUILD    ?= build/$(LUA)
 SRCS     := src/core.c src/client.c src/token.c src/proto.c src/http.c src/err.c src/sbuf.c src/codec.c \
-            src/timeparse.c src/pkce.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/webhook.c src/filestore.c
+            src/timeparse.c src/pkce.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
 
@@ -259,9 +259,9 @@ analyze:
 
 FUZZ_TIME  ?= 60
 FUZZ_BUILD := build/fuzz
-FUZZERS    := iso8601 httpdate verifier answer url webhook
+FUZZERS    := iso8601 httpdate verifier answer url webhook frame
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all -D_GNU_SOURCE -I src -I$(LUA_INCDIR) $(DEPS_CFLAGS)
-FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/webhook.c src/filestore.c \
+FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c \
               -llua$(LUA) $(DEPS_LIBS)
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)
@@ -277,7 +277,8 @@ fuzz:
 	status=0; \
 	run iso8601 & a=$$!; run httpdate & b=$$!; wait $$a || status=1; wait $$b || status=1; \
 	run verifier & a=$$!; run answer & b=$$!; wait $$a || status=1; wait $$b || status=1; \
-	run url & a=$$!; run webhook & b=$$!; wait $$a || status=1; wait $$b || status=1; \
+	run url & a=$$!; run webhook & b=$$!; run frame & c=$$!; \
+	wait $$a || status=1; wait $$b || status=1; wait $$c || status=1; \
 	exit $$status
 
 # ---- embedding: a C host with a Lua 5.4 state per thread --------------------

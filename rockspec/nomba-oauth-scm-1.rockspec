@@ -60,11 +60,10 @@ build = {
     ["nomba.oauth.simulator.resources"] = "lua/nomba/oauth/simulator/resources.lua",
     ["nomba.oauth.simulator.faults"] = "lua/nomba/oauth/simulator/faults.lua",
     ["nomba.oauth.simulator.webhooks"] = "lua/nomba/oauth/simulator/webhooks.lua",
-    ["nomba.oauth.resty.reader"] = "lua/nomba/oauth/resty/reader.lua",
     ["nomba.oauth.core"] = {
       sources = { "src/core.c", "src/client.c", "src/token.c", "src/proto.c", "src/http.c", "src/err.c", "src/codec.c",
                   "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/endpoint.c", "src/json.c",
-                  "src/head.c", "src/webhook.c", "src/filestore.c" },
+                  "src/head.c", "src/frame.c", "src/outcome.c", "src/webhook.c", "src/filestore.c" },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "ssl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

@@ -160,12 +160,42 @@ describe("a custom transport", function()
     local _, err = c:issue()
     H.assert_error(err, { kind = "transport", op = "issue", message = "connection refused", retryable = true })
     assert.are.equal(3, n)
-    local _, e2 = H.client { transport = function() return nil, "timeout" end }:issue()
-    H.assert_error(e2, { kind = "timeout" })
+    -- the outcome is the transport's to name (outcome.c's table makes the error), never read off a message
+    local timed_out = { outcome = "timeout", message = "read: timed out" }
+    local _, e2 = H.client { transport = function() return nil, timed_out end }:issue()
+    H.assert_error(e2, { kind = "timeout", message = "read: timed out", retryable = true })
+    local _, e2b = H.client { retries = 0, transport = function() return nil, "timeout" end }:issue()
+    H.assert_error(e2b, { kind = "transport", message = "timeout", retryable = true })
+    local _, e2c = H.client { transport = function() return nil, { outcome = "tls", message = "bad certificate" } end }
+      :issue()
+    H.assert_error(e2c, { kind = "tls", retryable = false })
     local _, e3 = H.client { transport = function() error("secret-laden explosion") end }:issue()
     H.assert_error(e3, { kind = "transport", message = "the transport raised an error" })
     local _, e4 = H.client { transport = function() return { body = "x" } end }:issue()
     H.assert_error(e4, { kind = "protocol" })
+  end)
+
+  it("may hand over the bytes it received, framed by the same rule as cosockets' and libcurl's", function()
+    local body = '{"code":"00","description":"ok","data":{"access_token":"raw-access-token-1","refresh_token":' ..
+                 '"raw-refresh-token-1","expiresAt":"' .. os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 1800) .. '"}}'
+    local chunked = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\nContent-Type: application/json\n" ..
+                    "Transfer-Encoding: chunked\n\n" .. ("%x"):format(#body) .. "\r\n" .. body .. "\r\n0\r\n\r\n"
+    local tok = assert(H.client { transport = function() return { raw = chunked } end }:issue())
+    assert.are.equal("raw-access-token-1", tok.access_token)
+    local function raw_error(bytes)
+      local _, err = H.client { retries = 0, transport = function() return { raw = bytes } end }:issue()
+      return err
+    end
+    H.assert_error(raw_error("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+                   { kind = "protocol", status = 200, retryable = false,
+                     message = "the answer has an invalid chunk size" })
+    H.assert_error(raw_error("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{}"),
+                   { kind = "protocol", status = 200, retryable = true,
+                     message = "the answer is truncated (in its body)" })
+    H.assert_error(raw_error("HTTP/1.1 200 OK\r\nContent-Le"),
+                   { kind = "protocol", retryable = true, message = "the answer is truncated (in its headers)" })
+    H.assert_error(raw_error(""), { kind = "transport", retryable = true })
+    H.assert_error(raw_error("SSH-2.0-OpenSSH\r\n\r\n"), { kind = "protocol", retryable = false })
   end)
 
   it("its answers go through the same interpreter (status, Retry-After, size cap)", function()

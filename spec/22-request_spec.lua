@@ -65,10 +65,22 @@ describe("client:request", function()
 
   it("remembers the checked arguments of a call with a path alone, never for a call with more", function()
     local c = H.client {}
+    local st = require("nomba.oauth.core").state(c)
     assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
+    local kept = st.path_args and st.path_args["/v1/accounts/balance"]
+    assert.is_table(kept)                                       -- remembered ...
+    assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(kept, st.path_args["/v1/accounts/balance"])  -- ... and used again, not made again
+    assert(c:request { path = "/v1/accounts/balance?q=1", account_id = SUB })
+    assert(c:request { path = "/v1/accounts/balance?q=2", timeout = 5 })
+    assert.is_nil(st.path_args["/v1/accounts/balance?q=1"])    -- a call with more is never remembered
+    assert.is_nil(st.path_args["/v1/accounts/balance?q=2"])
     assert.are.equal(SUB, assert(c:request { path = "/v1/accounts/balance", account_id = SUB }).data.accountId)
     assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
     for i = 1, 70 do assert(c:request { path = "/v1/accounts/balance?n=" .. i }) end   -- past what it keeps
+    local n = 0
+    for _ in pairs(st.path_args) do n = n + 1 end
+    assert.is_true(n >= 1 and n <= 64, n)                       -- bounded
     assert.are.equal(sim.client.account_id, assert(c:request { path = "/v1/accounts/balance" }).data.accountId)
     local inherits = setmetatable({ path = "/v1/accounts/balance" }, { __index = { account_id = SUB } })
     assert.are.equal(SUB, assert(c:request(inherits)).data.accountId)      -- its options come through __index
@@ -286,6 +298,13 @@ describe("client:request", function()
       { { path = "/x", query = { status = { 0 / 0 } } }, "query.status.1 must be a finite number" },
       { { path = "/x", max_response_bytes = 10 }, "max_response_bytes must be" },
       { { path = "/x", account_id = ("a"):rep(129) }, "account_id must be" },
+      -- one URL rule for every driver: what libcurl would drop or collapse is refused
+      { { path = "/v1/accounts/balance#top" }, "path must not hold a fragment" },
+      { { path = "/v1/a/../../../etc" }, "path must not hold '.' or '..' segments" },
+      { { path = "/v1/./balance" }, "path must not hold '.' or '..' segments" },
+      { { path = "/v1/%2e%2E/balance" }, "path must not hold '.' or '..' segments" },
+      { { path = "/v1/.." }, "path must not hold '.' or '..' segments" },
+      { { path = sim.url .. "/v1/a/../b" }, "path must not hold '.' or '..' segments" },
     } do
       local ok, msg = pcall(c.request, c, case[1])
       assert.is_false(ok)

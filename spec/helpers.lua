@@ -12,7 +12,7 @@ function H.sim()
   if sim then return sim end
   local url, cafile = os.getenv("NOMBA_SIM_URL"), os.getenv("NOMBA_SIM_CAFILE")
   if url and cafile then
-    sim = simulator.attach { url = url, cafile = cafile }
+    sim = simulator.attach { url = url, cafile = cafile, url_h2 = os.getenv("NOMBA_SIM_URL_H2") }
   else
     sim = assert(simulator.start())
     H._owner = setmetatable({}, { __gc = function() sim:stop() end })
@@ -61,6 +61,9 @@ local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 -- size_request), so a payment that never left may be sent again. With
 -- `yield_first`, it yields (coroutine.yield) before each request, like a
 -- cosocket would.
+-- curl's exit codes as the raw outcomes a transport reports (outcome.c)
+local CURL_OUTCOMES = { [6] = "resolve", [7] = "refused", [28] = "timeout", [35] = "tls", [60] = "tls",
+                        [52] = "reset", [55] = "send", [56] = "reset" }
 function H.curl_transport(cafile, yield_first, seen)
   return function(req)
     if seen then seen[#seen + 1] = req end
@@ -72,7 +75,7 @@ function H.curl_transport(cafile, yield_first, seen)
     local cmd = { "env -u LD_PRELOAD curl -sS -o", q(body_file), "-D", q(head_file),
                   "--max-time", tostring(req.timeout),
                   "--connect-timeout", tostring(req.connect_timeout or req.timeout),
-                  "--cacert", q(cafile), "-X", req.method, "-w '%{size_request} %{exitcode}'", "-H 'Expect:'" }
+                  "--cacert", q(cafile), "-X", req.method, "-w '%{size_request} %{exitcode}'", "-H 'Expect:'", "--raw" }
     if req.method ~= "GET" and req.method ~= "HEAD" then cmd[#cmd + 1] = "--data-binary @" .. q(req_file) end
     if req.method == "HEAD" then cmd[#cmd + 1] = "-I" end
     for k, v in pairs(req.headers) do cmd[#cmd + 1] = "-H " .. q(k .. ": " .. v) end
@@ -91,16 +94,10 @@ function H.curl_transport(cafile, yield_first, seen)
     os.remove(req_file)
     local sent, code = out:match("(%d+) (%d+)%s*$")
     sent, code = tonumber(sent) or 0, tonumber(code) or -1
-    -- the last block curl received (past any 1xx)
-    local last = 1
-    for i in head:gmatch("()HTTP/%d") do last = i end
-    head = head:sub(last)
-    local status = tonumber(head:match("^HTTP/[%d%.]+ (%d+)"))
-    if status and (code == 0 or code == 18) then
-      return { status = status, head = head, body = body }   -- 18: a body cut short (the core sees it)
-    end
-    if code == 28 then return nil, "curl: timeout", sent > 0 end
-    return nil, "curl failed (exit " .. code .. ")", sent > 0
+    -- the bytes as received (--raw: chunks and all, any 1xx first): the core frames them
+    if head:match("^HTTP/") and (code == 0 or code == 18 or code == 56) then return { raw = head .. body } end
+    local outcome = CURL_OUTCOMES[code] or "failed"
+    return nil, { outcome = outcome, message = "curl failed (exit " .. code .. ")", sent = sent > 0 }
   end
 end
 

@@ -75,7 +75,9 @@ end
 -- a saved token (no request); `pair`: a second client sharing a store makes
 -- the same call after the first; `fleet`: that many clients, each making
 -- the call in turn, `times` rounds (the outcome is the first client's first
--- call: the later ones find no token, "pending" when non-blocking); `broken_store`: a store whose every
+-- call: the later ones find no token, "pending" when non-blocking); `blackhole`: the client's
+-- base_url is a port that takes connections and never answers (the spec fills it in);
+-- `broken_store`: a store whose every
 -- method fails (Redis down) instead; `client`: options; `config`: the
 -- simulator's settings; `want`: the outcome (`seen`: requests per endpoint).
 P.CASES = {}
@@ -132,6 +134,9 @@ case { name = "a GET dropped after it was processed is sent again", prime = true
 case { name = "a POST that never connected is sent again (maybe_sent false)", saved = true,
        client = { base_url = "https://127.0.0.1:1", retries = 2 }, call = { op = "request", opts = ORDER },
        want = { kind = "transport", retryable = true, maybe_sent = false, attempts = 3 } }
+case { name = "a POST whose TLS handshake never ends left no byte: sent again (maybe_sent false)", saved = true,
+       blackhole = true, client = { retries = 2, timeout = 0.3 }, call = { op = "request", opts = ORDER },
+       want = { kind = "timeout", retryable = true, maybe_sent = false, attempts = 3 } }
 case { name = "an answer cut inside its header block is truncated, never a success (GET: retried)", prime = true,
        faults = { { endpoint = "protected", raw = "text", text = "HTTP/1.1 200 OK\r\nContent-Le", times = 3 } },
        call = { op = "request", opts = BALANCE },
@@ -174,6 +179,68 @@ case { name = "five token() calls against a failing server: one try a second", c
        faults = { text(503, 10, { endpoint = "issue" }) }, call = { op = "token", times = 5 },
        want = { kind = "http", status = 503, retryable = true, seen = { issue = 1 } } }
 
+-- One framing rule, every driver: answers written byte for byte.
+local OK_BODY = '{"code":"00","data":{}}'
+local function raw(bytes, endpoint) return { { endpoint = endpoint or "protected", raw = "text", text = bytes } } end
+case { name = "framing: a HEAD answered with a Content-Length has no body", prime = true,
+       faults = raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n"),
+       call = { op = "request", opts = { method = "HEAD", path = "/v1/accounts/balance" } },
+       want = { ok = true, status = 200, attempts = 1, seen = { protected = 1 }, sent_as = { method = "HEAD" } } }
+case { name = "framing: a 304 with a Content-Length has no body", prime = true,
+       faults = raw("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "http", status = 304, retryable = false, maybe_sent = true, attempts = 1 } }
+case { name = "framing: a 204 with a Content-Length has no body", prime = true,
+       faults = raw("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n"), call = { op = "request", opts = BALANCE },
+       want = { ok = true, status = 204, attempts = 1 } }
+case { name = "framing: a header block ended by bare LFs is read", prime = true,
+       faults = raw("HTTP/1.1 200 OK\nContent-Type: application/json\nContent-Length: 23\n\n" .. OK_BODY),
+       call = { op = "request", opts = BALANCE }, want = { ok = true, status = 200, code = "00", attempts = 1 } }
+case { name = "framing: interim 1xx answers before the answer are passed over", prime = true,
+       faults = raw("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" ..
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 23\r\n\r\n" .. OK_BODY),
+       call = { op = "request", opts = BALANCE }, want = { ok = true, status = 200, code = "00", attempts = 1 } }
+case { name = "framing: chunks with extensions, and trailers, are read", prime = true,
+       faults = raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                    "a;name=value\r\n" .. OK_BODY:sub(1, 10) .. "\r\nD ; x\r\n" .. OK_BODY:sub(11) ..
+                    "\r\n0\r\nX-Trailer: yes\r\n\r\n"),
+       call = { op = "request", opts = BALANCE }, want = { ok = true, status = 200, code = "00", attempts = 1 } }
+case { name = "framing: chunked wins over a Content-Length", prime = true,
+       faults = raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n" ..
+                    "Transfer-Encoding: chunked\r\n\r\n17\r\n" .. OK_BODY .. "\r\n0\r\n\r\n"),
+       call = { op = "request", opts = BALANCE }, want = { ok = true, status = 200, code = "00", attempts = 1 } }
+case { name = "framing: an invalid chunk size is a protocol error, not retried", prime = true,
+       faults = raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                    "zz\r\n" .. OK_BODY .. "\r\n0\r\n\r\n"),
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "protocol", status = 200, retryable = false, maybe_sent = true, attempts = 1 } }
+case { name = "framing: a chunk size followed by junk is a protocol error", prime = true,
+       faults = raw("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                    "17 junk\r\n" .. OK_BODY .. "\r\n0\r\n\r\n"),
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "protocol", status = 200, retryable = false, maybe_sent = true, attempts = 1 } }
+case { name = "framing: chunks cut short are truncated (GET: retried)", prime = true,
+       faults = { { endpoint = "protected", raw = "text", times = 3,
+                    text = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" ..
+                           "17\r\n" .. OK_BODY:sub(1, 9) } },
+       call = { op = "request", opts = BALANCE },
+       want = { kind = "protocol", status = 200, retryable = true, maybe_sent = true, attempts = 3 } }
+
+-- One URL rule: what RFC 3986 does not allow in a path or its query is
+-- percent-encoded, the same bytes on every wire.
+case { name = "a path's query reaches the wire percent-encoded, as query = {} does", prime = true,
+       call = { op = "request", opts = { path = "/v1/accounts/balance?x=ab\255\254cd&y=\"<%>\"&z=%41" } },
+       want = { ok = true, status = 200, attempts = 1,
+                sent_as = { method = "GET", uri = "/v1/accounts/balance?x=ab%FF%FEcd&y=%22%3C%25%3E%22&z=%41" } } }
+case { name = "query = {} reaches the wire percent-encoded, after a query written in the path", prime = true,
+       call = { op = "request", opts = { path = "/v1/accounts/balance?a=1", query = { b = "x y/é", c = { 1, 2 } } } },
+       want = { ok = true, status = 200, attempts = 1,
+                sent_as = { uri = "/v1/accounts/balance?a=1&b=x%20y%2F%C3%A9&c=1&c=2" } } }
+case { name = "a path's own bytes reach the wire percent-encoded", prime = true,
+       call = { op = "request", opts = { path = "/v1/accounts/balance\195\169" } },
+       want = { kind = "api", code = "404", status = 404, attempts = 1, retryable = false, maybe_sent = true,
+                sent_as = { uri = "/v1/accounts/balance%C3%A9" } } }
+
 -- What the outcome holds that a scenario may ask for.
 local function outcome(res, err, events, op, secret)
   local o = { ok = res ~= nil, attempts = 0 }
@@ -181,7 +248,7 @@ local function outcome(res, err, events, op, secret)
     if ev.op == op then o.attempts = o.attempts + 1 end
   end
   if err then
-    o.kind, o.status, o.code, o.retryable = err.kind, err.status, err.code, err.retryable
+    o.kind, o.status, o.code, o.retryable, o.message = err.kind, err.status, err.code, err.retryable, err.message
     o.maybe_sent, o.retry_after = err.maybe_sent, err.retry_after
   end
   local answer = type(res) == "table" and res or (err and err.response)

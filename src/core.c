@@ -241,7 +241,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
 #endif
     lua_pushliteral(L, "nomba.oauth " NOMBA_VERSION);
     lua_setfield(L, -2, "_VERSION");
-    lua_createtable(L, 0, 5);           /* core.LIMITS: nomba.h's bounds, for the Lua layer */
+    lua_createtable(L, 0, 6);           /* core.LIMITS: nomba.h's bounds, for the Lua layer */
     lua_pushnumber(L, NOMBA_MAX_TIMEOUT);
     lua_setfield(L, -2, "timeout");
     lua_pushnumber(L, NOMBA_MAX_LIFETIME);
@@ -252,6 +252,8 @@ int luaopen_nomba_oauth_core(lua_State *L)
     lua_setfield(L, -2, "headers");
     lua_pushinteger(L, NOMBA_MAX_ACCOUNT_ID);
     lua_setfield(L, -2, "account_id");
+    lua_pushinteger(L, NOMBA_MAX_MESSAGE);
+    lua_setfield(L, -2, "message");
     lua_setfield(L, -2, "LIMITS");
     err_open(L);
     http_open(L);
@@ -262,6 +264,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
     url_open(L);
     endpoint_open(L);
     head_open(L);
+    frame_open(L);
     webhook_open(L);
     filestore_open(L);
     pkce_open(L);

@@ -18,7 +18,6 @@
 #include <math.h>
 #include "nomba.h"
 
-#define MSG_MAX 240
 
 const char *const nomba_op_names[] = {
     "issue", "refresh", "revoke", "authorize", "exchange", "token", "webhook", "request", NULL
@@ -226,13 +225,13 @@ void echo_push(lua_State *L, const echo_index *ix, const char *p, size_t n)
  * secrets redacted, control bytes made spaces, length capped. */
 static void push_clean(lua_State *L, const echo_index *ix, const char *p, size_t n)
 {
-    char out[MSG_MAX + 16];
+    char out[NOMBA_MAX_MESSAGE + 16];
     size_t i = 0, o = 0;
-    while (i < n && o < MSG_MAX) {
+    while (i < n && o < NOMBA_MAX_MESSAGE) {
         size_t hit = echo_at(ix, p + i, n - i);
         if (hit) {
             size_t m = sizeof RED - 1;
-            if (o + m > MSG_MAX)
+            if (o + m > NOMBA_MAX_MESSAGE)
                 break;
             memcpy(out + o, RED, m);
             o += m;

@@ -16,7 +16,6 @@
  *   - numbers are digits only (codec_digits): never "1e3", "0x10" or "-5".
  * Pure reading: nothing here allocates but the Lua values it pushes.
  *
- *   core.framing(head)  -> status, length | nil (none) | false (not a length), chunked, close
  *   core._test.headers(head) -> {name = value, ...} (the table the answers carry)
  */
 #include <string.h>
@@ -83,6 +82,12 @@ void head_note(nomba_answer_meta *m, const char *p, size_t n)
         return;
     {
         char first = (char)(name[0] | 0x20);     /* most lines are none of these: a cheap look first */
+        if (first == 't' && codec_name_is(name, nn, "transfer-encoding")) {
+            for (i = 0; i + 7 <= vn; i++)
+                if (codec_name_is(val + i, 7, "chunked"))
+                    m->chunked = 1;
+            return;
+        }
         if (first != 'd' && first != 'r' && first != 'c' && first != 'x')
             return;
     }
@@ -235,7 +240,7 @@ int head_window(const char *s, double *out)
 }
 
 /* The status of a status line "HTTP/d.d nnn ...", or 0. */
-static long status_of(const char *p, size_t n)
+long head_status(const char *p, size_t n)
 {
     if (n < 12 || memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9' || p[6] != '.' ||
         p[7] < '0' || p[7] > '9' || p[8] != ' ')
@@ -244,59 +249,6 @@ static long status_of(const char *p, size_t n)
         (n > 12 && p[12] != ' ' && p[12] != '\r' && p[12] != '\n'))
         return 0;
     return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
-}
-
-typedef struct {
-    int has_length, bad_length, chunked, close;
-    double length;
-} framing;
-
-static void framing_line(void *ud, const char *line, size_t len)
-{
-    framing *f = (framing *)ud;
-    const char *name, *val;
-    size_t nn, vn;
-    if (!head_field(line, len, &name, &nn, &val, &vn))
-        return;
-    if (codec_name_is(name, nn, "content-length")) {
-        double v = 0;
-        if (f->has_length || !codec_digits(val, vn, 999999999999999.0, &v))
-            f->bad_length = 1;      /* two lengths, or not digits: no length to trust */
-        f->has_length = 1;
-        f->length = v;
-    } else if (codec_name_is(name, nn, "transfer-encoding")) {
-        size_t i;
-        for (i = 0; i + 7 <= vn; i++)
-            if (codec_name_is(val + i, 7, "chunked"))
-                f->chunked = 1;
-    } else if (codec_name_is(name, nn, "connection")) {
-        f->close = vn == 5 && codec_name_is(val, 5, "close");
-    }
-}
-
-/* core.framing(head): what the OpenResty transport needs to read the body
- * of the answer whose header block (status line included) is head. */
-static int head_framing(lua_State *L)
-{
-    size_t n;
-    const char *p = luaL_checklstring(L, 1, &n);
-    const char *nl = memchr(p, '\n', n);
-    framing f;
-    long status = status_of(p, nl ? (size_t)(nl - p + 1) : n);
-    memset(&f, 0, sizeof f);
-    if (status == 0)
-        return 0;
-    each_line(p, n, framing_line, &f);
-    lua_pushinteger(L, status);
-    if (f.bad_length)
-        lua_pushboolean(L, 0);
-    else if (f.has_length)
-        lua_pushnumber(L, f.length);
-    else
-        lua_pushnil(L);
-    lua_pushboolean(L, f.chunked);
-    lua_pushboolean(L, f.close);
-    return 4;
 }
 
 #ifdef NOMBA_TEST_HOOKS
@@ -312,8 +264,7 @@ static int head_headers(lua_State *L)
 
 void head_open(lua_State *L)
 {
-    lua_pushcfunction(L, head_framing);
-    lua_setfield(L, -2, "framing");
+    (void)L;
 #ifdef NOMBA_TEST_HOOKS
     nomba_test_hook(L, "headers", head_headers);
 #endif

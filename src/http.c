@@ -178,16 +178,35 @@ void http_global_init(void)
     pthread_once(&curl_once, curl_init_once);
 }
 
+/* The body's bytes as they came (transfer coding and all: libcurl's own
+ * decoding is off), through the one framing rule (frame.c), which caps
+ * and decodes them into the attempt's answer. The framing begins with the
+ * first byte of the final answer's body (or at its end, when none came). */
+static void begin_body(client *c)
+{
+    attempt *a = c->at;
+    long status = a->meta.status;       /* the transfer's end: noted by finish */
+    double len = 0;
+    int has_len = a->meta.content_length[0] != '\0', bad = 0;
+    if (a->fr.in_body)
+        return;
+    if (a->xfer.h != NULL)
+        curl_easy_getinfo(a->xfer.h, CURLINFO_RESPONSE_CODE, &status);
+    if (has_len)
+        bad = !codec_digits(a->meta.content_length, strlen(a->meta.content_length), 999999999999999.0, &len);
+    a->fr.in_body = 1;
+    (void)frame_body_begin(&a->fr, status, a->meta.chunked, has_len, bad, len);
+}
+
 static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)
 {
     client *c = (client *)ud;
     size_t n = size * nmemb;
-    if (c->at->resp.n + n > c->at->max_response) {
-        c->at->overflow = OVERFLOW_BODY;
+    begin_body(c);
+    if (frame_body(&c->at->fr, p, n) != OUT_NONE) {
+        c->at->outcome = c->at->fr.outcome;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
-    if (!sbuf_add(&c->at->resp, p, n))
-        return 0;
     return n;
 }
 
@@ -201,7 +220,7 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
     size_t n = size * nmemb;
     c->at->header_bytes += n;
     if (c->at->header_bytes > NOMBA_MAX_HEADERS) {
-        c->at->overflow = OVERFLOW_HEADERS;
+        c->at->outcome = OUT_HEADERS_TOO_LARGE;
         return 0;                    /* makes libcurl stop: CURLE_WRITE_ERROR */
     }
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
@@ -325,14 +344,13 @@ static CURLcode on_ssl_ctx(CURL *h, void *ctx, void *ud)
     return CURLE_OK;
 }
 
-/* What kind of failure a libcurl code is. */
-static const char *kind_of(CURLcode rc, int *retryable)
+/* The raw outcome a libcurl code reports (outcome.c makes it an error);
+ * `answered`: some of the answer came. */
+static int outcome_of(CURLcode rc, int answered)
 {
-    *retryable = 0;
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
-        *retryable = 1;
-        return "timeout";
+        return OUT_TIMEOUT;
     case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CERTPROBLEM:
@@ -346,27 +364,32 @@ static const char *kind_of(CURLcode rc, int *retryable)
     case CURLE_SSL_ENGINE_SETFAILED:
     case CURLE_SSL_ENGINE_INITFAILED:
     case CURLE_USE_SSL_FAILED:
-        return "tls";
+        return OUT_TLS;
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
-        return "config";
-    case CURLE_PARTIAL_FILE:
-        *retryable = 1;
-        return "protocol";
-    case CURLE_WEIRD_SERVER_REPLY:      /* e.g. a negative Content-Length */
-        return "protocol";
+        return OUT_CONFIG;
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
+        return OUT_RESOLVE;
     case CURLE_COULDNT_CONNECT:
+        return OUT_REFUSED;
+#if LIBCURL_VERSION_NUM >= 0x074900
+    case CURLE_PROXY:
+        return OUT_PROXY;
+#endif
     case CURLE_SEND_ERROR:
+        return OUT_SEND;
+    case CURLE_WEIRD_SERVER_REPLY:      /* e.g. a negative Content-Length, a status line that is none */
+        return OUT_FRAMING;
+    case CURLE_PARTIAL_FILE:
+        return OUT_TRUNCATED;
     case CURLE_RECV_ERROR:
     case CURLE_GOT_NOTHING:
     case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-        *retryable = 1;
-        return "transport";
+    case CURLE_HTTP2_STREAM:            /* HTTP/2: a stream reset, or not closed cleanly */
+        return answered ? OUT_TRUNCATED : OUT_RESET;
     default:
-        return "transport";
+        return OUT_FAILED;
     }
 }
 
@@ -488,6 +511,7 @@ static void configure(CURL *h, http_pool *p, client *c)
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)(c->cfg.ep->connect_timeout * 1000));
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_HTTP_TRANSFER_DECODING, 0L);   /* chunks are frame.c's to read */
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
     if (c->cfg.ep->cafile)
         curl_easy_setopt(h, CURLOPT_CAINFO, c->cfg.ep->cafile);
@@ -559,7 +583,6 @@ static void set_method(CURL *h, client *c)
     const char *m = c->at->method;
     int get = m != NULL && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0 ||
                             ((strcmp(m, "DELETE") == 0 || strcmp(m, "OPTIONS") == 0) && c->at->body.n == 0));
-    curl_easy_setopt(h, CURLOPT_NOBODY, (long)(m != NULL && strcmp(m, "HEAD") == 0));
     if (get) {
         curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
     } else {
@@ -567,6 +590,8 @@ static void set_method(CURL *h, client *c)
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, c->at->body.p ? c->at->body.p : "");
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)c->at->body.n);
     }
+    /* after HTTPGET, which turns it off: a HEAD's answer has no body */
+    curl_easy_setopt(h, CURLOPT_NOBODY, (long)(m != NULL && strcmp(m, "HEAD") == 0));
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST,
                      m != NULL && strcmp(m, "GET") != 0 && strcmp(m, "POST") != 0 && strcmp(m, "HEAD") != 0
                          ? m : NULL);
@@ -591,6 +616,11 @@ static int start(client *c, double timeout)
         hdrs = &c->at->xfer.hdr_bearer;
     }
     c->at->xfer.errbuf[0] = '\0';
+    frame_free(&c->at->fr);
+    frame_init(&c->at->fr, c->at->method, c->at->max_response, &c->at->resp);
+    c->at->outcome = OUT_NONE;
+    c->at->head_done = 0;
+    c->at->header_bytes = 0;
     curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)c);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, c);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, c);
@@ -715,8 +745,8 @@ static int stolen(client *c)
 static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
 {
     long status = 0;
-    nomba_err e;
-    int r;
+    int r, o = OUT_NONE;
+    const char *msg = NULL;
     long sent_bytes = 0;
     if (c->at->xfer.h != NULL) {
         curl_easy_getinfo(c->at->xfer.h, CURLINFO_RESPONSE_CODE, &status);
@@ -726,45 +756,28 @@ static int finish(lua_State *L, int cidx, client *c, int op, CURLcode rc)
     c->at->meta.status = status;
     if (rc == CURLE_OK && !c->at->head_done) {
         /* libcurl ends an answer cut inside its header block "OK" */
-        r = proto_truncated(L, c, op, status, "the answer is truncated (in its headers)");
+        o = OUT_TRUNCATED;
+        msg = "the answer is truncated (in its headers)";
+    } else if (rc == CURLE_OK) {
+        begin_body(c);
+        if ((o = frame_end(&c->at->fr, 0)) != OUT_NONE)
+            msg = c->at->fr.why;
+    } else if (c->at->outcome != OUT_NONE) {
+        /* our callbacks stopped it: the framing, or the header block's cap */
+        o = c->at->outcome;
+        msg = c->at->outcome == c->at->fr.outcome ? c->at->fr.why : NULL;
+    } else if (rc == CURLE_OUT_OF_MEMORY && c->at->header_bytes > 0) {
+        o = OUT_HEADERS_TOO_LARGE;       /* libcurl refuses one header line over 100 KiB as "out of memory" */
+    } else {
+        o = outcome_of(rc, c->at->header_bytes > 0);
+        msg = c->at->xfer.errbuf[0] ? c->at->xfer.errbuf : curl_easy_strerror(rc);
+        if (o == OUT_TRUNCATED && c->at->head_done)
+            msg = "the answer is truncated (in its body)";
+    }
+    if (o != OUT_NONE) {
+        r = outcome_return(L, c, op, o, msg, msg ? strlen(msg) : 0, status, sent_bytes > 0);
         attempt_end(c);
         return r;
-    }
-    if (rc != CURLE_OK) {
-        const char *msg = c->at->xfer.errbuf[0] ? c->at->xfer.errbuf : curl_easy_strerror(rc);
-        int retryable;
-        const char *kind = kind_of(rc, &retryable);
-        if (c->at->overflow == OVERFLOW_BODY) {
-            kind = "protocol";
-            retryable = 0;
-            msg = "the answer exceeds max_response_bytes";
-        } else if (c->at->overflow == OVERFLOW_HEADERS ||
-                   (rc == CURLE_OUT_OF_MEMORY && c->at->header_bytes > 0)) {
-            /* libcurl refuses one header line over 100 KiB as "out of memory" */
-            kind = "protocol";
-            retryable = 0;
-            msg = "the answer's headers are too large";
-        }
-        err_init(&e, kind, op, msg);
-        e.retryable = retryable;
-        e.status = status > 0 ? status : 0;
-        lua_pushnil(L);
-        err_push(L, c, &e);
-        if (op == OP_REQUEST) {
-            /* whether the request may have reached the server: not when
-             * the connection (or its TLS) never came up */
-            int never = rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
-                        rc == CURLE_COULDNT_RESOLVE_PROXY || strcmp(kind, "tls") == 0 ||
-                        strcmp(kind, "config") == 0 || sent_bytes == 0;
-            lua_pushboolean(L, !never);
-            lua_setfield(L, -2, "maybe_sent");
-        }
-        if (status > 0)
-            lua_pushinteger(L, (lua_Integer)status);
-        else
-            lua_pushnil(L);
-        attempt_end(c);
-        return 3;
     }
     r = proto_interpret(L, cidx, c, op, &c->at->meta, c->at->head.p ? c->at->head.p : "", c->at->head.n,
                         c->at->resp.p ? c->at->resp.p : "", c->at->resp.n);

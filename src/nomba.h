@@ -8,6 +8,8 @@
  * The files, one concept each, and what each may call (never a file
  * above it in this list, so there are no circles):
  *   sbuf.c codec.c timeparse.c json.c url.c head.c err.c   leaves
+ *   outcome.c   a failed attempt's error: one table           -> err
+ *   frame.c     where an answer ends: one framing rule         -> head, outcome
  *   endpoint.c  where requests go, shared by clients alike    -> leaves
  *   token.c     the kept token: keep, drop, the hot path      -> leaves
  *   seal.c      the token sealed for a shared store           -> token
@@ -51,6 +53,7 @@
 #define NOMBA_MAX_RESPONSE   67108864.0       /* max_response_bytes: 64 MiB */
 #define NOMBA_MAX_HEADERS    32768            /* bytes of answer headers */
 #define NOMBA_MAX_ACCOUNT_ID 128              /* bytes of an account id */
+#define NOMBA_MAX_MESSAGE    240              /* bytes of an error's or an event's message */
 
 /* Slots of the client's user value table kept by C (Lua keeps its
  * own state under string keys of the same table). */
@@ -115,6 +118,7 @@ typedef struct {
     char content_type[96];  /* the Content-Type header, or "" */
     char rl_limit[24], rl_remaining[24], rl_window[24];   /* X-Rate-Limit-Limit, -Remaining, -Window */
     char content_length[24];    /* the Content-Length header, or "" */
+    int chunked;            /* a Transfer-Encoding line names chunked */
 } nomba_answer_meta;
 
 /* head.c: the header block of an answer, one reader for every driver. */
@@ -125,9 +129,48 @@ NOMBA_HIDDEN void head_scan(nomba_answer_meta *m, const char *p, size_t n);   /*
 NOMBA_HIDDEN void head_push(lua_State *L, const char *p, size_t n);           /* the headers table */
 NOMBA_HIDDEN int  head_window(const char *s, double *out);                    /* "1s", "60", "1m" */
 NOMBA_HIDDEN int  head_from_table(lua_State *L, int idx, sbuf *out);         /* a Lua transport's table as lines */
+NOMBA_HIDDEN long head_status(const char *p, size_t n);   /* of a status line "HTTP/d.d nnn", or 0 */
 NOMBA_HIDDEN void head_open(lua_State *L);
 
-enum { OVERFLOW_BODY = 1, OVERFLOW_HEADERS = 2 };
+/* outcome.c: what a driver reports when there is no answer to interpret. */
+enum nomba_outcome { OUT_NONE, OUT_RESOLVE, OUT_REFUSED, OUT_PROXY, OUT_TLS, OUT_CONFIG, OUT_SEND, OUT_TIMEOUT,
+                     OUT_RESET, OUT_TRUNCATED, OUT_FRAMING, OUT_TOO_LARGE, OUT_HEADERS_TOO_LARGE, OUT_FAILED,
+                     OUT_RAISED, OUT__N };
+struct client;
+NOMBA_HIDDEN const char *outcome_name(int o);
+NOMBA_HIDDEN const char *outcome_message(int o);
+NOMBA_HIDDEN int  outcome_check(lua_State *L, int idx);   /* an outcome's name: its number (unknown: OUT_FAILED) */
+NOMBA_HIDDEN void outcome_push(lua_State *L, const struct client *c, int op, int o, const char *msg, size_t n,
+                               long status, int sent);
+NOMBA_HIDDEN int  outcome_return(lua_State *L, const struct client *c, int op, int o, const char *msg, size_t n,
+                                 long status, int sent);
+
+/* frame.c: where an answer's header block and body end. */
+enum { FR_HEAD, FR_LENGTH, FR_SIZE, FR_DATA, FR_DATA_END, FR_TRAILER, FR_CLOSE, FR_DONE, FR_FAILED };
+typedef struct {
+    int state;              /* FR_* */
+    int head_method;        /* the request was a HEAD: the answer has no body */
+    int in_body;            /* frame_feed: the header block came */
+    int got;                /* frame_feed: a byte came */
+    int col;                /* frame_feed: bytes of the header line so far, CR aside */
+    int close, extra;       /* the connection is not to be reused: Connection: close, or bytes came past the end */
+    long status;
+    double left;            /* FR_LENGTH, FR_DATA: bytes still to come */
+    size_t max, trailer;    /* the body's cap; bytes of trailers so far */
+    int outcome;            /* FR_FAILED: why (OUT_*), and its words (or NULL: the outcome's) */
+    const char *why;
+    sbuf head, line;        /* the header block (frame_feed); a chunk-size or trailer line */
+    sbuf *body;             /* the decoded body goes here */
+} frame;
+NOMBA_HIDDEN void frame_init(frame *f, const char *method, size_t max, sbuf *body);
+NOMBA_HIDDEN int  frame_body_begin(frame *f, long status, int chunked, int has_len, int bad_len, double len);
+NOMBA_HIDDEN int  frame_feed(frame *f, const char *p, size_t n);   /* an answer's bytes: OUT_NONE or an outcome */
+NOMBA_HIDDEN int  frame_body(frame *f, const char *p, size_t n);   /* its body's bytes (after frame_body_begin) */
+NOMBA_HIDDEN int  frame_end(frame *f, int broken);                 /* the connection ended: OUT_NONE when complete */
+NOMBA_HIDDEN void frame_free(frame *f);
+NOMBA_HIDDEN frame *frame_test(lua_State *L, int idx);            /* a Lua frame at idx, or NULL */
+NOMBA_HIDDEN void frame_open(lua_State *L);
+
 #define NB_MAX_SOCKS 4          /* sockets of one transfer (happy eyeballs: 2) */
 
 /* endpoint.c: where requests go and how, one immutable object per
@@ -209,8 +252,9 @@ typedef struct {
                              * a refresh's explicit bearer), redacted from its answer */
     sbuf scratch[2];        /* an answer's new tokens, before they are kept */
     nomba_answer_meta meta;
+    frame fr;               /* libcurl: the body's framing (frame.c), begun when the header block ended */
     int head_done;          /* the answer's header block ended (its empty line came) */
-    int overflow;           /* OVERFLOW_BODY or OVERFLOW_HEADERS: the answer was cut */
+    int outcome;            /* libcurl: OUT_* when our callbacks stopped the transfer */
     size_t header_bytes;    /* of the answer being read */
     int in_flight;          /* 1 + the op of a non-blocking attempt, or 0 */
     transfer xfer;          /* libcurl's part (http.c) */
@@ -276,7 +320,6 @@ NOMBA_HIDDEN void attempt_free(client *c);
 NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */
 NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answer_meta *m,
                                   const char *head, size_t hn, const char *body, size_t n);
-NOMBA_HIDDEN int  proto_truncated(lua_State *L, client *c, int op, long status, const char *msg);
 NOMBA_HIDDEN void proto_open(lua_State *L);
 
 /* http.c: libcurl, one pool per Lua state. */

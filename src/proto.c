@@ -74,6 +74,7 @@ void attempt_end(client *c)
     sbuf_free(&a->bearer_hdr);
     sbuf_free(&a->resp);
     sbuf_free(&a->head);
+    frame_free(&a->fr);
     for (i = 0; i < 2; i++) {
         sbuf_free(&a->req_secret[i]);
         sbuf_free(&a->scratch[i]);
@@ -835,27 +836,6 @@ static void code_text(double d, char out[32])
         (void)snprintf(out, 32, "%.14g", d);
 }
 
-/* A truncated answer (cut inside its header block or its body): a
- * protocol error, retryable; for an API call, one that may have been sent. */
-int proto_truncated(lua_State *L, client *c, int op, long status, const char *msg)
-{
-    nomba_err e;
-    err_init(&e, "protocol", op, msg);
-    e.status = status;
-    e.retryable = 1;
-    lua_pushnil(L);
-    err_push(L, c, &e);
-    if (op == OP_REQUEST) {
-        lua_pushboolean(L, 1);
-        lua_setfield(L, -2, "maybe_sent");
-    }
-    if (status > 0)
-        lua_pushinteger(L, (lua_Integer)status);
-    else
-        lua_pushnil(L);
-    return 3;
-}
-
 /*
  * The answer of op: (status, header block, body) to a result or a typed
  * error, the same for every driver. The rules, once:
@@ -1018,119 +998,116 @@ static int proto_request(lua_State *L)
     return 1;
 }
 
-/* Whether a transport's answer was cut, as far as it shows: a raw header
- * block that never reached its empty line, or a body shorter than its
- * Content-Length (libcurl tells the same itself). */
-static int truncated(const client *c, const nomba_answer_meta *m, int raw, const char *head, size_t hn, size_t n,
-                     const char **why)
-{
-    double want;
-    int bodiless = (c->at->method != NULL && strcmp(c->at->method, "HEAD") == 0) || m->status == 204 ||
-                   m->status == 304;
-    if (raw && !(hn >= 2 && head[hn - 1] == '\n' && (head[hn - 2] == '\n' ||
-                                                     (hn >= 4 && memcmp(head + hn - 4, "\r\n\r\n", 4) == 0)))) {
-        *why = "the answer is truncated (in its headers)";
-        return 1;
-    }
-    if (!bodiless && m->content_length[0] != '\0' &&
-        codec_digits(m->content_length, strlen(m->content_length), 999999999999999.0, &want) && (double)n < want) {
-        *why = "the answer is truncated (in its body)";
-        return 1;
-    }
-    return 0;
-}
-
-/* core.answer(client, op, status, headers, body): interprets an answer a
- * Lua transport received, exactly as the libcurl path does, and ends the
- * attempt. `headers` is the raw header block (a string, as the OpenResty
- * transport reads it: up to and including its empty line) or a table (any
- * case of the names; a list value is one line per entry): either way it
- * becomes lines read by head.c. A block cut before its empty line, or a
- * body shorter than its Content-Length, is a truncated answer. */
+/* core.answer(client, op, frame) or core.answer(client, op, status, headers,
+ * body): interprets an answer a Lua transport received, exactly as the
+ * libcurl path does, and ends the attempt.
+ *   - a frame (core.frame: the cosocket transport, or a transport's raw
+ *     bytes) was framed by frame.c as it was read;
+ *   - else `headers` is the raw header block (a string, up to and
+ *     including its empty line) or a table (any case of the names; a list
+ *     value is one line per entry), and `body` the decoded body: the same
+ *     rule judges whether it is whole (a block cut before its empty line,
+ *     a body shorter than its Content-Length, bodiless answers). */
 static int proto_answer(lua_State *L)
 {
     client *c = client_check(L, 1);
     int op = nomba_checkop(L, 2);
-    lua_Integer status = luaL_checkinteger(L, 3);
-    sbuf lines = {NULL, 0, 0};
-    const char *head = "", *body, *why = NULL;
-    size_t hn = 0, n = 0;
-    int r;
+    frame *given = frame_test(L, 3), own;
+    sbuf lines = {NULL, 0, 0}, body = {NULL, 0, 0};
+    const char *head = "";
+    size_t hn = 0;
+    long status;
+    int r, o = OUT_NONE;
     if (c->closed)
         return err_simple(L, "closed", op, "the client is closed");
     if (!attempt_ensure(c))             /* an answer to no request still gets the same reading */
         return luaL_error(L, "nomba.oauth: out of memory");
     memset(&c->at->meta, 0, sizeof c->at->meta);
-    c->at->meta.status = (long)status;
-    body = luaL_optlstring(L, 5, "", &n);
-    if (lua_type(L, 4) == LUA_TSTRING) {
-        head = lua_tolstring(L, 4, &hn);
-    } else if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        if (!head_from_table(L, 4, &lines)) {
-            sbuf_free(&lines);
-            return luaL_error(L, "nomba.oauth: out of memory");
-        }
-        head = lines.p ? lines.p : "";
-        hn = lines.n;
+    if (given == NULL && lua_type(L, 3) == LUA_TUSERDATA) {
+        static const char none[] = "the transport returned no HTTP answer";
+        r = outcome_return(L, c, op, OUT_FRAMING, none, sizeof none - 1, 0, 1);
+        if (c->at != NULL && !c->at->in_flight)
+            attempt_end(c);
+        return r;
     }
-    head_scan(&c->at->meta, head, hn);
-    c->at->meta.status = (long)status;
-    if (truncated(c, &c->at->meta, lua_type(L, 4) == LUA_TSTRING, head, hn, n, &why)) {
-        r = proto_truncated(L, c, op, (long)status, why);
-    } else if (n > c->at->max_response) {
-        nomba_err e;
-        err_init(&e, "protocol", op, "the answer exceeds max_response_bytes");
-        e.status = (long)status;
-        r = err_return(L, c, &e);
-        if (op == OP_REQUEST) {
-            lua_pushboolean(L, 1);
-            lua_setfield(L, -2, "maybe_sent");
-        }
+    if (given != NULL) {
+        status = given->status;
+        head = given->head.p ? given->head.p : "";
+        hn = given->head.n;
+        head_scan(&c->at->meta, head, hn);
+        if (given->state != FR_DONE && given->state != FR_CLOSE)
+            o = frame_end(given, 1);
     } else {
-        r = proto_interpret(L, 1, c, op, &c->at->meta, head, hn, body, n);
+        size_t n = 0;
+        const char *b;
+        lua_Integer st = luaL_checkinteger(L, 3);
+        status = (long)st;
+        b = luaL_optlstring(L, 5, "", &n);
+        if (lua_type(L, 4) == LUA_TSTRING) {
+            head = lua_tolstring(L, 4, &hn);
+        } else if (!lua_isnoneornil(L, 4)) {
+            luaL_checktype(L, 4, LUA_TTABLE);
+            if (!head_from_table(L, 4, &lines)) {
+                sbuf_free(&lines);
+                return luaL_error(L, "nomba.oauth: out of memory");
+            }
+            head = lines.p ? lines.p : "";
+            hn = lines.n;
+        }
+        head_scan(&c->at->meta, head, hn);
+        frame_init(&own, c->at->method, c->at->max_response, &body);
+        if (lua_type(L, 4) == LUA_TSTRING && !(hn >= 2 && head[hn - 1] == '\n' &&
+                                               (head[hn - 2] == '\n' || (hn >= 3 && head[hn - 2] == '\r' &&
+                                                                           head[hn - 3] == '\n')))) {
+            own.state = FR_FAILED;
+            own.outcome = o = OUT_TRUNCATED;
+            own.why = "the answer is truncated (in its headers)";
+        } else {
+            /* the transport removed any transfer coding: a Content-Length still says how much was due */
+            double len = 0;
+            int has = c->at->meta.content_length[0] != '\0' && !c->at->meta.chunked;
+            int bad = has && !codec_digits(c->at->meta.content_length, strlen(c->at->meta.content_length),
+                                           999999999999999.0, &len);
+            if ((o = frame_body_begin(&own, status, 0, has, bad, len)) == OUT_NONE &&
+                (o = frame_body(&own, b, n)) == OUT_NONE)
+                o = frame_end(&own, 0);
+        }
+        given = &own;
     }
+    c->at->meta.status = status;
+    if (o != OUT_NONE)
+        r = outcome_return(L, c, op, o, given->why, given->why ? strlen(given->why) : 0, status, 1);
+    else
+        r = proto_interpret(L, 1, c, op, &c->at->meta, head, hn, given->body->p ? given->body->p : "",
+                            given->body->n);
+    if (given == &own)
+        frame_free(&own);
+    else
+        sbuf_wipe(given->body);
+    sbuf_free(&body);
     sbuf_free(&lines);
     if (c->at != NULL && !c->at->in_flight)
         attempt_end(c);
     return r;
 }
 
-/* core.abandon(client, op, err | kind, message, retryable, sent): the
- * attempt a Lua transport carried ended without an answer. Ends it (wiping
- * what it held) and returns the error: the transport's own typed error, or
- * one made here, its message redacted of the client's secrets. An API
- * call's error says whether the request may have left (`maybe_sent`: true
- * unless `sent` is false or the typed error says so). */
+/* core.abandon(client, op, outcome, message, sent, status): the attempt a
+ * Lua transport carried ended without an answer. Ends it (wiping what it
+ * held) and returns nil, the error outcome.c makes of it (its message
+ * redacted of the client's secrets), and the status, if one came. */
 static int proto_abandon(lua_State *L)
 {
     client *c = client_check(L, 1);
     int op = nomba_checkop(L, 2);
-    int sent = !(lua_type(L, 6) == LUA_TBOOLEAN && !lua_toboolean(L, 6));
-    if (lua_istable(L, 3)) {
-        lua_settop(L, 3);
-    } else {
-        nomba_err e;
-        size_t n = 0;
-        const char *msg = luaL_optlstring(L, 4, "the transport failed", &n);
-        err_init(&e, luaL_checkstring(L, 3), op, msg);
-        e.msglen = n;
-        e.retryable = lua_toboolean(L, 5);
-        err_push(L, c, &e);
-    }
-    if (op == OP_REQUEST) {
-        lua_getfield(L, -1, "maybe_sent");
-        if (lua_isnil(L, -1)) {
-            lua_pushboolean(L, sent);
-            lua_setfield(L, -3, "maybe_sent");
-        }
-        lua_pop(L, 1);
-    }
+    int o = outcome_check(L, 3);
+    size_t n = 0;
+    const char *msg = luaL_optlstring(L, 4, NULL, &n);
+    int sent = !(lua_type(L, 5) == LUA_TBOOLEAN && !lua_toboolean(L, 5));
+    lua_Number status = luaL_optnumber(L, 6, 0);
+    int r = outcome_return(L, c, op, o, msg, n, status >= 100 && status <= 999 ? (long)status : 0, sent);
     if (c->at != NULL && !c->at->in_flight)
         attempt_end(c);
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    return 2;
+    return r;
 }
 
 void proto_open(lua_State *L)

@@ -12,7 +12,10 @@ local core = require "nomba.oauth.core"
 local runtime = require "nomba.oauth.runtime"
 
 local type, tostring, getmetatable = type, tostring, getmetatable
-local Error, abandon = core.Error, core.abandon
+local abandon, answer, frame, Error = core.abandon, core.answer, core.frame, core.Error
+
+-- The outcome an oauth.Error a transport returns stands for.
+local OF_KIND = { timeout = "timeout", tls = "tls", config = "config", protocol = "framing" }
 
 local D = {}
 
@@ -22,36 +25,55 @@ function D.easy(self, st, op, args, timeout)
 end
 
 --- A Lua transport: gets `{op, method, url, headers, body, timeout,
--- connect_timeout, max_response_bytes}`, returns `{status, headers, body}`
--- (or the raw header block as `head`), or `nil, message[, sent]`, where
--- `sent = false` says the request provably never left (the connection
--- never came up). May yield (cosockets do).
+-- connect_timeout, max_response_bytes}`, returns the answer, or why there
+-- is none. May yield (cosockets do). The answer:
+--   `{status, headers, body}` (or the raw header block as `head`): body decoded;
+--   `{raw = bytes}`: the bytes received, read by the one framing rule (frame.c);
+--   a frame (core.frame) the transport fed as it read (the cosocket transport).
+-- None: `nil, message[, sent]` (`sent = false`: the request provably never
+-- left), or `nil, {outcome =, message =, sent =, status =}` naming one of
+-- outcome.c's outcomes (or an oauth.Error). The C core makes every error
+-- (outcome.c's table).
 function D.transport(self, st, op, args, timeout)
   local req, err = core.request(self, op, args)
   if not req then return nil, err end
   if timeout then req.timeout = timeout end
-  local ok, resp, msg, sent = runtime.pcall_y(st.transport, req)
+  local ok, resp, why, sent = runtime.pcall_y(st.transport, req)
+  local method, max = req.method, req.max_response_bytes
   req.body = nil
-  if not ok then return abandon(self, op, "transport", "the transport raised an error", true) end
+  if not ok then return abandon(self, op, "raised") end
   if resp == nil then
-    if getmetatable(msg) == Error then return abandon(self, op, msg, nil, nil, sent) end
-    msg = tostring(msg or "the transport failed")
-    local lower = msg:lower()
-    local kind = (lower:find("timeout", 1, true) or lower:find("timed out", 1, true)) and "timeout" or "transport"
-    return abandon(self, op, kind, msg, true, sent)
+    if type(why) == "table" then
+      local outcome = why.outcome
+      if getmetatable(why) == Error then                  -- an oauth.Error (0.2's form): its kind says it
+        outcome, sent = OF_KIND[why.kind], why.maybe_sent ~= false and sent
+      end
+      if why.sent ~= nil then sent = why.sent end
+      return abandon(self, op, type(outcome) == "string" and outcome or "failed",
+                     why.message ~= nil and tostring(why.message) or nil, sent,
+                     type(why.status) == "number" and why.status or nil)
+    end
+    return abandon(self, op, "failed", why ~= nil and tostring(why) or nil, sent)
   end
+  if type(resp) == "table" and type(resp.raw) == "string" then
+    local fr, outcome, message, status = frame(method, max, resp.raw)
+    if not fr then return abandon(self, op, outcome, message, true, status) end
+    return answer(self, op, fr)
+  end
+  if type(resp) == "userdata" then return answer(self, op, resp) end   -- a frame
+  if type(resp) ~= "table" then resp = {} end
   -- an HTTP status is a whole number of three digits, 100 to 999, as
   -- libcurl takes it; NaN, 200.5 or 1e300 is no status, never a raise further on
-  local status = type(resp) == "table" and resp.status
+  local status = resp.status
   if type(status) ~= "number" or not (status >= 100 and status <= 999) or status % 1 ~= 0 then
-    return abandon(self, op, "protocol", "the transport returned no HTTP status", false)
+    return abandon(self, op, "framing", "the transport returned no HTTP status")
   end
   if resp.body ~= nil and type(resp.body) ~= "string" then
-    return abandon(self, op, "protocol", "the transport returned a body that is not a string", false)
+    return abandon(self, op, "framing", "the transport returned a body that is not a string")
   end
   local head = resp.head
   if type(head) ~= "string" then head = type(resp.headers) == "table" and resp.headers or nil end
-  return core.answer(self, op, status, head, resp.body)
+  return answer(self, op, status, head, resp.body)
 end
 
 --- libcurl multi: start an attempt, advance it, wait for it, list its sockets.

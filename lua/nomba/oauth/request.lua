@@ -25,7 +25,7 @@ local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local next, getmetatable = next, getmetatable
-local sort, concat, math_min, math_abs = table.sort, table.concat, math.min, math.abs
+local sort, concat, math_min, math_abs, find = table.sort, table.concat, math.min, math.abs, string.find
 local now, new_error, fresh, LIMITS = runtime.now, core.error, core.fresh, core.LIMITS
 local spaceless = core.spaceless
 
@@ -45,6 +45,32 @@ end
 
 local function urlencode(v)
   return (tostring(v):gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+end
+
+-- The one URL rule for a path (and a query written in it), before any
+-- driver sees it: a fragment and "." or ".." segments are refused (libcurl
+-- would drop the one and collapse the others, a cosocket send them as they
+-- are); every byte RFC 3986 does not allow there is percent-encoded (a
+-- '%' that starts no escape included), so every driver sends the same bytes.
+-- refused(path): why it is refused, or nil; url_rule(path): the path as sent.
+local KEEP_PATH = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%%]"
+local KEEP_QUERY = "[^%w%-%._~!%$&'%(%)%*%+,;=:@/%?%%]"
+local function escape(ch) return ("%%%02X"):format(ch:byte()) end
+local function escapes(h) if #h < 2 then return "%25" .. h end end   -- a '%' that starts no escape
+local function refused(p)
+  if find(p, "#", 1, true) then return "path must not hold a fragment ('#'): it is never sent" end
+  local dec = (p:match("^[^?]*")):gsub("%%2[Ee]", ".")
+  if (dec .. "/"):find("/%.%.?/") then return "path must not hold '.' or '..' segments" end
+end
+local function url_rule(p)
+  local q = find(p, "?", 1, true)
+  local part, query = q and p:sub(1, q - 1) or p, q and p:sub(q + 1) or nil
+  part = part:gsub("%%(%x?%x?)", escapes):gsub(KEEP_PATH, escape)
+  if query then
+    query = query:gsub("%%(%x?%x?)", escapes):gsub(KEEP_QUERY, escape)
+    return part .. "?" .. query
+  end
+  return part
 end
 
 -- "?k=v&..." with the keys sorted, or "".
@@ -138,8 +164,10 @@ function R.check(self, st, opts)
     bad("path must be a string without spaces or control characters")
   end
   local url
+  local why = refused(path)
+  if why then bad(why) end
   if path:sub(1, 1) == "/" then
-    url = base_url .. path
+    url = base_url .. url_rule(path)
   elseif path:match("^https?://") then
     -- judged once, on libcurl's parse; written on base_url, as the C core
     -- takes it without parsing it again
@@ -147,7 +175,7 @@ function R.check(self, st, opts)
     local on, rest = core.url_on(self, path)
     if on == nil then bad("path is not a usable URL") end
     if not on then bad("an absolute path must be on base_url's scheme, host and port") end
-    url = base_url .. rest
+    url = base_url .. url_rule(rest)
   else
     bad("path must start with '/' or be a URL on base_url")
   end

@@ -42,23 +42,35 @@ local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local tostring, pairs, pcall, type, setmetatable = tostring, pairs, pcall, type, setmetatable
 local concat, find, fmt = table.concat, string.find, string.format
-local new_error, framing = core.error, core.framing
+local new_frame = core.frame
 
 local M = { _VERSION = core._VERSION }
 
 local POOL_SIZE, KEEPALIVE_MS = DEFAULTS.resty.pool_size, DEFAULTS.resty.keepalive_ms
 
--- A failure: `sent` false when the request provably never left (the
--- connection or its TLS never came up), which lets the machine send a
--- payment again, as libcurl's driver does.
-local function fail(kind, op, msg, retryable, sent, status)
-  local err = new_error(kind, op or "token", msg, { retryable = retryable, status = status })
-  if sent == false then err.maybe_sent = false end
-  return nil, err
+-- A failure, as a raw outcome the C core makes the error of (outcome.c):
+-- `sent` false when no byte of the request left, which lets the machine
+-- send a payment again, as libcurl's driver does.
+local function fail(outcome, msg, sent, status)
+  return nil, { outcome = outcome, message = msg, sent = sent, status = status }
 end
 
-local readers = require "nomba.oauth.resty.reader"
-local now, reader, bound = readers.now, readers.reader, readers.bound
+local PIECE = 16384                     -- bytes read at a time
+
+-- Seconds of the nginx clock, fresh.
+local function now()
+  ngx.update_time()
+  return ngx.now()
+end
+
+-- Sets the socket's timeout to what is left of the deadline; false when
+-- nothing is left.
+local function bound(sock, deadline)
+  local left = deadline - now()
+  if left <= 0 then return false end
+  sock:settimeout(math.max(1, math.floor(left * 1000)))
+  return true
+end
 
 -- A host libcurl would not resolve through DNS.
 local function literal(host)
@@ -101,28 +113,28 @@ local function connect(sock, u, opts, deadline)
   local _, a, b = ngx.thread.wait(th, timer)
   ngx.thread.kill(th)
   ngx.thread.kill(timer)
-  if a == "deadline" then return nil, "timeout (resolving " .. host .. ")" end
+  if a == "deadline" then return nil, "timeout", " (resolving " .. host .. ")" end
   return a, b
 end
 
-local function io_fail(op, what, err, sent)
-  local timeout = type(err) == "string" and err:find("timeout", 1, true)
-  return fail(timeout and "timeout" or "transport", op, what .. ": " .. tostring(err), true, sent)
+-- A cosocket's error: "timeout" is its word for the time running out.
+local function io_fail(outcome, what, err, sent, detail)
+  return fail(err == "timeout" and "timeout" or outcome, what .. ": " .. tostring(err) .. (detail or ""), sent)
 end
 
 -- The proxy of a request: its parts (and the pool of tunnels through it to
--- the request's host), or nil and a config error.
+-- the request's host), or nil and a config failure.
 local proxies = {}
-local function proxy_of(op, proxy, u)
+local function proxy_of(proxy, u)
   local p = proxies[proxy]
   if not p then
     if proxy == "env" then
-      return nil, select(2, fail("config", op, "the OpenResty transport reads no proxy variables: give the " ..
-        "proxy's URL as the proxy option", false, false))
+      return nil, select(2, fail("config", "the OpenResty transport reads no proxy variables: give the " ..
+        "proxy's URL as the proxy option", false))
     end
     local why
     p, why = core.url(proxy, "proxy")
-    if not p then return nil, select(2, fail("config", op, "proxy " .. tostring(why), false, false)) end
+    if not p then return nil, select(2, fail("config", "proxy " .. tostring(why), false)) end
     p.literal = literal(p.host)
     proxies[proxy] = p
   end
@@ -130,61 +142,61 @@ local function proxy_of(op, proxy, u)
 end
 
 -- Through a proxy: asks it for a tunnel to the request's host (CONNECT),
--- within the deadline. True, or nil and the error (the request never left).
-local function tunnel(op, sock, u, deadline)
+-- within the deadline. True, or nil and the failure (the request never left).
+local function tunnel(sock, u, deadline)
   local target = u.host:find(":", 1, true) and not u.host:find("^%[") and ("[" .. u.host .. "]") or u.host
   target = target .. ":" .. u.port
-  if not bound(sock, deadline) then return fail("timeout", op, "proxy CONNECT: timeout", true, false) end
+  if not bound(sock, deadline) then return fail("timeout", "proxy CONNECT: timeout", false) end
   local ok, err = sock:send("CONNECT " .. target .. " HTTP/1.1\r\nHost: " .. target .. "\r\n\r\n")
-  if not ok then return io_fail(op, "proxy CONNECT", err, false) end
+  if not ok then return io_fail("proxy", "proxy CONNECT", err, false) end
   local status, total = nil, 0
   while true do                                 -- the status line, then header lines up to the empty one
-    if not bound(sock, deadline) then return fail("timeout", op, "proxy CONNECT: timeout", true, false) end
+    if not bound(sock, deadline) then return fail("timeout", "proxy CONNECT: timeout", false) end
     local line, rerr = sock:receive("*l")
-    if not line then return io_fail(op, "proxy CONNECT", rerr, false) end
+    if not line then return io_fail("proxy", "proxy CONNECT", rerr, false) end
     total = total + #line + 2
-    if total > 8192 then return fail("protocol", op, "proxy CONNECT: an answer over 8 KiB", false, false) end
+    if total > 8192 then return fail("proxy", "proxy CONNECT: an answer over 8 KiB", false) end
     if not status then
       status = tonumber(line:match("^HTTP/1%.[01] (%d%d%d)"))
-      if not status then return fail("protocol", op, "proxy CONNECT: not an HTTP answer", false, false) end
+      if not status then return fail("proxy", "proxy CONNECT: not an HTTP answer", false) end
     elseif line == "" then
       break
     end
   end
   if status == 407 then
-    return fail("config", op, "proxy CONNECT: the proxy asks for authentication (407), which this " ..
-      "transport does not send", false, false)
+    return fail("config", "proxy CONNECT: the proxy asks for authentication (407), which this " ..
+      "transport does not send", false)
   end
   if status < 200 or status > 299 then
-    return fail("transport", op, ("proxy CONNECT: the proxy answered %d"):format(status), true, false)
+    return fail("proxy", ("proxy CONNECT: the proxy answered %d"):format(status), false)
   end
   return true
 end
 
 -- A connected (and, for https, TLS-verified) socket for the request's
--- host, within the deadlines; or nil and the error. Through a proxy: a
+-- host, within the deadlines; or nil and the failure. Through a proxy: a
 -- tunnel to the host, in a pool of its own.
-local function open(op, u, deadline, connect_deadline, proxy)
+local function open(u, deadline, connect_deadline, proxy)
   local host, verify = u.host, u.scheme == "https"
   local sock = ngx.socket.tcp()
   local via, pool = nil, u.pool
   if proxy then
-    local p, perr = proxy_of(op, proxy, u)
+    local p, perr = proxy_of(proxy, u)
     if not p then return nil, perr end
     via, pool = p, perr
   end
-  local ok, err = connect(sock, via or u, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
+  local ok, err, detail = connect(sock, via or u, { pool = pool, pool_size = POOL_SIZE }, connect_deadline)
   if not ok then
     sock:close()
     if type(err) == "string" and err:find("no resolver defined", 1, true) then
-      return fail("config", op, "nginx has no resolver for " .. host .. ": add a `resolver` directive " ..
-        "to the http block (the nameserver of /etc/resolv.conf, e.g. `resolver 127.0.0.53 ipv6=off;`)", false,
-        false)
+      return fail("config", "nginx has no resolver for " .. host .. ": add a `resolver` directive " ..
+        "to the http block (the nameserver of /etc/resolv.conf, e.g. `resolver 127.0.0.53 ipv6=off;`)", false)
     end
-    return io_fail(op, via and "connect to the proxy" or "connect", err, false)
+    local outcome = (type(err) == "string" and err:find("could not be resolved", 1, true)) and "resolve" or "refused"
+    return io_fail(outcome, via and "connect to the proxy" or "connect", err, false, detail)
   end
   if via and sock:getreusedtimes() == 0 then
-    local tok, terr = tunnel(op, sock, u, connect_deadline)
+    local tok, terr = tunnel(sock, u, connect_deadline)
     if not tok then
       sock:close()
       return nil, terr
@@ -193,15 +205,14 @@ local function open(op, u, deadline, connect_deadline, proxy)
   if verify and sock:getreusedtimes() == 0 then
     if not bound(sock, deadline) then
       sock:close()
-      return fail("timeout", op, "TLS handshake: timeout", true, false)
+      return fail("timeout", "TLS handshake: timeout", false)
     end
-    -- Debian's lua-resty-core 0.1.25 can raise here: keep it a typed error
+    -- Debian's lua-resty-core 0.1.25 can raise here: keep it a failure
     local called, session, herr = pcall(sock.sslhandshake, sock, nil, host, true)
     if not called or not session then
       sock:close()
       local e = called and herr or session
-      if type(e) == "string" and e:find("timeout", 1, true) then return io_fail(op, "TLS handshake", e, false) end
-      return fail("tls", op, "TLS handshake: " .. tostring(e or "failed"), false, false)
+      return io_fail("tls", "TLS handshake", e or "failed", false)
     end
   end
   return sock
@@ -210,7 +221,8 @@ end
 -- The request's bytes: request line, headers, body.
 local function encode(req, u)
   local path = u.path
-  if find(req.url, "?", 1, true) then path = path .. req.url:match("%?[^#]*") end
+  local q = find(req.url, "?", 1, true)
+  if q then path = path .. req.url:sub(q) end
   local lines = { fmt("%s %s HTTP/1.1", req.method or "POST", path), u.host_line,
                   "Connection: keep-alive",
                   "Content-Length: " .. #(req.body or "") }
@@ -220,96 +232,74 @@ local function encode(req, u)
   return concat(lines, "\r\n")
 end
 
--- Reads the answer: `{status, head, body}` (head: the raw header block,
--- which the C core reads as it reads libcurl's) or nil and the error; the
--- socket goes back to the pool when it can carry another request.
-local function receive(op, sock, deadline, max)
-  local r = reader(sock, deadline)
-  local head, status, length, chunked, close, err
-  repeat                                       -- past any 1xx
-    local started = #r.buf > 0
-    head, err = r:head()
-    if not head then
+-- Reads the answer into a frame (core.frame: the one framing rule, in C),
+-- a piece at a time within the deadline; the socket goes back to the pool
+-- when it can carry another request. The frame, or nil and the failure.
+local function receive(sock, deadline, method, max)
+  local fr = new_frame(method, max)
+  while true do
+    if not bound(sock, deadline) then
       sock:close()
-      if err == "headers too large" then return fail("protocol", op, "the answer's headers are too large", false) end
-      if err == "closed" and (started or #r.buf > 0) then   -- cut inside the header block: never a success
-        return fail("protocol", op, "the answer is truncated (in its headers)", true)
-      end
-      return io_fail(op, "receive", err)
+      return fail("timeout", "receive: timeout", true, fr:status())
     end
-    status, length, chunked, close = framing(head)
-    if not status then
+    local data, err = sock:receiveany(PIECE)
+    local done, outcome, msg, status
+    if data then
+      done, outcome, msg, status = fr:feed(data)
+    elseif err == "timeout" then
       sock:close()
-      return fail("protocol", op, "not an HTTP answer", false)
+      return fail("timeout", "receive: timeout", true, fr:status())
+    else
+      done, outcome, msg, status = fr:finish(err ~= "closed")
     end
-  until status >= 200
-  -- from here on the status line has come: errors carry it, as libcurl's do
-  if length == false then                        -- digits only: never "-5", "0x10" or "1e3"
-    sock:close()
-    return fail("protocol", op, "the answer's Content-Length is not a number of bytes", false, nil, status)
-  end
-  local body
-  if chunked then
-    body, err = r:chunked(max)
-  elseif length then
-    if length > max then
+    if done == nil then
       sock:close()
-      return fail("protocol", op, "the answer exceeds max_response_bytes", false, nil, status)
+      return fail(outcome, msg, true, status)
     end
-    body, err = r:take(length)
-  else
-    body, err = r:until_closed(max)
+    if done then break end
   end
-  if not body then
-    sock:close()
-    if err == "too big" then
-      return fail("protocol", op, "the answer exceeds max_response_bytes", false, nil, status)
-    end
-    if type(err) == "string" and err:find("timeout", 1, true) then
-      return fail("timeout", op, "receive: timeout", true, nil, status)
-    end
-    return fail("protocol", op, "the answer is truncated (" .. tostring(err) .. ")", true, nil, status)
-  end
-  if close or (not length and not chunked) or #r.buf > 0 then
-    sock:close()
-  else
+  if fr:reusable() then
     sock:setkeepalive(KEEPALIVE_MS, POOL_SIZE)
+  else
+    sock:close()
   end
-  return { status = status, head = head, body = body }
+  return fr
 end
 
 --- Carries one request (the transport function of nomba.oauth). One
 -- deadline, `timeout` seconds, bounds the whole attempt: resolving,
 -- connecting, TLS, sending and every read.
 -- @tparam table req `{op, method, url, headers, body, timeout, connect_timeout, max_response_bytes}`
--- @return `{status, head, body}` (head: the raw header block, read by the
---   C core as libcurl's answers are), or `nil, err`
+-- @return the answer as a frame (core.frame), read by the C core as
+--   libcurl's answers are, or `nil` and the failure (a raw outcome the
+--   C core makes the error of)
 function M.request(req)
-  local op = req.op
   local may, phase = runtime.cosockets()
   if not may then
-    return fail("config", op, "cosockets are not available in the " .. phase .. " phase; get the token " ..
+    return fail("config", "cosockets are not available in the " .. phase .. " phase; get the token " ..
       "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
-      " from init_worker_by_lua and read the shared token", false, false)
+      " from init_worker_by_lua and read the shared token", false)
   end
   -- the URL as libcurl's parser sees it (the same judgement as oauth.new)
-  local u, why = parsed(req.url)
-  if not u then return fail("config", op, "bad URL: " .. tostring(why), false, false) end
+  local url = req.url
+  local q = find(url, "?", 1, true)
+  local u, why = parsed(q and url:sub(1, q - 1) or url)     -- the query goes as it is (request.lua's URL rule)
+  if not u then return fail("config", "bad URL: " .. tostring(why), false) end
   local deadline = now() + (req.timeout or DEFAULTS.timeout)
   local connect_deadline = math.min(deadline, now() + (req.connect_timeout or DEFAULTS.connect_timeout))
-  local sock, err = open(op, u, deadline, connect_deadline, req.proxy)
+  local sock, err = open(u, deadline, connect_deadline, req.proxy)
   if not sock then return nil, err end
-  local sent
-  if bound(sock, deadline) then
-    sent, err = sock:send(encode(req, u))
-  else
-    err = "timeout"
+  if not bound(sock, deadline) then            -- nothing of the request left
+    sock:close()
+    return fail("timeout", "send: timeout", false)
   end
+  local sent
+  sent, err = sock:send(encode(req, u))
   if not sent then
     sock:close()
-    return io_fail(op, "send", err)
+    return io_fail("send", "send", err, true)
   end
-  return receive(op, sock, deadline, req.max_response_bytes or DEFAULTS.max_response_bytes)
+  return receive(sock, deadline, req.method, req.max_response_bytes or DEFAULTS.max_response_bytes)
 end
 
 --- Keeps a client's token fresh from an ngx.timer, so request handlers never

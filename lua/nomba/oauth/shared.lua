@@ -3,6 +3,7 @@
 -- hostile: whatever it does becomes a `store_error` event and never reaches
 -- the caller. (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
+local MESSAGE = core.LIMITS.message             -- the cap on a message (errors and events alike)
 local runtime = require "nomba.oauth.runtime"
 local events = require "nomba.oauth.events"
 
@@ -42,7 +43,7 @@ function S.call(st, method, ...)
     return v or nil, false, err          -- (a second answer: the owner of a lock)
   end
   events.emit(st, { op = "store", ok = false, kind = "store_error", method = method,
-                    message = #why > 200 and why:sub(1, 200) .. "..." or why })
+                    message = #why > MESSAGE and why:sub(1, MESSAGE) .. "..." or why })
   return nil, true
 end
 

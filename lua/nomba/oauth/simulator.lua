@@ -73,6 +73,7 @@ local SIM_HTTP = [[
   init_worker_by_lua_block { require("nomba.oauth.simulator.server").init_worker() }
   server {
     listen 127.0.0.1:${port} ssl;
+    listen 127.0.0.1:${port2} ssl http2;   # the same simulator over HTTP/2 (url_h2)
     server_name localhost;
     ssl_certificate ${dir}/server.crt;
     ssl_certificate_key ${dir}/server.key;
@@ -120,6 +121,7 @@ function M.start(opts)
   local sim = setmetatable({
     dir = dir, port = nginx.port, pid = nginx.pid,
     url = "https://localhost:" .. nginx.port,
+    url_h2 = "https://localhost:" .. nginx.port2,
     cafile = dir .. "/ca.crt",
     client = M.CLIENT,
   }, Sim)
@@ -133,9 +135,9 @@ function M.start(opts)
 end
 
 --- A handle on a simulator started elsewhere (e.g. by tools/with-simulator.lua).
--- @tparam table t `url` and `cafile`
+-- @tparam table t `url`, `cafile` and `url_h2` (its HTTP/2 listener)
 function M.attach(t)
-  return setmetatable({ url = t.url, cafile = t.cafile, client = M.CLIENT,
+  return setmetatable({ url = t.url, url_h2 = t.url_h2, cafile = t.cafile, client = M.CLIENT,
                         port = tonumber(t.url:match(":(%d+)$")) }, Sim)
 end
 

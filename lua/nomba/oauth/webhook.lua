@@ -38,6 +38,7 @@ local verify_c, sign_c = core.webhook_verify, core.webhook_sign
 local M = {}
 
 local ALGORITHM, VERSION = core.WEBHOOK_ALGORITHM, core.WEBHOOK_VERSION
+local MESSAGE = core.LIMITS.message             -- the cap on a message (errors and events alike)
 local WINDOW_CAP = 604800            -- a week: the longest max_age or ttl of a window
 
 local function fail(reason, msg)
@@ -150,7 +151,7 @@ local function call(store, method, want, ...)
     return v, nil
   end
   local s = type(why) == "string" and why or "the store failed"
-  return fail("store", method .. ": " .. (#s > 200 and s:sub(1, 200) or s))
+  return fail("store", method .. ": " .. (#s > MESSAGE and s:sub(1, MESSAGE) or s))
 end
 
 -- only a boolean is an answer of add or lock: a store that answers nothing

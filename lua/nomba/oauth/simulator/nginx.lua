@@ -144,8 +144,9 @@ function M.free_port()
 end
 
 --- Runs an nginx with the Lua module from a generated configuration.
--- @tparam table opts `http` (the inside of the http block; `${port}` and
---   `${dir}` are filled in), `workers` (default 1), `port` (default: a free
+-- @tparam table opts `http` (the inside of the http block; `${port}`,
+--   `${port2}` (a second free port, for a second listener) and `${dir}`
+--   are filled in), `workers` (default 1), `port` (default: a free
 --   one), `dir` (default: a new temporary directory), `vars` (more `${...}`),
 --   `env` (names of environment variables for the workers), `log_level`,
 --   `cpath_prefix` (put before the Lua C module path), `exec_prefix` (put
@@ -171,8 +172,9 @@ function M.spawn_nginx(opts)
   local last
   for _ = 1, 20 do
     local port = opts.port or M.free_port()
+    local port2 = M.free_port()
     local vars = {
-      workers = opts.workers or 1, dir = dir, port = port, ndk = ndk or "", lua = lua,
+      workers = opts.workers or 1, dir = dir, port = port, port2 = port2, ndk = ndk or "", lua = lua,
       user = is_root and "user root root;" or "", log_level = opts.log_level or "warn",
       env = table.concat(env, "\n"),
       cpath = (opts.cpath_prefix or "") ..
@@ -187,7 +189,7 @@ function M.spawn_nginx(opts)
     local out = read_cmd((opts.exec_prefix or "") .. nginx_bin() .. " -p " .. sh_quote(dir) .. " -c " ..
                          sh_quote(dir .. "/nginx.conf") .. " 2>&1; echo \"rc=$?\"") or ""
     if out:match("rc=0%s*$") then
-      return setmetatable({ dir = dir, port = port, pid = tonumber(read_file(dir .. "/nginx.pid") or ""),
+      return setmetatable({ dir = dir, port = port, port2 = port2, pid = tonumber(read_file(dir .. "/nginx.pid") or ""),
                             owns_dir = not opts.dir }, Nginx)
     end
     last = out

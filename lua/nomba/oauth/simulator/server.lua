@@ -156,7 +156,7 @@ local function log_request(endpoint, raw)
   for k, v in pairs(ngx.req.get_headers(50, true)) do headers[k] = v end
   local n = S.dict:incr("log:n", 1, 0)
   store("log:" .. n, { endpoint = endpoint, method = ngx.req.get_method(), path = ngx.var.uri,
-                       uri = ngx.var.request_uri,
+                       uri = ngx.var.request_uri, protocol = ngx.var.server_protocol,
                        headers = headers, body = raw, time = ngx.now(),
                        connection = tonumber(ngx.var.connection) })
   S.dict:incr("count:" .. endpoint, 1, 0)
@@ -185,6 +185,7 @@ function M.handle()
   end
   local endpoint = ENDPOINTS[path]
   if not endpoint then
+    log_request("unknown", raw)
     return fail(404, "404", "Not found")
   end
   log_request(endpoint, raw)
