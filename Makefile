@@ -48,7 +48,7 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden
               -I$(LUA_INCDIR) $(DEPS_CFLAGS) $(EXTRA_CFLAGS)
 
 BUILD    ?= build/$(LUA)
-SRCS     := src/core.c src/client.c src/token.c src/proto.c src/http.c src/err.c src/sbuf.c src/codec.c \
+SRCS     := src/core.c src/client.c src/token.c src/attempt.c src/build.c src/interpret.c src/answer.c src/proto.c src/http.c src/curlmem.c src/fds.c src/err.c src/sbuf.c src/codec.c \
             src/timeparse.c src/pkce.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
@@ -61,7 +61,7 @@ LUA_ENV   = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spe
 TEST_ENV  = LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/spec/?.lua;;" \
             LUA_CPATH="$(CURDIR)/$(TEST_BUILD)/?.so;;"
 
-.PHONY: deb deps-demo deps-docs install uninstall docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz
+.PHONY: deb deps-demo deps-docs install uninstall docs-browser soak openresty-demo release embed-host embed-demo tsan env examples docs rock all test test-runtimes test-build jit-module demo lint clean deps bench check asan valgrind gc-stress analyze fuzz trace
 
 all: $(MODULE)
 
@@ -247,6 +247,10 @@ valgrind: test-build
 	  --error-exitcode=1 --child-silent-after-fork=yes --suppressions=tools/valgrind.supp \
 	  $(LUA_BIN) tools/lifecycle.lua
 
+# the data path: the files token() and request() go through, on each driver (docs/ARCHITECTURE.md)
+trace: all
+	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) tools/trace.lua
+
 gc-stress: all
 	$(LUA_ENV) $(LUA_BIN) tools/with-simulator.lua $(LUA_BIN) tools/gc_stress.lua
 
@@ -261,7 +265,7 @@ FUZZ_TIME  ?= 60
 FUZZ_BUILD := build/fuzz
 FUZZERS    := iso8601 httpdate verifier answer url webhook frame
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all -D_GNU_SOURCE -I src -I$(LUA_INCDIR) $(DEPS_CFLAGS)
-FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/proto.c src/client.c src/token.c src/http.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c \
+FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/attempt.c src/build.c src/interpret.c src/answer.c src/proto.c src/client.c src/token.c src/http.c src/curlmem.c src/fds.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c \
               -llua$(LUA) $(DEPS_LIBS)
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)

@@ -96,7 +96,7 @@ describe("documentation", function()
   it("the rockspec installs every Lua module of lua/ and every C file of src/, and no other", function()
     local spec = read("rockspec/nomba-oauth-scm-1.rockspec")
     local listed, files = {}, {}
-    for module, path in spec:gmatch('%["([%w%.]+)"%]%s*=%s*"(lua/[^"]+%.lua)"') do
+    for module, path in spec:gmatch('%["([%w%._]+)"%]%s*=%s*"(lua/[^"]+%.lua)"') do
       listed[path] = true
       assert.are.equal(path, "lua/" .. module:gsub("%.", "/") .. ".lua", module)
     end

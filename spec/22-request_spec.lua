@@ -279,8 +279,12 @@ describe("client:request", function()
 
   it("refuses misuse at once, naming the argument", function()
     local c = H.client {}
+    local deep = {}                              -- nested past the one JSON depth (core.LIMITS.json_depth)
+    local t = deep
+    for _ = 1, 40 do t.x = {}; t = t.x end
     for _, case in ipairs {
       { { path = "/x", method = "TRACE" }, "method must be" },
+      { { path = "/x", json = deep }, "json.x.x.x" },
       { { path = "https://evil.example/v1" }, "an absolute path must be on base_url's scheme, host and port" },
       { { path = "v1/no-slash" }, "path must start with" },
       { { path = "/x", headers = { Authorization = "Bearer x" } }, "headers.Authorization is set by the client" },

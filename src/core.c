@@ -67,7 +67,7 @@ static int core_json_decode(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    int depth = (int)luaL_optinteger(L, 2, 64);
+    int depth = (int)luaL_optinteger(L, 2, NOMBA_MAX_JSON_DEPTH);
     luaL_argcheck(L, depth >= 1 && depth <= 1000, 2, "max_depth must be 1 to 1000");
     return json_push(L, s, n, depth);
 }
@@ -241,7 +241,7 @@ int luaopen_nomba_oauth_core(lua_State *L)
 #endif
     lua_pushliteral(L, "nomba.oauth " NOMBA_VERSION);
     lua_setfield(L, -2, "_VERSION");
-    lua_createtable(L, 0, 6);           /* core.LIMITS: nomba.h's bounds, for the Lua layer */
+    lua_createtable(L, 0, 7);           /* core.LIMITS: nomba.h's bounds, for the Lua layer */
     lua_pushnumber(L, NOMBA_MAX_TIMEOUT);
     lua_setfield(L, -2, "timeout");
     lua_pushnumber(L, NOMBA_MAX_LIFETIME);
@@ -254,6 +254,8 @@ int luaopen_nomba_oauth_core(lua_State *L)
     lua_setfield(L, -2, "account_id");
     lua_pushinteger(L, NOMBA_MAX_MESSAGE);
     lua_setfield(L, -2, "message");
+    lua_pushinteger(L, NOMBA_MAX_JSON_DEPTH);
+    lua_setfield(L, -2, "json_depth");
     lua_setfield(L, -2, "LIMITS");
     err_open(L);
     http_open(L);

@@ -49,22 +49,6 @@
 #include <openssl/ssl.h>
 #include "nomba.h"
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-
-/* This process's id, kept by a fork handler: getpid() is a system call,
- * and every transfer asks several times whether its handles are ours. */
-static pid_t self_pid;
-
-static void note_child(void)
-{
-    __atomic_store_n(&self_pid, getpid(), __ATOMIC_RELAXED);
-}
-
-static pid_t me(void)
-{
-    pid_t pid = __atomic_load_n(&self_pid, __ATOMIC_RELAXED);
-    return pid != 0 ? pid : getpid();
-}
 static const char pool_key = 'p';   /* registry key of the state's pool box */
 
 #define POOL_SPARE 4                /* idle easy handles a pool keeps */
@@ -81,102 +65,6 @@ struct http_pool {
     unsigned long serials;          /* hands out client serials */
     int active;                     /* transfers in the multi */
 };
-
-/* libcurl's memory, wiped when it is freed: its request buffers (which
- * hold the client secret and bearer headers) and its receive buffer (the
- * answers with tokens) leave nothing behind. This takes effect only when
- * this module initialises libcurl first in the process; a host that
- * called curl_global_init before keeps libcurl's plain allocator
- * (curl_wipes says which happened). The flag is written by every thread
- * that allocates through libcurl, hence the atomic stores. */
-static int curl_wipes;
-
-static void mark_wiping(void)
-{
-    __atomic_store_n(&curl_wipes, 1, __ATOMIC_RELAXED);
-}
-
-/* glibc's explicit_bzero is its vectorised memset that the compiler may
- * not drop; OpenSSL's cleanse stores a word at a time. libcurl frees its
- * 16 KiB receive buffer after every transfer, so this is the hot one. */
-static void wipe(void *p, size_t n)
-{
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
-    explicit_bzero(p, n);
-#else
-    OPENSSL_cleanse(p, n);
-#endif
-}
-
-static void wiping_free(void *p)
-{
-    if (p != NULL) {
-        wipe(p, malloc_usable_size(p));
-        free(p);
-    }
-}
-
-static void *wiping_malloc(size_t n)
-{
-    mark_wiping();
-    return malloc(n);
-}
-
-static void *wiping_realloc(void *p, size_t n)
-{
-    size_t old;
-    void *q;
-    if (p == NULL)
-        return wiping_malloc(n);
-    old = malloc_usable_size(p);
-    if (n != 0 && n <= old)
-        return p;                   /* it fits: nothing moves, the free wipes it all */
-    q = malloc(n ? n : 1);
-    if (q == NULL)
-        return NULL;
-    memcpy(q, p, old < n ? old : n);
-    wiping_free(p);
-    return q;
-}
-
-static char *wiping_strdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *d = wiping_malloc(n);
-    if (d != NULL)
-        memcpy(d, s, n);
-    return d;
-}
-
-static void *wiping_calloc(size_t a, size_t b)
-{
-    mark_wiping();
-    return calloc(a, b);
-}
-
-/* libcurl keeps pointers to the functions above for the life of the
- * process, so this module must never be unloaded (lua_close dlcloses C
- * modules): it pins itself with RTLD_NODELETE before handing them over. */
-static void curl_init_once(void)
-{
-    Dl_info self;
-    note_child();
-    (void)pthread_atfork(NULL, NULL, note_child);
-    if (dladdr((void *)curl_init_once, &self) != 0 && self.dli_fname != NULL)
-        (void)dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-    curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
-                         wiping_strdup, wiping_calloc);
-}
-
-int http_curl_wipes(void)
-{
-    return __atomic_load_n(&curl_wipes, __ATOMIC_RELAXED);
-}
-
-void http_global_init(void)
-{
-    pthread_once(&curl_once, curl_init_once);
-}
 
 /* The body's bytes as they came (transfer coding and all: libcurl's own
  * decoding is off), through the one framing rule (frame.c), which caps
@@ -238,93 +126,6 @@ static size_t on_header(char *p, size_t size, size_t nmemb, void *ud)
         return 0;
     head_note(&c->at->meta, p, n);
     return n;
-}
-
-/* Every socket libcurl opens is close-on-exec: a child that execs never
- * inherits a connection that carried secrets. */
-static int on_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
-{
-    int flags = fcntl(fd, F_GETFD);
-    (void)ud;
-    (void)purpose;
-    if (flags >= 0)
-        (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
-    return CURL_SOCKOPT_OK;
-}
-
-/* libcurl's multi handles (the one curl_easy_perform makes inside the easy
- * handle, and ours) open a socketpair to wake themselves up, with no way to
- * ask for close-on-exec. It is found the only way there is: the AF_UNIX
- * stream sockets without FD_CLOEXEC that were not open before the handle
- * made them. */
-typedef struct {
-    unsigned char *open;    /* a bit per fd open at the snapshot */
-    size_t n;               /* bytes of open */
-} fd_snapshot;
-
-static int each_fd(void (*f)(int fd, void *ud), void *ud)
-{
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    if (d == NULL)
-        return 0;
-    while ((e = readdir(d)) != NULL) {
-        char *end;
-        long fd = strtol(e->d_name, &end, 10);
-        if (*end == '\0' && end != e->d_name && fd >= 0 && fd != dirfd(d))
-            f((int)fd, ud);
-    }
-    closedir(d);
-    return 1;
-}
-
-static void note_fd(int fd, void *ud)
-{
-    fd_snapshot *s = (fd_snapshot *)ud;
-    size_t byte = (size_t)fd / 8;
-    if (byte >= s->n) {
-        size_t n = byte * 2 + 64;
-        unsigned char *p = realloc(s->open, n);
-        if (p == NULL)
-            return;
-        memset(p + s->n, 0, n - s->n);
-        s->open = p;
-        s->n = n;
-    }
-    s->open[byte] |= (unsigned char)(1u << (fd % 8));
-}
-
-static void mark_new(int fd, void *ud)
-{
-    const fd_snapshot *s = (const fd_snapshot *)ud;
-    size_t byte = (size_t)fd / 8;
-    int flags, domain = 0, type = 0;
-    socklen_t len = sizeof domain;
-    if (byte < s->n && (s->open[byte] & (1u << (fd % 8))))
-        return;
-    flags = fcntl(fd, F_GETFD);
-    if (flags < 0 || (flags & FD_CLOEXEC))
-        return;
-    if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0 || domain != AF_UNIX)
-        return;
-    len = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM)
-        return;
-    (void)fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
-}
-
-static void snapshot_fds(fd_snapshot *s)
-{
-    s->open = NULL;
-    s->n = 0;
-    (void)each_fd(note_fd, s);
-}
-
-static void cloexec_new_fds(fd_snapshot *s)
-{
-    (void)each_fd(mark_new, s);
-    free(s->open);
-    s->open = NULL;
 }
 
 /* OpenSSL wipes each record's plaintext once libcurl has read it, so the
@@ -436,13 +237,13 @@ static int on_timer(CURLM *m, long ms, void *ud)
  * them and their connections. */
 static void pool_adopt_process(http_pool *p)
 {
-    if (p->pid == me())
+    if (p->pid == http_me())
         return;
     p->multi = NULL;
     p->share = NULL;
     p->nspare = 0;
     p->timer = -1;
-    p->pid = me();
+    p->pid = http_me();
 }
 
 static void pool_unref(http_pool *p)
@@ -450,7 +251,7 @@ static void pool_unref(http_pool *p)
     int i;
     if (--p->refs > 0)
         return;
-    if (p->pid == me()) {
+    if (p->pid == http_me()) {
         for (i = 0; i < p->nspare; i++)
             curl_easy_cleanup(p->spare[i]);
         if (p->multi != NULL)
@@ -483,9 +284,9 @@ static int pool_ready(http_pool *p)
     }
     {
         fd_snapshot before;         /* the multi's wake-up socketpair: close-on-exec */
-        snapshot_fds(&before);
+        fds_snapshot(&before);
         p->multi = curl_multi_init();
-        cloexec_new_fds(&before);
+        fds_cloexec_new(&before);
     }
     if (p->multi == NULL)
         return 0;
@@ -525,7 +326,7 @@ static void configure(CURL *h, http_pool *p, client *c)
         curl_easy_setopt(h, CURLOPT_PROXY, "");
     else if (strcmp(c->cfg.ep->proxy, "env") != 0)
         curl_easy_setopt(h, CURLOPT_PROXY, c->cfg.ep->proxy);
-    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, on_sockopt);
+    curl_easy_setopt(h, CURLOPT_SOCKOPTFUNCTION, fds_sockopt);
     curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, on_ssl_ctx);
     if (p->share != NULL)
         curl_easy_setopt(h, CURLOPT_SHARE, p->share);
@@ -566,7 +367,7 @@ static void give_back(http_pool *p, client *c, CURL *h)
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
-    if (p->nspare < POOL_SPARE && p->pid == me()) {
+    if (p->nspare < POOL_SPARE && p->pid == http_me()) {
         p->spare[p->nspare] = h;
         p->spare_owner[p->nspare++] = c->cfg.ep->id;
     } else {
@@ -630,7 +431,7 @@ static int start(client *c, double timeout)
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000 > 1 ? timeout * 1000 : 1));
     c->at->xfer.h = h;
-    c->at->xfer.pid = me();
+    c->at->xfer.pid = http_me();
     c->at->xfer.done = 0;
     c->at->xfer.nsocks = 0;
     if (curl_multi_add_handle(p->multi, h) != CURLM_OK) {
@@ -717,7 +518,7 @@ static void stop(client *c)
     if (h == NULL)
         return;
     c->at->xfer.h = NULL;
-    if (c->at->xfer.pid == me() && p->pid == me() && p->multi != NULL) {
+    if (c->at->xfer.pid == http_me() && p->pid == http_me() && p->multi != NULL) {
         curl_multi_remove_handle(p->multi, h);
         p->active--;
         give_back(p, c, h);
@@ -733,7 +534,7 @@ static void stop(client *c)
  * child of fork): the child forgets it, and wipes its own copies. */
 static int stolen(client *c)
 {
-    if (c->at == NULL || c->at->xfer.h == NULL || c->at->xfer.pid == me())
+    if (c->at == NULL || c->at->xfer.h == NULL || c->at->xfer.pid == http_me())
         return 0;
     stop(c);
     attempt_end(c);
@@ -934,7 +735,7 @@ static int http_test_close_idle(lua_State *L)
     lua_rawget(L, LUA_REGISTRYINDEX);
     box = (http_pool **)lua_touserdata(L, -1);
     p = box != NULL ? *box : NULL;
-    if (p == NULL || p->active > 0 || p->pid != me()) {
+    if (p == NULL || p->active > 0 || p->pid != http_me()) {
         lua_pushboolean(L, 0);
         lua_pushinteger(L, p != NULL ? p->active : -1);
         return 2;
@@ -990,7 +791,7 @@ void http_open(lua_State *L)
         return;
     }
     p->refs = 1;
-    p->pid = me();
+    p->pid = http_me();
     p->timer = -1;
     box = (http_pool **)lua_newuserdata(L, sizeof(http_pool *));
     *box = p;

@@ -14,7 +14,7 @@
  * the same grammar building Lua values, as lua-cjson would, at about the
  * speed of lua-cjson's decode or better (each table is made at its size).
  *
- * Limits: nesting depth 32 for json_scan, the caller's for json_push; the
+ * Limits: nesting depth NOMBA_MAX_JSON_DEPTH for json_scan, the caller's for json_push; the
  * input size is the caller's (max_response_bytes). Duplicate members: the
  * last one wins, as in a Lua table. Not JSON (Infinity, NaN, comments,
  * trailing commas, control bytes inside strings) is refused, and so is a
@@ -25,7 +25,6 @@
 #include <locale.h>
 #include "nomba.h"
 
-#define MAX_DEPTH 32
 
 typedef struct {
     const char *p, *end;
@@ -226,7 +225,7 @@ static int read_value(reader *r, int depth, int level, json_span *out)
     const char *start;
     memset(out, 0, sizeof *out);
     skip_ws(r);
-    if (r->p >= r->end || depth > MAX_DEPTH)
+    if (r->p >= r->end || depth > NOMBA_MAX_JSON_DEPTH)
         return 0;
     start = r->p;
     switch (*r->p) {
@@ -592,25 +591,6 @@ static int push_value(builder *b, int depth)
     default:
         return read_number(r) && push_number(b->L, start, (size_t)(r->p - start));
     }
-}
-
-/* A string (unescaped) or a number json_scan recorded, pushed: 1, or 0
- * (nothing pushed) for any other value. */
-int json_push_span(lua_State *L, const json_span *s)
-{
-    double d;
-    if (s->type == J_STRING) {
-        luaL_Buffer lb;
-        luaL_buffinit(L, &lb);
-        (void)unescape(s->p, s->n, put_lbuf, &lb);
-        luaL_pushresult(&lb);
-        return 1;
-    }
-    if (s->type == J_NUMBER && convert(s->p, s->n, &d)) {
-        lua_pushnumber(L, (lua_Number)d);
-        return 1;
-    }
-    return 0;
 }
 
 int json_push(lua_State *L, const char *p, size_t n, int max_depth)

@@ -13,8 +13,14 @@
  *   endpoint.c  where requests go, shared by clients alike    -> leaves
  *   token.c     the kept token: keep, drop, the hot path      -> leaves
  *   seal.c      the token sealed for a shared store           -> token
- *   proto.c     the wire contract and the attempt's buffers   -> token
- *   http.c      libcurl, one pool per Lua state               -> proto, token
+ *   attempt.c   an attempt's buffers                           -> leaves
+ *   answer.c    an API answer as Lua sees it (lazy json)       -> leaves
+ *   build.c     every request, built once                      -> attempt
+ *   interpret.c every answer, read once                        -> token, answer
+ *   proto.c     the contract's Lua side (request/answer/abandon) -> build, interpret, frame, outcome
+ *   curlmem.c   libcurl's process-wide setup: wiped memory    -> leaves
+ *   fds.c       descriptor hygiene: close-on-exec             -> leaves
+ *   http.c      libcurl, one pool per Lua state               -> proto, token, curlmem, fds
  *   client.c    the userdata: new, close, __gc, __tostring    -> http, proto, token
  *   pkce.c webhook.c filestore.c                              -> leaves
  *   core.c      the module: luaopen, clocks, test hooks       -> every *_open
@@ -54,6 +60,7 @@
 #define NOMBA_MAX_HEADERS    32768            /* bytes of answer headers */
 #define NOMBA_MAX_ACCOUNT_ID 128              /* bytes of an account id */
 #define NOMBA_MAX_MESSAGE    240              /* bytes of an error's or an event's message */
+#define NOMBA_MAX_JSON_DEPTH 32               /* nesting of any JSON read or written (answers, events, bodies) */
 
 /* Slots of the client's user value table kept by C (Lua keeps its
  * own state under string keys of the same table). */
@@ -73,7 +80,6 @@ NOMBA_HIDDEN int  sbuf_add(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN int  sbuf_adds(sbuf *b, const char *s);
 NOMBA_HIDDEN int  sbuf_add_json_string(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN void sbuf_wipe(sbuf *b);   /* zero the whole capacity, keep it */
-NOMBA_HIDDEN void sbuf_clear(sbuf *b);  /* zero the bytes in use (only sbuf_add/sbuf_set wrote), keep capacity */
 NOMBA_HIDDEN void sbuf_free(sbuf *b);   /* zero and free */
 NOMBA_HIDDEN int  sbuf_set(sbuf *b, const char *s, size_t n);
 NOMBA_HIDDEN char *nomba_strndup(const char *s, size_t n);   /* malloc'd copy or NULL */
@@ -312,21 +318,45 @@ NOMBA_HIDDEN void token_anchor(client *c, double server_date);   /* an answer's 
 NOMBA_HIDDEN double token_server_now(const client *c);           /* the server's clock, as known */
 NOMBA_HIDDEN void token_open(lua_State *L);
 
-/* proto.c: the wire contract (sans-I/O) and the attempt's buffers. */
+/* attempt.c: an attempt's buffers. */
 NOMBA_HIDDEN int  attempt_begin(lua_State *L, client *c, int op);   /* 0, or pushes nil, err */
 NOMBA_HIDDEN int  attempt_ensure(client *c);   /* an attempt, begun if none is; 0 when out of memory */
 NOMBA_HIDDEN void attempt_end(client *c);
 NOMBA_HIDDEN void attempt_free(client *c);
+/* build.c: every request. */
 NOMBA_HIDDEN int  proto_build(lua_State *L, client *c, int op, int argidx);  /* 0, or pushes nil, err */
+NOMBA_HIDDEN void build_open(lua_State *L);
+/* answer.c: an API answer as Lua sees it. */
+NOMBA_HIDDEN int  answer_json_like(const nomba_answer_meta *m, const char *body, size_t n);
+NOMBA_HIDDEN void answer_push(lua_State *L, const client *c, const nomba_answer_meta *m, const char *head, size_t hn,
+                              const char *body, size_t n, const char *code, size_t codelen, int json);
+NOMBA_HIDDEN void answer_attach(lua_State *L, const client *c, const nomba_answer_meta *m, const char *head,
+                                size_t hn, const char *body, size_t n, const char *code, size_t codelen, int json);
+NOMBA_HIDDEN void answer_open(lua_State *L);
+/* interpret.c: every answer. */
 NOMBA_HIDDEN int  proto_interpret(lua_State *L, int cidx, client *c, int op, const nomba_answer_meta *m,
                                   const char *head, size_t hn, const char *body, size_t n);
+/* proto.c: the contract's Lua side. */
 NOMBA_HIDDEN void proto_open(lua_State *L);
+
+/* curlmem.c: libcurl's process-wide setup. */
+NOMBA_HIDDEN void http_global_init(void);
+NOMBA_HIDDEN int  http_curl_wipes(void);   /* libcurl frees through our wiping free */
+NOMBA_HIDDEN pid_t http_me(void);          /* this process's id (kept by a fork handler) */
+
+/* fds.c: descriptor hygiene. */
+typedef struct {
+    unsigned char *open;    /* a bit per fd open at the snapshot */
+    size_t n;               /* bytes of open */
+} fd_snapshot;
+
+NOMBA_HIDDEN int  fds_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose);   /* CURLOPT_SOCKOPTFUNCTION */
+NOMBA_HIDDEN void fds_snapshot(fd_snapshot *s);       /* the descriptors open now */
+NOMBA_HIDDEN void fds_cloexec_new(fd_snapshot *s);    /* close-on-exec for AF_UNIX streams opened since; frees s */
 
 /* http.c: libcurl, one pool per Lua state. */
 NOMBA_HIDDEN void http_attach(lua_State *L, int cidx, client *c);
 NOMBA_HIDDEN void http_release(client *c);
-NOMBA_HIDDEN void http_global_init(void);
-NOMBA_HIDDEN int  http_curl_wipes(void);   /* libcurl frees through our wiping free */
 NOMBA_HIDDEN void http_open(lua_State *L);
 
 /* err.c */
@@ -385,7 +415,6 @@ NOMBA_HIDDEN int json_scan(const char *p, size_t n, const char *const *names, in
 NOMBA_HIDDEN int json_string(const json_span *s, sbuf *out);   /* 1, 0 not a string, -1 OOM */
 NOMBA_HIDDEN int json_number(const json_span *s, double *out);  /* a number, or a string of one */
 NOMBA_HIDDEN int json_push(lua_State *L, const char *p, size_t n, int max_depth); /* 1 pushed, 0 not JSON */
-NOMBA_HIDDEN int json_push_span(lua_State *L, const json_span *s);  /* a string or number: 1 pushed, else 0 */
 
 /* filestore.c */
 NOMBA_HIDDEN void filestore_open(lua_State *L);

@@ -236,15 +236,6 @@ void sbuf_wipe(sbuf *b)
     b->n = 0;
 }
 
-/* Wipes the bytes in use (every writer of the buffer went through
- * sbuf_add or sbuf_set, so nothing lies past n), keeps the capacity. */
-void sbuf_clear(sbuf *b)
-{
-    if (b->p != NULL && b->n > 0)
-        OPENSSL_cleanse(b->p, b->n);
-    b->n = 0;
-}
-
 void sbuf_free(sbuf *b)
 {
     if (b->p != NULL)

@@ -55,7 +55,6 @@
 
 #define MAC       32
 #define BLOCK     64
-#define MAX_DEPTH 32            /* an event nested deeper is bad_json */
 
 static const char ALGORITHM[] = "HmacSHA256", VERSION[] = "1.0.0";
 
@@ -510,7 +509,7 @@ static int webhook_verify(lua_State *L)
                       "nor Unix seconds", "");
     for (i = 0; i < bn && (body[i] == ' ' || body[i] == '\t' || body[i] == '\n' || body[i] == '\r'); i++)
         ;
-    if (i == bn || body[i] != '{' || !json_push(L, body, bn, MAX_DEPTH))
+    if (i == bn || body[i] != '{' || !json_push(L, body, bn, NOMBA_MAX_JSON_DEPTH))
         return refuse(L, "bad_json", "the body is not a JSON object", "");
     fields_of(L, 7, &f);                    /* may raise (memory) before anything is held */
     if ((why = bad_field(&f, &which)) != NULL)
@@ -539,7 +538,7 @@ static int webhook_sign(lua_State *L)
     if (lua_type(L, 2) == LUA_TSTRING) {
         size_t bn;
         const char *body = lua_tolstring(L, 2, &bn);
-        if (!json_push(L, body, bn, MAX_DEPTH) || lua_type(L, -1) != LUA_TTABLE)
+        if (!json_push(L, body, bn, NOMBA_MAX_JSON_DEPTH) || lua_type(L, -1) != LUA_TTABLE)
             return 0;
         lua_replace(L, 2);
     }

@@ -13,9 +13,9 @@
 
 local core = require "nomba.oauth.core"
 local options = require "nomba.oauth.options"
-local shared = require "nomba.oauth.shared"
+local shared_token = require "nomba.oauth.shared_token"
 local events = require "nomba.oauth.events"
-local status = require "nomba.oauth.status"
+local metrics = require "nomba.oauth.metrics"
 local token = require "nomba.oauth.token"
 
 local pcall, error, getmetatable, setmetatable = pcall, error, getmetatable, setmetatable
@@ -171,14 +171,14 @@ function M.new(opts)
   o.max_response = opts.max_response_bytes ~= nil and o.max_response_bytes or nil
   local state = setmetatable({ account_id = o.account_id, client_id = o.client_id }, profile_of(o))
   local client = core.new(o, state)
-  status.register(client, state)
+  metrics.register(client, state)
   if o.token then
     local seeded, why = pcall(core.seed, client, o.token)
     if not seeded then error(why, 2) end
   end
   if o.store then
     if o.store_key then core.set_store_key(client, o.store_key) end
-    shared.keys(client, state)
+    shared_token.keys(client, state)
     if o.store.set_timeout ~= nil and o.store.timeout == nil then
       pcall(o.store.set_timeout, o.store, o.timeout)   -- a store without its own bound gets ours
     end
@@ -187,7 +187,7 @@ function M.new(opts)
 end
 
 function M.metrics()
-  return status.metrics()
+  return metrics.metrics()
 end
 
 M.store = require "nomba.oauth.store"

@@ -9,16 +9,16 @@
 -- (Continued from nomba/oauth.lua: one section.)
 -- @section methods
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local machine = require "nomba.oauth.machine"
-local token = require "nomba.oauth.token"
-local drivers = require "nomba.oauth.drivers"
+require "nomba.oauth.renewal"                    -- sets machine.idle: a step starts a due renewal
+local wire = require "nomba.oauth.wire"
 local request = require "nomba.oauth.request"
-local status = require "nomba.oauth.status"
+local metrics = require "nomba.oauth.metrics"
 
 local type, error, ipairs = type, error, ipairs
 local math_max, math_floor = math.max, math.floor
-local state_of, new_error, now = core.state, core.error, runtime.now
+local state_of, new_error, now = core.state, core.error, platform.now
 
 local Client = core.methods
 
@@ -39,7 +39,7 @@ end
 --   counts = {issues, refreshes, renewal_failures, unauthorized, rate_limit_waits, requests,
 --   request_failures}, store, nonblocking}`
 function Client:status()
-  return status.status(self, check_client(self, "status"))
+  return metrics.status(self, check_client(self, "status"))
 end
 
 --- Issues a token with the client credentials; the client keeps it and,
@@ -158,7 +158,7 @@ end
 -- first and the lock tried without waiting.
 -- @treturn boolean true while work is in flight (a transfer, a retry timer, a look at the store)
 function Client:step()
-  return token.step(self, check_client(self, "step"))
+  return machine.step(self, check_client(self, "step"))
 end
 
 --- Blocks up to `seconds` until the transfer in flight can make progress (or
@@ -217,7 +217,7 @@ end
 -- @treturn number timeout_ms
 function Client:sockets()
   local st = check_client(self, "sockets")
-  local socks, ms = drivers.multi.sockets(self)
+  local socks, ms = wire.multi.sockets(self)
   local at = st.nb and st.nb.wake_at
   if at then ms = math_max(0, math_floor((at - now()) * 1000)) end
   return socks, ms

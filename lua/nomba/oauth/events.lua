@@ -2,7 +2,7 @@
 -- (`log`, by default `ngx.log` inside OpenResty, silent elsewhere) and
 -- adopted tokens (`on_token`). None of them can break a request: an error
 -- raised inside a hook is swallowed. (Private to nomba.oauth.)
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 
 local pcall, tostring, type = pcall, tostring, type
 
@@ -32,8 +32,8 @@ end
 -- The default log: the error log inside OpenResty (ngx.errlog.raw_log, so
 -- the line names its real source), nothing elsewhere.
 local LEVELS
-if runtime.ngx then
-  local ngx = runtime.ngx
+if platform.ngx then
+  local ngx = platform.ngx
   LEVELS = { error = ngx.ERR, warn = ngx.WARN, info = ngx.INFO }
   local ok, errlog = pcall(require, "ngx.errlog")
   local raw = ok and type(errlog) == "table" and errlog.raw_log

@@ -34,20 +34,20 @@
 --
 -- Two runners, the only difference between blocking and non-blocking use:
 --   run         blocking: the libcurl easy driver, or the client's transport
---               (OpenResty's cosockets yield inside it), runtime.sleep
+--               (OpenResty's cosockets yield inside it), platform.sleep
 --   begin/step  never blocking: the libcurl multi driver, timers
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local events = require "nomba.oauth.events"
-local shared = require "nomba.oauth.shared"
-local drivers = require "nomba.oauth.drivers"
-local client_status = require "nomba.oauth.status"
+local shared_token = require "nomba.oauth.shared_token"
+local wire = require "nomba.oauth.wire"
+local metrics = require "nomba.oauth.metrics"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local math_random, math_min, math_max, pairs, error = math.random, math.min, math.max, pairs, error
 local co_yield = coroutine.yield
-local now, new_error, pcall_y = runtime.now, core.error, runtime.pcall_y
+local now, new_error, pcall_y = platform.now, core.error, platform.pcall_y
 
 local M = {}
 
@@ -71,7 +71,9 @@ function M.call(self, st, job, child)
   return job.kind(self, st, job, "child", a, b)
 end
 
--- Advances the innermost job; a child's answer goes to its parent.
+--- Advances the innermost job; a child's answer goes to its parent. The
+-- machine itself, without I/O: the runners call it, and so do the unit
+-- tests (spec/28-machine), which answer its attempts from a script.
 advance = function(self, st, job, what, a, b, c, d)
   local child = job.child
   if not child then return job.kind(self, st, job, what, a, b, c, d) end
@@ -80,6 +82,7 @@ advance = function(self, st, job, what, a, b, c, d)
   job.child = nil
   return job.kind(self, st, job, "child", x, y)
 end
+M.advance = advance
 
 -- The deadline --------------------------------------------------------------------
 
@@ -152,11 +155,11 @@ end
 local function finished(self, st, job, res)
   local op = job.op
   if TOKENS[op] then
-    if op ~= "exchange" then client_status.count(st, op == "issue" and "issues" or "refreshes") end
+    if op ~= "exchange" then metrics.count(st, op == "issue" and "issues" or "refreshes") end
     events.adopted(st, res)
-    if st.store and not job.renewal then shared.publish(self, st) end   -- a renewal publishes under its lock
+    if st.store and not job.renewal then shared_token.publish(self, st) end   -- a renewal publishes under its lock
   elseif op == "revoke" and core.drop(self, job.args and job.args.access_token) and st.store then
-    shared.revoked(st)
+    shared_token.revoked(st)
   end
   return "done", res
 end
@@ -170,14 +173,14 @@ local function op_abort(self, st, job)
   if not (job.left0 and TOKENS[job.op] and core.remaining(self) > job.left0) then return end
   job.left0 = nil
   events.adopted(st, core.kept(self))
-  if st.store and not job.renewal then shared.publish(self, st) end
+  if st.store and not job.renewal then shared_token.publish(self, st) end
 end
 
 --- The kind of an operation: one attempt after another.
 function M.Op(self, st, job, what, res, err, status, elapsed)
   if what == "start" then
     -- the shared token may be the one to revoke: read it first
-    if job.op == "revoke" and st.store then shared.read(self, st) end
+    if job.op == "revoke" and st.store then shared_token.read(self, st) end
     return next_attempt(self, st, job)
   elseif what == "wake" then
     local rest = job.sleep_until and job.sleep_until - now()
@@ -215,7 +218,7 @@ function M.Op(self, st, job, what, res, err, status, elapsed)
   if job.renewal and job.op == "refresh" and refused(err) and core.has(self, "secret") then
     -- an issue ends Nomba's session: a token another member published
     -- meanwhile is adopted instead
-    if st.store and shared.refresh_view(self, st) and core.fresh(self) then
+    if st.store and shared_token.refresh_view(self, st) and core.fresh(self) then
       job.last_err = nil
       return "done", core.kept(self)
     end
@@ -252,7 +255,7 @@ end
 -- One attempt on the blocking driver; its duration only when an event
 -- will tell it.
 local function attempt(self, st, opjob)
-  local drive = st.transport and drivers.transport or drivers.easy
+  local drive = st.transport and wire.transport or wire.easy
   if not (st.on_event or st.log) then return drive(self, st, opjob.op, opjob.args, opjob.limit) end
   local t0 = now()
   local res, err, status = drive(self, st, opjob.op, opjob.args, opjob.limit)
@@ -265,13 +268,13 @@ local function loop(self, st, job)
     if act == "attempt" then
       act, a, b = advance(self, st, job, "answer", attempt(self, st, a))
     elseif act == "sleep" then
-      runtime.sleep(a)
+      platform.sleep(a)
       act, a, b = advance(self, st, job, "wake")
     else                                   -- "yield": let the renewing coroutine run
       local waited = true
-      if runtime.ngx then
-        runtime.sleep(0.005)
-      elseif runtime.can_yield() then
+      if platform.ngx then
+        platform.sleep(0.005)
+      elseif platform.can_yield() then
         co_yield()
       else
         waited = false                     -- nobody else can be renewing
@@ -305,7 +308,7 @@ local function proceed(self, st, job, act, a, b)
   while true do
     if act == "attempt" then
       job.t0 = now()
-      local ok, err = drivers.multi.start(self, a.op, a.args, a.limit or st.timeout)
+      local ok, err = wire.multi.start(self, a.op, a.args, a.limit or st.timeout)
       if ok then
         job.sending = true
         return true
@@ -351,7 +354,7 @@ end
 -- (Under the pcall: an error raised the moment the C core returns, after
 -- it kept a token, still releases what the job holds.)
 local function answered(self, st, job)
-  local done, res, err, status = drivers.multi.progress(self)
+  local done, res, err, status = wire.multi.progress(self)
   if done == false then return "running" end
   if done == nil then                    -- nothing in flight any more: the client was closed
     local inner = job
@@ -382,12 +385,21 @@ local function next_job(self, st)
   if not busy and job.callback then pcall_y(job.callback, res, err) end
 end
 
---- Advances the job in flight without blocking; true while one is (or
--- one is queued).
+--- What a step does when no job is in flight or queued: renewal.lua sets
+-- it to start a due renewal (it cannot be required here: it requires this).
+M.idle = function() end
+
+--- One non-blocking step (client:step()): advances the job in flight, or
+-- begins the queued one, or lets the idle work begin (a due renewal);
+-- true while a job is in flight or queued.
 function M.step(self, st)
   local job = st.nb
   if not job then
-    next_job(self, st)
+    if st.nb_next then
+      next_job(self, st)
+    else
+      M.idle(self, st)
+    end
     return st.nb ~= nil
   end
   local ok, act, a, b
@@ -418,7 +430,7 @@ function M.wait(self, st, seconds)
   if job.wake_at then
     core.sleep(math_min(seconds, math_max(0, job.wake_at - now())))
   else
-    drivers.multi.wait(self, seconds)
+    wire.multi.wait(self, seconds)
   end
   return true
 end

@@ -21,7 +21,7 @@
 --     covers the whole renewal, however long its Retry-After waits. Before
 --     publishing, the holder reads the store again: a newer token there, or
 --     (its lease lapsed) any valid one published since it took the lock, is
---     adopted, never overwritten (shared.release).
+--     adopted, never overwritten (shared_token.release).
 --     While another holder renews, the kept token is used if it is still
 --     valid, else the client waits for the holder (backing off, reading the
 --     store) until its own deadline; it renews alone only when the lock was
@@ -37,15 +37,15 @@
 --   * A failed renewal never throws away a still-valid token.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local machine = require "nomba.oauth.machine"
-local shared = require "nomba.oauth.shared"
+local shared_token = require "nomba.oauth.shared_token"
 local events = require "nomba.oauth.events"
-local status = require "nomba.oauth.status"
+local metrics = require "nomba.oauth.metrics"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local tostring, math_random, math_min, math_max, math_floor = tostring, math.random, math.min, math.max, math.floor
-local fresh, now, new_error = core.fresh, runtime.now, core.error
+local fresh, now, new_error = core.fresh, platform.now, core.error
 
 local R = {}
 
@@ -77,11 +77,11 @@ end
 
 -- The holder's lease kept alive (the machine calls it before each attempt
 -- of the renewal's operation and through its waits); a lapsed lease is
--- noted: the store is read before publishing anyway (shared.release).
+-- noted: the store is read before publishing anyway (shared_token.release).
 local function keep(_, st, opjob)
   local lock = opjob.lock
   if lock.released or lock.lapsed then return end
-  if shared.extend(st, lease(st), lock.owner) == false then lock.lapsed = true end
+  if shared_token.extend(st, lease(st), lock.owner) == false then lock.lapsed = true end
 end
 
 -- A lock seen held for longer than this has a stuck holder (a stopped
@@ -121,16 +121,16 @@ end
 -- the lock's write). The store is read again once the lock is held:
 -- someone may have just published.
 local function claim(self, st, job)
-  if not shared.refresh_view(self, st) or fresh(self) then
+  if not shared_token.refresh_view(self, st) or fresh(self) then
     return fresh(self) and "fresh" or nil
   end
-  local got, owner = shared.lock(st, lock_ttl(st, job))
+  local got, owner = shared_token.lock(st, lock_ttl(st, job))
   if got == nil then return nil, true end
   if not got then return "busy" end
   local lock, _ = { owner = owner }
-  lock.ad, _, lock.blob = shared.refresh_view(self, st)
+  lock.ad, _, lock.blob = shared_token.refresh_view(self, st)
   if fresh(self) then
-    shared.release(self, st, lock)
+    shared_token.release(self, st, lock)
     return "fresh"
   end
   lock.before = core.remaining(self)
@@ -138,17 +138,17 @@ local function claim(self, st, job)
 end
 
 -- The end of the renewal: the lock released (the token published when it
--- is newer: shared.release), the single-flight mark cleared, the outcome
+-- is newer: shared_token.release), the single-flight mark cleared, the outcome
 -- kept for the pause and the log. Only the first call does anything.
 local function finished(self, st, job, err)
   if job.ended then return end
   job.ended = true
-  if job.lock then shared.release(self, st, job.lock) end
+  if job.lock then shared_token.release(self, st, job.lock) end
   if job.renewing then st.renewing = false end
   if job.tried then
     st.last_err = err
     local op = job.op_job and job.op_job.op or job.op_name
-    status.renewed(st, op, err)
+    metrics.renewed(st, op, err)
     if err and (err.kind == "config" or err.kind == "closed") then
       st.last_try = nil                 -- nothing left: nothing to pause for
     elseif err then
@@ -233,7 +233,7 @@ local function at_store(self, st, job)
     return "done", nil, new_error("timeout", "token", "another member holds the renewal lock and did " ..
       "not publish a token within this call's deadline", { retryable = true })
   end
-  local may, phase = runtime.cosockets()
+  local may, phase = platform.cosockets()
   if not may and not job.nb then
     return "done", nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
       " phase cannot wait for the renewal in progress")
@@ -308,5 +308,6 @@ function R.due(self, st)
   job.background = true                        -- a call may queue behind it (machine.queue)
   machine.begin(self, st, job)
 end
+machine.idle = R.due                           -- what a non-blocking step does with nothing in flight
 
 return R

@@ -16,17 +16,17 @@
 --     window, or fails with `rate_limited` where it cannot wait.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local machine = require "nomba.oauth.machine"
 local renewal = require "nomba.oauth.renewal"
-local status = require "nomba.oauth.status"
+local metrics = require "nomba.oauth.metrics"
 local unauthorized = require "nomba.oauth.unauthorized"
 local options = require "nomba.oauth.options"
 
 local type, pairs, ipairs, tostring, tonumber, error = type, pairs, ipairs, tostring, tonumber, error
 local next, getmetatable = next, getmetatable
 local sort, concat, math_min, math_abs, find = table.sort, table.concat, math.min, math.abs, string.find
-local now, new_error, fresh, LIMITS = runtime.now, core.error, core.fresh, core.LIMITS
+local now, new_error, fresh, LIMITS = platform.now, core.error, core.fresh, core.LIMITS
 local spaceless = core.spaceless
 
 local cjson = require("cjson.safe").new()
@@ -118,7 +118,7 @@ end
 -- where it stands, instead of being sent changed. Floating-point noise past
 -- the 15th digit (0.1 + 0.2 goes out as 0.3) is not a change. NaN and
 -- infinities are left to cjson, which refuses them.
-local JSON_DEPTH = 128
+local JSON_DEPTH = LIMITS.json_depth        -- one depth for every JSON, read or written
 local function exact_numbers(t, where, depth)
   if depth > JSON_DEPTH then bad(where .. " is nested deeper than " .. JSON_DEPTH .. " levels (or holds a cycle)") end
   for k, v in next, t do
@@ -290,8 +290,8 @@ end
 
 -- The call's end, counted.
 local function ended(st, res, err)
-  status.count(st, "requests")
-  if not res then status.count(st, "request_failures") end
+  metrics.count(st, "requests")
+  if not res then metrics.count(st, "request_failures") end
   return "done", res, err
 end
 
@@ -310,8 +310,8 @@ end
 local function gate(self, st, job)
   local wait = rate_wait(st)
   if wait then
-    if job.state ~= "gate" then status.count(st, "rate_limit_waits") end
-    if job.nb or not runtime.cosockets() or wait > machine.RETRY_AFTER_CAP or wait > machine.left(job) then
+    if job.state ~= "gate" then metrics.count(st, "rate_limit_waits") end
+    if job.nb or not platform.cosockets() or wait > machine.RETRY_AFTER_CAP or wait > machine.left(job) then
       return ended(st, nil, rate_limited(wait))
     end
     job.state = "gate"
@@ -335,7 +335,7 @@ function R.Call(self, st, job, what, a, b)
     local res, err = a, b
     note_rate(st, res or (err and err.response), err)
     if err and err.status == 401 then
-      status.count(st, "unauthorized")
+      metrics.count(st, "unauthorized")
       local account = job.args.account
       if job.retried then                 -- refused again on the renewed token: the accountId's fault
         if job.tok ~= job.first_tok then unauthorized.mark(self, st, account, job.tok) end

@@ -37,7 +37,7 @@
 
 local ngx = ngx
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local tostring, pairs, pcall, type, setmetatable = tostring, pairs, pcall, type, setmetatable
@@ -274,7 +274,7 @@ end
 --   libcurl's answers are, or `nil` and the failure (a raw outcome the
 --   C core makes the error of)
 function M.request(req)
-  local may, phase = runtime.cosockets()
+  local may, phase = platform.cosockets()
   if not may then
     return fail("config", "cosockets are not available in the " .. phase .. " phase; get the token " ..
       "in rewrite, access or content, or keep it fresh with require('nomba.oauth.resty').keep_fresh(client)" ..
@@ -349,10 +349,10 @@ function M.prometheus(prometheus, opts)
   if type(interval) ~= "number" or interval <= 0 then
     error("nomba.oauth.resty.prometheus: interval must be a positive number", 2)
   end
-  local status = require "nomba.oauth.status"
+  local metrics = require "nomba.oauth.metrics"
   local labels = { "account_id", "client_id" }
   local counters = {}
-  for _, c in ipairs(status.COUNTERS) do
+  for _, c in ipairs(metrics.COUNTERS) do
     counters[c[1]] = prometheus:counter("nomba_oauth_" .. c[1] .. "_total", c[2], labels)
   end
   local expires = prometheus:gauge("nomba_oauth_token_expires_in_seconds",
@@ -360,7 +360,7 @@ function M.prometheus(prometheus, opts)
   local pushed = setmetatable({}, { __mode = "k" })     -- per client: the counts already fed in
   local function sync()
     local freshest = {}
-    for client, st in status.each() do
+    for client, st in metrics.each() do
       if not core.closed(client) then
         local l = { tostring(st.account_id), tostring(st.client_id) }
         local seen = pushed[client]

@@ -18,13 +18,13 @@
 -- @module nomba.oauth.store
 
 local core = require "nomba.oauth.core"
-local common = require "nomba.oauth.store.common"
+local keys = require "nomba.oauth.store.keys"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 local PREFIX = DEFAULTS.store.prefix
 
 local type, error, setmetatable = type, error, setmetatable
 local now = core.now
-local owner_id, check_key = common.owner_id, common.check_key
+local owner_id, check_key = keys.owner_id, keys.check_key
 
 local M = {}
 

@@ -13,7 +13,7 @@
 --     open, at that generation, still fresh. A stale copy is never used.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local machine = require "nomba.oauth.machine"
 local renewal = require "nomba.oauth.renewal"
 
@@ -33,14 +33,6 @@ local function pending_error(msg)
   return new_error("pending", "token", msg or "no valid token yet; a renewal is in flight")
 end
 
---- One non-blocking step: advances the job in flight, or starts a due
--- renewal; true while work is in flight or scheduled.
-function H.step(self, st)
-  if st.nb or st.nb_next then return machine.step(self, st) end
-  renewal.due(self, st)
-  return st.nb ~= nil
-end
-
 -- token() in the non-blocking mode: the kept token while it is valid, even
 -- during a renewal; otherwise a renewal is started and, with wait = false,
 -- a "pending" error returned; else the caller yields (inside a coroutine)
@@ -48,7 +40,7 @@ end
 local function nb_token(self, st, opts)
   local nowait = type(opts) == "table" and opts.wait == false
   while true do
-    H.step(self, st)
+    machine.step(self, st)
     local kept = fresh(self, 0)
     if kept then return kept end
     if not st.nb then
@@ -56,7 +48,7 @@ local function nb_token(self, st, opts)
       return nil, st.last_err or pending_error("no valid token yet")
     end
     if nowait then return nil, pending_error() end
-    if runtime.can_yield() and not runtime.ngx then
+    if platform.can_yield() and not platform.ngx then
       co_yield()
     else
       machine.wait(self, st, 0.05)
@@ -97,13 +89,13 @@ end
 -- The fresh token, bearer and account of a client, or nil.
 local lookup = fresh
 local HOT, check                -- LuaJIT: the copies, and the FFI check
-if runtime.ffi then
+if platform.ffi then
   -- a copy of the strings, checked by one FFI call into C (the client
   -- open, the token the copy was made from, still fresh), which LuaJIT
   -- compiles to a plain call and its interpreter makes at the cost of
   -- about 1.5 calls through the Lua API; a stale copy is never used
   HOT = setmetatable({}, { __mode = "k" })        -- strings and numbers: never the client
-  check = runtime.ffi.cast("int (*)(const void *, unsigned int)", core.hot_check())
+  check = platform.ffi.cast("int (*)(const void *, unsigned int)", core.hot_check())
   lookup = function(self)
     local tok, bearer, account, gen = fresh(self)
     if not tok then

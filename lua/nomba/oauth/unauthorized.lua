@@ -23,12 +23,12 @@
 -- A mark names the token by core.token_id (a digest), never the token.
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
-local shared = require "nomba.oauth.shared"
+local platform = require "nomba.oauth.platform"
+local shared_token = require "nomba.oauth.shared_token"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS
 
 local math_max, math_min = math.max, math.min
-local now, token_id = runtime.now, core.token_id
+local now, token_id = platform.now, core.token_id
 
 local U = {}
 
@@ -59,7 +59,7 @@ function U.refused(self, st, account, tok)
   local m = st.refused and st.refused[account]
   if m and m.till > now() and (m.id == ANY or m.id == id) then return true end
   if not st.store then return false end
-  local v = shared.call(st, "get", store_key(st, account))
+  local v = shared_token.call(st, "get", store_key(st, account))
   if v ~= ANY and v ~= id then return false end
   remember(st, account, v, v == ANY and RECHECK_FOREIGN or
                            math_min(RULE.renewed_timeouts * st.timeout, core.remaining(self)))
@@ -70,7 +70,7 @@ end
 local function mark(st, account, v, ttl)
   ttl = math_max(ttl, 0.001)
   remember(st, account, v, ttl)
-  if st.store then shared.call(st, "set", store_key(st, account), v, ttl) end
+  if st.store then shared_token.call(st, "set", store_key(st, account), v, ttl) end
 end
 
 --- Marks the token `tok`, just renewed for a 401 to `account`, for a

@@ -1,11 +1,11 @@
 --- The file store: every process of one host.
 -- @submodule nomba.oauth.store
 local core = require "nomba.oauth.core"
-local common = require "nomba.oauth.store.common"
+local keys = require "nomba.oauth.store.keys"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 
 local type, error, setmetatable = type, error, setmetatable
-local check_key = common.check_key
+local check_key = keys.check_key
 
 local M = {}
 

@@ -27,12 +27,12 @@
 -- Sentinel deployment needs a connect function that asks Sentinel for the
 -- master.
 -- @submodule nomba.oauth.store
-local common = require "nomba.oauth.store.common"
+local keys = require "nomba.oauth.store.keys"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 
 local type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs =
   type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs
-local owner_id, check_key = common.owner_id, common.check_key
+local owner_id, check_key = keys.owner_id, keys.check_key
 local now = require("nomba.oauth.core").now
 local RETRY_LEAST = DEFAULTS.redis_retry_least   -- less left of the bound is not worth a new connection
 

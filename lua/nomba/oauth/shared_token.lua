@@ -4,11 +4,11 @@
 -- the caller. (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
 local MESSAGE = core.LIMITS.message             -- the cap on a message (errors and events alike)
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 local events = require "nomba.oauth.events"
 
 local type, pcall, tostring, select = type, pcall, tostring, select
-local pcall_y = runtime.pcall_y
+local pcall_y = platform.pcall_y
 
 local S = {}
 

@@ -6,7 +6,7 @@
 -- is ever part of either. (Private to nomba.oauth; the public functions
 -- are documented where they are exported.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 
 local pairs, ipairs, tostring, setmetatable = pairs, ipairs, tostring, setmetatable
 local math_floor, concat, sort = math.floor, table.concat, table.sort
@@ -119,7 +119,7 @@ function S.metrics()
     end
   end
   sort(order)
-  local worker = runtime.ngx and runtime.ngx.worker and runtime.ngx.worker.id and runtime.ngx.worker.id()
+  local worker = platform.ngx and platform.ngx.worker and platform.ngx.worker.id and platform.ngx.worker.id()
   local function labels(g)
     local s = ('account_id="%s",client_id="%s"'):format(label(g.account_id), label(g.client_id))
     if worker then s = s .. (',worker="%s"'):format(label(worker)) end

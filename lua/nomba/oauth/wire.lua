@@ -9,7 +9,7 @@
 -- call's error says whether the request may have left (`maybe_sent`).
 -- (Private to nomba.oauth.)
 local core = require "nomba.oauth.core"
-local runtime = require "nomba.oauth.runtime"
+local platform = require "nomba.oauth.platform"
 
 local type, tostring, getmetatable = type, tostring, getmetatable
 local abandon, answer, frame, Error = core.abandon, core.answer, core.frame, core.Error
@@ -38,7 +38,7 @@ function D.transport(self, st, op, args, timeout)
   local req, err = core.request(self, op, args)
   if not req then return nil, err end
   if timeout then req.timeout = timeout end
-  local ok, resp, why, sent = runtime.pcall_y(st.transport, req)
+  local ok, resp, why, sent = platform.pcall_y(st.transport, req)
   local method, max = req.method, req.max_response_bytes
   req.body = nil
   if not ok then return abandon(self, op, "raised") end
