@@ -215,6 +215,57 @@ if wanted "request" then
   assert(sim:reset())
 end
 
+-- 3c. instructions per GET (callgrind): ours against the C loop -----------------------
+-- Each side runs twice under callgrind, with N1 and N2 GETs after its setup;
+-- the difference over N2 - N1 is what one GET costs, startup cancelled.
+if wanted "instructions" then
+  if not os.execute("command -v valgrind >/dev/null 2>&1") then
+    print("bench: the instructions row needs valgrind")
+  else
+    assert(sim:config { rate_limit = 0 })
+    local c = oauth.new(sim:client_options { retries = 0 })
+    local tok = assert(c:token())
+    c:close()
+    local file = os.tmpname()                     -- the token reaches both through a file
+    local f = assert(io.open(file, "w"))
+    f:write(tok)
+    f:close()
+    local N1, N2 = 20, 120
+    local script = os.tmpname()
+    f = assert(io.open(script, "w"))
+    f:write(([[
+      local oauth = require "nomba.oauth"
+      local n = tonumber(arg[1])
+      local c = oauth.new { account_id = %q, client_id = %q, client_secret = %q, base_url = %q, cafile = %q,
+                            retries = 0, token = { access_token = io.open(%q):read("*a"),
+                                                   expires_at = os.time() + 1800, expires_in = 1800 } }
+      assert(c:request { path = "/v1/accounts/balance" })
+      for _ = 1, n do assert(c:request { path = "/v1/accounts/balance" }) end
+    ]]):format(sim.client.account_id, sim.client.client_id, sim.client.client_secret, sim.url, sim.cafile, file))
+    f:close()
+    local function ir(cmd)
+      local out = shell("BENCH_BEARER_FILE='" .. file .. "' valgrind --tool=callgrind " ..
+                        "--callgrind-out-file=/dev/null " .. cmd .. " 2>&1")
+      return assert(tonumber(out:match("Collected : (%d+)")), out)
+    end
+    local function ours_ir(n)
+      local out = shell(("valgrind --tool=callgrind --callgrind-out-file=/dev/null %s %s %d 2>&1; echo rc=$?"):format(
+        LUA, script, n))
+      assert(out:match("rc=0%s*$"), out)
+      return assert(tonumber(out:match("Collected : (%d+)")), out)
+    end
+    local ours = (ours_ir(N2) - ours_ir(N1)) / (N2 - N1)
+    local loop = ("%s/curl_loop '%s/v1/accounts/balance' '%s' %%d"):format(BIN, sim.url, sim.cafile)
+    local base = (ir(loop:format(N2 + 1)) - ir(loop:format(N1 + 1))) / (N2 - N1)
+    os.remove(script)
+    os.remove(file)
+    results.instructions = { ours_per_get = ours, c_loop_per_get = base, ratio = ours / base }
+    row("  instructions per GET (callgrind)", fmt(ours / 1000, 0), "k", "the C loop's", fmt(base / 1000, 0),
+        fmt(ours / base, 2) .. "x", "report", true)
+    assert(sim:reset())
+  end
+end
+
 -- 4. a new client's first request: full handshake vs resumed session ----------------
 if wanted "first_request" then
   local script = ([[
