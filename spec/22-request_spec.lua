@@ -87,6 +87,28 @@ describe("client:request", function()
     assert.has_error(function() c:request { path = "/v1/accounts balance" } end)
   end)
 
+  it("renews a token in its refresh window before the call; non-blocking, sends the valid one", function()
+    assert(sim:config { lifetime = 4 })            -- fresh for 2 s (half a short lifetime), valid for 4
+    local c = H.client {}
+    local a = assert(c:token())
+    H.sleep(2.3)
+    assert(c:request { path = "/v1/accounts/balance" })
+    assert.are.equal(1, H.count("refresh"))        -- renewed first (the blocking runner waits for it)
+    assert.are_not.equal(a, assert(c:token()))
+    local nb = H.client { nonblocking = true }
+    local t = assert(nb:token())
+    H.sleep(2.3)
+    local res
+    assert(nb:start("request", { path = "/v1/accounts/balance" }, function(r) res = r end))
+    while nb:step() do nb:wait(0.05) end
+    assert.are.equal(200, res.status)
+    local sent = H.log("protected")
+    local h = sent[#sent].headers
+    assert.are.equal("Bearer " .. t, h.Authorization or h.authorization)   -- the valid token, at once
+    c:close()
+    nb:close()
+  end)
+
   it("POSTs JSON and encodes the query; a per-call accountId acts for a sub-account", function()
     local c = H.client {}
     local res = assert(c:request { method = "POST", path = "/v1/checkout/order",

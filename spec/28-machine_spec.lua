@@ -66,6 +66,22 @@ end
 local B503 = { kind = "http", status = 503, retryable = true }
 
 describe("the machine, without I/O", function()
+  it("a job asks its runner what it can do", function()
+    local blocking, stepped = machine.op("issue"), machine.op("issue")
+    assert.is_true(machine.can_sleep(blocking) and machine.can_wait(blocking) and machine.waits_inline(blocking))
+    blocking.runner = machine.BLOCKING           -- run() gives it; a job advanced outside a runner counts so too
+    assert.is_true(machine.can_sleep(blocking) and machine.can_wait(blocking) and machine.waits_inline(blocking))
+    -- begin() gives the stepped runner: it never sleeps for the caller, waits by timers, never renews inline
+    stepped.runner = machine.STEPPED
+    assert.is_false(machine.can_sleep(stepped))
+    assert.is_true(machine.can_wait(stepped))
+    assert.is_false(machine.waits_inline(stepped))
+    local child = { kind = function() return "done" end }   -- a child runs on its parent's runner
+    stepped.kind = function() return "done" end
+    machine.call(nil, {}, stepped, child)
+    assert.are.equal(machine.STEPPED, child.runner)
+  end)
+
   for _, case in ipairs {
     { name = "a 503 is tried again after a backoff, then the answer",
       op = { "issue" }, script = { B503, { ok = TOKEN } }, left = 60,

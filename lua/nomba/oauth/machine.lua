@@ -11,7 +11,8 @@
 -- A job may run another one as its child (an API call runs its attempts and
 -- a renewal; a renewal runs its refresh or issue): the child is advanced
 -- until it is done, and its answer comes to the parent as "child", res, err.
--- `job.nb` says the job runs on the non-blocking runner, where nothing may
+-- A job asks its runner (`job.runner`) what it can do: M.can_sleep and
+-- M.waits_inline below. On the non-blocking runner nothing may
 -- wait for the caller (a spent rate-limit window, a busy store's holder
 -- are then waited out with timers, or answered at once).
 --
@@ -59,11 +60,38 @@ local TOKENS = { issue = true, refresh = true, exchange = true }   -- the operat
 
 local advance
 
+-- The runners, and what each can do. A job never tests which one runs it:
+-- it asks (M.can_sleep, M.waits_inline).
+local BLOCKING = { name = "run", sleeps = true }        -- machine.run: waits in place
+local STEPPED = { name = "step", sleeps = false }      -- machine.begin/step: timers, never the caller's time
+M.BLOCKING, M.STEPPED = BLOCKING, STEPPED
+
+--- Whether `job` may sleep in place now for the caller (wait out a
+-- rate-limit window): its runner blocks, and the platform lets it (not an
+-- nginx phase without cosockets).
+function M.can_sleep(job)
+  return (job.runner or BLOCKING).sleeps and (platform.cosockets()) == true
+end
+
+--- Whether `job` may wait for something to end (another holder's renewal):
+-- by timers on the stepped runner, else by sleeping where the platform can;
+-- false and the nginx phase when it cannot.
+function M.can_wait(job)
+  if not (job.runner or BLOCKING).sleeps then return true end
+  return platform.cosockets()
+end
+
+--- Whether `job` may run a renewal inline before going on (the blocking
+-- runner); the stepped one answers "pending" instead and step() renews.
+function M.waits_inline(job)
+  return (job.runner or BLOCKING).sleeps
+end
+
 --- Runs `child` as the child of `job`: its first step, and its answer
 -- handed to job's kind at once when it needs nothing.
 function M.call(self, st, job, child)
   job.child = child
-  child.nb = job.nb
+  child.runner = job.runner
   if job.deadline and not (child.deadline and child.deadline < job.deadline) then child.deadline = job.deadline end
   local act, a, b = child.kind(self, st, child, "start")
   if act ~= "done" then return act, a, b end
@@ -292,6 +320,7 @@ end
 
 --- Runs a job to its end, blocking; returns its answer.
 function M.run(self, st, job)
+  job.runner = BLOCKING
   deadline(st, job)
   local ok, res, err = pcall_y(loop, self, st, job)
   if not ok then
@@ -338,7 +367,7 @@ end
 -- is in flight; a job that needs nothing ends at once and returns
 -- false, res, err (its callback is not called).
 function M.begin(self, st, job, callback)
-  job.callback, job.nb = callback, true
+  job.callback, job.runner = callback, STEPPED
   deadline(st, job)
   st.nb = job
   local ok, act, a, b = pcall_y(advance, self, st, job, "start")

@@ -233,8 +233,8 @@ local function at_store(self, st, job)
     return "done", nil, new_error("timeout", "token", "another member holds the renewal lock and did " ..
       "not publish a token within this call's deadline", { retryable = true })
   end
-  local may, phase = platform.cosockets()
-  if not may and not job.nb then
+  local may, phase = machine.can_wait(job)
+  if not may then
     return "done", nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
       " phase cannot wait for the renewal in progress")
   end

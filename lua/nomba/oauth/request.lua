@@ -311,7 +311,7 @@ local function gate(self, st, job)
   local wait = rate_wait(st)
   if wait then
     if job.state ~= "gate" then metrics.count(st, "rate_limit_waits") end
-    if job.nb or not platform.cosockets() or wait > machine.RETRY_AFTER_CAP or wait > machine.left(job) then
+    if not machine.can_sleep(job) or wait > machine.RETRY_AFTER_CAP or wait > machine.left(job) then
       return ended(st, nil, rate_limited(wait))
     end
     job.state = "gate"
@@ -319,9 +319,11 @@ local function gate(self, st, job)
   end
   -- the non-blocking mode needs a valid token to start (else "pending":
   -- step() renews); the blocking one renews first when it is not fresh
-  local tok = job.nb and fresh(self, 0) or fresh(self)
+  local inline = machine.waits_inline(job)
+  local tok
+  if inline then tok = fresh(self) else tok = fresh(self, 0) end   -- (never `a and b or c`: b may be nil)
   if tok then return send(self, st, job, tok) end
-  if job.nb then return ended(st, nil, pending_error()) end
+  if not inline then return ended(st, nil, pending_error()) end
   job.state = "token"
   return machine.call(self, st, job, renewal.job(false))
 end
