@@ -108,6 +108,21 @@ describe("secrets", function()
     scan()
   end)
 
+  it("are redacted from every error, whoever made it: a transport's failure, the Lua layer's", function()
+    local secret = sim.client.client_secret
+    local c = client { retries = 0, transport = function()
+      return nil, { outcome = "reset", message = "peer said: " .. secret }
+    end }
+    local _, err = c:issue()
+    assert.are.equal("transport", err.kind)
+    assert.are.equal("peer said: [redacted]", err.message)
+    _, err = c:issue()                           -- the same through the failure a Lua transport names plainly
+    assert.is_nil(err.message:find(secret, 1, true))
+    local made = require("nomba.oauth.core").error(c, "config", "token", "the Lua layer wrote " .. secret)
+    assert.are.equal("the Lua layer wrote [redacted]", made.message)
+    c:close()
+  end)
+
   it("custom transports get no secret in an error when they raise", function()
     local c = client { transport = function(req) error("failed sending " .. req.body) end }
     local _, err = c:issue()

@@ -361,30 +361,33 @@ static int error__tostring(lua_State *L)
     return 1;
 }
 
-/* core.error(kind, op, message[, fields]): an error made by the Lua layer,
- * with the same metatable and shape as the ones made in C. */
+/* core.error([client, ]kind, op, message[, fields]): an error made by the
+ * Lua layer, with the same metatable and shape as the ones made in C, and
+ * with its client, redacted by the same rule. */
 static int error_new(lua_State *L)
 {
     nomba_err e;
     size_t len;
-    const char *kind = luaL_checkstring(L, 1);
-    int op = nomba_checkop(L, 2);
-    const char *msg = luaL_optlstring(L, 3, NULL, &len);
+    const client *c = (const client *)luaL_testudata(L, 1, NOMBA_CLIENT_MT);
+    int b = c != NULL ? 1 : 0;          /* the arguments after the client */
+    const char *kind = luaL_checkstring(L, b + 1);
+    int op = nomba_checkop(L, b + 2);
+    const char *msg = luaL_optlstring(L, b + 3, NULL, &len);
     err_init(&e, kind, op, msg);
     e.msglen = msg ? len : 0;
-    if (lua_istable(L, 4)) {
-        lua_getfield(L, 4, "status");
+    if (lua_istable(L, b + 4)) {
+        lua_getfield(L, b + 4, "status");
         e.status = (long)status_of(lua_tonumber(L, -1));
-        lua_getfield(L, 4, "retryable");
+        lua_getfield(L, b + 4, "retryable");
         e.retryable = lua_toboolean(L, -1);
-        lua_getfield(L, 4, "retry_after");
+        lua_getfield(L, b + 4, "retry_after");
         if (lua_isnumber(L, -1) && lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= 1e9)
             e.retry_after = lua_tonumber(L, -1);
-        lua_getfield(L, 4, "code");
+        lua_getfield(L, b + 4, "code");
         if (lua_type(L, -1) == LUA_TSTRING)
             e.code = lua_tolstring(L, -1, &e.codelen);
     }
-    err_push(L, NULL, &e);
+    err_push(L, c != NULL && !c->closed ? c : NULL, &e);
     return 1;
 }
 

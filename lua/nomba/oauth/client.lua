@@ -146,7 +146,7 @@ end
 function Client:request(opts)
   local st = check_client(self, "request")
   local args = request.check(self, st, opts)
-  if core.closed(self) then return nil, new_error("closed", "request", "the client is closed") end
+  if core.closed(self) then return nil, new_error(self, "closed", "request", "the client is closed") end
   return request.call(self, st, args)
 end
 
@@ -189,7 +189,7 @@ function Client:start(op, tok, callback)
       error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
     end
     local args = request.check(self, st, tok)
-    if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
+    if core.closed(self) then return nil, new_error(self, "closed", op, "the client is closed") end
     return request.start(self, st, args, callback)
   end
   if op ~= "issue" and op ~= "refresh" and op ~= "revoke" then
@@ -202,8 +202,8 @@ function Client:start(op, tok, callback)
   if callback ~= nil and type(callback) ~= "function" then
     error("nomba.oauth: bad argument #3 to 'start' (function expected)", 2)
   end
-  if core.closed(self) then return nil, new_error("closed", op, "the client is closed") end
-  if st.nb then return nil, new_error("pending", op, "a transfer is already in flight") end
+  if core.closed(self) then return nil, new_error(self, "closed", op, "the client is closed") end
+  if st.nb then return nil, new_error(self, "pending", op, "a transfer is already in flight") end
   local args = op == "refresh" and { refresh_token = tok } or op == "revoke" and { access_token = tok } or nil
   local busy, _, err = machine.begin(self, st, machine.op(op, args), callback)
   if busy then return true end

@@ -163,7 +163,7 @@ local function next_attempt(self, st, job)
   if TOKENS[job.op] then job.left0 = core.remaining(self) end
   local left = M.left(job)
   if left < least(st, job) then
-    return "done", nil, job.last_err or new_error("timeout", job.op,
+    return "done", nil, job.last_err or new_error(self, "timeout", job.op,
       "the call's deadline passed before the attempt", { retryable = true })
   end
   job.limit = math_min(job.timeout or st.timeout, left)
@@ -388,7 +388,7 @@ local function answered(self, st, job)
   if done == nil then                    -- nothing in flight any more: the client was closed
     local inner = job
     while inner.child do inner = inner.child end
-    res, err = nil, new_error("closed", inner.op or "token", "the client is closed")
+    res, err = nil, new_error(self, "closed", inner.op or "token", "the client is closed")
   end
   job.sending = false
   return advance(self, st, job, "answer", res, err, status, now() - job.t0)

@@ -53,8 +53,8 @@ local PAUSE = DEFAULTS.renew_pause                -- seconds between renewal tri
 local BUSY = DEFAULTS.busy_backoff               -- {first, cap}: the wait for another holder
 local ALONE = DEFAULTS.alone_backoff             -- {first, cap}: renewals alone while the store fails
 
-local function closed_error()
-  return new_error("closed", "token", "the client is closed")
+local function closed_error(self)
+  return new_error(self, "closed", "token", "the client is closed")
 end
 
 local LOCK_MARGIN = DEFAULTS.lock_margin
@@ -173,13 +173,13 @@ end
 local function renew(self, st, job)
   if core.closed(self) then                -- closed meanwhile (by a store, a hook)
     finished(self, st, job, nil)
-    return "done", nil, closed_error()
+    return "done", nil, closed_error(self)
   end
   local op = core.has(self, "refresh") and "refresh" or core.has(self, "secret") and "issue"
   st.renewing, st.last_try, st.last_err = true, now(), nil
   job.renewing, job.tried, job.state, job.op_name = true, true, "renewing", op or nil
   if not op then
-    local err = new_error("config", "token",
+    local err = new_error(self, "config", "token",
       "this PKCE client has no valid token and cannot issue one: use authorize and exchange")
     finished(self, st, job, err)
     return "done", nil, err
@@ -200,7 +200,7 @@ local function alone(self, st, job, writes_refused)
     return "done", (fresh(self, 0))
   end
   if st.alone_next and t < st.alone_next then                 -- renewed alone a moment ago
-    return answer(self, nil, st.last_err or new_error("store_error", "token",
+    return answer(self, nil, st.last_err or new_error(self, "store_error", "token",
       "the store fails and this client renewed alone moments ago; it renews alone again in " ..
       ("%.1f s"):format(st.alone_next - t)))
   end
@@ -230,12 +230,12 @@ local function at_store(self, st, job)
   end
   local left = machine.left(job)
   if left <= 0 then
-    return "done", nil, new_error("timeout", "token", "another member holds the renewal lock and did " ..
+    return "done", nil, new_error(self, "timeout", "token", "another member holds the renewal lock and did " ..
       "not publish a token within this call's deadline", { retryable = true })
   end
   local may, phase = machine.can_wait(job)
   if not may then
-    return "done", nil, new_error("config", "token", "no valid token yet, and the " .. tostring(phase) ..
+    return "done", nil, new_error(self, "config", "token", "no valid token yet, and the " .. tostring(phase) ..
       " phase cannot wait for the renewal in progress")
   end
   job.pause = math_min((job.pause or BUSY.first) * 2, BUSY.cap)
@@ -261,7 +261,7 @@ function R.Renewal(self, st, job, what, res, err, stuck)
     finished(self, st, job, err)
     return answer(self, res, err)
   end
-  if core.closed(self) then return "done", nil, closed_error() end
+  if core.closed(self) then return "done", nil, closed_error(self) end
   if what == "start" then
     -- never longer than a renewal's own budget (inside a longer call too): what
     -- another member waits for before it takes a holder for stuck
@@ -281,7 +281,7 @@ function R.Renewal(self, st, job, what, res, err, stuck)
     if kept then return "done", kept end
     if st.renewing and not stuck then
       if machine.left(job) > 0 then return "yield" end
-      return "done", nil, new_error("timeout", "token", "another coroutine's renewal did not end " ..
+      return "done", nil, new_error(self, "timeout", "token", "another coroutine's renewal did not end " ..
         "within this call's deadline", { retryable = true })
     end
     if st.last_err then return "done", nil, st.last_err end

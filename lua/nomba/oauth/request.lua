@@ -279,13 +279,13 @@ local function rate_wait(st)
   if wait and wait > 0 then return wait end
 end
 
-local function rate_limited(wait)
-  return new_error("rate_limited", "request", "Nomba's rate limit: wait before the next call",
+local function rate_limited(self, wait)
+  return new_error(self, "rate_limited", "request", "Nomba's rate limit: wait before the next call",
                    { retryable = true, retry_after = wait })
 end
 
-local function pending_error()
-  return new_error("pending", "request", "no valid token yet; a renewal is in flight")
+local function pending_error(self)
+  return new_error(self, "pending", "request", "no valid token yet; a renewal is in flight")
 end
 
 -- The call's end, counted.
@@ -312,7 +312,7 @@ local function gate(self, st, job)
   if wait then
     if job.state ~= "gate" then metrics.count(st, "rate_limit_waits") end
     if not machine.can_sleep(job) or wait > machine.RETRY_AFTER_CAP or wait > machine.left(job) then
-      return ended(st, nil, rate_limited(wait))
+      return ended(st, nil, rate_limited(self, wait))
     end
     job.state = "gate"
     return "sleep", wait
@@ -323,7 +323,7 @@ local function gate(self, st, job)
   local tok
   if inline then tok = fresh(self) else tok = fresh(self, 0) end   -- (never `a and b or c`: b may be nil)
   if tok then return send(self, st, job, tok) end
-  if not inline then return ended(st, nil, pending_error()) end
+  if not inline then return ended(st, nil, pending_error(self)) end
   job.state = "token"
   return machine.call(self, st, job, renewal.job(false))
 end
@@ -392,7 +392,7 @@ function R.start(self, st, args, callback)
   callback = callback or function() end
   if st.nb then
     if fresh(self, 0) and machine.queue(st, job, callback) then return true end
-    return nil, new_error("pending", "request", "a transfer is already in flight")
+    return nil, new_error(self, "pending", "request", "a transfer is already in flight")
   end
   local busy, _, err = machine.begin(self, st, job, callback)
   if busy then return true end

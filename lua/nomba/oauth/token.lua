@@ -29,8 +29,8 @@ local function check_self(self, method)
   end
 end
 
-local function pending_error(msg)
-  return new_error("pending", "token", msg or "no valid token yet; a renewal is in flight")
+local function pending_error(self, msg)
+  return new_error(self, "pending", "token", msg or "no valid token yet; a renewal is in flight")
 end
 
 -- token() in the non-blocking mode: the kept token while it is valid, even
@@ -44,10 +44,10 @@ local function nb_token(self, st, opts)
     local kept = fresh(self, 0)
     if kept then return kept end
     if not st.nb then
-      if nowait and not st.last_err then return nil, pending_error("no valid token yet") end
-      return nil, st.last_err or pending_error("no valid token yet")
+      if nowait and not st.last_err then return nil, pending_error(self, "no valid token yet") end
+      return nil, st.last_err or pending_error(self, "no valid token yet")
     end
-    if nowait then return nil, pending_error() end
+    if nowait then return nil, pending_error(self) end
     if platform.can_yield() and not platform.ngx then
       co_yield()
     else
@@ -59,7 +59,7 @@ end
 -- token()'s slow path: the kept token is not fresh (or the caller asked
 -- not to wait).
 local function slow(self, st, opts)
-  if core.closed(self) then return nil, new_error("closed", "token", "the client is closed") end
+  if core.closed(self) then return nil, new_error(self, "closed", "token", "the client is closed") end
   if st.nonblocking or st.nb or (type(opts) == "table" and opts.wait == false) then
     return nb_token(self, st, opts)
   end
@@ -82,7 +82,7 @@ function H.headers_slow(self)
   if not tok then return nil, err end
   local bearer, account
   tok, bearer, account = fresh(self, 0)
-  if not tok then return nil, new_error("protocol", "token", "the token expired at once") end
+  if not tok then return nil, new_error(self, "protocol", "token", "the token expired at once") end
   return { Authorization = bearer, accountId = account }
 end
 
