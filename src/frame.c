@@ -56,6 +56,7 @@ static int failed(frame *f, int outcome, const char *why)
 int frame_body_begin(frame *f, long status, int chunked, int has_len, int bad_len, double len)
 {
     f->status = status;
+    f->in_body = 1;
     if (f->head_method || (status >= 100 && status < 200) || status == 204 || status == 304) {
         f->state = FR_DONE;
     } else if (chunked) {
@@ -73,6 +74,19 @@ int frame_body_begin(frame *f, long status, int chunked, int has_len, int bad_le
         f->close = 1;
     }
     return OUT_NONE;
+}
+
+/* The body of an answer whose header lines head.c noted (libcurl's, or a
+ * Lua transport's): framed by its Content-Length and Transfer-Encoding;
+ * `decoded`, the transport removed any transfer coding (then a chunked
+ * answer's length is no length). */
+int frame_begin_noted(frame *f, const nomba_answer_meta *m, long status, int decoded)
+{
+    double len = 0;
+    int chunked = m->chunked && !decoded;
+    int has = m->content_length[0] != '\0' && !m->chunked;
+    int bad = has && !codec_digits(m->content_length, strlen(m->content_length), 999999999999999.0, &len);
+    return frame_body_begin(f, status, chunked, has, bad, len);
 }
 
 static int add(frame *f, const char *p, size_t n)

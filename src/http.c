@@ -74,16 +74,11 @@ static void begin_body(client *c)
 {
     attempt *a = c->at;
     long status = a->meta.status;       /* the transfer's end: noted by finish */
-    double len = 0;
-    int has_len = a->meta.content_length[0] != '\0', bad = 0;
     if (a->fr.in_body)
         return;
     if (a->xfer.h != NULL)
         curl_easy_getinfo(a->xfer.h, CURLINFO_RESPONSE_CODE, &status);
-    if (has_len)
-        bad = !codec_digits(a->meta.content_length, strlen(a->meta.content_length), 999999999999999.0, &len);
-    a->fr.in_body = 1;
-    (void)frame_body_begin(&a->fr, status, a->meta.chunked, has_len, bad, len);
+    (void)frame_begin_noted(&a->fr, &a->meta, status, 0);
 }
 
 static size_t on_body(char *p, size_t size, size_t nmemb, void *ud)

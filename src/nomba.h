@@ -170,6 +170,7 @@ typedef struct {
 } frame;
 NOMBA_HIDDEN void frame_init(frame *f, const char *method, size_t max, sbuf *body);
 NOMBA_HIDDEN int  frame_body_begin(frame *f, long status, int chunked, int has_len, int bad_len, double len);
+NOMBA_HIDDEN int  frame_begin_noted(frame *f, const nomba_answer_meta *m, long status, int decoded);
 NOMBA_HIDDEN int  frame_feed(frame *f, const char *p, size_t n);   /* an answer's bytes: OUT_NONE or an outcome */
 NOMBA_HIDDEN int  frame_body(frame *f, const char *p, size_t n);   /* its body's bytes (after frame_body_begin) */
 NOMBA_HIDDEN int  frame_end(frame *f, int broken);                 /* the connection ended: OUT_NONE when complete */

@@ -149,11 +149,7 @@ static int proto_answer(lua_State *L)
             own.why = "the answer is truncated (in its headers)";
         } else {
             /* the transport removed any transfer coding: a Content-Length still says how much was due */
-            double len = 0;
-            int has = c->at->meta.content_length[0] != '\0' && !c->at->meta.chunked;
-            int bad = has && !codec_digits(c->at->meta.content_length, strlen(c->at->meta.content_length),
-                                           999999999999999.0, &len);
-            if ((o = frame_body_begin(&own, status, 0, has, bad, len)) == OUT_NONE &&
+            if ((o = frame_begin_noted(&own, &c->at->meta, status, 1)) == OUT_NONE &&
                 (o = frame_body(&own, b, n)) == OUT_NONE)
                 o = frame_end(&own, 0);
         }
