@@ -78,7 +78,11 @@ function H.curl_transport(cafile, yield_first, seen)
                   "--cacert", q(cafile), "-X", req.method, "-w '%{size_request} %{exitcode}'", "-H 'Expect:'", "--raw" }
     if req.method ~= "GET" and req.method ~= "HEAD" then cmd[#cmd + 1] = "--data-binary @" .. q(req_file) end
     if req.method == "HEAD" then cmd[#cmd + 1] = "-I" end
-    for k, v in pairs(req.headers) do cmd[#cmd + 1] = "-H " .. q(k .. ": " .. v) end
+    local hdr_file = os.tmpname()               -- headers (the bearer) in a file, never in argv
+    local hf = assert(io.open(hdr_file, "w"))
+    for k, v in pairs(req.headers) do hf:write(k, ": ", v, "\n") end
+    hf:close()
+    cmd[#cmd + 1] = "-H @" .. q(hdr_file)
     cmd[#cmd + 1] = q(req.url)
     local p = io.popen(table.concat(cmd, " ") .. " 2>/dev/null")
     local out = p:read("*a")
@@ -92,6 +96,7 @@ function H.curl_transport(cafile, yield_first, seen)
     end
     local head, body = slurp(head_file), slurp(body_file)
     os.remove(req_file)
+    os.remove(hdr_file)
     local sent, code = out:match("(%d+) (%d+)%s*$")
     sent, code = tonumber(sent) or 0, tonumber(code) or -1
     -- the bytes as received (--raw: chunks and all, any 1xx first): the core frames them
