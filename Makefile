@@ -9,7 +9,8 @@
 #   make env             the exports to run examples and the CLI from the checkout (eval "$(make -s env)")
 #   make lint            luacheck on all Lua
 #   make bench           benchmarks (bench/README.md, bench/results.json); never in make test
-#   make soak            the chaos soak: a fleet sharing one session under faults (SOAK_S=1800 for 30 min)
+#   make soak            the chaos soak: a fleet sharing one session under faults (SOAK_S=1800 for 30 min;
+#                        SOAK_REDIS=sentinel|cluster on Redis Sentinel or Cluster)
 #   make examples        runs every example against the simulator
 #   make docs            the LDoc API reference in build/docs/ (Markdown through lua-discount)
 #   make rock            luarocks lint, offline install for 5.1, 5.3, 5.4 and LuaJIT, luarocks pack
@@ -49,7 +50,7 @@ ALL_CFLAGS  = $(CFLAGS) $(WARN) -std=c99 -D_GNU_SOURCE -fPIC -fvisibility=hidden
 
 BUILD    ?= build/$(LUA)
 SRCS     := src/core.c src/client.c src/token.c src/attempt.c src/build.c src/interpret.c src/answer.c src/proto.c src/http.c src/curlmem.c src/fds.c src/err.c src/sbuf.c src/codec.c \
-            src/timeparse.c src/pkce.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c
+            src/timeparse.c src/pkce.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c src/slot.c
 OBJS     := $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE   := $(BUILD)/nomba/oauth/core.so
 
@@ -265,7 +266,7 @@ FUZZ_TIME  ?= 60
 FUZZ_BUILD := build/fuzz
 FUZZERS    := iso8601 httpdate verifier answer url webhook frame
 FUZZ_CFLAGS = -g -O1 -fsanitize=fuzzer,address,undefined,float-cast-overflow -fno-sanitize-recover=all -D_GNU_SOURCE -I src -I$(LUA_INCDIR) $(DEPS_CFLAGS)
-FUZZ_LIBS   = src/core.c src/timeparse.c src/pkce.c src/sbuf.c src/codec.c src/err.c src/attempt.c src/build.c src/interpret.c src/answer.c src/proto.c src/client.c src/token.c src/http.c src/curlmem.c src/fds.c src/seal.c src/url.c src/endpoint.c src/json.c src/head.c src/frame.c src/outcome.c src/webhook.c src/filestore.c \
+FUZZ_LIBS   = $(SRCS) \
               -llua$(LUA) $(DEPS_LIBS)
 fuzz:
 	@mkdir -p $(FUZZ_BUILD)

@@ -49,6 +49,9 @@ build = {
     ["nomba.oauth.store"] = "lua/nomba/oauth/store.lua",
     ["nomba.oauth.store.keys"] = "lua/nomba/oauth/store/keys.lua",
     ["nomba.oauth.store.redis"] = "lua/nomba/oauth/store/redis.lua",
+    ["nomba.oauth.store.redis_node"] = "lua/nomba/oauth/store/redis_node.lua",
+    ["nomba.oauth.store.sentinel"] = "lua/nomba/oauth/store/sentinel.lua",
+    ["nomba.oauth.store.cluster"] = "lua/nomba/oauth/store/cluster.lua",
     ["nomba.oauth.store.file"] = "lua/nomba/oauth/store/file.lua",
     ["nomba.oauth.webhook"] = "lua/nomba/oauth/webhook.lua",
     ["nomba.oauth.resty"] = "lua/nomba/oauth/resty.lua",
@@ -63,7 +66,7 @@ build = {
     ["nomba.oauth.core"] = {
       sources = { "src/core.c", "src/client.c", "src/token.c", "src/attempt.c", "src/build.c", "src/interpret.c", "src/answer.c", "src/proto.c", "src/http.c", "src/curlmem.c", "src/fds.c", "src/err.c", "src/codec.c",
                   "src/sbuf.c", "src/timeparse.c", "src/pkce.c", "src/seal.c", "src/url.c", "src/endpoint.c", "src/json.c",
-                  "src/head.c", "src/frame.c", "src/outcome.c", "src/webhook.c", "src/filestore.c" },
+                  "src/head.c", "src/frame.c", "src/outcome.c", "src/webhook.c", "src/filestore.c", "src/slot.c" },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "ssl", "crypto" },
       incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },

@@ -57,6 +57,20 @@ describe("Redis store", function()
     assert.is_true(store:lock("l", 5))            -- the TTL freed it
   end)
 
+  it("leaves the connection a connect function hands out open: the function owns it", function()
+    redis = assert(H.redis())
+    local conn = H.redis_client(redis.port)
+    local calls = 0
+    local store = oauth.store.redis(function()
+      calls = calls + 1
+      return conn
+    end, { prefix = "t:" })
+    for i = 1, 3 do assert.is_true(store:set("k" .. i, "v", 5)) end
+    for i = 1, 3 do assert.are.equal("v", store:get("k" .. i)) end
+    assert.are.equal(6, calls)
+    assert.is_true(conn:ping())                  -- still the caller's, still open
+  end)
+
   it("keeps tokens sealed at rest: the plaintext never appears in Redis", function()
     redis = assert(H.redis())
     local a = H.client { store = oauth.store.redis(H.redis_client(redis.port)) }
@@ -64,14 +78,64 @@ describe("Redis store", function()
     local t = assert(a:token())
     assert.are.equal(t, b:token())
     assert.are.equal(1, H.count("issue"))
-    local keys = {}
-    for k in redis.cli("--scan"):gmatch("%S+") do keys[#keys + 1] = k end
+    local keys, marker = {}, nil
+    for k in redis.cli("--scan"):gmatch("%S+") do
+      if k == "nomba-oauth:epoch" then marker = k else keys[#keys + 1] = k end
+    end
     assert.are.equal(1, #keys)
+    assert.are.equal("nomba-oauth:epoch", marker)      -- the data-loss marker (no secret in it)
+    assert.matches("^[%w%-_]+\n$", redis.cli("get " .. marker))
     assert.matches("^nomba%-oauth:[%w%-_]+$", keys[1])
     local value = redis.cli("get " .. keys[1])
     assert.matches("^n1%.", value)
     assert.is_nil(value:find(t, 1, true))
     assert.is_nil(value:find(sim.client.client_secret, 1, true))
+  end)
+
+  it("notices that Redis lost its data (FLUSHALL, a restart without persistence) and says so", function()
+    redis = assert(H.redis())
+    local found, events, lines = {}, {}, {}
+    local store = oauth.store.redis({ host = "127.0.0.1", port = redis.port },
+                                    { on_data_lost = function(info) found[#found + 1] = info end })
+    local c = H.client { store = store, on_event = function(ev) events[#events + 1] = ev end,
+                         log = function(level, line) lines[#lines + 1] = level .. " " .. line end }
+    assert(c:token())
+    assert.are.equal("first", oauth.webhook.claim(store, "req-1", 30))
+    assert.is_true(oauth.webhook.done(store, "req-1"))
+    assert.are.equal("done", oauth.webhook.claim(store, "req-1", 30))
+    assert.are.equal(0, store.data_lost)
+    -- FLUSHALL: the redelivery is "first" again (nothing can know it was done), and the store says why
+    redis.cli("flushall")
+    H.sleep(1.1)
+    assert.are.equal("first", oauth.webhook.claim(store, "req-1", 30))
+    assert.are.equal(1, store.data_lost)
+    assert.are.same({ { node = "127.0.0.1:" .. redis.port, count = 1 } }, found)
+    -- the client that shares the store says so at its next store call: an event, a count, an error line
+    assert(c:issue())
+    local lost = {}
+    for _, ev in ipairs(events) do if ev.kind == "store_data_lost" then lost[#lost + 1] = ev end end
+    assert.are.equal(1, #lost)
+    assert.are.equal(1, lost[1].count)
+    assert.matches("FLUSHALL", lost[1].message)
+    assert.are.equal(1, c:status().counts.store_data_lost)
+    assert.matches('nomba_oauth_store_data_lost_total{[^}]*} 1\n', oauth.metrics())
+    assert.matches("^error nomba.oauth: the store found its data lost", lines[#lines])
+    -- a restart without persistence: found on the new connection, at once
+    assert.is_true(oauth.webhook.done(store, "req-1"))
+    redis.stop()
+    assert(redis.restart())
+    assert.are.equal("first", oauth.webhook.claim(store, "req-1", 30))
+    assert.are.equal(2, store.data_lost)
+    assert.are.equal(2, #found)
+    -- and nothing is reported while the data stays
+    H.sleep(1.1)
+    assert.are.equal("held", oauth.webhook.claim(store, "req-1", 30))
+    assert.are.equal(2, store.data_lost)
+    -- a new store (a process started after the loss) cannot know: it plants the marker, reports nothing
+    local late = oauth.store.redis({ host = "127.0.0.1", port = redis.port })
+    assert.are.equal("held", oauth.webhook.claim(late, "req-1", 30))
+    assert.are.equal(0, late.data_lost)
+    c:close()
   end)
 
   it("8 processes on two addresses renew once per lifetime window for the whole fleet #slow", function()
@@ -185,7 +249,8 @@ describe("Redis store", function()
       assert.is_nil(m:find("not-the-password-1", 1, true), m)
       assert.matches("AUTH", m)
     end
-    assert.matches("^n1%.", redis.cli("--scan --pattern 'fleet:*' | head -1 | xargs -r redis-cli -p " ..
+    assert.matches("^n1%.", redis.cli("--scan --pattern 'fleet:*' | grep -E '^fleet:[A-Za-z0-9_-]{22}$' | " ..
+                                      "head -1 | xargs -r redis-cli -p " ..
                                       redis.port .. " --user nomba --pass s3cret-pass-9 --no-auth-warning get"))
   end)
 end)

@@ -32,7 +32,7 @@ describe("status and metrics", function()
     assert.are.equal("valid", s.token)
     assert.is_true(s.expires_in > 1700 and s.expires_in <= 1800)
     assert.are.same({ issues = 2, refreshes = 0, renewal_failures = 0, unauthorized = 1, rate_limit_waits = 1,
-                      requests = 4, request_failures = 0 }, s.counts)
+                      requests = 4, request_failures = 0, store_data_lost = 0 }, s.counts)
     assert.are.equal("issue", s.last_renewal.op)         -- the revoked session's refresh was refused
     assert.is_true(s.last_renewal.ok)
     assert.is_true(math.abs(s.last_renewal.at - os.time()) < 5)

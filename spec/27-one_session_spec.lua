@@ -15,19 +15,7 @@ local function tmpdir() return H.tmpdir("one-session") end
 -- Runs `n` fleet workers (spec/fleet_worker.lua) for `seconds` on one store
 -- and one driver; returns their summaries.
 local function fleet(sim, n, seconds, store, driver, port)
-  local procs = {}
-  for i = 1, n do
-    procs[i] = io.popen(("%s spec/fleet_worker.lua '%s' '%s' 127.0.0.1 %d %d %s %s 1 2 2>&1"):format(
-      LUA, sim.url, sim.cafile, port or 0, seconds, store, driver))
-    H.sleep(0.2)
-  end
-  local out = {}
-  for i = 1, n do
-    local text = procs[i]:read("*a")
-    assert(procs[i]:close(), text)
-    out[i] = assert(cjson.decode(text:match("{.*}$") or "null"), text)
-  end
-  return out
+  return H.fleet(sim, n, seconds, store, driver, port, 0.2)()
 end
 
 describe("one session for the fleet", function()
@@ -527,7 +515,7 @@ local o = assert(io.open(%q, "w")); o:write(t); o:close()
       H.sleep(0.05)
     end
     -- the fleet's token published (the shared key, not its lock or generation)
-    while not redis.cli("--scan --pattern 'fleet:*'"):match("fleet:[^:%s]+\n") do
+    while not H.token_key(redis.cli("--scan --pattern 'fleet:*'"), "fleet:") do
       assert(core.now() - t0 < 5, "nothing published")
       sample()
       H.sleep(0.05)

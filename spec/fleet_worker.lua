@@ -1,11 +1,15 @@
 -- One process of a fleet (spec/13-redis, spec/20-session): calls token() in
 -- a loop for a while, sharing the token through Redis (a connected
 -- redis-lua client, the form the README shows first; "params" for the
--- store's own connection, "acl:USER:PASSWORD" for that with an ACL user), or
+-- store's own connection, "acl:USER:PASSWORD" for that with an ACL user,
+-- "sentinel:NAME:PORT,PORT,..." for Redis Sentinel's master NAME through
+-- the sentinels on those loopback ports, "cluster:PORT,PORT,..." for a Redis
+-- Cluster seeded with those nodes), or
 -- a directory ("file:DIR"), or alone ("alone"), checks every token it gets,
 -- and prints a JSON summary. Never raises: a raise is a failure of the
 -- library and ends the process with status 3.
---   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS [alone | file:DIR | params | acl:U:P]
+--   lua5.4 spec/fleet_worker.lua URL CAFILE REDIS_HOST REDIS_PORT SECONDS
+--                                [alone | file:DIR | params | acl:U:P | sentinel:NAME:PORTS | cluster:PORTS]
 --                                [DRIVER [TIMEOUT RETRIES]]
 -- DRIVER: "easy" (libcurl, blocking: the default), "multi" (nonblocking =
 -- true: token() steps libcurl's multi interface) or "transport" (a Lua
@@ -25,6 +29,8 @@ local ok, err = pcall(function()
     store = oauth.store.file(mode:sub(6))
   elseif mode == "params" then
     store = oauth.store.redis({ host = rhost, port = rport }, { prefix = "fleet:" })
+  elseif mode and (mode:sub(1, 9) == "sentinel:" or mode:sub(1, 8) == "cluster:") then
+    store = require("redis_ha").store(mode, { prefix = "fleet:" })
   elseif mode and mode:sub(1, 4) == "acl:" then
     local user, password = mode:match("^acl:([^:]+):(.*)$")
     store = oauth.store.redis({ host = rhost, port = rport, username = user, password = password },

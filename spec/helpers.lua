@@ -161,6 +161,39 @@ function H.redis(binds, extra)
   return nil, "redis-server did not start"
 end
 
+--- Starts `n` fleet workers (spec/fleet_worker.lua) for `seconds` on a
+-- store mode and a driver (`gap` seconds apart); returns a function that
+-- waits for them and returns their JSON summaries.
+function H.fleet(s, n, seconds, store, driver, port, gap)
+  local cjson = require "cjson"
+  local lua = arg and arg[-1] or "lua5.4"
+  local procs = {}
+  for i = 1, n do
+    procs[i] = io.popen(("%s spec/fleet_worker.lua '%s' '%s' 127.0.0.1 %d %d %s %s 1 2 2>&1"):format(
+      lua, s.url, s.cafile, port or 0, seconds, store, driver or "easy"))
+    if gap then H.sleep(gap) end
+  end
+  return function()
+    local out = {}
+    for i = 1, n do
+      local text = procs[i]:read("*a")
+      assert(procs[i]:close(), text)
+      out[i] = assert(cjson.decode(text:match("{.*}$") or "null"), text)
+    end
+    return out
+  end
+end
+
+--- The first shared-token key in redis-cli --scan's output: `prefix` and
+-- a store id, not the Redis store's data-loss marker (`prefix`epoch).
+function H.token_key(scan, prefix)
+  for k in scan:gmatch("%S+") do
+    local id = k:sub(#prefix + 1)
+    if k:sub(1, #prefix) == prefix and id ~= "epoch" and id:match("^[%w%-_]+$") then return k end
+  end
+  return nil
+end
+
 --- A redis-lua connection (Debian lua-redis; on 5.4 from the 5.1 path).
 function H.redis_client(port, host)
   if not package.path:find("/usr/share/lua/5.1/", 1, true) then

@@ -270,5 +270,6 @@ int luaopen_nomba_oauth_core(lua_State *L)
     webhook_open(L);
     filestore_open(L);
     pkce_open(L);
+    slot_open(L);
     return 1;
 }

@@ -22,7 +22,7 @@
  *   fds.c       descriptor hygiene: close-on-exec             -> leaves
  *   http.c      libcurl, one pool per Lua state               -> proto, token, curlmem, fds
  *   client.c    the userdata: new, close, __gc, __tostring    -> http, proto, token
- *   pkce.c webhook.c filestore.c                              -> leaves
+ *   pkce.c webhook.c filestore.c slot.c                       -> leaves
  *   core.c      the module: luaopen, clocks, test hooks       -> every *_open
  *
  * Invariants of a client (struct client):
@@ -428,6 +428,9 @@ NOMBA_HIDDEN void webhook_open(lua_State *L);
 
 /* seal.c */
 NOMBA_HIDDEN void seal_open(lua_State *L);
+
+/* slot.c */
+NOMBA_HIDDEN void slot_open(lua_State *L);
 
 /* pkce.c */
 NOMBA_HIDDEN int  pkce_valid_verifier(const char *s, size_t n);

@@ -37,8 +37,35 @@ assert(sim:reset())
 assert(sim:config { lifetime = LIFETIME, rate_limit = 0, log = "auth" })
 local dir = sh("mktemp -d /tmp/nomba-soak.XXXXXX"):gsub("%s+$", "")
 -- Redis as production runs it: persistence on (a restart keeps the shared token and the
--- webhook claims; without it the next member to start logs in afresh, see the README)
-local redis = assert(H.redis(nil, "--appendonly yes --appendfsync always"))
+-- webhook claims; without it the next member to start logs in afresh, see the README).
+-- SOAK_REDIS=sentinel (a master, two replicas, three sentinels) or cluster (three masters with a
+-- replica each) runs the fleet on those: their "restart" is the master killed with SIGKILL (the
+-- fleet's master, on the Cluster), a failover, and the old master started again 2 s later.
+local REDIS_KIND = os.getenv("SOAK_REDIS") or "single"
+local T = require "redis_ha"
+local redis, topo, redis_spec
+if REDIS_KIND == "sentinel" then
+  topo = assert(T.sentinel { appendonly = true })
+  local ports = {}
+  for i, n in ipairs(topo.sentinels) do ports[i] = n.port end
+  redis_spec = "sentinel:" .. topo.master_name .. ":" .. table.concat(ports, ",")
+elseif REDIS_KIND == "cluster" then
+  topo = assert(T.cluster { appendonly = true })
+  local ports = {}
+  for i, n in ipairs(topo.seeds) do ports[i] = n.port end
+  redis_spec = "cluster:" .. table.concat(ports, ",")
+else
+  assert(REDIS_KIND == "single", "SOAK_REDIS is single, sentinel or cluster")
+  redis = assert(H.redis(nil, "--appendonly yes --appendfsync always"))
+  redis_spec = tostring(redis.port)
+end
+-- redis-cli on every data node
+local function redis_cli(args)
+  if redis then return redis.cli(args) end
+  local out
+  for _, n in ipairs(topo.nodes) do if n.pid then out = topo.cli(n.port, args) end end
+  return out
+end
 local start = now()
 local windows = {}              -- {name, t0, t1}
 local events = {}               -- what happened when, for the report
@@ -52,7 +79,7 @@ end
 
 -- the nginx members --------------------------------------------------------------------------
 local HTTP = [[
-  lua_package_path "${root}/lua/?.lua;${root}/tools/?.lua;/usr/share/lua/5.1/?.lua;;";
+  lua_package_path "${root}/lua/?.lua;${root}/tools/?.lua;${root}/spec/?.lua;/usr/share/lua/5.1/?.lua;;";
   lua_shared_dict nomba 1m;
   lua_shared_dict soak 1m;
   lua_ssl_trusted_certificate ${cafile};
@@ -70,7 +97,7 @@ local function nginx(name)
     http = HTTP, workers = 4, cpath_prefix = ROOT .. "/build/jit/?.so;",
     vars = { root = ROOT, cafile = sim.cafile, config = cjson.encode {
       name = name, dir = dir, url = sim.url, account_id = c.account_id, client_id = c.client_id,
-      client_secret = c.client_secret, redis_port = redis.port } },
+      client_secret = c.client_secret, redis = redis_spec } },
   })
   a.url = "http://127.0.0.1:" .. a.port
   a.name = name
@@ -100,8 +127,8 @@ local function member(name, mode, stepped)
           :format(FAKETIME, step_file)
   end
   local left = math.max(1, math.floor(SOAK_S - (now() - start)))
-  local cmd = ("%s%s tools/soak_worker.lua %s %s '%s' '%s' %d %d %s/%s.log >/dev/null 2>%s/%s.err & echo $!")
-              :format(env, LUA, name, mode, sim.url, sim.cafile, redis.port, left, dir, name, dir, name)
+  local cmd = ("%s%s tools/soak_worker.lua %s %s '%s' '%s' %s %d %s/%s.log >/dev/null 2>%s/%s.err & echo $!")
+              :format(env, LUA, name, mode, sim.url, sim.cafile, redis_spec, left, dir, name, dir, name)
   local pid = sh(cmd):match("%d+")
   members[name] = { pid = pid, mode = mode }
   return pid
@@ -237,16 +264,34 @@ end
 
 -- Redis refuses every write (maxmemory reached, noeviction) and still answers reads.
 local function redis_refuses_writes(seconds)
-  assert(redis.cli("config set maxmemory-policy noeviction"):match("OK"))
-  assert(redis.cli("config set maxmemory 1"):match("OK"))
+  assert(redis_cli("config set maxmemory-policy noeviction"):match("OK"))
+  assert(redis_cli("config set maxmemory 1"):match("OK"))
   core.sleep(seconds)
-  assert(redis.cli("config set maxmemory 0"):match("OK"))
+  assert(redis_cli("config set maxmemory 0"):match("OK"))
 end
 
 local function redis_restart()
-  redis.stop()
+  if redis then
+    redis.stop()
+    core.sleep(2)
+    assert(redis.restart(), "redis did not restart")
+    return
+  end
+  -- the (fleet's) master killed with SIGKILL: a failover; the old master back 2 s later
+  local old
+  if REDIS_KIND == "sentinel" then
+    old = select(2, topo.master())
+  else
+    local probe = require("nomba.oauth").new { account_id = sim.client.account_id, client_id = sim.client.client_id,
+                                               client_secret = sim.client.client_secret, base_url = sim.url,
+                                               cafile = sim.cafile }
+    old = topo.master_of(core.redis_slot("{" .. core.store_id(probe) .. "}"))
+    probe:close()
+  end
+  topo.kill(old)
+  say("  killed the master on port %d", old)
   core.sleep(2)
-  assert(redis.restart(), "redis did not restart")
+  assert(topo.restart(old), "redis did not restart")
 end
 
 local samples = {}              -- {label, sample}
@@ -286,13 +331,16 @@ local function cycle(k)
   window("server-side revocation of every token", 0,
     function() assert(sim:control("/_sim/revoke_all", { client_id = sim.client.client_id })) end, "revoke")
   when(0.50)
-  window("Redis restarted (down 2 s)", 0, redis_restart, "redis")
+  window(redis and "Redis restarted (down 2 s)" or
+         ("the %s master killed with SIGKILL (a failover; back 2 s later)"):format(REDIS_KIND), 0, redis_restart,
+         "redis")
   when(0.57)
   window("nginxA reloaded", 1, function() os.execute("kill -HUP " .. nginxes[1].pid) end, "reload")
   when(0.62)
   window("the holder of the renewal lock killed with SIGKILL", 0, kill_lock_holder, "kill")
   when(0.78)
-  window("Redis restarted again (down 2 s)", 0, redis_restart, "redis")
+  window(redis and "Redis restarted again (down 2 s)" or
+         ("the %s master killed again"):format(REDIS_KIND), 0, redis_restart, "redis")
   if k == 1 then
     when(0.82)
     window("lua3's wall clock steps an hour ahead", 0, function()
@@ -478,12 +526,12 @@ if os.getenv("SOAK_KEEP") then
 end
 for _, a in ipairs(nginxes) do a:stop() end
 for _, m in pairs(members) do os.execute("kill " .. m.pid .. " 2>/dev/null") end
-redis.cleanup()
+if redis then redis.cleanup() else topo.cleanup() end
 assert(sim:reset())
 if os.getenv("SOAK_KEEP") then print("logs kept in " .. dir) else os.execute("rm -rf " .. dir) end
 
-print(("\nchaos soak, %d s (%d cycle%s of faults), %d s tokens, 13 members:"):format(SOAK_S, CYCLES,
-  CYCLES > 1 and "s" or "", LIFETIME))
+print(("\nchaos soak, %d s (%d cycle%s of faults), %d s tokens, 13 members, Redis %s:"):format(SOAK_S, CYCLES,
+  CYCLES > 1 and "s" or "", LIFETIME, REDIS_KIND))
 print(("  API calls outside faults that succeeded: %d of %d (%.2f%%; target 100%%)"):format(
   report.ok_outside_faults, report.calls_outside_faults, 100 * report.ok_fraction))
 print(("  during faults: %d of %d"):format(report.ok_during_faults, report.calls_during_faults))

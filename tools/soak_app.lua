@@ -16,7 +16,7 @@ local M = {}
 local cfg, client, store, log
 
 local function redis_store()
-  return oauth.store.redis({ host = "127.0.0.1", port = cfg.redis_port }, { prefix = "soak:" })
+  return require("redis_ha").store(cfg.redis, { prefix = "soak:" })   -- one node, Sentinel or Cluster
 end
 
 function M.init(c) cfg = c end

@@ -8,8 +8,9 @@
 -- session nothing (the 401 rule); it logs them apart, with the error's
 -- kind and status:
 --   f <time> <ok 1|0> <kind> <status>
---   lua5.4 tools/soak_worker.lua NAME blocking|nonblocking|foreign URL CAFILE REDIS_PORT SECONDS LOGFILE
-local name, mode, url, cafile, rport, seconds, logfile = arg[1], arg[2], arg[3], arg[4], tonumber(arg[5]),
+--   lua5.4 tools/soak_worker.lua NAME blocking|nonblocking|foreign URL CAFILE REDIS SECONDS LOGFILE
+-- REDIS: a port, "sentinel:NAME:PORT,..." or "cluster:PORT,..." (spec/redis_ha.lua's store spec).
+local name, mode, url, cafile, redis_spec, seconds, logfile = arg[1], arg[2], arg[3], arg[4], arg[5],
   tonumber(arg[6]), arg[7]
 local oauth = require "nomba.oauth"
 local core = require "nomba.oauth.core"
@@ -21,7 +22,7 @@ local pid = io.open("/proc/self/stat"):read("*l"):match("^(%d+)")
 local client = oauth.new {
   account_id = simulator.CLIENT.account_id, client_id = simulator.CLIENT.client_id,
   client_secret = simulator.CLIENT.client_secret, base_url = url, cafile = cafile, timeout = 2, retries = 1,
-  store = oauth.store.redis({ host = "127.0.0.1", port = rport }, { prefix = "soak:" }),
+  store = require("redis_ha").store(redis_spec, { prefix = "soak:" }),
   nonblocking = mode == "nonblocking", user_agent = "soak-" .. name .. "-" .. pid,
 }
 

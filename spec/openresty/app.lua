@@ -41,6 +41,14 @@ function M.init_worker()
                                 server_name = cfg.redis_server_name or "localhost", password = cfg.redis_password },
                               { prefix = "tls:" })
   end
+  -- Sentinel's or Cluster's form: lua-resty-redis on cosockets, the store's own connections
+  local nodes = cfg.redis_sentinels or cfg.redis_cluster
+  if nodes then
+    local list = {}
+    for i, port in ipairs(nodes) do list[i] = { host = "127.0.0.1", port = port } end
+    store = oauth.store.redis(cfg.redis_sentinels and { sentinels = list, master_name = cfg.redis_master_name } or
+                              { cluster = list }, { prefix = "ha:" })
+  end
   shared_store = store
   client = oauth.new(options { transport = resty, store = store })
   if cfg.keep_fresh then assert(resty.keep_fresh(client, { interval = cfg.keep_fresh })) end
@@ -116,6 +124,12 @@ routes["/store_add"] = function()
     got, err = shared_store:add(key, "v", ttl)
   end
   json { got = got, err = err and tostring(err), wall = ngx.time() }
+end
+-- a webhook claim on the worker's store: first, held or done (done=1: then mark it done)
+routes["/claim"] = function()
+  local got, err = oauth.webhook.claim(shared_store, ngx.var.arg_id, 60)
+  if got == "first" and ngx.var.arg_done then oauth.webhook.done(shared_store, ngx.var.arg_id) end
+  json { got = got, err = err and tostring(err), data_lost = shared_store.data_lost }
 end
 routes["/store_get"] = function()
   json { value = shared_store:get(ngx.var.arg_key) or cjson.null }

@@ -53,6 +53,7 @@ function E.log(st, level, message)
 end
 
 local function describe(ev)
+  if ev.kind == "store_data_lost" then return "nomba.oauth: " .. tostring(ev.message) end
   if ev.op == "store" then
     return ("nomba.oauth: store %s failed: %s"):format(tostring(ev.method), tostring(ev.message))
   end
@@ -68,7 +69,9 @@ end
 function E.emit(st, ev)
   local f = st.on_event
   if f then pcall(f, ev) end
-  if not ev.ok and st.log then E.log(st, ev.op == "store" and "warn" or "info", describe(ev)) end
+  if not ev.ok and st.log then
+    E.log(st, ev.kind == "store_data_lost" and "error" or ev.op == "store" and "warn" or "info", describe(ev))
+  end
 end
 
 --- on_token: the application's hook, called with every token the client

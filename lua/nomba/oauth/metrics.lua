@@ -26,6 +26,8 @@ local COUNTERS = {
   { "rate_limit_waits", "API calls that waited out, or were refused for, Nomba's spent rate-limit window" },
   { "requests", "API calls made with client:request" },
   { "request_failures", "API calls that ended in an error" },
+  { "store_data_lost", "times the store found its data lost (Redis restarted empty, FLUSHALL): " ..
+                       "exactly-once was at risk" },
 }
 
 -- The counts, all zero.

@@ -40,9 +40,15 @@ O.DEFAULTS = {
   -- the stores: the prefix of their keys; Redis' pooled connections (ms);
   -- the file store's largest value and the wait of its add lock (seconds);
   -- how far nginx's wall clock may step ahead under a shared dict's TTLs (s);
-  -- the least of Redis' bound left worth a new connection (s)
+  -- the least of Redis' bound left worth a new connection (s); a Cluster's
+  -- redirects per call; the pause between a failover's retries (s); how
+  -- often a Redis store looks again at its data-loss marker and asks
+  -- Sentinel where the master is (s); the longest a write waits for its
+  -- replicas (s)
   store = { prefix = "nomba-oauth:", redis_keepalive_ms = 10000, redis_timeout = 5, file_max = 65536, file_add_wait = 5,
-            file_sweep_every = 60, shdict_step_slack = 3600, redis_retry_least = 0.05 },
+            file_sweep_every = 60, shdict_step_slack = 3600, redis_retry_least = 0.05,
+            redis_redirects = 5, redis_failover_pause = 0.1, redis_check_every = 1,
+            redis_replica_wait = 0.1 },
   -- webhooks: how old a delivery's timestamp may be (Nomba's fifth retry
   -- comes about 95 minutes after the first send, with the first send's
   -- timestamp), how far in the future (clock skew), how long a processed

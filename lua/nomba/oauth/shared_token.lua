@@ -7,7 +7,7 @@ local MESSAGE = core.LIMITS.message             -- the cap on a message (errors 
 local platform = require "nomba.oauth.platform"
 local events = require "nomba.oauth.events"
 
-local type, pcall, tostring, select = type, pcall, tostring, select
+local type, pcall, tostring, select, rawget = type, pcall, tostring, select, rawget
 local pcall_y = platform.pcall_y
 
 local S = {}
@@ -26,12 +26,33 @@ local function safe_text(v)
   return "(an error value that cannot be printed)"
 end
 
+-- How many times the store found that its data was lost (a Redis store's
+-- `data_lost`; 0 for a store that cannot tell).
+local function losses(store)
+  local n = type(store) == "table" and rawget(store, "data_lost")
+  return type(n) == "number" and n or 0
+end
+
+-- A loss the store found since this client last looked: an event, a count.
+local function noticed(st)
+  local n = losses(st.store)
+  if n <= st.data_lost then return end
+  local new = n - st.data_lost
+  st.data_lost = n
+  local metrics = require "nomba.oauth.metrics"
+  for _ = 1, new do metrics.count(st, "store_data_lost") end
+  events.emit(st, { op = "store", ok = false, kind = "store_data_lost", count = new,
+                    message = "the store found its data lost (a Redis restart without persistence, a FLUSHALL, " ..
+                              "a failover to a replica without it): webhook claims and the shared token may be gone" })
+end
+
 --- Calls a store method. Any misbehaviour (nil, err; a raise; an answer of
 -- the wrong type; an error value that raises when printed) becomes a
 -- store_error event and the second result `true`.
 function S.call(st, method, ...)
   local store = st.store
   local ok, v, err = pcall_y(function(...) return store[method](store, ...) end, ...)
+  if losses(store) ~= st.data_lost then noticed(st) end
   local why
   if not ok then
     why = safe_text(v)
@@ -49,6 +70,7 @@ end
 
 --- The keys of a client's shared token, its lock and its generation.
 function S.keys(self, st)
+  st.data_lost = losses(st.store)   -- losses found before this client existed are not its to report
   st.skey = core.store_id(self)
   st.lkey = st.skey .. ":lock"
   st.gkey = st.skey .. ":gen"       -- the generation a revoke renews

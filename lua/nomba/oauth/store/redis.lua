@@ -1,6 +1,6 @@
 --- The Redis store: every process on every host.
 --
--- Three ways to give it Redis:
+-- Five ways to give it Redis:
 --   * connection parameters, `oauth.store.redis{host =, port =, username =,
 --     password =, db =, ssl =, server_name =}`: the store owns its
 --     connection (redis-lua in plain Lua; lua-resty-redis on cosockets in
@@ -8,33 +8,63 @@
 --     authenticates (AUTH, with an ACL user when `username` is given) and
 --     selects `db` itself, and connects again after a failure: a Redis
 --     restart costs one failed call, never the fleet's one session;
+--   * Redis Sentinel, `{sentinels = {{host =, port =}, ...}, master_name =,
+--     sentinel_username =, sentinel_password =, ...}` and the parameters
+--     above but `host` and `port`: the store asks the sentinels for the
+--     master, writes only to a node whose `ROLE` says master, and asks again
+--     after a connection failure or a `-READONLY`, waiting out a failover
+--     within the call's bound;
+--   * Redis Cluster, `{cluster = {{host =, port =}, ...}, ...}` (the seeds;
+--     `db` must be 0): a client's keys share one hash slot (a hash tag of
+--     their family, see below), the slot map is read from the cluster and
+--     read again when it changes, `MOVED` and `ASK` are followed (at most
+--     five redirects, within the call's bound);
 --   * a connected redis-lua client: the store remembers its peer and, after
 --     a connection failure, connects the client again (and authenticates
 --     with `opts.password`, `opts.username`, selects `opts.db` when given);
 --   * a function returning a connected client (or nil, err), called per
---     operation: OpenResty's lua-resty-redis, whose connections cannot
---     outlive a request, or any Sentinel-aware connector of yours.
+--     operation: any connector of yours.
 -- Every call is bounded by the store's timeout (the client's `timeout`
--- unless `opts.timeout`). No password ever reaches an event, an error or a
--- log line.
+-- unless `opts.timeout`): its connects, redirects, failover waits and
+-- commands all draw from it. No password ever reaches an event, an error
+-- or a log line.
 --
--- Redis Sentinel or Cluster: a renewal touches three keys of one client,
--- `<prefix><id>`, `<prefix><id>:lock` and `<prefix><id>:gen` (and the 401
--- rule's `<prefix><id>:401:<accountId>`), and webhook claims two per event,
--- `<prefix>webhook:<requestId>` and its `:done`; every command is a
--- single-key one (GET, SET with PX and NX, DEL, and EVALs of one key that
--- release or extend the lock for its owner), so a Cluster needs no hash tags, and a
--- Sentinel deployment needs a connect function that asks Sentinel for the
--- master.
+-- Keys: a renewal touches three keys of one client, `<prefix><id>`,
+-- `<prefix><id>:lock` and `<prefix><id>:gen` (and the 401 rule's
+-- `<prefix><id>:401:<accountId>`), and webhook claims two per event,
+-- `<prefix>webhook:<requestId>` and its `:done`. On a Cluster the family
+-- (`<id>`, `webhook:<requestId>`) is a hash tag: `<prefix>{<id>}:lock`.
+-- Every command is a single-key one (GET, SET with PX and NX, DEL, and
+-- EVALs of one key that release or extend the lock for its owner).
+--
+-- Lost data: the store keeps a marker, `<prefix>epoch` (on a Cluster one
+-- per master, `<prefix>{epoch-N}`), and looks at it on every new
+-- connection and at most once a second (on Sentinel it asks the sentinels
+-- where the master is at most once a second too). A marker that vanished or changed
+-- since it last looked means Redis lost its data (a restart without
+-- persistence, a FLUSHALL, a failover to a replica that had not got it):
+-- exactly-once webhook grants were at risk. The store counts it
+-- (`store.data_lost`), calls `opts.on_data_lost{node =, count =}`, and a
+-- client using the store emits `store_data_lost` and counts it in status()
+-- and metrics. A process that starts after the loss cannot see it.
 -- @submodule nomba.oauth.store
 local keys = require "nomba.oauth.store.keys"
+local N = require "nomba.oauth.store.redis_node"
+local Sentinel = require "nomba.oauth.store.sentinel"
+local Cluster = require "nomba.oauth.store.cluster"
+local platform = require "nomba.oauth.platform"
 local DEFAULTS = require("nomba.oauth.options").DEFAULTS.store
 
-local type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs =
-  type, error, tostring, setmetatable, pcall, rawget, pairs, ipairs
-local owner_id, check_key = keys.owner_id, keys.check_key
-local now = require("nomba.oauth.core").now
+local type, error, tostring, setmetatable, pcall, pairs, ipairs, tonumber =
+  type, error, tostring, setmetatable, pcall, pairs, ipairs, tonumber
+local min, max, floor = math.min, math.max, math.floor
+local owner_id, check_key, family = keys.owner_id, keys.check_key, keys.family
+local now, sleep, command, broken = platform.now, platform.sleep, N.command, N.broken
 local RETRY_LEAST = DEFAULTS.redis_retry_least   -- less left of the bound is not worth a new connection
+local REDIRECTS = DEFAULTS.redis_redirects
+local PAUSE = DEFAULTS.redis_failover_pause
+local CHECK_EVERY = DEFAULTS.redis_check_every
+local REPLICA_WAIT = DEFAULTS.redis_replica_wait
 
 local M = {}
 
@@ -54,164 +84,326 @@ local function redis_value(v)
   return nil        -- nil, false, ngx.null, cjson.null: a miss
 end
 
--- A connection failure a new connection may cure (not a command Redis refused).
-local function broken(err)
-  local s = tostring(err):lower()
-  return s:find("closed", 1, true) or s:find("timeout", 1, true) or s:find("refused", 1, true) or
-         s:find("broken pipe", 1, true) or s:find("reset", 1, true) or s:find("connect", 1, true) or
-         s:find("loading", 1, true) or s:find("noauth", 1, true)
+-- The key in Redis: on a Cluster its family is a hash tag.
+local function rkey(self, key)
+  if self.cluster then
+    local fam, rest = family(key)
+    return self.prefix .. "{" .. fam .. "}" .. rest
+  end
+  return self.prefix .. key
 end
 
--- Bounds each Redis call of a connection, where the client library allows it.
-local function bound(conn, seconds)
-  if not seconds then return end
-  if type(conn.set_timeout) == "function" then                   -- lua-resty-redis
-    conn:set_timeout(seconds * 1000)
-  elseif type(conn.network) == "table" and conn.network.socket then   -- redis-lua (LuaSocket)
-    conn.network.socket:settimeout(seconds)
+-- A connection to host:port: the store's own (plain Lua, kept), one from
+-- nginx's pool, or the connect function's. conn, fresh | nil, err.
+local function open(self, host, port, left)
+  if self.user_connect then
+    local conn, err = self.user_connect()
+    if not conn then return nil, "redis connect: " .. tostring(err) end
+    return conn, false
+  end
+  if self.per_op then return self.connect(host, port, left) end
+  local addr = host .. ":" .. port
+  local c = self.conns[addr]
+  if c then return c, false end
+  local conn, err = self.connect(host, port, left)
+  if not conn then return nil, err end
+  self.conns[addr] = conn
+  return conn, true
+end
+
+-- Gives a connection back: kept, pooled, or closed when it is not sound.
+local function close(self, host, port, conn, sound)
+  if self.user_connect or self.per_op then return N.release(conn, sound, self.keepalive, not self.user_connect) end
+  if not sound and self.connect then
+    N.drop(conn)
+    self.conns[host .. ":" .. port] = nil
   end
 end
 
--- AUTH (with an ACL user when given) and SELECT on a new connection; the
--- password goes to Redis only, never into a message.
-local function greet(conn, p)
-  if p.password ~= nil then
-    local ok, v, err = pcall(function()
-      if p.username ~= nil then return conn:auth(p.username, p.password) end
-      return conn:auth(p.password)
-    end)
-    if not ok or (v == nil and err) or v == false then
-      return nil, "redis AUTH failed" .. (p.username and (" for user " .. p.username) or "")
-    end
+local function lost(self, host, port)
+  self.data_lost = (self.data_lost or 0) + 1
+  if self.on_data_lost then
+    pcall(self.on_data_lost, { node = host and (host .. ":" .. port) or "redis", count = self.data_lost })
   end
-  if p.db ~= nil then
-    local ok, v, err = pcall(conn.select, conn, p.db)
-    if not ok or (v == nil and err) then return nil, "redis SELECT " .. tostring(p.db) .. " failed" end
-  end
-  return true
 end
 
-local function in_openresty()
-  local ngx = rawget(_G, "ngx")
-  return type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.get_phase) == "function" and
-         ngx.get_phase() ~= "init"
+-- Looks at the data-loss marker on a connection's node, on a new
+-- connection and at most once every CHECK_EVERY seconds.
+local function watch(self, conn, host, port, fresh)
+  local mk = self.prefix .. "epoch"
+  if self.cluster then
+    local own = self.cluster:own_key(host, port, "epoch")
+    if not own then return end
+    mk = self.prefix .. own
+  end
+  local t = now()
+  local last = self.checked[mk]
+  if last and not fresh and t - last < CHECK_EVERY then return end
+  self.checked[mk] = t
+  local v, err = command(conn, "get", mk)
+  if v == nil and err then return end           -- the operation itself says what failed
+  v = redis_value(v)
+  local known = self.epochs[mk]
+  if v == nil then
+    local id = owner_id()
+    if redis_ok(command(conn, "set", mk, id, "NX")) then v = id else v = redis_value(command(conn, "get", mk)) end
+    if known then lost(self, host, port) end    -- it was there, and is gone
+  elseif known and v ~= known then
+    lost(self, host, port)                      -- planted again since: another process saw it gone
+  end
+  self.epochs[mk] = v or known
 end
 
--- A connect function from parameters: lua-resty-redis on cosockets in
--- OpenResty (TLS verified against lua_ssl_trusted_certificate), redis-lua
--- elsewhere.
-local function connector(p, store)
-  if in_openresty() then
-    local ok, lib = pcall(require, "resty.redis")
-    if not ok then ok, lib = pcall(require, "nginx.redis") end     -- Debian's lua-nginx-redis
-    if not ok then error("nomba.oauth.store.redis: lua-resty-redis is not installed", 3) end
-    return function()
-      local red = lib:new()
-      if store.timeout then red:set_timeout(store.timeout * 1000) end
-      local ok2, err = red:connect(p.host, p.port, { pool = p.pool, pool_size = p.pool_size })
-      if not ok2 then return nil, "redis connect " .. p.host .. ":" .. p.port .. ": " .. tostring(err) end
-      if red:get_reused_times() == 0 then
-        if p.ssl then
-          -- lua-resty-redis 0.27 (Debian) has no TLS option: the handshake on its socket,
-          -- verified (there is no switch to turn verification off)
-          local sock = rawget(red, "_sock")
-          -- (Debian's lua-resty-core 0.1.25 can raise there: keep it a failure)
-          local called, session, herr = pcall(sock.sslhandshake, sock, nil, p.server_name or p.host, true)
-          if not called then session, herr = nil, session end
-          if not session then
-            red:close()
-            return nil, "redis TLS handshake: " .. tostring(herr)
-          end
-        end
-        local greeted, gerr = greet(red, p)
-        if not greeted then
-          red:close()
-          return nil, gerr
+-- Where an operation on rk goes: host, port | nil, err.
+local function where(self, rk, left, deadline)
+  local cl = self.cluster
+  if cl then
+    if not cl.loaded then
+      local why
+      for _, n in ipairs(cl.known) do
+        if now() + RETRY_LEAST > deadline then break end
+        local conn, err = open(self, n.host, n.port, left)
+        if conn then
+          local ok, lerr = cl:load(conn, n)
+          close(self, n.host, n.port, conn, ok ~= nil or not broken(lerr))
+          if ok then why = nil break end
+          why = lerr
+        else
+          why = err
         end
       end
-      return red
+      if why then return nil, "redis cluster: " .. tostring(why) end
+    end
+    local h, p = cl:node(cl.slot(rk))
+    if h then return h, p end
+    return nil, "redis cluster: no node serves the slot of the key"
+  end
+  if self.sentinel then
+    local m = self.master
+    if not m or now() - m.at >= CHECK_EVERY then
+      -- (asked again at most once a second: a master that lost its role without losing its
+      -- connections, a manual failover, is left within that second)
+      local h, p = self.sentinel:master(left)
+      if not h then
+        if m then return m.host, m.port end     -- the sentinels are away: the master stays
+        return nil, "redis sentinel (" .. self.sentinel:names() .. "): " .. tostring(p)
+      end
+      if m and (m.host ~= h or m.port ~= p) and self.conns[m.host .. ":" .. m.port] then
+        close(self, m.host, m.port, self.conns[m.host .. ":" .. m.port], false)
+      end
+      self.master = { host = h, port = p, at = now() }
+    end
+    return self.master.host, self.master.port
+  end
+  return self.host, self.port
+end
+
+-- Runs f(conn, rk) where the key lives; an error a new connection, a new
+-- master or a new map may cure is tried again while the bound lasts (once
+-- for a single node), a redirect followed. a, b as f answers, or nil, err.
+local READ, WRITE = false, true
+local function run(self, key, write, f)
+  local rk = rkey(self, key)
+  local bound_s = self.timeout or N.DEFAULT_TIMEOUT
+  local deadline = now() + bound_s
+  local redirects, tries, failures = 0, 0, 0
+  local asking, why
+  local many = self.cluster or self.sentinel
+  while true do
+    local left = deadline - now()
+    if tries > 0 and left < RETRY_LEAST then return nil, "redis: " .. tostring(why) end
+    tries = tries + 1
+    local host, port, conn, fresh
+    if asking then
+      host, port = asking.host, asking.port
+    else
+      host, port = where(self, rk, left, deadline)
+    end
+    if host == nil and not self.user_connect and not self.r then
+      why = port
+    else
+      if self.r then conn, fresh = self.r, false else conn, fresh = open(self, host, port, left) end
+      if not conn then why = fresh end
+    end
+    if conn then
+      N.bound(conn, max(left, 0.001))
+      local role_ok, rerr = true, nil
+      if fresh and self.sentinel then role_ok, rerr = Sentinel.is_master(conn) end
+      if not role_ok then
+        why = "redis " .. host .. ":" .. port .. ": " .. rerr
+        close(self, host, port, conn, false)
+        self.master = nil
+      else
+        if self.watching and not asking then watch(self, conn, host, port, fresh) end
+        if asking then command(conn, "asking") end
+        asking = nil
+        local ok, a, b = pcall(f, conn, rk)
+        if not ok then
+          close(self, host, port, conn, false)
+          error(a, 0)
+        end
+        if not (a == nil and b ~= nil) then
+          if write and self.replicas > 0 then
+            -- the write on `replicas` replicas before the answer (what a failover promotes has it),
+            -- waiting REPLICA_WAIT at most: a replica that is away slows writes, never fails them
+            command(conn, "wait", self.replicas, max(1, floor(min(REPLICA_WAIT, deadline - now()) * 1000)))
+          end
+          close(self, host, port, conn, true)
+          return a, b
+        end
+        why = b
+        local kind, slot, h2, p2 = nil, nil, nil, nil
+        if self.cluster then kind, slot, h2, p2 = Cluster.redirect(why) end
+        if kind then
+          close(self, host, port, conn, true)
+          redirects = redirects + 1
+          if redirects > REDIRECTS then return nil, "redis cluster: more than " .. REDIRECTS .. " redirects" end
+          if kind == "MOVED" then self.cluster:moved(slot, h2, p2) else asking = { host = h2, port = p2 } end
+          tries = 0                                  -- a redirect is not a failure
+        elseif tostring(why):find("^READONLY") then
+          close(self, host, port, conn, false)         -- a master demoted under this connection
+          self.master = nil
+        elseif self.cluster and Cluster.unsettled(why) then
+          close(self, host, port, conn, true)
+          self.cluster.loaded = false
+        elseif broken(why) then
+          close(self, host, port, conn, false)
+        else
+          close(self, host, port, conn, true)
+          return nil, why                            -- Redis refused the command: no retry cures it
+        end
+      end
+    end
+    if not many then
+      -- a single node: once more on a new connection, when it can be made again
+      if tries >= 2 or not self.connect then
+        return nil, tries >= 2 and ("redis: " .. tostring(why)) or why
+      end
+    else
+      if self.cluster then self.cluster.loaded = false end
+      if self.sentinel and not conn then self.master = nil end
+      failures = failures + 1
+      if failures > 1 and tries > 0 then            -- the first retry at once (a stale connection)
+        local rest = deadline - now() - RETRY_LEAST
+        if rest <= 0 then return nil, "redis: " .. tostring(why) end
+        sleep(min(PAUSE, rest))
+      end
     end
   end
-  if p.ssl then
-    error("nomba.oauth.store.redis: ssl needs OpenResty's cosockets (redis-lua speaks plain TCP)", 3)
-  end
-  if not package.path:find("/usr/share/lua/5.1/", 1, true) then
-    package.path = package.path .. ";/usr/share/lua/5.1/?.lua"    -- Debian's lua-redis, on any Lua
-  end
-  local ok, redis = pcall(require, "redis")
-  if not ok then error("nomba.oauth.store.redis: redis-lua (Debian lua-redis) is not installed", 3) end
-  return function()
-    local okc, conn = pcall(redis.connect, { host = p.host, port = p.port,
-                                             timeout = store.timeout or DEFAULTS.redis_timeout })
-    if not okc then return nil, tostring(conn) end
-    local greeted, gerr = greet(conn, p)
-    if not greeted then
-      pcall(conn.quit, conn)
-      return nil, gerr
+end
+
+local NAME = "nomba.oauth.store.redis"
+local function bad(what) error(NAME .. ": bad argument #1 (" .. what .. ")", 3) end
+
+-- The node lists of Sentinel and Cluster: {{host =, port =}, ...}.
+local function nodes(list, what)
+  if type(list) ~= "table" or #list == 0 then bad(what .. " must be a list of {host =, port =}") end
+  local out = {}
+  for i, n in ipairs(list) do
+    if type(n) ~= "table" or type(n.host) ~= "string" or n.host == "" or n.host:find("[%s%c]") or
+       type(n.port) ~= "number" or n.port ~= floor(n.port) or n.port < 1 or n.port > 65535 then
+      bad(what .. "[" .. i .. "] must be {host = a name or address, port = 1 to 65535}")
     end
-    return conn
+    out[i] = { host = n.host, port = n.port }
   end
+  return out
+end
+
+local function params(client)
+  local p = {}
+  for k, v in pairs(client) do p[k] = v end
+  for _, k in ipairs { "username", "password", "server_name", "sentinel_username", "sentinel_password",
+                       "master_name" } do
+    if p[k] ~= nil and type(p[k]) ~= "string" then bad(k .. " must be a string") end
+  end
+  if p.username ~= nil and p.password == nil then bad("username needs a password") end
+  if p.sentinel_username ~= nil and p.sentinel_password == nil then
+    bad("sentinel_username needs a sentinel_password")
+  end
+  if p.db ~= nil and not (type(p.db) == "number" and p.db >= 0 and p.db == floor(p.db)) then
+    bad("db must be a whole number")
+  end
+  p.pool = p.pool or ("nomba-oauth-redis:" .. tostring(p.db or 0) .. ":" .. (p.username or "") ..
+                      (p.ssl and ":tls" or "") .. "@")
+  return p
 end
 
 --- A store in Redis: every process on every host.
 -- @param client connection parameters `{host, port, username, password, db,
---   ssl, server_name}` (the store owns the connection), a connected redis-lua
---   client, or a function returning a connected client (or nil, err)
+--   ssl, server_name}` (the store owns the connection); Sentinel's
+--   `{sentinels = {{host, port}, ...}, master_name, sentinel_username,
+--   sentinel_password, username, password, db, ssl, server_name}`; Cluster's
+--   `{cluster = {{host, port}, ...}, username, password, ssl, server_name}`;
+--   a connected redis-lua client; or a function returning a connected client
+--   (or nil, err)
 -- @tparam[opt] table opts `prefix` (default `"nomba-oauth:"`), `timeout`
---   (seconds each Redis call may take; default: the timeout of the client
---   that uses the store), `keepalive` (milliseconds an idle pooled
---   connection lives, default 10000), and for a connected client the
---   `password`, `username` and `db` to use when it connects again
+--   (seconds each Redis call may take, connects, redirects and failover
+--   waits included; default: the timeout of the client that uses the
+--   store), `keepalive` (milliseconds an idle pooled connection lives,
+--   default 10000), `replicas` (how many replicas a write waits for, with
+--   `WAIT`, 0.1 s at most; default 1 on Sentinel and Cluster, else 0),
+--   `on_data_lost` (a function called with `{node, count}`
+--   when the store finds that Redis lost its data), and for a connected
+--   client the `password`, `username` and `db` to use when it connects again
 -- @treturn table store
 function M.redis(client, opts)
   opts = opts or {}
   if opts.timeout ~= nil and not (type(opts.timeout) == "number" and opts.timeout > 0 and opts.timeout <= 300) then
-    error("nomba.oauth.store.redis: opts.timeout must be a number of seconds from 0 to 300", 2)
+    error(NAME .. ": opts.timeout must be a number of seconds from 0 to 300", 2)
+  end
+  if opts.replicas ~= nil and not (type(opts.replicas) == "number" and opts.replicas >= 0 and
+                                    opts.replicas <= 16 and opts.replicas == floor(opts.replicas)) then
+    error(NAME .. ": opts.replicas must be a whole number from 0 to 16", 2)
+  end
+  if opts.on_data_lost ~= nil and type(opts.on_data_lost) ~= "function" then
+    error(NAME .. ": opts.on_data_lost must be a function", 2)
   end
   local store = setmetatable({ keepalive = opts.keepalive or DEFAULTS.redis_keepalive_ms,
-                               prefix = opts.prefix or DEFAULTS.prefix, owners = {} }, Redis)
+                               prefix = opts.prefix or DEFAULTS.prefix, owners = {}, conns = {},
+                               checked = {}, epochs = {}, data_lost = 0, watching = true,
+                               on_data_lost = opts.on_data_lost }, Redis)
   if type(client) == "function" then
-    store.connect = client
-  elseif type(client) == "table" and client.get == nil and client.host ~= nil then
-    local p = {}
-    for k, v in pairs(client) do p[k] = v end
-    if type(p.host) ~= "string" or p.host == "" then
-      error("nomba.oauth.store.redis: bad argument #1 (host must be a non-empty string)", 2)
-    end
-    p.port = p.port or 6379
-    if type(p.port) ~= "number" then error("nomba.oauth.store.redis: bad argument #1 (port must be a number)", 2) end
-    for _, k in ipairs { "username", "password", "server_name" } do
-      if p[k] ~= nil and type(p[k]) ~= "string" then
-        error("nomba.oauth.store.redis: bad argument #1 (" .. k .. " must be a string)", 2)
-      end
-    end
-    if p.username ~= nil and p.password == nil then
-      error("nomba.oauth.store.redis: bad argument #1 (username needs a password)", 2)
-    end
-    p.pool = p.pool or ("nomba-oauth-redis:" .. p.host .. ":" .. p.port .. ":" .. tostring(p.db or 0) ..
-                        ":" .. (p.username or "") .. (p.ssl and ":tls" or ""))
-    local connect = connector(p, store)
-    if in_openresty() then
-      store.connect = connect                 -- a connection per operation, from nginx's pool
+    store.user_connect = client
+  elseif type(client) == "table" and client.get == nil and
+         (client.host ~= nil or client.sentinels ~= nil or client.cluster ~= nil) then
+    local p = params(client)
+    if p.sentinels ~= nil then
+      if p.host ~= nil or p.cluster ~= nil then bad("give one of host, sentinels and cluster") end
+      if type(p.master_name) ~= "string" or p.master_name == "" then bad("master_name must be a non-empty string") end
+      store.sentinel = Sentinel.new(nodes(p.sentinels, "sentinels"), p.master_name, p)
+    elseif p.cluster ~= nil then
+      if p.host ~= nil then bad("give one of host, sentinels and cluster") end
+      if p.db ~= nil and p.db ~= 0 then bad("db must be 0 on a Redis Cluster") end
+      p.db = nil
+      store.cluster = Cluster.new(nodes(p.cluster, "cluster"))
     else
-      store.reconnect = connect               -- owned: made when first needed, made again after a failure
+      if type(p.host) ~= "string" or p.host == "" then bad("host must be a non-empty string") end
+      p.port = p.port or 6379
+      if type(p.port) ~= "number" then bad("port must be a number") end
+      store.host, store.port = p.host, p.port
     end
+    store.connect = N.connector(p)
+    store.per_op = N.in_openresty()           -- a connection per operation, from nginx's pool
   elseif type(client) == "table" then
     for _, m in ipairs { "get", "set", "del", "eval" } do
       if client[m] == nil then
-        error("nomba.oauth.store.redis: the Redis client has no '" .. m .. "' method", 2)
+        error(NAME .. ": the Redis client has no '" .. m .. "' method", 2)
       end
     end
-    store.r = client
+    store.client = client
     -- a redis-lua client: its peer, to connect it again after a failure
     local sock = type(client.network) == "table" and client.network.socket
     local host, port
     if sock and type(sock.getpeername) == "function" then host, port = sock:getpeername() end
-    if host then
+    if not host then
+      store.r = client                        -- used as it is, never connected again
+    else
+      store.host, store.port = host, tonumber(port)
+      store.conns[host .. ":" .. store.port] = client
       local p = { username = opts.username, password = opts.password, db = opts.db }
-      store.reconnect = function()
+      store.connect = function(_, _, seconds)
         local new = require("socket").tcp()
-        new:settimeout(store.timeout or DEFAULTS.redis_timeout)
+        new:settimeout(seconds)
         local ok, err = new:connect(host, tonumber(port))
         if not ok then
           new:close()
@@ -219,15 +411,16 @@ function M.redis(client, opts)
         end
         pcall(function() client.network.socket:close() end)
         client.network.socket = new
-        local greeted, gerr = greet(client, p)
+        local greeted, gerr = N.greet(client, p)
         if not greeted then return nil, gerr end
-        return client
+        return client, true
       end
     end
   else
-    error("nomba.oauth.store.redis: bad argument #1 (connection parameters, a Redis client or a connect " ..
-          "function expected)", 2)
+    error(NAME .. ": bad argument #1 (connection parameters, Sentinel's or Cluster's, a Redis client or a " ..
+          "connect function expected)", 2)
   end
+  store.replicas = opts.replicas or ((store.sentinel or store.cluster) and 1 or 0)
   if opts.timeout then store:set_timeout(opts.timeout) end
   return store
 end
@@ -239,76 +432,13 @@ end
 -- @tparam number seconds
 function Redis:set_timeout(seconds)
   self.timeout = seconds
-  if self.r then bound(self.r, seconds) end
-end
-
--- Closes a connection that failed, now: left to the garbage collector, its
--- descriptor would stay open (half-closed after a Redis restart) until a
--- collection comes.
-local function drop(conn)
-  if type(conn) ~= "table" then return end
-  local net = rawget(conn, "network")
-  if type(net) == "table" and net.socket then                    -- redis-lua (LuaSocket)
-    pcall(net.socket.close, net.socket)
-  elseif type(conn.close) == "function" then                     -- lua-resty-redis
-    pcall(conn.close, conn)
-  end
-end
-
--- Runs f(conn) on the store's connection, or on one from the connect
--- function; an owned or remembered connection that failed is connected
--- again (the failed one closed) and f run once more.
-local function with_conn(self, f)
-  if self.connect then
-    local conn, err = self.connect()
-    if not conn then return nil, "redis connect: " .. tostring(err) end
-    bound(conn, self.timeout)
-    local a, b = f(conn)
-    if a ~= nil or b == nil then
-      if type(conn.set_keepalive) == "function" then conn:set_keepalive(self.keepalive, 16) end
-    elseif type(conn.close) == "function" then
-      conn:close()
-    end
-    return a, b
-  end
-  if not self.r then                                   -- owned, not connected yet
-    local conn, err = self.reconnect()
-    if not conn then return nil, err end
-    self.r = conn
-    bound(conn, self.timeout)
-  end
-  local t0 = now()
-  local ok, a, b = pcall(f, self.r)
-  if ok and not (a == nil and b ~= nil and broken(b)) then return a, b end
-  local err = ok and b or a
-  if not self.reconnect or not broken(err) then
-    if ok then return a, b end
-    error(err, 0)
-  end
-  -- once more on a new connection, within what is left of the one bound
-  -- (a Redis that accepts and never answers costs one timeout, not two)
-  drop(self.r)
-  self.r = nil
-  local own = self.timeout
-  local bound_s = own or DEFAULTS.redis_timeout
-  local rest = bound_s - (now() - t0)
-  if rest < RETRY_LEAST then return nil, "redis: " .. tostring(err) end
-  self.timeout = rest
-  local conn, rerr = self.reconnect()
-  self.timeout = own
-  if not conn then return nil, "redis (" .. tostring(err) .. "), then " .. tostring(rerr) end
-  self.r = conn
-  bound(conn, rest)
-  local fine, x, y = pcall(f, conn)
-  bound(conn, bound_s)
-  if not fine then error(x, 0) end
-  return x, y
+  if self.client then N.bound(self.client, seconds) end
 end
 
 function Redis:get(key)
   check_key(key)
-  return with_conn(self, function(r)
-    local v, err = r:get(self.prefix .. key)
+  return run(self, key, READ, function(r, k)
+    local v, err = command(r, "get", k)
     if v == nil and err then return nil, err end
     return redis_value(v) or false             -- false: a miss, not a failure
   end)
@@ -316,12 +446,12 @@ end
 
 function Redis:set(key, value, ttl)
   check_key(key)
-  return with_conn(self, function(r)
+  return run(self, key, WRITE, function(r, k)
     local v, err
     if ttl and ttl > 0 then
-      v, err = r:set(self.prefix .. key, value, "PX", math.max(1, math.floor(ttl * 1000)))
+      v, err = command(r, "set", k, value, "PX", max(1, floor(ttl * 1000)))
     else
-      v, err = r:set(self.prefix .. key, value)
+      v, err = command(r, "set", k, value)
     end
     if not redis_ok(v) then return nil, err or ("SET answered " .. tostring(v)) end
     return true
@@ -330,8 +460,8 @@ end
 
 function Redis:delete(key)
   check_key(key)
-  return with_conn(self, function(r)
-    local v, err = r:del(self.prefix .. key)
+  return run(self, key, WRITE, function(r, k)
+    local v, err = command(r, "del", k)
     if v == nil and err then return nil, err end
     return true
   end)
@@ -339,8 +469,8 @@ end
 
 function Redis:add(key, value, ttl)
   check_key(key)
-  return with_conn(self, function(r)
-    local v, err = r:set(self.prefix .. key, value, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
+  return run(self, key, WRITE, function(r, k)
+    local v, err = command(r, "set", k, value, "NX", "PX", max(1, floor(ttl * 1000)))
     if redis_ok(v) then return true end
     if v == nil and err then return nil, err end
     return false
@@ -350,16 +480,16 @@ end
 function Redis:lock(key, ttl)
   check_key(key)
   local owner = owner_id()
-  return with_conn(self, function(r)
-    local v, err = r:set(self.prefix .. key, owner, "NX", "PX", math.max(1, math.floor(ttl * 1000)))
+  return run(self, key, WRITE, function(r, k)
+    local v, err = command(r, "set", k, owner, "NX", "PX", max(1, floor(ttl * 1000)))
     if redis_ok(v) then
       self.owners[key] = owner
       return true, owner
     end
     if v == nil and err then return nil, err end
     -- held: by someone else (nil/ngx.null from SET NX), or by this very lock,
-    -- set by a first try whose answer was lost (with_conn tries again)
-    if redis_value(r:get(self.prefix .. key)) == owner then
+    -- set by a first try whose answer was lost (the store tries again)
+    if redis_value(command(r, "get", k)) == owner then
       self.owners[key] = owner
       return true, owner
     end
@@ -373,8 +503,8 @@ function Redis:extend(key, ttl, owner)
   check_key(key)
   owner = owner or self.owners[key]
   if not owner then return false end
-  return with_conn(self, function(r)
-    local v, err = r:eval(EXTEND, 1, self.prefix .. key, owner, math.max(1, math.floor(ttl * 1000)))
+  return run(self, key, WRITE, function(r, k)
+    local v, err = command(r, "eval", EXTEND, 1, k, owner, max(1, floor(ttl * 1000)))
     if v == nil and err then return nil, err end
     return v == 1
   end)
@@ -385,8 +515,8 @@ function Redis:unlock(key, owner)
   owner = owner or self.owners[key]
   if self.owners[key] == owner then self.owners[key] = nil end
   if not owner then return true end
-  return with_conn(self, function(r)
-    local v, err = r:eval(UNLOCK, 1, self.prefix .. key, owner)    -- compare and delete
+  return run(self, key, WRITE, function(r, k)
+    local v, err = command(r, "eval", UNLOCK, 1, k, owner)    -- compare and delete
     if v == nil and err then return nil, err end
     return true
   end)
