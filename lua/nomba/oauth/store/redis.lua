@@ -128,7 +128,9 @@ local function lost(self, host, port)
 end
 
 -- Looks at the data-loss marker on a connection's node, on a new
--- connection and at most once every CHECK_EVERY seconds.
+-- connection and at most once every CHECK_EVERY seconds. Returns an error
+-- when a command failed (the connection may hold an answer not read yet:
+-- it is not reused).
 local function watch(self, conn, host, port, fresh)
   local mk = self.prefix .. "epoch"
   if self.cluster then
@@ -141,12 +143,21 @@ local function watch(self, conn, host, port, fresh)
   if last and not fresh and t - last < CHECK_EVERY then return end
   self.checked[mk] = t
   local v, err = command(conn, "get", mk)
-  if v == nil and err then return end           -- the operation itself says what failed
+  if v == nil and err then return err end
   v = redis_value(v)
   local known = self.epochs[mk]
   if v == nil then
     local id = owner_id()
-    if redis_ok(command(conn, "set", mk, id, "NX")) then v = id else v = redis_value(command(conn, "get", mk)) end
+    local set
+    set, err = command(conn, "set", mk, id, "NX")
+    if set == nil and err then return err end
+    if redis_ok(set) then
+      v = id
+    else
+      v, err = command(conn, "get", mk)
+      if v == nil and err then return err end
+      v = redis_value(v)
+    end
     if known then lost(self, host, port) end    -- it was there, and is gone
   elseif known and v ~= known then
     lost(self, host, port)                      -- planted again since: another process saw it gone
@@ -234,10 +245,15 @@ local function run(self, key, write, f)
         close(self, host, port, conn, false)
         self.master = nil
       else
-        if self.watching and not asking then watch(self, conn, host, port, fresh) end
-        if asking then command(conn, "asking") end
+        local pre                                  -- a failure before the operation
+        if self.watching and not asking then pre = watch(self, conn, host, port, fresh) end
+        if asking and not pre then
+          local v, aerr = command(conn, "asking")
+          if v == nil then pre = aerr or "ASKING failed" end
+        end
         asking = nil
-        local ok, a, b = pcall(f, conn, rk)
+        local ok, a, b = true, nil, pre
+        if not pre then ok, a, b = pcall(f, conn, rk) end
         if not ok then
           close(self, host, port, conn, false)
           error(a, 0)
@@ -246,7 +262,12 @@ local function run(self, key, write, f)
           if write and self.replicas > 0 then
             -- the write on `replicas` replicas before the answer (what a failover promotes has it),
             -- waiting REPLICA_WAIT at most: a replica that is away slows writes, never fails them
-            command(conn, "wait", self.replicas, max(1, floor(min(REPLICA_WAIT, deadline - now()) * 1000)))
+            local w, werr = command(conn, "wait", self.replicas,
+                                    max(1, floor(min(REPLICA_WAIT, deadline - now()) * 1000)))
+            if w == nil and werr ~= nil then           -- (its answer may come later: not reused)
+              close(self, host, port, conn, false)
+              return a, b
+            end
           end
           close(self, host, port, conn, true)
           return a, b
@@ -285,7 +306,7 @@ local function run(self, key, write, f)
       failures = failures + 1
       if failures > 1 and tries > 0 then            -- the first retry at once (a stale connection)
         local rest = deadline - now() - RETRY_LEAST
-        if rest <= 0 then return nil, "redis: " .. tostring(why) end
+        if rest < PAUSE / 10 then return nil, "redis: " .. tostring(why) end   -- (no sleeps of nothing)
         sleep(min(PAUSE, rest))
       end
     end
