@@ -169,8 +169,9 @@ end
 local function where(self, rk, left, deadline)
   local cl = self.cluster
   if cl then
-    if not cl.loaded then
+    if cl:due(now(), PAUSE) then
       local why
+      cl.loading = now()                          -- (one reader at a time: the others use the map as it is)
       for _, n in ipairs(cl.known) do
         if now() + RETRY_LEAST > deadline then break end
         local conn, err = open(self, n.host, n.port, left)
@@ -183,7 +184,8 @@ local function where(self, rk, left, deadline)
           why = err
         end
       end
-      if why then return nil, "redis cluster: " .. tostring(why) end
+      cl.loading, cl.read_at = false, now()
+      if why and #cl.ranges == 0 then return nil, "redis cluster: " .. tostring(why) end
     end
     local h, p = cl:node(cl.slot(rk))
     if h then return h, p end
