@@ -43,7 +43,9 @@ local function node(dir, args, persistence)
            "--dir %s --logfile %s/log %s"):format(args.conf or "", port, args.sentinel and "--sentinel" or "",
            ndir, ndir, ndir, args.extra or "")
   if not args.sentinel then
-    n.cmd = n.cmd .. (persistence and " --appendonly yes --appendfsync everysec" or " --save '' --appendonly no")
+    -- (a replica's full sync at once, not after Redis's default 5 s wait)
+    n.cmd = n.cmd .. " --repl-diskless-sync-delay 0" ..
+            (persistence and " --appendonly yes --appendfsync everysec" or " --save '' --appendonly no")
   end
   function n.start()
     n.pid = nil
@@ -53,7 +55,8 @@ local function node(dir, args, persistence)
       local f = io.open(ndir .. "/pid")
       n.pid = f and tonumber(f:read("*a"))
       if f then f:close() end
-      return n.pid ~= nil and cli(port, "ping"):match("PONG") ~= nil
+      -- (ours, not another server that had the port: its process id)
+      return n.pid ~= nil and tonumber(cli(port, "info server"):match("process_id:(%d+)")) == n.pid
     end)
   end
   return n

@@ -30,6 +30,10 @@ tostring(c)
 local v, ch = oauth.pkce.pair(64)
 assert(oauth.pkce.verify(v, ch))
 assert(oauth.pkce.challenge(oauth.pkce.verifier(), "plain"))
+-- Redis Cluster's slots (src/slot.c): a hash tag, none, an empty one, a long key
+local slot = require("nomba.oauth.core").redis_slot
+assert(slot("{user1000}.following") == 3443 and slot("123456789") == 12739)
+assert(slot("foo{}{bar}") == 8363 and slot(("k"):rep(100000)) >= 0)
 local po = sim:client_options { retries = 0 }
 po.client_secret = nil
 local p = oauth.new(po)
